@@ -1,0 +1,360 @@
+"""PIL-LM: a decoder-only pre-LN Transformer whose feed-forward layers can be solved in closed form.
+
+    pillm train --method pil_then_attn --size small --dataset wikitext2 --out runs/pil_small
+
+Every block is ``x ← x + Attn(LN₁ x);  x ← x + FFN(LN₂ x)``. The FFN kind is a config field:
+
+=========  ===================================================================================
+``mlp``    ``W₂·GELU(W₁·u)``, trained by backprop (the baseline)
+``none``   no FFN (attention-only control)
+``pil``    ``H = GELU(u·W_rand)`` with a fixed Gaussian projection, output ``H·W_out + b``;
+           ``W_out, b`` are solved by ridge regression (:mod:`pillm.solver`), never by gradients
+``bipil``  two independent fixed projections ``W_fwd, W_bwd`` fused by ``concat``/``sum``/``gate``
+``lora``   frozen random ``W₁, W₂`` plus trainable rank-r adapters on both (LoRA-style baseline)
+``rf_adamw`` the ``pil`` random features with ``W_out, b`` trained by AdamW: isolates
+           "closed form vs gradient" from "random first layer"
+=========  ===================================================================================
+
+Random projections are scaled so that pre-activations of a LayerNorm-ed input have variance
+``proj_scale²`` (1 by default): GELU then works in its curved regime. (A ``1/m`` scale, as in an
+earlier public implementation, puts pre-activations at ~0.01 where GELU(z) ≈ z/2 is linear and
+the "random features" collapse to a linear map.)
+
+Solved weights are ``nn.Parameter(requires_grad=False)`` so that they are saved, moved and counted
+like every other weight; random projections are persistent buffers and counted as frozen.
+Shapes in comments: B batch, T time, C = n_embd, M = random features, V = vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FFN_KINDS = ("mlp", "none", "pil", "bipil", "lora", "rf_adamw")
+FUSIONS = ("concat", "sum", "gate")
+HEADS = ("tied", "solved")
+IGNORE_INDEX = -100  # targets equal to this (padding) contribute nothing to losses or solves
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=2, block_size=64),
+    "small": dict(n_layer=4, n_embd=256, n_head=4),
+    "medium": dict(n_layer=6, n_embd=384, n_head=6),
+    "large": dict(n_layer=8, n_embd=512, n_head=8),
+}
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not valid; allowed values: {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 33278
+    block_size: int = 128  # context length T
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.1
+    ffn: str = "mlp"  # one of FFN_KINDS
+    expansion: float = 4.0  # hidden width / n_embd (per projection for bipil)
+    fusion: str = "concat"  # bipil only: one of FUSIONS
+    lora_rank: int = 8
+    proj_scale: float = 1.0  # std of random pre-activations for LayerNorm-ed inputs
+    head: str = "tied"  # "tied" to the embedding, or "solved" (closed-form ridge head, pure PIL)
+
+    def __post_init__(self) -> None:
+        _choice("ffn", self.ffn, FFN_KINDS)
+        _choice("fusion", self.fusion, FUSIONS)
+        _choice("head", self.head, HEADS)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "lora_rank"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                "choose n_head among the divisors of n_embd"
+            )
+        if self.expansion < 1:
+            raise ValueError(f"expansion must be >= 1 (hidden width = expansion * n_embd), got {self.expansion}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.proj_scale <= 0:
+            raise ValueError(f"proj_scale must be > 0, got {self.proj_scale}")
+
+    @property
+    def hidden(self) -> int:
+        return int(round(self.expansion * self.n_embd))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def config_for(size: str, **overrides) -> ModelConfig:
+    """A preset (``tiny``/``small``/``medium``/``large``) with field overrides."""
+    _choice("size", size, tuple(PRESETS))
+    return ModelConfig(**{**PRESETS[size], **overrides})
+
+
+# --------------------------------------------------------------------------------------------
+# Feed-forward variants. Each takes u = LN₂(x) [B, T, C] and returns [B, T, C].
+# ROLES maps each parameter/buffer name to its kind for parameter counting.
+# --------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    ROLES = {"fc.weight": "ffn_trainable", "fc.bias": "ffn_trainable",
+             "proj.weight": "ffn_trainable", "proj.bias": "ffn_trainable"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, cfg.n_embd)
+        self.proj.is_residual_out = True
+
+    def forward(self, u):
+        return self.proj(F.gelu(self.fc(u)))
+
+
+class RandomFeatures(nn.Module):
+    """Fixed random feature map H = φ(u) [.., M]; never trained, never solved."""
+
+    def __init__(self, cfg: ModelConfig, bidirectional: bool):
+        super().__init__()
+        c, m = cfg.n_embd, cfg.hidden
+        std = cfg.proj_scale / math.sqrt(c)  # LN-ed u has unit variance per coordinate
+        self.fusion = cfg.fusion if bidirectional else None
+        self.register_buffer("proj_fwd", torch.randn(c, m) * std)
+        if bidirectional:
+            self.register_buffer("proj_bwd", torch.randn(c, m) * std)
+        self.n_features = 2 * m if self.fusion == "concat" else m
+
+    def preactivations(self, u):
+        return u @ self.proj_fwd
+
+    def forward(self, u):
+        h = F.gelu(u @ self.proj_fwd)
+        if self.fusion is None:
+            return h
+        z = u @ self.proj_bwd
+        if self.fusion == "concat":
+            return torch.cat([h, F.gelu(z)], dim=-1)
+        if self.fusion == "sum":
+            return h + F.gelu(z)
+        return h * torch.sigmoid(z)  # gate
+
+
+class SolvedFFN(nn.Module):
+    """Random features followed by a linear readout ``H·W_out + b``.
+
+    For ``pil``/``bipil`` the readout is solved in closed form (``requires_grad=False``); for
+    ``rf_adamw`` the same readout is trained by AdamW. Zero-initialised so that an unsolved layer
+    is the identity on the residual stream.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.ffn
+        self.features = RandomFeatures(cfg, bidirectional=cfg.ffn == "bipil")
+        m = self.features.n_features
+        trainable = cfg.ffn == "rf_adamw"
+        self.out_weight = nn.Parameter(torch.zeros(m, cfg.n_embd), requires_grad=trainable)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.n_embd), requires_grad=trainable)
+        role = "ffn_trainable" if trainable else "ffn_solved"
+        self.ROLES = {"features.proj_fwd": "ffn_frozen_random", "features.proj_bwd": "ffn_frozen_random",
+                      "out_weight": role, "out_bias": role}
+
+    @property
+    def n_features(self) -> int:
+        return self.features.n_features
+
+    def forward(self, u):
+        return self.features(u) @ self.out_weight + self.out_bias
+
+    @torch.no_grad()
+    def set_solution(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        if weight.shape != self.out_weight.shape:
+            raise ValueError(f"solved weight has shape {tuple(weight.shape)}, expected {tuple(self.out_weight.shape)}")
+        self.out_weight.copy_(weight)
+        self.out_bias.copy_(bias if bias is not None else torch.zeros_like(self.out_bias))
+
+
+class LoRAFFN(nn.Module):
+    """Frozen random ``W₁, W₂`` with trainable low-rank adapters: ``(W₂+A₂B₂)·GELU((W₁+A₁B₁)·u)``."""
+
+    ROLES = {"w1": "ffn_frozen_random", "w2": "ffn_frozen_random",
+             "a1": "ffn_trainable", "b1": "ffn_trainable", "a2": "ffn_trainable", "b2": "ffn_trainable",
+             "bias1": "ffn_trainable", "bias2": "ffn_trainable"}
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, m, r = cfg.n_embd, cfg.hidden, cfg.lora_rank
+        self.register_buffer("w1", torch.randn(c, m) / math.sqrt(c))
+        self.register_buffer("w2", torch.randn(m, c) * 0.02 / math.sqrt(2 * cfg.n_layer))
+        self.a1 = nn.Parameter(torch.randn(c, r) / math.sqrt(c))
+        self.b1 = nn.Parameter(torch.zeros(r, m))  # adapters start as a no-op, as in LoRA
+        self.a2 = nn.Parameter(torch.randn(m, r) / math.sqrt(m))
+        self.b2 = nn.Parameter(torch.zeros(r, c))
+        self.bias1 = nn.Parameter(torch.zeros(m))
+        self.bias2 = nn.Parameter(torch.zeros(c))
+
+    def forward(self, u):
+        h = F.gelu(u @ self.w1 + (u @ self.a1) @ self.b1 + self.bias1)
+        return h @ self.w2 + (h @ self.a2) @ self.b2 + self.bias2
+
+
+def make_ffn(cfg: ModelConfig) -> nn.Module | None:
+    if cfg.ffn == "none":
+        return None
+    if cfg.ffn == "mlp":
+        return MLP(cfg)
+    if cfg.ffn == "lora":
+        return LoRAFFN(cfg)
+    return SolvedFFN(cfg)  # pil, bipil, rf_adamw
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer
+# --------------------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.proj.is_residual_out = True
+        self.dropout = cfg.dropout
+
+    def forward(self, x):  # [B, T, C] -> [B, T, C]
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.ffn = make_ffn(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def attend(self, x):
+        """Residual stream after attention, ``x_mid = x + Attn(LN₁ x)`` — what the FFN reads."""
+        return x + self.drop(self.attn(self.ln1(x)))
+
+    def ffn_out(self, x_mid):
+        if self.ffn is None:
+            return torch.zeros_like(x_mid)
+        return self.ffn(self.ln2(x_mid))
+
+    def forward(self, x):
+        x = self.attend(x)
+        if self.ffn is not None:
+            x = x + self.drop(self.ffn(self.ln2(x)))
+        return x
+
+
+class PILLM(nn.Module):
+    """Decoder-only Transformer language model; ``model(ids)`` returns logits ``[B, T, V]``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        if cfg.head == "solved":
+            # Closed-form readout onto one-hot next tokens, softmax(temperature · scores).
+            self.head_weight = nn.Parameter(torch.zeros(cfg.n_embd, cfg.vocab_size), requires_grad=False)
+            self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size), requires_grad=False)
+            self.register_buffer("head_temperature", torch.tensor(1.0))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "is_residual_out", False) else 0.02
+            nn.init.normal_(module.weight, 0.0, std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+
+    # -- pieces used by the solver and the targets -------------------------------------------
+    def embed(self, ids):  # [B, T] -> [B, T, C]
+        t = ids.shape[1]
+        if t > self.config.block_size:
+            raise ValueError(f"sequence length {t} exceeds block_size={self.config.block_size}")
+        pos = torch.arange(t, device=ids.device)
+        return self.drop(self.tok_emb(ids) + self.pos_emb(pos))
+
+    def head(self, x):  # residual stream [.., C] -> logits [.., V]
+        h = self.ln_f(x)
+        if self.config.head == "solved":
+            return (h @ self.head_weight + self.head_bias) * self.head_temperature
+        return h @ self.tok_emb.weight.T  # tied
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def residual_before(self, ids, layer: int):
+        """Residual stream entering block ``layer`` (computed with the current lower blocks)."""
+        x = self.embed(ids)
+        for block in self.blocks[:layer]:
+            x = block(x)
+        return x
+
+    def ffn_layers(self):
+        return [b.ffn for b in self.blocks]
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Counts by kind. Solved weights and random buffers are counted: they are the model too.
+
+        Keys: ``embedding`` (token + position; the tied head adds nothing), ``attention``,
+        ``norm``, ``ffn_trainable``, ``ffn_solved``, ``ffn_frozen_random``, ``head_solved`` and
+        ``total``.
+        """
+        counts = dict.fromkeys(("embedding", "attention", "norm", "ffn_trainable", "ffn_solved",
+                                "ffn_frozen_random", "head_solved"), 0)
+        counted: set[str] = set()
+        for i, block in enumerate(self.blocks):
+            if block.ffn is None:
+                continue
+            tensors = dict(block.ffn.named_parameters()) | dict(block.ffn.named_buffers())
+            for name, tensor in tensors.items():
+                counts[block.ffn.ROLES[name]] += tensor.numel()
+                counted.add(f"blocks.{i}.ffn.{name}")
+        for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
+            if name in counted or name == "head_temperature":
+                continue
+            if name.startswith(("tok_emb", "pos_emb")):
+                counts["embedding"] += tensor.numel()
+            elif ".attn." in name:
+                counts["attention"] += tensor.numel()
+            elif name.startswith("head_"):
+                counts["head_solved"] += tensor.numel()
+            elif "ln" in name:
+                counts["norm"] += tensor.numel()
+            else:  # pragma: no cover - a new module must be given a role
+                raise RuntimeError(f"parameter {name} has no counting role")
+        counts["total"] = sum(counts.values())
+        return counts

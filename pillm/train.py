@@ -1,0 +1,469 @@
+"""Training procedures: AdamW phases, closed-form (PIL) phases, and their orders.
+
+    pillm train --method pil_then_attn --size small --dataset wikitext2 --epochs 10 --out runs/pil
+
+==================  ==========================================================================
+``baseline``        standard Transformer (``mlp`` FFN), everything by AdamW
+``attn_only``       no FFN at all, everything by AdamW
+``lora``            frozen random FFN weights + trainable low-rank adapters, AdamW
+``rf_adamw``        the PIL random features with the FFN readout trained by AdamW
+``pil_pure``        zero optimizer steps anywhere: embeddings and attention stay at their seeded
+                    init; FFNs solved bottom-up; optionally a closed-form output head
+``pil_then_attn``   solve FFNs on the initial model, then AdamW on everything but the FFNs
+``attn_then_pil``   AdamW with the FFNs at zero, then solve the FFNs
+``alternating``     solve, then AdamW epochs each followed by a re-solve (one LR schedule)
+==================  ==========================================================================
+
+``final_resolve`` re-solves every FFN after any procedure (with ``final_target``).
+
+A PIL phase solves layer ``l = 0 … L−1`` in order; for each layer one streaming pass over the
+whole training stream recomputes activations with the layers below already solved (never stale),
+accumulates ``ΣHᵀH`` and ``ΣHᵀ[Y₀|Δ]`` (:mod:`pillm.targets`), solves the ridge problem once, and
+picks the step size η of the target by validation loss (forward passes only). Under
+``torch.distributed`` every rank streams its own shard and the statistics are all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import TokenStream
+from .evaluate import evaluate_stream
+from .model import IGNORE_INDEX, PILLM, ModelConfig
+from .solver import RidgeAccumulator, SolveRecord, ridge_solve
+from .targets import SEARCHED, check_target, layer_data
+
+METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
+PIL_METHODS = ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
+FIXED_FFN = {"baseline": "mlp", "attn_only": "none", "lora": "lora", "rf_adamw": "rf_adamw"}
+DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 5))  # 1e-4 … 1e2, half decades
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; no result is written."""
+
+
+def ffn_kind_for(method: str, bipil: bool = True) -> str:
+    """The FFN kind a method trains: PIL methods use ``bipil`` (or ``pil`` with ``bipil=False``)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not valid; allowed values: {', '.join(METHODS)}")
+    return FIXED_FFN.get(method, "bipil" if bipil else "pil")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "baseline"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # closed-form phases
+    lam: float = 1e-4  # ridge λ relative to the mean diagonal of the Gram matrix
+    target: str = "local"
+    iterations: int = 1  # re-linearise and re-solve every layer this many times per PIL phase
+    eta_grid: tuple = DEFAULT_ETA_GRID
+    search_tokens: int = 16384  # validation tokens for the step-size search
+    final_resolve: bool = False
+    final_target: str = "global"
+    solve_head: bool = False  # pil_pure: closed-form output head instead of the tied embedding
+    solve_batch_size: int = 64
+    # data / evaluation
+    max_train_tokens: int | None = None
+    max_eval_tokens: int | None = None
+    eval_every_epoch: bool = True
+    log_every: int = 100  # steps between host syncs (NaN check, progress bar)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        ffn_kind_for(self.method)
+        check_target(self.target)
+        check_target(self.final_target)
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0 (ridge λ relative to mean diag(HᵀH)), got {self.lam}")
+        for name in ("epochs", "iterations"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "solve_batch_size", "search_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.method == "alternating" and self.epochs < 1:
+            raise ValueError("method='alternating' needs epochs >= 1")
+        if self.solve_head and self.method != "pil_pure":
+            raise ValueError("solve_head is only used by method='pil_pure'")
+        self.eta_grid = tuple(float(e) for e in self.eta_grid)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class RunLog:
+    """What a procedure did: time per phase, optimizer steps, solver records, curves."""
+
+    phases: list[dict] = field(default_factory=list)  # {"phase", "seconds", ...}
+    optimizer_steps: int = 0
+    updated_params: int = 0  # parameters handed to an optimizer
+    solves: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)  # {"epoch", "wall_s", "valid_ppl", "phase"}
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def seconds(self, kind: str) -> float:
+        return sum(p["seconds"] for p in self.phases if p["phase"] == kind)
+
+
+# --------------------------------------------------------------------------------------------
+# Closed-form phase
+# --------------------------------------------------------------------------------------------
+
+
+def _search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
+    x, y = valid.windows(block)
+    n = max(1, min(x.shape[0], cfg.search_tokens // block))
+    return x[:n], y[:n]
+
+
+@torch.no_grad()
+def _mean_loss(model: PILLM, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, x.shape[0], batch_size):
+        logits = model(x[i:i + batch_size]).float()
+        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + batch_size].reshape(-1),
+                                 ignore_index=IGNORE_INDEX, reduction="sum").double()
+    return float(total) / int((y != IGNORE_INDEX).sum())
+
+
+def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
+                teacher: PILLM | None = None, progress: bool = True) -> dict:
+    """Solve block ``layer``'s FFN readout in closed form; returns its record."""
+    block = model.config.block_size
+    ffn = model.blocks[layer].ffn
+    device = ffn.out_weight.device
+    c = model.config.n_embd
+    x_all, y_all = train.windows(block)
+    rank, world = _rank_world()
+    x_all, y_all = x_all[rank::world], y_all[rank::world]  # each rank streams its own shard
+    acc = RidgeAccumulator(ffn.n_features, 2 * c, fit_bias=True, device=device)
+    cross = torch.zeros(c, dtype=torch.float64, device=device)  # Σ Y₀·Δ per column, for R²(η)
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve layer {layer}",
+                  disable=not progress or rank != 0, leave=False):
+        d = layer_data(model, layer, x_all[i:i + cfg.solve_batch_size], y_all[i:i + cfg.solve_batch_size],
+                       target, teacher)
+        acc.update(d.features, torch.cat([d.base, d.step], dim=1), d.mask)
+        cross += (d.base[d.mask].double() * d.step[d.mask].double()).sum(0)
+    if world > 1:
+        acc.all_reduce()
+        dist.all_reduce(cross)
+    weight, bias, rec = acc.solve(cfg.lam)
+    w_base, w_step, b_base, b_step = weight[:, :c], weight[:, c:], bias[:c], bias[c:]
+
+    search_log = []
+    if target in SEARCHED:
+        for eta in cfg.eta_grid:
+            ffn.set_solution(w_base - eta * w_step, b_base - eta * b_step)
+            search_log.append({"eta": eta, "valid_loss": _mean_loss(model, *search, cfg.solve_batch_size)})
+        eta = min(search_log, key=lambda r: r["valid_loss"])["eta"]
+    else:
+        eta = 0.0  # zero / teacher: Y = Y₀
+    ffn.set_solution(w_base - eta * w_step, b_base - eta * b_step)
+    _sync(device)
+    record = rec.to_dict() | {
+        "layer": layer, "target": target, "eta": eta, "search": search_log, "n_features": ffn.n_features,
+        "r2": _fit_r2(acc, w_base - eta * w_step, b_base - eta * b_step, eta, cross, c),
+        "seconds_total": time.perf_counter() - t0,
+    }
+    return record
+
+
+def _fit_r2(acc: RidgeAccumulator, w, b, eta: float, cross: torch.Tensor, c: int) -> float:
+    """R² of the chosen target ``Y₀ − ηΔ`` from the accumulated statistics (no second pass)."""
+    s = acc.statistics()  # G, C, sum_h, sum_y, sum_yy, n (float64)
+    n = s["n"]
+    coef = torch.cat([torch.ones(c, dtype=torch.float64, device=w.device), torch.full((c,), -eta, dtype=torch.float64, device=w.device)])
+    sel = torch.zeros(2 * c, c, dtype=torch.float64, device=w.device)
+    sel[torch.arange(c), torch.arange(c)] = coef[:c]
+    sel[torch.arange(c) + c, torch.arange(c)] = coef[c:]
+    cy = s["C"] @ sel  # Σ Hᵀ Y(η)
+    sum_y = s["sum_y"] @ sel
+    sum_yy = (s["sum_yy"][:c] + eta ** 2 * s["sum_yy"][c:] - 2 * eta * cross).sum()
+    w, b = w.double(), b.double()
+    # Σ||Y − HW − b||² expanded in sufficient statistics
+    ss_res = (sum_yy - 2 * (w * cy).sum() - 2 * (b * sum_y).sum() + (w * (s["G"] @ w)).sum()
+              + 2 * (b * (s["sum_h"] @ w)).sum() + n * (b * b).sum())
+    ss_tot = sum_yy - (sum_y * sum_y).sum() / n
+    if float(ss_tot) <= 0:
+        return 1.0 if float(ss_res) <= 1e-12 else 0.0
+    return float(1 - ss_res / ss_tot)
+
+
+def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, log: RunLog, *,
+              target: str | None = None, name: str = "pil", teacher: PILLM | None = None,
+              progress: bool = True) -> None:
+    """Solve every solvable FFN bottom-up (``cfg.iterations`` sweeps)."""
+    target = target or cfg.target
+    solvable = [i for i, b in enumerate(model.blocks) if b.ffn is not None and hasattr(b.ffn, "set_solution")]
+    if not solvable:
+        raise ValueError(f"model FFN kind {model.config.ffn!r} has no closed-form layers to solve")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout while collecting statistics
+    search = _search_windows(valid, cfg, model.config.block_size)
+    _sync(device)
+    t0 = time.perf_counter()
+    for sweep in range(max(cfg.iterations, 1)):
+        for layer in solvable:
+            rec = solve_layer(model, layer, train, search, cfg, target, teacher, progress)
+            log.solves.append(rec | {"phase": name, "sweep": sweep})
+    _sync(device)
+    log.phases.append({"phase": "pil", "name": name, "seconds": time.perf_counter() - t0})
+    model.train(was_training)
+
+
+def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, log: RunLog,
+                      temperatures=tuple(2.0 ** k for k in range(-2, 12))) -> None:
+    """Closed-form head: ridge from ``LN_f(x)`` onto one-hot next tokens, softmax temperature by search.
+
+    ``C = Σ hᵀ onehot(y)`` is accumulated with ``index_add_`` (never a dense ``[N, V]`` one-hot).
+    """
+    if model.config.head != "solved":
+        raise ValueError("solve_output_head needs a model built with head='solved'")
+    device = next(model.parameters()).device
+    d, v, block = model.config.n_embd, model.config.vocab_size, model.config.block_size
+    model.eval()
+    _sync(device)
+    t0 = time.perf_counter()
+    g = torch.zeros(d, d, dtype=torch.float64, device=device)
+    cy = torch.zeros(v, d, dtype=torch.float64, device=device)  # Cᵀ
+    sum_h = torch.zeros(d, dtype=torch.float64, device=device)
+    counts = torch.zeros(v, dtype=torch.float64, device=device)
+    x_all, y_all = train.windows(block)
+    with torch.no_grad():
+        for i in range(0, x_all.shape[0], cfg.solve_batch_size):
+            x = model.residual_before(x_all[i:i + cfg.solve_batch_size], model.config.n_layer)
+            y = y_all[i:i + cfg.solve_batch_size].reshape(-1)
+            h = model.ln_f(x).reshape(-1, d).double()
+            keep = y != IGNORE_INDEX
+            h, y = h[keep], y[keep]
+            g += h.T @ h
+            cy.index_add_(0, y, h)
+            sum_h += h.sum(0)
+            counts += torch.bincount(y, minlength=v).double()
+    n = counts.sum()
+    h_bar, y_bar = sum_h / n, counts / n
+    g_c = g - n * torch.outer(h_bar, h_bar)
+    c_c = cy.T - n * torch.outer(h_bar, y_bar)
+    lam_abs = cfg.lam * float(torch.diagonal(g_c).mean())
+    w, info = ridge_solve(g_c, c_c, lam_abs)
+    b = y_bar - h_bar @ w
+    model.head_weight.copy_(w.float())
+    model.head_bias.copy_(b.float())
+    search = _search_windows(valid, cfg, block)
+    table = []
+    for t in temperatures:
+        model.head_temperature.fill_(t)
+        table.append({"temperature": t, "valid_loss": _mean_loss(model, *search, cfg.solve_batch_size)})
+    best = min(table, key=lambda r: r["valid_loss"])
+    model.head_temperature.fill_(best["temperature"])
+    _sync(device)
+    log.solves.append({"phase": "head", "layer": "head", "temperature": best["temperature"], "search": table,
+                       **(info.to_dict() if isinstance(info, SolveRecord) else dict(info))})
+    log.phases.append({"phase": "pil", "name": "head", "seconds": time.perf_counter() - t0})
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient phase
+# --------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to ``lr·min_lr_ratio`` over the whole run."""
+    warmup = max(1, int(cfg.warmup_frac * total))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: PILLM, cfg: TrainConfig, device: torch.device) -> tuple[torch.optim.Optimizer, int]:
+    """AdamW over every parameter with ``requires_grad`` (solved weights and buffers never are).
+
+    Weight decay on matrices only (not on biases, norms or embeddings).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and "emb" not in n]
+    ids = {id(p) for p in decay}
+    no_decay = [p for p in params if id(p) not in ids]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    return opt, sum(p.numel() for p in params)
+
+
+class AdamWRunner:
+    """AdamW epochs sharing one optimizer and one LR schedule across the whole procedure."""
+
+    def __init__(self, model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, log: RunLog,
+                 total_epochs: int, progress: bool = True):
+        self.model, self.train, self.valid, self.cfg, self.log = model, train, valid, cfg, log
+        self.device = next(model.parameters()).device
+        self.progress = progress
+        self.optimizer, n_params = make_optimizer(model, cfg, self.device)
+        log.updated_params = max(log.updated_params, n_params)
+        self.rank, self.world = _rank_world()
+        self.steps_per_epoch = math.ceil(train.num_batches(model.config.block_size, cfg.batch_size) / self.world)
+        self.total_steps = max(1, total_epochs * self.steps_per_epoch)
+        self.step = 0
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.forward = model
+        if self.world > 1:
+            self.forward = torch.nn.parallel.DistributedDataParallel(model)
+        if cfg.compile and self.device.type == "cuda":
+            self.forward = torch.compile(self.forward)
+
+    def run_epoch(self, name: str = "adamw") -> float:
+        model, cfg, device = self.model, self.cfg, self.device
+        model.train()
+        running = torch.zeros((), device=device)
+        _sync(device)
+        t0 = time.perf_counter()
+        batches = self.train.train_batches(model.config.block_size, cfg.batch_size, generator=self.generator)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{name} epoch {self.epoch + 1}",
+                   disable=not self.progress or self.rank != 0, leave=False)
+        seen = 0
+        for i, (x, y) in enumerate(batches):
+            if i % self.world != self.rank:
+                continue
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.step, self.total_steps, cfg)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1), ignore_index=IGNORE_INDEX)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            seen += 1
+            running += loss.detach()
+            if seen % cfg.log_every == 0:
+                self._check(running / seen)  # one host sync every log_every steps
+                bar.set_postfix(loss=f"{float(running) / seen:.3f}")
+            bar.update(1)
+        bar.close()
+        mean_loss = self._check(running / max(seen, 1))
+        _sync(device)
+        self.log.phases.append({"phase": "adamw", "name": name, "seconds": time.perf_counter() - t0,
+                                "epoch": self.epoch + 1, "train_loss": mean_loss})
+        self.log.optimizer_steps += seen
+        self.epoch += 1
+        return mean_loss
+
+    def _check(self, loss: torch.Tensor) -> float:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"training loss became {value} at step {self.step} (epoch {self.epoch + 1}); "
+                f"lower the learning rate (lr={self.cfg.lr}) or raise grad_clip; no result was written")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Procedures
+# --------------------------------------------------------------------------------------------
+
+
+def _record_valid(model: PILLM, valid: TokenStream, cfg: TrainConfig, log: RunLog, epoch: float, phase: str) -> None:
+    if not cfg.eval_every_epoch:
+        return
+    r = evaluate_stream(model, valid.ids, batch_size=cfg.batch_size, max_tokens=cfg.max_eval_tokens)
+    log.curve.append({"epoch": epoch, "wall_s": time.perf_counter() - log._t0, "valid_ppl": r["ppl"],
+                      "valid_acc": r["acc"], "phase": phase})
+
+
+def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, *,
+                  teacher: PILLM | None = None, progress: bool = True) -> RunLog:
+    """Train ``model`` in place by ``cfg.method``; returns what was done and how long it took."""
+    expected = ffn_kind_for(cfg.method, bipil=model.config.ffn != "pil")
+    if model.config.ffn != expected:
+        raise ValueError(f"method={cfg.method!r} trains FFN kind {expected!r}, but the model has {model.config.ffn!r}")
+    if model.config.head == "solved" and not cfg.solve_head:
+        raise ValueError("a model with head='solved' needs solve_head=True")
+    log = RunLog()
+    m = cfg.method
+    _record_valid(model, valid, cfg, log, 0, "init")
+
+    def adamw_epochs(runner: AdamWRunner, n: int, name: str, resolve_between: bool = False) -> None:
+        for _ in range(n):
+            runner.run_epoch(name)
+            if resolve_between:
+                pil_phase(model, train, valid, cfg, log, name=f"resolve{runner.epoch}", teacher=teacher, progress=progress)
+            _record_valid(model, valid, cfg, log, runner.epoch, name)
+
+    if m in FIXED_FFN:
+        adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "adamw")
+    elif m == "pil_pure":
+        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        if cfg.solve_head:
+            solve_output_head(model, train, valid, cfg, log)
+        _record_valid(model, valid, cfg, log, 0, "pil")
+    elif m == "pil_then_attn":
+        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        _record_valid(model, valid, cfg, log, 0, "pil")
+        adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "attn")
+    elif m == "attn_then_pil":
+        adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "attn")
+        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        _record_valid(model, valid, cfg, log, cfg.epochs, "pil")
+    elif m == "alternating":
+        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        runner = AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress)
+        adamw_epochs(runner, cfg.epochs, "attn", resolve_between=True)
+
+    if cfg.final_resolve:
+        if model.config.ffn not in ("pil", "bipil"):
+            raise ValueError(f"final_resolve needs closed-form FFNs; method {m!r} has {model.config.ffn!r}")
+        pil_phase(model, train, valid, cfg, log, target=cfg.final_target, name="final_resolve",
+                  teacher=teacher, progress=progress)
+        _record_valid(model, valid, cfg, log, cfg.epochs, "final_resolve")
+    model.eval()
+    return log
