@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .data import TokenStream
 from .evaluate import evaluate_stream
 from .model import IGNORE_INDEX, PILLM, ModelConfig
-from .solver import RidgeAccumulator, SolveRecord, ridge_solve
+from .solver import RidgeAccumulator, ridge_solve
 from .targets import SEARCHED, check_target, layer_data
 
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
@@ -216,15 +216,15 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
 
 def _fit_r2(acc: RidgeAccumulator, w, b, eta: float, cross: torch.Tensor, c: int) -> float:
     """R² of the chosen target ``Y₀ − ηΔ`` from the accumulated statistics (no second pass)."""
-    s = acc.statistics()  # G, C, sum_h, sum_y, sum_yy, n (float64)
-    n = s["n"]
+    s = {k: getattr(acc, k).double() for k in ("G", "C", "sum_h", "sum_y", "sum_y2")}  # raw sums
+    n = float(acc.n)
     coef = torch.cat([torch.ones(c, dtype=torch.float64, device=w.device), torch.full((c,), -eta, dtype=torch.float64, device=w.device)])
     sel = torch.zeros(2 * c, c, dtype=torch.float64, device=w.device)
     sel[torch.arange(c), torch.arange(c)] = coef[:c]
     sel[torch.arange(c) + c, torch.arange(c)] = coef[c:]
     cy = s["C"] @ sel  # Σ Hᵀ Y(η)
     sum_y = s["sum_y"] @ sel
-    sum_yy = (s["sum_yy"][:c] + eta ** 2 * s["sum_yy"][c:] - 2 * eta * cross).sum()
+    sum_yy = (s["sum_y2"][:c] + eta ** 2 * s["sum_y2"][c:] - 2 * eta * cross).sum()
     w, b = w.double(), b.double()
     # Σ||Y − HW − b||² expanded in sufficient statistics
     ss_res = (sum_yy - 2 * (w * cy).sum() - 2 * (b * sum_y).sum() + (w * (s["G"] @ w)).sum()
@@ -305,7 +305,7 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     model.head_temperature.fill_(best["temperature"])
     _sync(device)
     log.solves.append({"phase": "head", "layer": "head", "temperature": best["temperature"], "search": table,
-                       **(info.to_dict() if isinstance(info, SolveRecord) else dict(info))})
+                       **info.to_dict()})
     log.phases.append({"phase": "pil", "name": "head", "seconds": time.perf_counter() - t0})
 
 

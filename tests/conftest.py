@@ -1,0 +1,53 @@
+"""Shared pytest fixtures.
+
+* The whole session runs offline (``PILLM_OFFLINE=1``: never touch the
+  Hugging Face hub) and caches tokenized corpora in a session temp dir, so
+  tests never read or write the repository's ``.cache/``.
+* Data-dependent fixtures skip (with the reason) when a dataset is not
+  installed; a corrupt dataset is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pillm import data
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_and_private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PILLM_OFFLINE", "1")
+    mp.setenv("PILLM_CACHE_DIR", str(tmp_path_factory.mktemp("pillm-cache")))
+    yield
+    mp.undo()
+
+
+def _or_skip(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except data.DataNotFoundError as err:
+        pytest.skip(f"dataset not available: {err}")
+
+
+@pytest.fixture(scope="session")
+def wikitext2(_offline_and_private_cache) -> data.TokenizedCorpus:
+    """WikiText-2 with the word tokenizer (tokenized once per session, then cached)."""
+    return _or_skip(data.load_tokenized, "wikitext2")
+
+
+@pytest.fixture(scope="session")
+def ptb(_offline_and_private_cache) -> data.TokenizedCorpus:
+    """Penn Treebank with the word tokenizer."""
+    return _or_skip(data.load_tokenized, "ptb")
+
+
+@pytest.fixture(scope="session")
+def tinystories_corpus(_offline_and_private_cache) -> data.Corpus:
+    """The TinyStories 2 MiB slice as stories (untokenized)."""
+    return _or_skip(data.load_corpus, "tinystories")
+
+
+@pytest.fixture(scope="session")
+def lambada_corpus(_offline_and_private_cache) -> data.Corpus:
+    return _or_skip(data.load_corpus, "lambada")
