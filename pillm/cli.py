@@ -40,6 +40,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--lam", type=float, help="ridge λ relative to mean diag(HᵀH)")
     p.add_argument("--target", choices=TARGETS)
     p.add_argument("--iterations", type=int)
+    p.add_argument("--search-tokens", type=int, help="validation tokens for the step-size search")
     p.add_argument("--final-resolve", action="store_true", default=None)
     p.add_argument("--final-target", choices=TARGETS)
     p.add_argument("--solve-head", action="store_true", default=None, help="pil_pure: closed-form output head")
@@ -53,7 +54,7 @@ def _train_parser(sub) -> None:
 MODEL_FLAGS = {"dropout": "dropout", "expansion": "expansion", "fusion": "fusion"}
 TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "max_train_tokens": "max_train_tokens",
                "max_eval_tokens": "max_eval_tokens", "seed": "seed", "device": "device", "lam": "lam",
-               "target": "target", "iterations": "iterations", "final_resolve": "final_resolve",
+               "target": "target", "iterations": "iterations", "search_tokens": "search_tokens", "final_resolve": "final_resolve",
                "final_target": "final_target", "solve_head": "solve_head", "compile": "compile"}
 
 
@@ -107,9 +108,22 @@ def cmd_evaluate(args) -> int:
             raise SystemExit(f"the checkpoint's tokenizer ({tokenizer.vocab_size} types) does not match "
                              f"{args.dataset}'s ({corpus.tokenizer.vocab_size}); evaluate on the training corpus")
         ids = getattr(corpus, args.split)
-        out = evaluate_stream(model, ids, stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
+        out = evaluate_stream(model, ids, stride=args.stride, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                              progress=not args.quiet)
     print(json.dumps({"checkpoint": args.checkpoint, "dataset": args.dataset, "split": args.split, **out}, indent=2))
     return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    return bench.main(args)
+
+
+def cmd_experiments(args) -> int:
+    from . import experiments
+
+    return experiments.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,11 +136,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--stride", type=int, help="sliding-window stride (default: non-overlapping windows)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the split")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    from .bench import add_arguments as _bench_arguments
+
+    _bench_arguments(sub.add_parser("bench", help="performance benchmarks; writes results/bench/<device>.json"))
+    from .experiments import add_arguments as _experiments_arguments
+
+    _experiments_arguments(sub.add_parser("experiments", help="execute the experiment notebooks that are missing "
+                                          "or stale (papermill); results/<profile>/ with provenance"))
+    from .report import add_subcommands as _paper_subcommands  # `pillm paper`, `pillm arxiv`
+
+    _paper_subcommands(sub)
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
+                "experiments": cmd_experiments}.get(args.command, getattr(args, "handler", None))(args)
     except ValueError as e:  # configuration errors: one clear line, no traceback
         print(f"pillm {args.command}: error: {e}", file=sys.stderr)
         return 2

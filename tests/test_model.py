@@ -1,0 +1,161 @@
+"""Model: configuration errors, FFN kinds, fusion wiring, GELU regime, parameter counting."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pillm.model import FFN_KINDS, FUSIONS, PILLM, ModelConfig, config_for
+
+
+def tiny(**kw) -> ModelConfig:
+    return config_for("tiny", **{"vocab_size": 50, "block_size": 16, "dropout": 0.0, **kw})
+
+
+@pytest.mark.parametrize("kind", FFN_KINDS)
+def test_forward_shapes_and_causality(kind):
+    torch.manual_seed(0)
+    model = PILLM(tiny(ffn=kind)).eval()
+    ids = torch.randint(0, 50, (2, 16))
+    logits = model(ids)
+    assert logits.shape == (2, 16, 50)
+    changed = ids.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 50
+    # Future tokens must not change earlier predictions.
+    torch.testing.assert_close(model(changed)[:, :10], logits[:, :10])
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("n_head", 3, "divisible"),
+        ("expansion", 0.5, "expansion"),
+        ("ffn", "transformer", "ffn="),
+        ("fusion", "product", "fusion="),
+        ("dropout", 1.0, "dropout"),
+    ],
+)
+def test_invalid_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**{field: value})
+
+
+def test_unknown_size_lists_presets():
+    with pytest.raises(ValueError, match="tiny, small, medium, large"):
+        config_for("huge")
+
+
+def test_presets_match_the_paper():
+    assert (config_for("small").n_layer, config_for("small").n_embd, config_for("small").n_head) == (4, 256, 4)
+    assert (config_for("medium").n_layer, config_for("medium").n_embd, config_for("medium").n_head) == (6, 384, 6)
+    assert (config_for("large").n_layer, config_for("large").n_embd, config_for("large").n_head) == (8, 512, 8)
+
+
+def test_tied_embeddings():
+    model = PILLM(tiny())
+    ids = torch.randint(0, 50, (1, 4))
+    x = model.embed(ids)
+    expected = model.ln_f(x) @ model.tok_emb.weight.T
+    torch.testing.assert_close(model.head(x), expected)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_fusion_reaches_the_layer(fusion):
+    """Pitfall: a fusion option that was never passed through to the layer."""
+    cfg = tiny(ffn="bipil", fusion=fusion)
+    model = PILLM(cfg)
+    feats = model.blocks[0].ffn.features
+    assert feats.fusion == fusion
+    m = cfg.hidden
+    assert feats.n_features == (2 * m if fusion == "concat" else m)
+    u = F.layer_norm(torch.randn(7, cfg.n_embd), (cfg.n_embd,))
+    h_f, z_b = F.gelu(u @ feats.proj_fwd), u @ feats.proj_bwd
+    expected = {"concat": torch.cat([h_f, F.gelu(z_b)], -1), "sum": h_f + F.gelu(z_b),
+                "gate": h_f * torch.sigmoid(z_b)}[fusion]
+    torch.testing.assert_close(feats(u), expected)
+
+
+def test_bipil_projections_are_independent():
+    feats = PILLM(tiny(ffn="bipil")).blocks[0].ffn.features
+    assert not torch.allclose(feats.proj_fwd, feats.proj_bwd)
+
+
+def test_random_projection_keeps_gelu_nonlinear():
+    """Pitfall: projections scaled so small that GELU is linear (random features collapse)."""
+    torch.manual_seed(0)
+    cfg = config_for("small", vocab_size=50, ffn="pil")
+    feats = PILLM(cfg).blocks[0].ffn.features
+    u = F.layer_norm(torch.randn(4096, cfg.n_embd), (cfg.n_embd,))
+    z = feats.preactivations(u)
+    assert 0.8 < z.var().item() < 1.25  # unit variance pre-activations
+    h = feats(u)
+
+    def linear_r2(pre, post):
+        pre, post = pre.reshape(-1, 1), post.reshape(-1, 1)
+        x = torch.cat([pre, torch.ones_like(pre)], 1)
+        resid = post - x @ torch.linalg.lstsq(x, post).solution
+        return 1 - (resid.var() / post.var()).item()
+
+    assert linear_r2(z, h) < 0.85  # GELU in its curved regime
+    # the same check flags the pitfall (1/M scaling of an earlier implementation) as linear
+    tiny_z = z / cfg.hidden * math.sqrt(cfg.n_embd)
+    assert linear_r2(tiny_z, F.gelu(tiny_z)) > 0.99
+
+
+def _numel_unique(model):
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel()
+    return total
+
+
+@pytest.mark.parametrize("kind", FFN_KINDS)
+def test_parameter_counts_cover_every_tensor(kind):
+    """Pitfall: PIL weights stored as buffers and left out of parameter counts."""
+    cfg = tiny(ffn=kind)
+    model = PILLM(cfg)
+    counts = model.parameter_counts()
+    assert counts["total"] == _numel_unique(model)  # every parameter and buffer, the tied head once
+    c, m, L = cfg.n_embd, cfg.hidden, cfg.n_layer
+    assert counts["embedding"] == cfg.vocab_size * c + cfg.block_size * c
+    if kind == "pil":
+        assert counts["ffn_solved"] == L * (m * c + c)
+        assert counts["ffn_frozen_random"] == L * c * m
+        assert counts["ffn_trainable"] == 0
+    if kind == "bipil":
+        assert counts["ffn_solved"] == L * (2 * m * c + c)
+        assert counts["ffn_frozen_random"] == L * 2 * c * m
+    if kind == "rf_adamw":
+        assert counts["ffn_trainable"] == L * (m * c + c) and counts["ffn_solved"] == 0
+    if kind == "mlp":
+        assert counts["ffn_trainable"] == L * (2 * m * c + m + c)
+    if kind == "none":
+        assert counts["ffn_trainable"] == counts["ffn_solved"] == counts["ffn_frozen_random"] == 0
+
+
+def test_solved_head_is_counted():
+    model = PILLM(tiny(ffn="pil", head="solved"))
+    assert model.parameter_counts()["head_solved"] == 64 * 50 + 50
+
+
+def test_pil_weights_are_parameters_without_gradients():
+    ffn = PILLM(tiny(ffn="pil")).blocks[0].ffn
+    names = dict(ffn.named_parameters())
+    assert set(names) == {"out_weight", "out_bias"}
+    assert not any(p.requires_grad for p in names.values())
+    assert {"features.proj_fwd"} <= set(dict(ffn.named_buffers()))
+    rf = PILLM(tiny(ffn="rf_adamw")).blocks[0].ffn
+    assert all(p.requires_grad for p in rf.parameters())
+
+
+def test_unsolved_pil_layer_is_identity_on_the_residual():
+    torch.manual_seed(0)
+    pil = PILLM(tiny(ffn="pil")).eval()
+    torch.manual_seed(0)
+    attn = PILLM(tiny(ffn="none")).eval()
+    attn.load_state_dict({k: v for k, v in pil.state_dict().items() if ".ffn." not in k})
+    ids = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(pil(ids), attn(ids))
