@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from .data import TokenStream, load_tokenized, load_tokenizer
-from .evaluate import evaluate_stream
+from .data import lambada_examples
+from .evaluate import evaluate_stream, generate, lambada
 from .model import PILLM, ModelConfig, config_for
 from .train import PIL_METHODS, TrainConfig, ffn_kind_for, resolve_device, run_procedure
 
@@ -44,6 +45,9 @@ class RunSpec:
     train: dict = field(default_factory=dict)  # TrainConfig overrides (epochs, lr, lam, target, …)
     teacher: str | None = None  # checkpoint dir of a trained mlp model (target='teacher')
     save_checkpoint: bool = True
+    lambada: bool = False  # also score LAMBADA (whole-word accuracy) with the trained model
+    lambada_limit: int | None = None  # first N passages only (smoke runs)
+    samples: dict | None = None  # {"prompts": [...], "seeds": [...], "tokens": 40, "temperature": 0.8, "top_k": 40}
 
     def configs(self, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
         tcfg = TrainConfig(**{"method": self.method, **self.train})
@@ -111,6 +115,20 @@ def load(directory, device: str = "cpu") -> tuple[PILLM, object]:
     return model, load_tokenizer(directory / "tokenizer")
 
 
+def sample_texts(model: PILLM, tokenizer, prompts: list[str], seeds: list[int], tokens: int = 40,
+                 temperature: float = 0.8, top_k: int | None = 40) -> list[dict]:
+    """Generation examples: each prompt continued once per seed (reproducible generators)."""
+    device = next(model.parameters()).device
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode(prompt, add_eos=False)], device=device)
+        for seed in seeds:
+            g = torch.Generator(device=device).manual_seed(seed)
+            full = generate(model, ids, tokens, temperature=temperature, top_k=top_k, generator=g)
+            out.append({"prompt": prompt, "seed": seed, "text": tokenizer.decode(full[0, ids.shape[1]:].tolist())})
+    return out
+
+
 def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = True) -> tuple[dict, PILLM]:
     """Train and evaluate one run; returns ``(result, model)``.
 
@@ -141,6 +159,13 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
     ev = dict(batch_size=tcfg.batch_size, max_tokens=tcfg.max_eval_tokens)
     v = evaluate_stream(model, valid.ids, **ev)
     t = evaluate_stream(model, corpus.test, **ev)
+    extra = {}
+    if spec.lambada:
+        kind = "plain" if corpus.tokenizer.kind == "word" else "openai"
+        examples = lambada_examples(kind)[: spec.lambada_limit]
+        extra["lambada"] = lambada(model, corpus.tokenizer, examples, progress=progress) | {"file": kind}
+    if spec.samples:
+        extra["samples"] = sample_texts(model, corpus.tokenizer, **spec.samples)
     result = {
         "method": spec.method, "dataset": spec.dataset, "size": spec.size, "seed": tcfg.seed,
         "spec": asdict(spec), "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
@@ -150,7 +175,7 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
         "optimizer_steps": log.optimizer_steps, "updated_params": log.updated_params,
         "params": model.parameter_counts(), "solves": log.solves, "phases": log.phases, "curve": log.curve,
         "train_tokens": int(corpus.train.numel()), "data_files": corpus.files, "data_note": corpus.note,
-        "environment": environment(), "complete": True,
+        **extra, "environment": environment(), "complete": True,
     }
     if out is not None:
         out = Path(out)

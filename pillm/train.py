@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -43,7 +44,7 @@ from .targets import SEARCHED, check_target, layer_data
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 PIL_METHODS = ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 FIXED_FFN = {"baseline": "mlp", "attn_only": "none", "lora": "lora", "rf_adamw": "rf_adamw"}
-DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 5))  # 1e-4 … 1e2, half decades
+DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 9))  # 1e-4 … 1e4, half decades
 
 
 class TrainingDiverged(RuntimeError):
@@ -202,12 +203,16 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
             ffn.set_solution(w_base - eta * w_step, b_base - eta * b_step)
             search_log.append({"eta": eta, "valid_loss": _mean_loss(model, *search, cfg.solve_batch_size)})
         eta = min(search_log, key=lambda r: r["valid_loss"])["eta"]
+        if eta in (min(cfg.eta_grid), max(cfg.eta_grid)):
+            warnings.warn(f"layer {layer}: the best step size η={eta:g} is at the edge of eta_grid; "
+                          "widen the grid", RuntimeWarning, stacklevel=2)
     else:
         eta = 0.0  # zero / teacher: Y = Y₀
     ffn.set_solution(w_base - eta * w_step, b_base - eta * b_step)
     _sync(device)
     record = rec.to_dict() | {
-        "layer": layer, "target": target, "eta": eta, "search": search_log, "n_features": ffn.n_features,
+        "layer": layer, "target": target, "eta": eta, "search": search_log,
+        "eta_at_edge": bool(search_log) and eta in (min(cfg.eta_grid), max(cfg.eta_grid)), "n_features": ffn.n_features,
         "r2": _fit_r2(acc, w_base - eta * w_step, b_base - eta * b_step, eta, cross, c),
         "seconds_total": time.perf_counter() - t0,
     }
