@@ -353,7 +353,10 @@ class AdamWRunner:
         self.optimizer, n_params = make_optimizer(model, cfg, self.device)
         log.updated_params = max(log.updated_params, n_params)
         self.rank, self.world = _rank_world()
-        self.steps_per_epoch = math.ceil(train.num_batches(model.config.block_size, cfg.batch_size) / self.world)
+        # Every rank takes the same number of steps (DDP pairs gradient all-reduces step by step),
+        # so with several ranks the last num_batches % world batches of an epoch are dropped.
+        n_batches = train.num_batches(model.config.block_size, cfg.batch_size)
+        self.steps_per_epoch = max(1, n_batches // self.world)
         self.total_steps = max(1, total_epochs * self.steps_per_epoch)
         self.step = 0
         self.epoch = 0
@@ -375,6 +378,8 @@ class AdamWRunner:
                    disable=not self.progress or self.rank != 0, leave=False)
         seen = 0
         for i, (x, y) in enumerate(batches):
+            if i >= self.steps_per_epoch * self.world:
+                break
             if i % self.world != self.rank:
                 continue
             for group in self.optimizer.param_groups:
