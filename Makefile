@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= paper
 KERNEL := pillm
 
-.PHONY: help setup test test-fast experiments paper arxiv bench clean
+.PHONY: help setup tex test test-fast experiments paper arxiv bench clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,7 +32,22 @@ test-fast: setup ## Unit tests only (no notebooks, no end-to-end)
 experiments: setup ## Run experiments missing or stale for PROFILE (FORCE=1 reruns, ONLY=name filters)
 	$(PY) -m pillm experiments --profile $(PROFILE) $(if $(FORCE),--force) $(if $(ONLY),--only $(ONLY))
 
-paper: setup ## Build paper/build/main.pdf from committed results
+# TeX for the paper (Debian packages, no recommends); installed only when latexmk/pdflatex are missing.
+TEX_PACKAGES := texlive-latex-extra texlive-fonts-recommended texlive-science latexmk
+tex: ## Install TeX for the paper if missing (apt-get, --no-install-recommends; sudo when not root)
+	@if command -v latexmk >/dev/null 2>&1 && command -v pdflatex >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "error: latexmk/pdflatex not found and apt-get is not available; install TeX Live with latexmk" \
+	       "(packages: $(TEX_PACKAGES))" >&2; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	  echo "error: latexmk/pdflatex not found; as root run: apt-get install --no-install-recommends" \
+	       "$(TEX_PACKAGES)" >&2; exit 1; fi; \
+	echo "installing TeX: $(TEX_PACKAGES)"; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES) \
+	  >/dev/null || { echo "error: installing TeX with apt-get failed" >&2; exit 1; }
+
+paper: setup tex ## Build paper/build/main.pdf from committed results
 	$(PY) -m pillm paper --profile $(PROFILE)
 
 arxiv: paper ## Build paper/build/arxiv.tar.gz and prove it compiles

@@ -1,0 +1,636 @@
+"""Experiments: grids of runs with resume, tidy summaries, and notebooks executed with provenance.
+
+    from pillm import experiments as ex
+    runs = ex.expand({"size": "tiny", "train": {"epochs": 1}}, method=["baseline", "pil_then_attn"], seed=[0, 1])
+    df = ex.run_grid("benchmark", runs, profile="smoke")     # results/smoke/benchmark/{runs/,summary.csv}
+
+    pillm experiments --profile smoke [--only NAME ...] [--force] [--results-dir DIR]
+
+Layout under ``<root>/<profile>/`` (``<root>``: ``--results-dir``, ``$PILLM_RESULTS_DIR`` or
+``<repo>/results``)::
+
+    <experiment>/runs/<name>/result.json   one run (pillm.run.execute), + checkpoint/ if kept
+    <experiment>/runs/<name>/run.json      name, varied parameters, run key (written last)
+    <experiment>/summary.csv               one row per run (+ other tables / figure data)
+    <experiment>/provenance.json           staleness hash, git commit, environment, wall time
+    <experiment>/.complete                 the staleness hash; written last, atomically
+    <experiment>.ipynb, <experiment>.html  the executed notebook and its HTML export
+
+A run counts as done when its ``run.json`` holds the current *run key* (the spec plus the
+library sources that produce results), so an interrupted grid resumes and a library change
+recomputes. A notebook counts as done when ``.complete`` holds its *staleness hash* (notebook
+source without outputs, parameters, ``pillm/*.py``, ``pillm/experiments.yaml``, data checksums).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import pandas as pd
+
+from .run import REPO, RunSpec, environment, execute, load, write_json_atomic
+
+PACKAGE = Path(__file__).resolve().parent
+REGISTRY = PACKAGE / "experiments.yaml"
+KERNEL = "pillm"
+PROFILES = ("smoke", "paper")
+# Modules that do not change what a run computes (they may change without invalidating runs).
+_NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "report.py", "bench.py"}
+
+_SPEC_FIELDS = {f.name for f in fields(RunSpec)}
+
+
+def _field_names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+# --------------------------------------------------------------------------------------------
+# Paths and atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def root_dir(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$PILLM_RESULTS_DIR``, else ``<repo>/results``."""
+    return Path(root or os.environ.get("PILLM_RESULTS_DIR") or REPO / "results").expanduser().resolve()
+
+
+def experiment_dir(experiment: str, profile: str, root=None) -> Path:
+    return root_dir(root) / profile / experiment
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text))
+
+
+def write_csv_atomic(df: pd.DataFrame, path) -> None:
+    _atomic(path, lambda f: df.to_csv(f, index=False))
+
+
+def _sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Run grids
+# --------------------------------------------------------------------------------------------
+
+
+def _route(key: str) -> str:
+    """Where a flat parameter goes: a RunSpec field, ``model`` (ModelConfig) or ``train`` (TrainConfig)."""
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    if key in _SPEC_FIELDS:
+        return "spec"
+    if key in _field_names(ModelConfig):
+        return "model"
+    if key in _field_names(TrainConfig):
+        return "train"
+    raise ValueError(f"unknown run parameter {key!r}: not a RunSpec, ModelConfig or TrainConfig field")
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def make_run(base: dict, name: str | None = None, labels: dict | None = None, **vary) -> dict:
+    """One run dict: ``base`` (RunSpec fields, ``model``/``train`` dicts) with ``vary`` applied.
+
+    Flat keys in ``vary`` are routed to the RunSpec, ``model`` or ``train`` by field name; the
+    default name is ``k=v,k=v`` over ``vary``. ``labels`` are extra summary columns (not part of
+    the spec), e.g. ``{"variant": "PIL 2x"}``.
+    """
+    run = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    run.setdefault("model", {})
+    run.setdefault("train", {})
+    for key in list(run):
+        if key not in _SPEC_FIELDS | {"name", "vary"}:
+            raise ValueError(f"base key {key!r} is not a RunSpec field (put it in 'model' or 'train')")
+    for key, value in vary.items():
+        where = _route(key)
+        if where == "spec":
+            run[key] = value
+        else:
+            run[where][key] = value
+    run["vary"] = {**base.get("vary", {}), **(labels or {}), **vary}
+    run["name"] = name or ",".join(f"{k}={_fmt(v)}" for k, v in vary.items()) or "run"
+    return run
+
+
+def expand(base: dict, **grid) -> list[dict]:
+    """Cartesian product of ``grid`` (each value a list) over ``base``; seeds are just ``seed=[…]``."""
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], (list, tuple)):
+            raise TypeError(f"grid values must be lists, got {k}={grid[k]!r}")
+    return [make_run(base, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def run_spec(run: dict) -> RunSpec:
+    return RunSpec(**{k: v for k, v in run.items() if k in _SPEC_FIELDS})
+
+
+def code_hash(package: Path = PACKAGE) -> str:
+    """Hash of the library sources that determine what a run computes, and the data checksums."""
+    from .data import SHA256
+
+    files = sorted(p for p in Path(package).glob("*.py") if p.name not in _NOT_RESULT_CODE)
+    return _sha(*[p.name.encode() + b"\0" + p.read_bytes() for p in files], SHA256)
+
+
+def run_key(spec: RunSpec, package: Path = PACKAGE) -> str:
+    return _sha(asdict(spec), code_hash(package))
+
+
+def _done(run_dir: Path, key: str, spec: RunSpec) -> dict | None:
+    """The finished run's result, or None (not run, interrupted, stale, or its checkpoint is gone)."""
+    if spec.save_checkpoint and not (run_dir / "checkpoint" / "config.json").exists():
+        return None
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+        if meta.get("key") != key:
+            return None
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def summarize(experiment: str, run: dict, result: dict) -> dict:
+    """One tidy row: experiment, name, varied parameters, then the standard metrics."""
+    row = {"experiment": experiment, "name": run["name"], **run.get("vary", {})}
+    std = {k: result.get(k) for k in ("method", "seed", "size", "dataset", "valid_ppl", "test_ppl", "test_acc",
+                                       "valid_acc", "train_s", "pil_s", "total_s", "optimizer_steps")}
+    std |= {f"params_{k}": v for k, v in result.get("params", {}).items()}
+    conds = [s["cond"] for s in result.get("solves", []) if s.get("cond") is not None]
+    std["n_features"] = max((s.get("n_features", 0) for s in result.get("solves", [])), default=0) or math.nan
+    std["max_cond"] = max(conds) if conds else math.nan
+    std["any_fallback"] = any(bool(s.get("fallback")) for s in result.get("solves", []))
+    std["any_eta_at_edge"] = any(bool(s.get("eta_at_edge")) for s in result.get("solves", []))
+    if "lambada" in result:  # RunSpec(lambada=True)
+        std |= {f"lambada_{k}": v for k, v in result["lambada"].items()}
+    return row | {k: v for k, v in std.items() if k not in row}
+
+
+_STANDARD = {"experiment", "valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
+             "optimizer_steps", "n_features", "max_cond", "any_fallback", "any_eta_at_edge"}
+
+
+def _run_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of a summary that describe a run (name, varied parameters), not its metrics."""
+    return [c for c in df.columns if c not in _STANDARD and not c.startswith(("params_", "lambada_"))]
+
+
+def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=None, progress: bool = True,
+             summary: str = "summary.csv") -> pd.DataFrame:
+    """Execute ``runs`` (skipping finished ones), write ``summary.csv`` atomically and return it."""
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"run names must be unique within {experiment!r}; duplicated: {dup}")
+    exp_dir = experiment_dir(experiment, profile, results_root)
+    rows = []
+    for i, run in enumerate(runs, 1):
+        spec = run_spec(run)
+        key = run_key(spec)
+        rdir = exp_dir / "runs" / run["name"]
+        result = _done(rdir, key, spec)
+        if result is None:
+            for stale in ("run.json", "result.json"):
+                (rdir / stale).unlink(missing_ok=True)
+            if progress:
+                print(f"[{experiment}] run {i}/{len(runs)}: {run['name']}", flush=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result, _ = execute(spec, out=rdir, progress=progress)
+            notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+            write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
+                                                     "warnings": notes})
+            if progress:
+                print(f"[{experiment}]   test ppl {result['test_ppl']:.2f}, {result['total_s']:.1f} s", flush=True)
+        elif progress:
+            print(f"[{experiment}] run {i}/{len(runs)}: {run['name']} (done, skipped)", flush=True)
+        # Warnings are recorded with the run and shown the same way whether it ran now or before.
+        for note in json.loads((rdir / "run.json").read_text()).get("warnings", []):
+            print(f"{run['name']}: {note}", file=sys.stderr, flush=True)
+        rows.append(summarize(experiment, run, result))
+    df = pd.DataFrame(rows)
+    write_csv_atomic(df, exp_dir / summary)
+    return df
+
+
+def run_dir(experiment: str, name: str, profile: str, results_root=None) -> Path:
+    return experiment_dir(experiment, profile, results_root) / "runs" / name
+
+
+def load_result(experiment: str, name: str, profile: str, results_root=None) -> dict:
+    return json.loads((run_dir(experiment, name, profile, results_root) / "result.json").read_text())
+
+
+def load_model(experiment: str, name: str, profile: str, results_root=None, device: str = "auto"):
+    """``(model, tokenizer)`` of a run that kept its checkpoint (``save_checkpoint=True``)."""
+    from .train import resolve_device
+
+    return load(run_dir(experiment, name, profile, results_root), device=str(resolve_device(device)))
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis helpers for notebooks
+# --------------------------------------------------------------------------------------------
+
+
+def mean_std(df: pd.DataFrame, by, cols) -> pd.DataFrame:
+    """Mean and std over seeds: columns ``<col>_mean``, ``<col>_std`` and ``n`` per group."""
+    by, cols = ([by] if isinstance(by, str) else list(by)), ([cols] if isinstance(cols, str) else list(cols))
+    g = df.groupby(by, sort=False, dropna=False)
+    out = g[cols].agg(["mean", "std"])
+    out.columns = [f"{c}_{s}" for c, s in out.columns]
+    out["n"] = g.size()
+    return out.reset_index()
+
+
+def curves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
+    """Validation curves (``result['curve']``) of every run in ``df``, tidy, with ``df``'s columns."""
+    rows = []
+    for rec in df[_run_columns(df)].to_dict("records"):
+        for point in load_result(experiment, rec["name"], profile, results_root)["curve"]:
+            rows.append(rec | point)
+    return pd.DataFrame(rows)
+
+
+def solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
+    """Per-layer solver records (κ, R², fallback, λ, η, tokens, seconds) of every run in ``df``."""
+    keep = ("phase", "layer", "sweep", "solver", "fallback", "reason", "cond", "r2", "lam_abs", "eta", "eta_at_edge",
+            "tokens", "n_features", "seconds", "seconds_total")
+    rows = []
+    for rec in df[_run_columns(df)].to_dict("records"):
+        for s in load_result(experiment, rec["name"], profile, results_root)["solves"]:
+            rows.append(rec | {k: s.get(k) for k in keep if k in s})
+    return pd.DataFrame(rows)
+
+
+def fit_complexity(df: pd.DataFrame, t: str = "seconds", n: str = "tokens", d: str = "n_features") -> dict:
+    """Least squares ``t ≈ a·N·D² + b·D³`` (no intercept); returns a, b, R² and the fitted column."""
+    import numpy as np
+
+    x = np.stack([df[n].to_numpy(float) * df[d].to_numpy(float) ** 2, df[d].to_numpy(float) ** 3], axis=1)
+    y = df[t].to_numpy(float)
+    (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
+    fit = x @ np.array([a, b])
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1 - float(((y - fit) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+    return {"a": float(a), "b": float(b), "r2": r2, "fitted": fit}
+
+
+def samples(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
+    """Generation samples (``RunSpec(samples=…)``) of every run in ``df``, one row per prompt × seed."""
+    rows = []
+    for rec in df[_run_columns(df)].to_dict("records"):
+        for s in load_result(experiment, rec["name"], profile, results_root).get("samples", []):
+            rows.append(rec | {"sample_" + k if k in rec else k: v for k, v in s.items()})
+    return pd.DataFrame(rows)
+
+
+def setup_notebook(threads: int | None = None) -> None:
+    """Notebook defaults: CPU threads (``None`` keeps torch's), pandas display, seaborn theme."""
+    import seaborn as sns
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    pd.set_option("display.precision", 4)
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 40)
+    sns.set_theme(context="notebook", style="whitegrid")
+
+
+def summary_table(df: pd.DataFrame, by, metrics=("test_ppl", "test_acc"), first=()) -> pd.DataFrame:
+    """One row per group of ``by``: the ``first`` columns (constant within a group, e.g. parameter
+    counts), then ``<metric>_mean`` / ``<metric>_std`` over seeds and ``n``."""
+    by = [by] if isinstance(by, str) else list(by)
+    stats = mean_std(df, by, list(metrics))
+    if not first:
+        return stats
+    return df.groupby(by, sort=False, dropna=False)[list(first)].first().reset_index().merge(stats, on=by)
+
+
+def _round_col(name, s: pd.Series, digits: int | None) -> pd.Series:
+    if not pd.api.types.is_float_dtype(s):
+        return s
+    if digits is not None:
+        return s.round(digits)
+    name = str(name)
+    if "cond" in name:  # 4 significant digits
+        import numpy as np
+
+        mag = np.floor(np.log10(np.abs(s.where(s != 0, 1.0)).astype(float)))
+        return (s / 10.0 ** (mag - 3)).round() * 10.0 ** (mag - 3)
+    if "ppl" in name or name.endswith(("_s", "_s_mean", "_s_std")):
+        return s.round(2)
+    if any(k in name for k in ("acc", "rate", "r2")):
+        return s.round(4)
+    return s  # parameters (λ, η, …) are shown exactly
+
+
+def rounded(df: pd.DataFrame, digits: int | None = None, *, drop_empty: bool = True) -> pd.DataFrame:
+    """For display, so that printed numbers are reproducible: perplexities and seconds 2 decimals,
+    accuracies/rates/R² 4, condition numbers 4 significant digits, other columns as they are
+    (``digits``: every float column to that many decimals). Drops all-NaN columns (the std of a
+    single seed) unless ``drop_empty=False``."""
+    if df.empty:
+        return df
+    out = df.apply(lambda s: _round_col(s.name, s, digits))
+    return out.dropna(axis=1, how="all") if drop_empty else out
+
+
+def barplot(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, log: bool = False, title: str = "",
+            ax=None, **kw):
+    """Bar plot (mean ± sd over seeds); returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = (plt.subplots(figsize=(7, 3.5)) if ax is None else (ax.figure, ax))
+    sns.barplot(data=df, x=x, y=y, hue=hue, errorbar="sd", ax=ax, **kw)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def lineplot(df: pd.DataFrame, x: str, y, hue: str | None = None, *, logx: bool = False, logy: bool = False,
+             title: str = "", **kw):
+    """One panel per ``y`` (a name or a list), mean ± sd over seeds; returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ys = [y] if isinstance(y, str) else list(y)
+    fig, axes = plt.subplots(1, len(ys), figsize=(4.5 * len(ys), 3.5), squeeze=False)
+    for ax, col in zip(axes[0], ys):
+        sns.lineplot(data=df, x=x, y=col, hue=hue, marker="o", errorbar="sd", ax=ax, **kw)
+        ax.set_xscale("log" if logx else "linear")
+        ax.set_yscale("log" if logy else "linear")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(table: pd.DataFrame, *, title: str = "", fmt: str = ".1f", **kw):
+    """Annotated heatmap of a pivot table; returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.6 * table.shape[1] + 2.5, 0.6 * table.shape[0] + 1.5))
+    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis_r", ax=ax, **kw)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curve_df: pd.DataFrame, hue: str = "method", y: str = "valid_ppl"):
+    """Validation ``y`` against epoch and against wall-clock seconds; returns the figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, x in zip(axes, ("epoch", "wall_s")):
+        sns.lineplot(data=curve_df, x=x, y=y, hue=hue, marker="o", errorbar="sd", ax=ax)
+        ax.set_yscale("log")
+    axes[1].set_xlabel("wall-clock (s)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Registry, staleness and notebook execution
+# --------------------------------------------------------------------------------------------
+
+
+def load_registry(path=None) -> dict:
+    """``{name: {"notebook": Path, "parameters": {profile: dict}, ...}}`` from ``experiments.yaml``."""
+    import yaml
+
+    path = Path(path or REGISTRY)
+    doc = yaml.safe_load(path.read_text())
+    exps = doc.get("experiments") or {}
+    for name, entry in exps.items():
+        nb = Path(entry["notebook"])
+        entry["notebook"] = nb if nb.is_absolute() else REPO / nb
+        entry.setdefault("parameters", {})
+    return exps
+
+
+def notebook_source_hash(path) -> str:
+    """Hash of a notebook's cells (type, source, tags): outputs and other metadata do not count."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [(c.cell_type, c.source, sorted(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
+    return _sha(cells)
+
+
+def staleness_hash(notebook, parameters: dict, profile: str, *, package: Path = PACKAGE) -> str:
+    """What an experiment's results depend on: notebook source, parameters, library, registry, data."""
+    from .data import SHA256
+
+    package = Path(package)
+    sources = sorted(package.glob("*.py")) + [package / "experiments.yaml"]
+    return _sha(notebook_source_hash(notebook), parameters, profile,
+                *[p.name.encode() + b"\0" + p.read_bytes() for p in sources if p.exists()], SHA256)
+
+
+def check_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        raise SystemExit(f"the Jupyter kernel {KERNEL!r} is not installed: run `make setup` "
+                         f"(it runs `python -m ipykernel install --sys-prefix --name {KERNEL}`)") from None
+
+
+def notebook_parameters(path) -> dict:
+    """The notebook's ``parameters`` cell as ``{name: default value}``."""
+    import ast
+
+    import papermill
+
+    return {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(path)).items()}
+
+
+def _entry(registry: dict, name: str, profile: str) -> tuple[dict, dict]:
+    if name not in registry:
+        raise SystemExit(f"unknown experiment {name!r}; known: {', '.join(registry)}")
+    entry = registry[name]
+    if profile not in entry["parameters"]:
+        raise SystemExit(f"experiment {name!r} has no parameters for profile {profile!r} "
+                         f"(has: {', '.join(entry['parameters'])})")
+    params = dict(entry["parameters"][profile] or {})
+    return entry, params
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_one(name: str, profile: str, results_root=None, *, force: bool = False, registry=None) -> int:
+    """Execute one registry notebook with papermill (called in its own process by run_experiments)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    root = root_dir(results_root)
+    entry, params = _entry(load_registry(registry), name, profile)
+    notebook = Path(entry["notebook"])
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        print(f"{name}: parameters {unknown} are not in {notebook.name}'s parameters cell", file=sys.stderr)
+        return 2
+    digest = staleness_hash(notebook, params, profile)
+    exp_dir = root / profile / name
+    if force and exp_dir.exists():
+        shutil.rmtree(exp_dir)  # --force recomputes every run, not only the notebook
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (".complete", "provenance.json", "failed.json"):
+        (exp_dir / stale).unlink(missing_ok=True)
+    out_nb = root / profile / f"{name}.ipynb"
+    injected = params | {"profile": profile, "results_root": str(root)}
+    if "progress" in declared:
+        injected["progress"] = True
+    started, t0 = _now(), time.perf_counter()
+    error = None
+    try:
+        papermill.execute_notebook(str(notebook), str(out_nb), parameters=injected, kernel_name=KERNEL,
+                                   cwd=str(notebook.parent), progress_bar=False,
+                                   stdout_file=sys.stdout, stderr_file=sys.stderr)
+    except PapermillExecutionError as e:
+        error = {"cell_index": e.cell_index, "execution_count": e.exec_count, "ename": e.ename,
+                 "evalue": e.evalue, "notebook": str(out_nb), "date": _now()}
+    except Exception as e:  # noqa: BLE001 - a dead kernel, a timeout, …: still a failure with a record
+        error = {"cell_index": None, "execution_count": None, "ename": type(e).__name__, "evalue": str(e),
+                 "notebook": str(out_nb), "date": _now()}
+    wall = time.perf_counter() - t0
+    try:
+        _export_html(out_nb)
+    except Exception as e:  # noqa: BLE001 - the HTML copy is a convenience, never a failure
+        print(f"{name}: HTML export failed: {type(e).__name__}: {e}", file=sys.stderr)
+    if error is not None:
+        write_json_atomic(exp_dir / "failed.json", error)
+        where = "" if error["cell_index"] is None else (f" in cell {error['cell_index']} "
+                                                         f"(execution count {error['execution_count']})")
+        print(f"{name}: FAILED{where}: {error['ename']}: {error['evalue']}\n  executed notebook kept: {out_nb}",
+              file=sys.stderr)
+        return 1
+    write_json_atomic(exp_dir / "provenance.json", {
+        "experiment": name, "profile": profile, "hash": digest,
+        "notebook": os.path.relpath(notebook, REPO), "executed_notebook": out_nb.name,
+        "parameters": injected | {"results_root": None},  # the root is where this file is
+        "git_commit": environment().get("git_commit"), "environment": environment(),
+        "wall_s": wall, "started": started, "finished": _now(),
+    })
+    write_text_atomic(exp_dir / ".complete", digest + "\n")  # last: its presence means done
+    return 0
+
+
+def _export_html(executed) -> None:
+    from nbconvert import HTMLExporter
+
+    executed = Path(executed)
+    if executed.exists():
+        body, _ = HTMLExporter().from_filename(str(executed))
+        write_text_atomic(executed.with_suffix(".html"), body)
+
+
+def run_experiments(profile: str, only=None, force: bool = False, results_root=None, registry=None) -> int:
+    """Run every registry notebook that is missing or stale for ``profile``; returns an exit code."""
+    reg = load_registry(registry)
+    names = list(dict.fromkeys(only)) if only else list(reg)
+    for name in names:
+        _entry(reg, name, profile)  # unknown names or profiles: fail before running anything
+    check_kernel()
+    root = root_dir(results_root)
+    print(f"pillm experiments: profile {profile}, {len(names)} experiment(s), results in {root / profile}", flush=True)
+    failed, ran, skipped = [], [], []
+    for i, name in enumerate(names, 1):
+        entry, params = _entry(reg, name, profile)
+        digest = staleness_hash(entry["notebook"], params, profile)
+        mark = root / profile / name / ".complete"
+        if not force and mark.exists() and mark.read_text().strip() == digest:
+            print(f"[{i}/{len(names)}] {name}: up to date, skipped", flush=True)
+            skipped.append(name)
+            continue
+        print(f"[{i}/{len(names)}] {name}: running {os.path.relpath(entry['notebook'], REPO)}", flush=True)
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "pillm", "experiments", "--one", name, "--profile", profile,
+               "--results-dir", str(root)] + (["--force"] if force else []) \
+            + (["--registry", str(registry)] if registry else [])
+        rc = subprocess.call(cmd, cwd=REPO)
+        took = time.perf_counter() - t0
+        if rc == 0:
+            print(f"[{i}/{len(names)}] {name}: done in {took:.1f} s", flush=True)
+            ran.append(name)
+        else:
+            info = root / profile / name / "failed.json"
+            why = ""
+            if info.exists():
+                e = json.loads(info.read_text())
+                cell = "" if e["cell_index"] is None else f"cell {e['cell_index']} raised "
+                why = f": {cell}{e['ename']}: {e['evalue']} (see {e['notebook']})"
+            print(f"[{i}/{len(names)}] {name}: FAILED after {took:.1f} s (exit {rc}){why}", flush=True)
+            failed.append(name)
+    print(f"pillm experiments: {len(ran)} ran, {len(skipped)} skipped, {len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="smoke", help="parameter profile in pillm/experiments.yaml (smoke, paper)")
+    p.add_argument("--only", action="extend", nargs="+", metavar="NAME", help="run only these experiments")
+    p.add_argument("--force", action="store_true", help="rerun even if up to date (recomputes every run)")
+    p.add_argument("--results-dir", help="results root (default $PILLM_RESULTS_DIR or <repo>/results)")
+    p.add_argument("--registry", help=argparse.SUPPRESS)  # an alternative experiments.yaml (tests)
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: execute one notebook in this process
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.one:
+        return run_one(args.one, args.profile, args.results_dir, force=args.force, registry=args.registry)
+    return run_experiments(args.profile, only=args.only, force=args.force, results_root=args.results_dir,
+                           registry=args.registry)
+
+
+__all__ = ["run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
+           "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves", "load_result", "load_model",
+           "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
+           "root_dir", "experiment_dir", "write_csv_atomic", "write_text_atomic"]

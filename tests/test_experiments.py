@@ -1,0 +1,376 @@
+"""The experiment pipeline: run grids (resume), staleness hashes, atomic writes, the registry, and
+``pillm experiments`` end to end (success, skip when up to date, an injected failure, rerun)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from pillm import experiments as ex
+
+REPO = Path(__file__).resolve().parent.parent
+INJECTED = {"profile", "results_root", "progress"}
+
+
+# --------------------------------------------------------------------------------------------
+# Grids
+# --------------------------------------------------------------------------------------------
+
+
+def test_expand_routes_fields_and_names_runs():
+    base = {"size": "tiny", "train": {"epochs": 1}, "model": {"dropout": 0.0}}
+    runs = ex.expand(base, method=["baseline", "pil_then_attn"], lam=[1e-5], expansion=[2], seed=[0, 1])
+    assert len(runs) == 4
+    r = runs[1]
+    assert r["method"] == "baseline" and r["size"] == "tiny"
+    assert r["train"] == {"epochs": 1, "lam": 1e-5, "seed": 1}
+    assert r["model"] == {"dropout": 0.0, "expansion": 2}
+    assert r["vary"] == {"method": "baseline", "lam": 1e-5, "expansion": 2, "seed": 1}
+    assert r["name"] == "method=baseline,lam=1e-05,expansion=2,seed=1"
+    assert base == {"size": "tiny", "train": {"epochs": 1}, "model": {"dropout": 0.0}}  # not mutated
+    spec = ex.run_spec(r)
+    assert spec.train["seed"] == 1 and spec.model["expansion"] == 2
+    labelled = ex.make_run(base, labels={"variant": "PIL 2x"}, bipil=False, expansion=8)
+    assert labelled["vary"] == {"variant": "PIL 2x", "bipil": False, "expansion": 8}
+    assert labelled["bipil"] is False and "variant" not in labelled["model"]
+    with pytest.raises(ValueError, match="unknown run parameter 'nope'"):
+        ex.expand(base, nope=[1])
+    with pytest.raises(TypeError):
+        ex.expand(base, seed=0)
+
+
+def _fake_result(spec, cond=10.0, fallback=False):
+    return {"method": spec.method, "dataset": spec.dataset, "size": spec.size, "seed": spec.train.get("seed", 0),
+            "spec": {}, "valid_ppl": 100.0 + spec.train.get("seed", 0), "valid_acc": 0.1, "test_ppl": 110.0,
+            "test_acc": 0.2, "train_s": 1.0, "pil_s": 0.5, "total_s": 1.5, "optimizer_steps": 3,
+            "params": {"embedding": 10, "ffn_solved": 5, "total": 15},
+            "solves": [{"layer": 0, "cond": cond, "fallback": False, "n_features": 8, "lam": 1e-4},
+                       {"layer": 1, "cond": cond * 2, "fallback": fallback, "n_features": 8, "lam": 1e-4}],
+            "curve": [{"epoch": 0, "wall_s": 0.1, "valid_ppl": 200.0, "phase": "init"}], "complete": True}
+
+
+@pytest.fixture
+def fake_execute(monkeypatch):
+    """Replace pillm.run.execute inside experiments by a fast fake that records its calls."""
+    calls = []
+
+    def execute(spec, out=None, progress=True):
+        calls.append(spec.train.get("seed"))
+        if spec.train.get("fail"):
+            raise RuntimeError("injected")
+        result = _fake_result(spec, fallback=spec.train.get("seed") == 1)
+        if spec.save_checkpoint:
+            ex.write_json_atomic(Path(out) / "checkpoint" / "config.json", {})
+        ex.write_json_atomic(Path(out) / "result.json", result)
+        return result, None
+
+    monkeypatch.setattr(ex, "execute", execute)
+    return calls
+
+
+def test_run_grid_writes_summary_and_resumes(tmp_path, fake_execute, monkeypatch):
+    runs = ex.expand({"size": "tiny"}, method=["baseline"], seed=[0, 1])
+    df = ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1]
+    summary = pd.read_csv(tmp_path / "smoke" / "exp" / "summary.csv")
+    assert list(summary["name"]) == ["method=baseline,seed=0", "method=baseline,seed=1"]
+    for col in ("experiment", "method", "seed", "valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s",
+                "total_s", "optimizer_steps", "params_embedding", "params_total", "max_cond", "any_fallback"):
+        assert col in summary.columns, col
+    assert list(summary["any_fallback"]) == [False, True] and summary["max_cond"].iloc[0] == 20.0
+    assert df.equals(ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False))
+    assert fake_execute == [0, 1]  # second call: everything done, nothing executed
+
+    # An interrupted run (result.json written, run.json not yet) is redone; a finished one is not.
+    (tmp_path / "smoke" / "exp" / "runs" / runs[0]["name"] / "run.json").unlink()
+    ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 0]
+
+    # Same name, changed spec: redone. Changed library code: everything redone.
+    runs[1]["train"]["lr"] = 0.5
+    ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 0, 1]
+    monkeypatch.setattr(ex, "code_hash", lambda package=None: "other code")
+    ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 0, 1, 0, 1]
+
+    # A run that keeps its checkpoint (a later step loads it) is redone if the checkpoint is gone.
+    (tmp_path / "smoke" / "exp" / "runs" / runs[0]["name"] / "checkpoint" / "config.json").unlink()
+    ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 0, 1, 0, 1, 0]
+    runs = ex.expand({"size": "tiny", "save_checkpoint": False}, method=["baseline"], seed=[0])
+    ex.run_grid("nockpt", runs, profile="smoke", results_root=tmp_path, progress=False)
+    ex.run_grid("nockpt", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 0, 1, 0, 1, 0, 0]
+    assert not (tmp_path / "smoke" / "nockpt" / "runs" / runs[0]["name"] / "checkpoint").exists()
+
+
+def test_run_grid_failure_keeps_finished_runs_and_writes_no_summary(tmp_path, fake_execute):
+    runs = ex.expand({"size": "tiny"}, method=["baseline"], seed=[0, 1])
+    runs[1]["train"]["fail"] = True  # not a TrainConfig field: the fake raises before that matters
+    with pytest.raises(RuntimeError, match="injected"):
+        ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    exp = tmp_path / "smoke" / "exp"
+    assert not (exp / "summary.csv").exists()
+    assert (exp / "runs" / runs[0]["name"] / "run.json").exists()
+    assert not (exp / "runs" / runs[1]["name"] / "result.json").exists()
+    del runs[1]["train"]["fail"]
+    ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 1]  # resumed: only the failed run again
+    assert len(pd.read_csv(exp / "summary.csv")) == 2
+
+
+def test_run_grid_rejects_duplicate_names(tmp_path, fake_execute):
+    runs = ex.expand({}, seed=[0]) * 2
+    with pytest.raises(ValueError, match="unique"):
+        ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+
+
+def test_results_root_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("PILLM_RESULTS_DIR", raising=False)
+    assert ex.root_dir() == REPO / "results"
+    monkeypatch.setenv("PILLM_RESULTS_DIR", str(tmp_path))
+    assert ex.root_dir() == tmp_path.resolve()
+    assert ex.experiment_dir("e", "paper", tmp_path / "x") == (tmp_path / "x" / "paper" / "e").resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis helpers
+# --------------------------------------------------------------------------------------------
+
+
+def test_mean_std_and_rounded():
+    df = pd.DataFrame({"method": ["a", "a", "b"], "test_ppl": [1.0, 3.0, 5.0], "test_acc": [0.123456, 0.2, 0.3]})
+    out = ex.mean_std(df, "method", ["test_ppl", "test_acc"])
+    assert list(out.columns) == ["method", "test_ppl_mean", "test_ppl_std", "test_acc_mean", "test_acc_std", "n"]
+    assert out["test_ppl_mean"].tolist() == [2.0, 5.0] and out["n"].tolist() == [2, 1]
+    assert math.isclose(out["test_ppl_std"].iloc[0], math.sqrt(2)) and math.isnan(out["test_ppl_std"].iloc[1])
+    assert ex.rounded(df)["test_acc"].iloc[0] == 0.1235
+
+
+def test_fit_complexity_recovers_coefficients():
+    rows = [{"tokens": n, "n_features": d} for n in (1e3, 4e3, 16e3) for d in (64, 128, 256)]
+    df = pd.DataFrame(rows)
+    df["seconds"] = 2e-9 * df["tokens"] * df["n_features"] ** 2 + 3e-8 * df["n_features"] ** 3
+    fit = ex.fit_complexity(df)
+    assert math.isclose(fit["a"], 2e-9, rel_tol=1e-6) and math.isclose(fit["b"], 3e-8, rel_tol=1e-6)
+    assert fit["r2"] > 0.999999
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def test_atomic_writes_leave_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "summary.csv"
+    ex.write_csv_atomic(pd.DataFrame({"a": [1]}), path)
+    ex.write_text_atomic(tmp_path / ".complete", "abc\n")
+    assert (tmp_path / ".complete").read_text() == "abc\n"
+
+    class Boom(pd.DataFrame):
+        def to_csv(self, f, **kw):
+            f.write("a\n")  # a partial write, then a crash
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.write_csv_atomic(Boom({"a": [2]}), path)
+    assert pd.read_csv(path)["a"].tolist() == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".complete", "summary.csv"]  # no temp files left
+
+
+# --------------------------------------------------------------------------------------------
+# Staleness
+# --------------------------------------------------------------------------------------------
+
+
+def _package_copy(tmp_path) -> Path:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    for p in list((REPO / "pillm").glob("*.py")) + [REPO / "pillm" / "experiments.yaml"]:
+        shutil.copy(p, pkg / p.name)
+    return pkg
+
+
+def test_staleness_hash(tmp_path):
+    pkg = _package_copy(tmp_path)
+    nb_path = tmp_path / "nb.ipynb"
+    shutil.copy(REPO / "notebooks" / "quickstart.ipynb", nb_path)
+    params = {"seed": 0, "train": {"epochs": 1}}
+    h = lambda p=params, profile="smoke": ex.staleness_hash(nb_path, p, profile, package=pkg)  # noqa: E731
+    h0 = h()
+    assert h0 == h() and len(h0) == 64
+
+    # Outputs, execution counts and other metadata do not count.
+    nb = nbformat.read(str(nb_path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="different\n")]
+            cell.execution_count = 42
+            cell.metadata["collapsed"] = True
+    nb.metadata["papermill"] = {"duration": 1.0}
+    nbformat.write(nb, str(nb_path))
+    assert h() == h0
+
+    # Parameters, profile, the notebook's source and tags, the library and the registry all count.
+    assert h({"seed": 1, "train": {"epochs": 1}}) != h0
+    assert h({"seed": 0, "train": {"epochs": 2}}) != h0
+    assert h(profile="paper") != h0
+    nb.cells[-1].source += "\n# edited"
+    nbformat.write(nb, str(nb_path))
+    h1 = h()
+    assert h1 != h0
+    nb.cells[-1].metadata["tags"] = ["nbval-ignore-output"]
+    nbformat.write(nb, str(nb_path))
+    assert h() != h1
+    h2 = h()
+    for name in ("train.py", "experiments.py", "experiments.yaml"):
+        with open(pkg / name, "a") as f:
+            f.write("\n# edited\n")
+        assert h() != h2, name
+        h2 = h()
+
+
+def test_run_key_depends_on_spec_and_result_code_only(tmp_path):
+    pkg = _package_copy(tmp_path)
+    a, b = (ex.run_spec(r) for r in ex.expand({"size": "tiny"}, seed=[0, 1]))
+    k = ex.run_key(a, pkg)
+    assert k == ex.run_key(ex.run_spec(ex.make_run({"size": "tiny"}, seed=0)), pkg) and k != ex.run_key(b, pkg)
+    with open(pkg / "experiments.py", "a") as f:  # the runner and the CLI do not change results
+        f.write("\n# edited\n")
+    assert ex.run_key(a, pkg) == k
+    with open(pkg / "solver.py", "a") as f:
+        f.write("\n# edited\n")
+    assert ex.run_key(a, pkg) != k
+
+
+# --------------------------------------------------------------------------------------------
+# Registry ↔ notebooks
+# --------------------------------------------------------------------------------------------
+
+REGISTRY = ex.load_registry()
+
+
+def test_registry_lists_every_notebook():
+    listed = {Path(e["notebook"]).resolve() for e in REGISTRY.values()}
+    on_disk = {p.resolve() for p in (REPO / "notebooks").glob("[!_]*.ipynb")}
+    assert listed == on_disk
+    assert len(REGISTRY) == 11
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_registry_parameters_match_notebook(name):
+    entry = REGISTRY[name]
+    declared = ex.notebook_parameters(entry["notebook"])
+    assert INJECTED <= set(declared), "every notebook takes profile, results_root and progress"
+    assert declared["profile"] == "smoke" and declared["results_root"] is None and declared["progress"] is False
+    smoke, paper = entry["parameters"]["smoke"], entry["parameters"]["paper"]
+    # The notebook's defaults *are* the smoke profile, so nbval checks exactly what smoke runs.
+    assert {k: v for k, v in declared.items() if k not in INJECTED} == smoke
+    assert set(paper) == set(smoke)
+    train = paper["train"]
+    assert train["device"] == "cuda" and paper["size"] == "small" and paper["threads"] is None
+    if name != "quickstart":
+        assert len(paper["seeds"]) == (1 if name == "complexity" else 3)
+        assert train["epochs"] == (0 if name == "complexity" else 10)
+        if name != "complexity":  # the full training set and the full evaluation splits
+            assert train["max_train_tokens"] is None and train["max_eval_tokens"] is None
+    nb = nbformat.read(str(entry["notebook"]), as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == ex.KERNEL
+
+
+# --------------------------------------------------------------------------------------------
+# `pillm experiments` end to end
+# --------------------------------------------------------------------------------------------
+
+
+def _cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pillm", "experiments", *args], cwd=REPO, capture_output=True,
+                          text=True, env=env or os.environ.copy(), timeout=timeout)
+
+
+def test_cli_rejects_unknown_experiment_and_profile(tmp_path):
+    r = _cli("--only", "nope", "--results-dir", str(tmp_path))
+    assert r.returncode != 0 and "unknown experiment 'nope'" in r.stderr
+    r = _cli("--profile", "huge", "--only", "quickstart", "--results-dir", str(tmp_path))
+    assert r.returncode != 0 and "no parameters for profile 'huge'" in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def _notebook(path: Path, *cells: str) -> Path:
+    params = new_code_cell('profile = "smoke"\nresults_root = None\nvalue = 1', metadata={"tags": ["parameters"]})
+    nb = new_notebook(cells=[params] + [new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"name": ex.KERNEL, "display_name": "Python (pillm)",
+                                               "language": "python"}})
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_experiments_end_to_end(tmp_path):
+    ex.check_kernel()
+    root = tmp_path / "results"
+    t0 = time.perf_counter()
+    r = _cli("--profile", "smoke", "--only", "quickstart", "--results-dir", str(root))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    first = time.perf_counter() - t0
+    smoke = root / "smoke"
+    exp = smoke / "quickstart"
+    assert (smoke / "quickstart.ipynb").exists() and (smoke / "quickstart.html").exists()
+    summary = pd.read_csv(exp / "summary.csv")
+    assert set(summary["method"]) == {"pil_then_attn", "baseline"} and summary["test_ppl"].notna().all()
+    prov = json.loads((exp / "provenance.json").read_text())
+    assert (exp / ".complete").read_text().strip() == prov["hash"]
+    assert prov["parameters"]["seed"] == 0 and prov["environment"]["torch"] and prov["wall_s"] > 0
+    assert "git_commit" in prov and prov["notebook"] == "notebooks/quickstart.ipynb"
+    executed = nbformat.read(str(smoke / "quickstart.ipynb"), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+    # Up to date: skipped, fast, nothing rewritten.
+    mtime = (exp / ".complete").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    r = _cli("--profile", "smoke", "--only", "quickstart", "--results-dir", str(root))
+    again = time.perf_counter() - t0
+    assert r.returncode == 0 and "quickstart: up to date, skipped" in r.stdout and "0 ran, 1 skipped" in r.stdout
+    assert again < min(first, 30) and (exp / ".complete").stat().st_mtime_ns == mtime
+
+    # An injected failure: nothing of it counts, the executed notebook is kept, the error names the
+    # cell, the other experiment still runs, the exit code is non-zero; then a fixed rerun completes.
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    broken = _notebook(nbs / "broken.ipynb", "from pillm import experiments as ex\nx = value + 1",
+                       "raise RuntimeError('injected failure')", "print('unreachable')")
+    fine = _notebook(nbs / "fine.ipynb", "from pathlib import Path\n"
+                     "out = Path(results_root) / profile / 'fine'\nout.mkdir(parents=True, exist_ok=True)\n"
+                     "(out / 'summary.csv').write_text('value\\n%d\\n' % value)")
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(json.dumps({"experiments": {
+        "broken": {"notebook": str(broken), "parameters": {"smoke": {"value": 2}}},
+        "fine": {"notebook": str(fine), "parameters": {"smoke": {"value": 3}}}}}))
+    r = _cli("--registry", str(registry), "--results-dir", str(root))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "broken: FAILED" in r.stdout and "cell 2 raised RuntimeError: injected failure" in r.stdout
+    assert "1 ran, 0 skipped, 1 failed (broken)" in r.stdout
+    assert not (smoke / "broken" / ".complete").exists() and not (smoke / "broken" / "provenance.json").exists()
+    failed = json.loads((smoke / "broken" / "failed.json").read_text())
+    assert failed["cell_index"] == 2 and failed["ename"] == "RuntimeError"
+    kept = nbformat.read(str(smoke / "broken.ipynb"), as_version=4)
+    assert any(o.get("ename") == "RuntimeError" for c in kept.cells if c.cell_type == "code" for o in c.outputs)
+    assert (smoke / "fine" / ".complete").exists() and (smoke / "fine" / "summary.csv").read_text() == "value\n3\n"
+
+    _notebook(broken, "from pillm import experiments as ex\nx = value + 1", "print('fixed')")
+    r = _cli("--registry", str(registry), "--results-dir", str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fine: up to date, skipped" in r.stdout and "1 ran, 1 skipped, 0 failed" in r.stdout
+    assert (smoke / "broken" / ".complete").exists() and not (smoke / "broken" / "failed.json").exists()

@@ -1,0 +1,488 @@
+"""The paper build (pillm.report): results → tables, numbers, figures, prose → PDF and arXiv bundle.
+
+A small synthetic results tree is written into a temporary directory (never into the repository)
+in the format the experiment notebooks produce; the real ``results/smoke`` tree is also built when
+it exists. LaTeX tests skip only when latexmk is absent (CI installs TeX).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pillm import report
+
+REPO = Path(__file__).resolve().parent.parent
+needs_tex = pytest.mark.skipif(not report.tex_available(), reason="latexmk/pdflatex not installed (make tex)")
+
+METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
+PPL = {"baseline": 180.0, "attn_only": 260.0, "lora": 240.0, "rf_adamw": 215.0, "pil_pure": 900.0,
+       "pil_then_attn": 205.0, "attn_then_pil": 225.0, "alternating": 198.0}
+COLUMNS = ("experiment", "name", "method", "seed", "size", "dataset", "valid_ppl", "test_ppl", "test_acc",
+           "valid_acc", "train_s", "pil_s", "total_s", "optimizer_steps", "params_embedding", "params_attention",
+           "params_norm", "params_ffn_trainable", "params_ffn_solved", "params_ffn_frozen_random",
+           "params_head_solved", "params_total", "max_cond", "any_fallback")
+PLACEHOLDERS = re.compile(r"\[X\]|\bX\.X\b|\bTBD\b|\?\?|\bTODO\b|\bXXX\b")
+
+
+# ------------------------------------------------------------------------------------------------
+# A synthetic results tree in the notebooks' format
+# ------------------------------------------------------------------------------------------------
+
+
+def _row(exp: str, method: str, seed: int, rng: random.Random, dataset="wikitext2", size="tiny", ppl=None, **extra):
+    ppl = (ppl or PPL[method]) * (1 + 0.02 * rng.uniform(-1, 1))
+    pil = method.startswith("pil") or method in ("attn_then_pil", "alternating")
+    steps = 0 if method == "pil_pure" else 1200
+    solved = 4 * 64 * 2 * 256 if pil else 0
+    row = dict(experiment=exp, name=f"{method}_s{seed}", method=method, seed=seed, size=size, dataset=dataset,
+               valid_ppl=ppl * 1.05, test_ppl=ppl, test_acc=0.9 / math.log(ppl), valid_acc=0.88 / math.log(ppl),
+               train_s=0.0 if method == "pil_pure" else 30.0 + rng.random(), pil_s=4.0 + rng.random() if pil else 0.0,
+               optimizer_steps=steps, params_embedding=2_130_000, params_attention=66_000, params_norm=640,
+               params_ffn_trainable=66_000 if method in ("baseline", "rf_adamw") else (8_000 if method == "lora" else 0),
+               params_ffn_solved=solved, params_ffn_frozen_random=2 * 64 * 256 if pil or method in ("lora", "rf_adamw") else 0,
+               params_head_solved=0, max_cond=(3e5 * (1 + seed)) if pil else float("nan"), any_fallback=False)
+    row["total_s"] = row["train_s"] + row["pil_s"] + 1.0
+    row["params_total"] = sum(v for k, v in row.items() if k.startswith("params_"))
+    row["n_features"] = 512 if pil else float("nan")
+    row.update(extra)
+    return row
+
+
+def _result(row: dict, curve_epochs: int = 3) -> dict:
+    method = row["method"]
+    pil = row["pil_s"] > 0
+    curve = [{"epoch": 0, "wall_s": 0.5, "valid_ppl": 30000.0, "phase": "init"}]
+    if pil and method != "attn_then_pil":
+        curve.append({"epoch": 0, "wall_s": 0.5 + row["pil_s"], "valid_ppl": 2000.0, "phase": "pil"})
+    for ep in range(1, curve_epochs + 1):
+        curve.append({"epoch": ep, "wall_s": 0.5 + row["pil_s"] + 10.0 * ep,
+                      "valid_ppl": row["valid_ppl"] * (1 + 2.0 / ep - 2.0 / curve_epochs), "phase": "adamw"})
+    solves = [{"layer": i, "cond": row["max_cond"] / (4 - i), "solver": "cholesky", "fallback": False, "r2": 0.3,
+               "eta": 0.1, "lam": 1e-4, "seconds": 0.5} for i in range(4)] if pil else []
+    return {**{k: v for k, v in row.items() if k in ("method", "dataset", "size", "seed", "valid_ppl", "test_ppl")},
+            "spec": {"tokenizer": "word"}, "model_config": {"vocab_size": 33278, "block_size": 64, "expansion": 4.0},
+            "train_config": {"epochs": curve_epochs, "batch_size": 32, "lr": 1e-3, "lam": 1e-4, "target": "local",
+                             "weight_decay": 0.1, "max_train_tokens": 200000},
+            "train_tokens": 200000, "test_tokens": 245569, "curve": curve, "solves": solves, "complete": True}
+
+
+def _write_exp(root: Path, profile: str, exp: str, rows: list[dict], runs: bool = True) -> Path:
+    d = root / profile / exp
+    d.mkdir(parents=True, exist_ok=True)
+    cols = list(COLUMNS) + [k for k in rows[0] if k not in COLUMNS]
+    with open(d / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    (d / "provenance.json").write_text(json.dumps({
+        "experiment": exp, "profile": profile, "hash": "abc", "notebook": f"notebooks/{exp}.ipynb",
+        "git_commit": "0123456789abcdef", "wall_s": 123.4, "started": "2025-01-01T00:00:00+00:00",
+        "finished": "2025-01-01T00:02:03+00:00", "environment": {"device_name": "cpu", "torch": "2.13.0"},
+        "parameters": {"profile": profile}}))
+    if runs:
+        for r in rows:
+            p = d / "runs" / r["name"] / "result.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(_result(r)))
+    return d
+
+
+def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...] | None = None) -> Path:
+    """A complete synthetic results tree (every experiment the paper uses) under ``root``."""
+    rng = random.Random(0)
+    want = lambda name: only is None or name in only  # noqa: E731
+    if want("benchmark"):  # like notebooks/benchmark.ipynb: budgets [2, 1] and a scaling subset
+        rows = [_row("benchmark", m, s, rng, epochs=ep, ppl=PPL[m] * (1 if ep == 2 else 1.3))
+                for ep in (2, 1) for m in METHODS for s in (0, 1)]
+        rows += [_row("benchmark", m, 0, rng, size="small", epochs=2, ppl=PPL[m] * 0.8)
+                 for m in ("baseline", "attn_only", "pil_then_attn", "alternating")]
+        for r in rows:
+            r["name"] = f"{r['method']},size={r['size']},epochs={r['epochs']},seed={r['seed']}"
+        _write_exp(root, profile, "benchmark", rows)
+    if want("training_curves"):
+        _write_exp(root, profile, "training_curves",
+                   [_row("training_curves", m, 0, rng) for m in ("baseline", "pil_then_attn", "alternating", "attn_only")])
+    if want("lambada"):  # like notebooks/lambada.ipynb: a run grid plus lambada.csv
+        rows = [_row("lambada", m, 0, rng) for m in ("baseline", "pil_then_attn", "alternating")]
+        d = _write_exp(root, profile, "lambada", rows, runs=False)
+        with open(d / "lambada.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "method", "seed", "test_ppl", "lambada_acc", "lambada_word_ppl", "lambada_oov_rate"])
+            for r in rows:
+                w.writerow([r["name"], r["method"], 0, r["test_ppl"], 0.02 + 0.01 * (r["method"] == "baseline"),
+                            PPL[r["method"]] * 9, 0.031])
+    if want("ablation_bipil"):  # like notebooks/ablation_bipil.ipynb
+        _write_exp(root, profile, "ablation_bipil",
+                   [_row("ablation_bipil", "pil_then_attn", s, rng, variant=v, bipil=b, expansion=x, ppl=p)
+                    for v, b, x, p in (("Bi-PIL (concat)", True, 2, 205.0), ("PIL, same expansion", False, 2, 214.0),
+                                       ("PIL, 2x expansion", False, 4, 206.0)) for s in (0, 1)])
+    if want("ablation_lambda"):
+        _write_exp(root, profile, "ablation_lambda",
+                   [_row("ablation_lambda", "pil_then_attn", 0, rng, lam=lam, ppl=205 * (1 + 0.1 * abs(math.log10(lam) + 4)),
+                         max_cond=1e3 / lam, any_fallback=lam < 1e-7) for lam in (1e-8, 1e-6, 1e-4, 1e-2)])
+    if want("ablation_expansion"):
+        _write_exp(root, profile, "ablation_expansion",
+                   [_row("ablation_expansion", "pil_then_attn", 0, rng, expansion=x, ppl=240 - 8 * x) for x in (1, 2, 4)])
+    if want("ablation_fusion"):
+        _write_exp(root, profile, "ablation_fusion",
+                   [_row("ablation_fusion", "pil_then_attn", 0, rng, fusion=f, ppl=p)
+                    for f, p in (("concat", 205.0), ("sum", 209.0), ("gate", 221.0))])
+    if want("training_strategy"):
+        _write_exp(root, profile, "training_strategy",
+                   [_row("training_strategy", m, 0, rng, target=t, ppl=p)
+                    for m in ("pil_then_attn", "alternating")
+                    for t, p in (("local", 205.0), ("global", 203.0), ("next_embedding", 230.0), ("zero", 260.0))])
+    if want("tinystories"):
+        d = _write_exp(root, profile, "tinystories",
+                       [_row("tinystories", m, 0, rng, dataset="tinystories", ppl=PPL[m] / 20)
+                        for m in ("baseline", "attn_only", "pil_then_attn")])
+        (d / "samples.json").write_text(json.dumps(
+            [{"method": m, "run_seed": 0, "prompt": p, "seed": sd, "temperature": 0.8, "top_k": 40,
+              "text": f" there was a little dog named Max & his 100% friend_Tom ({m}, {sd})."}
+             for m in ("baseline", "pil_then_attn") for p in ("Once upon a time", "The little dog was") for sd in (0, 1)]))
+    if want("complexity"):  # like notebooks/complexity.ipynb: solves.csv and fit.csv (t = a N D^2 + b D^3)
+        a, b = 2e-11, 4e-9
+        rows, layers = [], []
+        for tokens in (2048, 4096, 8192):
+            for x in (1, 2):
+                r = _row("complexity", "pil_pure", 0, rng, max_train_tokens=tokens, expansion=x, n_features=64 * x)
+                r["name"] = f"max_train_tokens={tokens},expansion={x},seed=0"
+                rows.append(r)
+                for layer in range(2):
+                    t = a * tokens * (64 * x) ** 2 + b * (64 * x) ** 3
+                    layers.append({"name": r["name"], "phase": "pil", "layer": layer, "cond": 1e4, "tokens": tokens,
+                                   "n_features": 64 * x, "seconds": t * 0.9, "seconds_total": t,
+                                   "max_train_tokens": tokens, "expansion": x, "seed": 0, "fitted_s": t})
+        d = _write_exp(root, profile, "complexity", rows, runs=False)
+        with open(d / "solves.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(layers[0]))
+            w.writeheader()
+            w.writerows(layers)
+        (d / "fit.csv").write_text(f"a,b,r2\n{a},{b},0.987\n")
+    if want("gap"):
+        d = root / profile / "gap"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "summary.json").write_text(json.dumps({"baseline_test_ppl": 180.0, "attn_only_test_ppl": 260.0,
+                                                    "best_hybrid_test_ppl": 198.0, "best_hybrid_name": "alternating",
+                                                    "pure_pil_test_ppl": 900.0, "kn5_test_ppl": 290.0}))
+        (d / "provenance.json").write_text(json.dumps({"git_commit": "0123456789abcdef"}))
+    if only is None:
+        (root / "bench").mkdir(parents=True, exist_ok=True)
+        (root / "bench" / "nvidia-h200.json").write_text(json.dumps(
+            {"quick": False, "device_name": "NVIDIA H200", "gram_rate_ratio": 0.93, "gram_rate_ratio_D": 8192,
+             "pil_phase_over_baseline_train": 0.004, "training": {"baseline_train_projected": True}}))
+        (root / "bench" / "nvidia-h200-2gpu.json").write_text(json.dumps(
+            {"quick": False, "device_name": "NVIDIA H200", "pil_phase_speedup_2gpu": 1.85}))
+        (root / "bench" / "cpu.json").write_text(json.dumps(  # a quick test run: ignored by the paper
+            {"quick": True, "device_name": "cpu", "gram_rate_ratio": 0.5}))
+    return root
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+NEWCOMMAND = re.compile(r"^\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}\s*$")
+SOURCE_COMMENT = re.compile(r"^% ([A-Za-z]+): (\S+) \(sha256 ([0-9a-f]{8})\): (.+)$")
+
+
+def parse_numbers(path: Path) -> dict[str, dict]:
+    """``{macro: {"value", "source", "sha", "note"}}``; every macro must follow its source comment."""
+    out, pending = {}, None
+    for line in path.read_text().splitlines():
+        m = SOURCE_COMMENT.match(line)
+        if m:
+            pending = {"name": m.group(1), "source": m.group(2), "sha": m.group(3), "note": m.group(4)}
+            continue
+        m = NEWCOMMAND.match(line)
+        if m:
+            assert pending and pending["name"] == m.group(1), f"\\{m.group(1)} has no source comment above it"
+            out[m.group(1)] = {**pending, "value": m.group(2)}
+            pending = None
+    return out
+
+
+def tex_sources(src: Path) -> dict[Path, str]:
+    return {p: p.read_text() for p in sorted(src.rglob("*.tex"))}
+
+
+def placeholders(text: str) -> list[str]:
+    return PLACEHOLDERS.findall(text)
+
+
+def build(tmp_path: Path, results: Path, profile: str = "smoke", name: str = "build") -> dict:
+    return report.build_paper(profile, results_root=results, out=tmp_path / name, run_missing=False, log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A complete synthetic results tree and its rendered (not compiled) paper sources."""
+    tmp = tmp_path_factory.mktemp("paper")
+    root = write_fake_results(tmp / "results")
+    out = tmp / "render"
+    dirs = report.default_dirs("smoke", out)
+    rendered = report.render("smoke", root, dirs)
+    return {"tmp": tmp, "root": root, "dirs": dirs, "rendered": rendered}
+
+
+@pytest.fixture(scope="module")
+def synthetic_pdf(synthetic):
+    if not report.tex_available():
+        pytest.skip("latexmk/pdflatex not installed (make tex)")
+    s = report.build_paper("smoke", results_root=synthetic["root"], out=synthetic["tmp"] / "pdf", run_missing=False,
+                           log=lambda *a: None)
+    return s
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering (no LaTeX needed)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_verdict_rules():
+    assert report.verdict(100, 100) == "on_par"
+    assert report.verdict(98, 100) == "better"
+    assert report.verdict(104.9, 100) == "competitive"
+    assert report.verdict(105.1, 100) == "worse"
+    assert report.verdict(0.30, 0.30, lower_is_better=False) == "on_par"
+    assert report.verdict(0.20, 0.30, lower_is_better=False) == "worse"
+
+
+def test_templates_cannot_use_a_number_that_was_not_computed():
+    import jinja2
+
+    n = report.Numbers()
+    n.add("BaselinePPL", "181.0", REPO / "pyproject.toml", "test")
+    env = report.jinja_env()
+    assert env.from_string(r"\VAR{n.BaselinePPL}").render(n=n) == r"\BaselinePPL{}"
+    assert n.used == {"BaselinePPL"}
+    with pytest.raises(jinja2.UndefinedError):
+        env.from_string(r"PIL reaches \VAR{n.PILBestPPL}.").render(n=n)
+    assert env.from_string(r"\BLOCK{ if n.has('PILBestPPL') }\VAR{n.PILBestPPL}\BLOCK{ else }n/a\BLOCK{ endif }"
+                           ).render(n=n) == "n/a"
+
+
+def test_synthetic_results_render_without_errors(synthetic):
+    assert synthetic["rendered"].report.errors == []
+    assert synthetic["rendered"].missing == []
+
+
+def test_rendering_twice_gives_identical_files(synthetic, tmp_path):
+    again = report.default_dirs("smoke", tmp_path / "again")
+    report.render("smoke", synthetic["root"], again)
+    first = synthetic["dirs"]
+    for sub in ("tables", "figures", "generated"):
+        a = {p.name: p.read_bytes() for p in sorted(getattr(first, sub).iterdir())}
+        b = {p.name: p.read_bytes() for p in sorted(getattr(again, sub).iterdir())}
+        assert a.keys() == b.keys(), sub
+        diff = [name for name in a if a[name] != b[name]]
+        assert not diff, f"{sub}: rendering twice from the same results changed {diff}"
+
+
+def test_every_macro_has_a_results_source_and_is_used(synthetic):
+    dirs = synthetic["dirs"]
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert len(numbers) >= 40, "the synthetic tree should exercise most numbers"
+    for name, n in numbers.items():
+        src = Path(n["source"])
+        src = src if src.is_absolute() else REPO / src
+        assert src.is_file(), f"\\{name}: source {n['source']} does not exist"
+        assert report.sha256_short(src) == n["sha"], f"\\{name}: hash of {src} does not match"
+        assert "results" in src.parts, f"\\{name}: {src} is not a results file"
+        assert n["value"].strip(), f"\\{name} is empty"
+    text = "\n".join(t for p, t in tex_sources(dirs.build).items() if p.name != "numbers.tex")
+    text += "\n".join(p.read_text() for p in (REPO / "paper" / "sections").glob("*.tex"))
+    unused = [name for name in numbers if not re.search(rf"\\{name}(?![A-Za-z])", text)]
+    assert not unused, f"macros defined but not used in the .tex sources: {unused}"
+
+
+def test_no_placeholders_and_no_typed_numbers_in_sources(synthetic):
+    for p in sorted((REPO / "paper").rglob("*")):
+        if p.is_file() and p.suffix in (".tex", ".j2") and "build" not in p.parts:
+            assert not placeholders(p.read_text()), f"placeholder in {p}"
+    for p, text in tex_sources(synthetic["dirs"].build).items():
+        assert not placeholders(text), f"placeholder in rendered {p}: {placeholders(text)}"
+    # the hand-written text carries no result numbers: decimals and percentages come from macros
+    static = list((REPO / "paper" / "sections").glob("*.tex")) + [REPO / "paper" / "main.tex"]
+    static += list((REPO / "paper" / "templates").glob("*.tex.j2"))
+    for p in static:
+        prose = re.sub(r"\\VAR\{[^}]*\}|\\BLOCK\{[^}]*\}|^%.*$", "", p.read_text(), flags=re.M)
+        hits = re.findall(r"(?<![\w.{^_])\d+\.\d+(?![\w}])|\d+\s*\\%", prose)
+        assert not hits, f"{p.name} has hand-typed numbers {hits}"
+
+
+def test_captions_name_notebook_profile_and_hash(synthetic):
+    dirs = synthetic["dirs"]
+    for p in list(dirs.tables.glob("*.tex")) + list(dirs.figures.glob("*.tex")):
+        if p.name == "numbers.tex":
+            continue
+        text = p.read_text()
+        assert "\\caption" in text and "\\label" in text, p.name
+        if "Not available" not in text:
+            assert re.search(r"\.ipynb\}", text), f"{p.name}: no notebook in the caption"
+            assert "profile \\texttt{smoke}" in text, f"{p.name}: no profile in the caption"
+            assert re.search(r"\\texttt\{[0-9a-f]{8}\}", text), f"{p.name}: no results hash in the caption"
+
+
+def test_repo_url_links_notebooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("PILLM_REPO_URL", "https://example.org/pillm")
+    root = write_fake_results(tmp_path / "results", only=("ablation_fusion",))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    text = (dirs.tables / "ablation_fusion.tex").read_text()
+    assert "\\href{https://example.org/pillm/blob/0123456789abcdef/notebooks/ablation_fusion.ipynb}" in text
+
+
+def test_missing_results_say_not_available(tmp_path):
+    root = write_fake_results(tmp_path / "results", only=("benchmark",))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    r = report.render("smoke", root, dirs, with_figures=False)
+    assert "benchmark" not in r.missing and "lambada" in r.missing
+    for name in ("lambada", "ablation_lambda", "tinystories"):
+        text = (dirs.tables / f"{name}.tex").read_text()
+        assert "not run in this profile" in text and f"\\label{{tab:{name}}}" in text
+    assert "not run in this profile" in (dirs.figures / "lambda.tex").read_text()
+    assert "not run in this profile" in (dirs.generated / "ablations.tex").read_text() \
+        or "Not run in this profile" in (dirs.generated / "ablations.tex").read_text()
+    # nothing at all: still renders, and the abstract makes no claim
+    empty = report.default_dirs("paper", tmp_path / "empty")
+    r = report.render("paper", tmp_path / "nothing", empty, with_figures=False)
+    assert set(r.missing) == set(report.PAPER_EXPERIMENTS)
+    assert "makes no claim" in (empty.generated / "abstract.tex").read_text()
+    assert not parse_numbers(empty.tables / "numbers.tex")
+
+
+def test_unreadable_results_do_not_stop_the_build(tmp_path):
+    root = write_fake_results(tmp_path / "results", only=("benchmark", "ablation_fusion"))
+    (root / "smoke" / "ablation_fusion" / "summary.csv").write_text('a,b\n1,2,3,"4\n')  # malformed CSV
+    next((root / "smoke" / "benchmark" / "runs").glob("*/result.json")).write_text("{not json")
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    r = report.render("smoke", root, dirs, with_figures=False)
+    assert any("ablation_fusion" in e for e in r.report.errors)
+    assert "could not be rendered" in (dirs.tables / "ablation_fusion.tex").read_text()
+    assert "Not available" not in (dirs.tables / "benchmark.tex").read_text()
+
+
+@pytest.mark.parametrize("hybrid, expected", [(186.0, "competitive with the baseline"),
+                                               (230.0, "PIL-LM does not match the baseline"),
+                                               (170.0, "improves on the baseline")])
+def test_wording_follows_the_measurements(tmp_path, hybrid, expected):
+    root = write_fake_results(tmp_path / "results", only=("benchmark",))
+    path = root / "smoke" / "benchmark" / "summary.csv"
+    rows = list(csv.DictReader(path.open()))
+    for r in rows:  # exact values: baseline 180, every hybrid `hybrid`
+        if r["method"] == "baseline":
+            r["test_ppl"] = "180.0"
+        elif r["method"] in ("pil_then_attn", "attn_then_pil", "alternating"):
+            r["test_ppl"] = str(hybrid)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    text = (dirs.generated / "results_main.tex").read_text()
+    assert expected in text
+    if expected != "competitive with the baseline":
+        assert "competitive" not in (dirs.generated / "abstract.tex").read_text()
+
+
+def test_lambada_scores_from_summary_or_lambada_csv(tmp_path):
+    root = write_fake_results(tmp_path / "results", only=("lambada",))
+    e = report.Results(root, "smoke").exp("lambada")
+    scored = report._lambada_scores(e)
+    assert scored.source.name == "lambada.csv" and {"acc", "word_ppl", "oov_rate"} <= set(scored.df.columns)
+    df = scored.df.assign(experiment="lambada")
+    df.to_csv(e.path / "summary.csv", index=False)  # the brief's format: acc columns in summary.csv
+    again = report._lambada_scores(report.Results(root, "smoke").exp("lambada"))
+    assert again.source.name == "summary.csv" and "acc" in again.df.columns
+
+
+def test_cli_paper_render_only(tmp_path, capsys):
+    from pillm import cli
+
+    root = write_fake_results(tmp_path / "results", only=("benchmark", "ablation_fusion"))
+    rc = cli.main(["paper", "--profile", "smoke", "--results", str(root), "--out", str(tmp_path / "out"),
+                   "--no-run", "--no-compile"])
+    assert rc == 0
+    assert (tmp_path / "out" / "tables" / "numbers.tex").is_file()
+    assert "not available in profile smoke" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# LaTeX builds
+# ------------------------------------------------------------------------------------------------
+
+
+def _pdf_text(pdf: Path) -> str | None:
+    if shutil.which("pdftotext") is None:
+        return None
+    return subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def _check_build(s: dict) -> None:
+    dirs = s["dirs"]
+    assert s["pdf"] is not None and s["pdf"].is_file()
+    assert s["problems"] == [], s["problems"]
+    log = (dirs.build / "main.log").read_text(errors="replace")
+    assert "undefined" not in log.lower(), [line for line in log.splitlines() if "undefined" in line.lower()]
+    assert "Citation" not in log or "undefined" not in log
+    for p, text in tex_sources(dirs.src).items():
+        assert not placeholders(text), f"{p}: {placeholders(text)}"
+    text = _pdf_text(s["pdf"])
+    if text is not None:
+        assert "??" not in text, "unresolved reference (??) in the PDF"
+
+
+@needs_tex
+def test_smoke_pdf_from_synthetic_results(synthetic_pdf):
+    _check_build(synthetic_pdf)
+    dirs = synthetic_pdf["dirs"]
+    assert "draftwatermark" in (dirs.src / "generated" / "preamble.tex").read_text()
+    assert "SMOKE RESULTS" in (dirs.src / "generated" / "preamble.tex").read_text()
+    assert "draftwatermark.sty" in (dirs.build / "main.log").read_text(errors="replace")
+    bbl = (dirs.build / "main.bbl").read_text()
+    assert "wang2025bipil" in bbl and "huang2006elm" in bbl
+
+
+@needs_tex
+def test_arxiv_bundle_compiles(synthetic_pdf):
+    import tarfile
+
+    tar = report.build_arxiv("smoke", out=synthetic_pdf["dirs"].build, log=lambda *a: None)
+    with tarfile.open(tar) as t:
+        names = set(t.getnames())
+    assert {"main.tex", "main.bbl", "tables/numbers.tex", "generated/abstract.tex"} <= names
+    assert any(n.startswith("figures/") and n.endswith(".pdf") for n in names)
+    assert not any(n.startswith("/") or ".." in n for n in names)
+    assert "references.bib" not in names and not any(n.endswith((".aux", ".log")) for n in names)
+
+
+@needs_tex
+def test_build_with_missing_experiments(tmp_path):
+    root = write_fake_results(tmp_path / "results", only=("benchmark", "ablation_lambda"))
+    s = build(tmp_path, root)
+    _check_build(s)
+    text = _pdf_text(s["pdf"])
+    if text is not None:
+        assert "not run in this profile" in text
+
+
+@needs_tex
+@pytest.mark.skipif(not (REPO / "results" / "smoke").is_dir(), reason="no results/smoke in this checkout")
+def test_smoke_pdf_from_repository_results(tmp_path):
+    s = report.build_paper("smoke", results_root=REPO / "results", out=tmp_path / "repo", run_missing=False,
+                           log=lambda *a: None)
+    _check_build(s)
+    numbers = parse_numbers(s["dirs"].tables / "numbers.tex")
+    for name, n in numbers.items():
+        assert (REPO / n["source"]).is_file(), f"\\{name}: {n['source']}"
