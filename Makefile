@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= paper
 KERNEL := pillm
+# Idle OpenMP threads must not spin: on small CPU machines spinning threads slowed MKL's eigvalsh 300×.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help setup tex test test-fast experiments paper arxiv bench clean
 

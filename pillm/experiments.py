@@ -211,35 +211,81 @@ def _run_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in _STANDARD and not c.startswith(("params_", "lambada_"))]
 
 
+def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: bool) -> dict:
+    """Execute one run into ``rdir`` and record its key and warnings (``run.json``, written last)."""
+    spec = run_spec(run)
+    for stale in ("run.json", "result.json"):
+        (rdir / stale).unlink(missing_ok=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, _ = execute(spec, out=rdir, progress=progress)
+    notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
+                                             "warnings": notes})
+    if progress:
+        print(f"[{experiment}] {run['name']}: test ppl {result['test_ppl']:.2f}, {result['total_s']:.1f} s", flush=True)
+    return result
+
+
+def _worker_init(counter, n_gpus: int) -> None:
+    """Pin each worker process to one GPU, round robin (before CUDA is initialised)."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if n_gpus > 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
+
+
+def _parallel_jobs() -> int:
+    """Concurrent runs: ``PILLM_JOBS`` (default 1). Small models leave a GPU mostly idle, so
+    several runs per GPU raise throughput; each run is still timed on its own (shared GPU: the
+    timings of concurrent runs are slower than alone, which ``result.json`` records as
+    ``environment.concurrent_runs``)."""
+    return max(1, int(os.environ.get("PILLM_JOBS", "1")))
+
+
 def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=None, progress: bool = True,
              summary: str = "summary.csv") -> pd.DataFrame:
-    """Execute ``runs`` (skipping finished ones), write ``summary.csv`` atomically and return it."""
+    """Execute ``runs`` (skipping finished ones), write ``summary.csv`` atomically and return it.
+
+    With ``PILLM_JOBS=N`` pending runs execute in N worker processes (spread over the visible
+    GPUs); the summary is the same whatever N.
+    """
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"run names must be unique within {experiment!r}; duplicated: {dup}")
     exp_dir = experiment_dir(experiment, profile, results_root)
+    keys = [run_key(run_spec(run)) for run in runs]
+    dirs = [exp_dir / "runs" / run["name"] for run in runs]
+    results = [_done(d, k, run_spec(r)) for r, d, k in zip(runs, dirs, keys)]
+    pending = [i for i, r in enumerate(results) if r is None]
+    if progress:
+        print(f"[{experiment}] {len(runs)} runs, {len(runs) - len(pending)} done, {len(pending)} to run", flush=True)
+    jobs = min(_parallel_jobs(), len(pending))
+    if jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        import torch
+
+        ctx = mp.get_context("spawn")
+        counter = ctx.Value("i", 0)
+        os.environ["PILLM_CONCURRENT_RUNS"] = str(jobs)
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(counter, torch.cuda.device_count())) as pool:
+            futures = {i: pool.submit(_execute_run, experiment, runs[i], dirs[i], keys[i], False) for i in pending}
+            for i, fut in futures.items():
+                results[i] = fut.result()
+                if progress:
+                    print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
+    else:
+        for n, i in enumerate(pending, 1):
+            if progress:
+                print(f"[{experiment}] run {n}/{len(pending)}: {runs[i]['name']}", flush=True)
+            results[i] = _execute_run(experiment, runs[i], dirs[i], keys[i], progress)
     rows = []
-    for i, run in enumerate(runs, 1):
-        spec = run_spec(run)
-        key = run_key(spec)
-        rdir = exp_dir / "runs" / run["name"]
-        result = _done(rdir, key, spec)
-        if result is None:
-            for stale in ("run.json", "result.json"):
-                (rdir / stale).unlink(missing_ok=True)
-            if progress:
-                print(f"[{experiment}] run {i}/{len(runs)}: {run['name']}", flush=True)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                result, _ = execute(spec, out=rdir, progress=progress)
-            notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
-            write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
-                                                     "warnings": notes})
-            if progress:
-                print(f"[{experiment}]   test ppl {result['test_ppl']:.2f}, {result['total_s']:.1f} s", flush=True)
-        elif progress:
-            print(f"[{experiment}] run {i}/{len(runs)}: {run['name']} (done, skipped)", flush=True)
+    for run, rdir, result in zip(runs, dirs, results):
         # Warnings are recorded with the run and shown the same way whether it ran now or before.
         for note in json.loads((rdir / "run.json").read_text()).get("warnings", []):
             print(f"{run['name']}: {note}", file=sys.stderr, flush=True)

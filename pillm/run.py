@@ -66,6 +66,7 @@ def environment() -> dict:
     if torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)
         env["gpu_count"] = torch.cuda.device_count()
+    env["concurrent_runs"] = int(os.environ.get("PILLM_CONCURRENT_RUNS", "1"))  # runs sharing the machine
     try:
         env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                            text=True, check=True).stdout.strip()

@@ -72,7 +72,7 @@ def layer_data(model: PILLM, layer: int, ids: torch.Tensor, next_ids: torch.Tens
         x_mid = block.attend(x_in)
         u = block.ln2(x_mid)
         feats = block.ffn.features(u)
-        current = block.ffn(u)  # Y₀ for the linearised targets: the layer's output now
+        current = feats @ block.ffn.out_weight + block.ffn.out_bias  # Y₀: the layer's output now
     c = x_mid.shape[-1]
     zeros = torch.zeros_like(x_mid)
 

@@ -190,7 +190,8 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
         d = layer_data(model, layer, x_all[i:i + cfg.solve_batch_size], y_all[i:i + cfg.solve_batch_size],
                        target, teacher)
         acc.update(d.features, torch.cat([d.base, d.step], dim=1), d.mask)
-        cross += (d.base[d.mask].double() * d.step[d.mask].double()).sum(0)
+        # torch.where, not boolean indexing: no host sync per batch
+        cross += torch.where(d.mask.unsqueeze(1), d.base.double() * d.step.double(), 0.0).sum(0)
     if world > 1:
         acc.all_reduce()
         dist.all_reduce(cross)
