@@ -20,7 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .model import IGNORE_INDEX, PILLM
 

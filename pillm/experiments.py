@@ -47,7 +47,6 @@ from .run import REPO, RunSpec, environment, execute, load, write_json_atomic
 PACKAGE = Path(__file__).resolve().parent
 REGISTRY = PACKAGE / "experiments.yaml"
 KERNEL = "pillm"
-PROFILES = ("smoke", "paper")
 # Modules that do not change what a run computes (they may change without invalidating runs).
 _NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "report.py", "bench.py"}
 
@@ -196,14 +195,13 @@ def summarize(experiment: str, run: dict, result: dict) -> dict:
     std["n_features"] = max((s.get("n_features", 0) for s in result.get("solves", [])), default=0) or math.nan
     std["max_cond"] = max(conds) if conds else math.nan
     std["any_fallback"] = any(bool(s.get("fallback")) for s in result.get("solves", []))
-    std["any_eta_at_edge"] = any(bool(s.get("eta_at_edge")) for s in result.get("solves", []))
     if "lambada" in result:  # RunSpec(lambada=True)
         std |= {f"lambada_{k}": v for k, v in result["lambada"].items()}
     return row | {k: v for k, v in std.items() if k not in row}
 
 
 _STANDARD = {"experiment", "valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
-             "optimizer_steps", "n_features", "max_cond", "any_fallback", "any_eta_at_edge"}
+             "optimizer_steps", "n_features", "max_cond", "any_fallback"}
 
 
 def _run_columns(df: pd.DataFrame) -> list[str]:
@@ -271,14 +269,22 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
 
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
-        os.environ["PILLM_CONCURRENT_RUNS"] = str(jobs)
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(counter, torch.cuda.device_count())) as pool:
-            futures = {i: pool.submit(_execute_run, experiment, runs[i], dirs[i], keys[i], False) for i in pending}
-            for i, fut in futures.items():
-                results[i] = fut.result()
-                if progress:
-                    print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
+        previous = os.environ.get("PILLM_CONCURRENT_RUNS")
+        os.environ["PILLM_CONCURRENT_RUNS"] = str(jobs)  # inherited by the (spawned) workers
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(counter, torch.cuda.device_count())) as pool:
+                futures = {i: pool.submit(_execute_run, experiment, runs[i], dirs[i], keys[i], False)
+                           for i in pending}
+                for i, fut in futures.items():
+                    results[i] = fut.result()
+                    if progress:
+                        print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
+        finally:  # a later sequential grid in the same kernel must not record concurrent runs
+            if previous is None:
+                os.environ.pop("PILLM_CONCURRENT_RUNS", None)
+            else:
+                os.environ["PILLM_CONCURRENT_RUNS"] = previous
     else:
         for n, i in enumerate(pending, 1):
             if progress:
@@ -581,8 +587,9 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
                                    cwd=str(notebook.parent), progress_bar=False,
                                    stdout_file=sys.stdout, stderr_file=sys.stderr)
     except PapermillExecutionError as e:
-        error = {"cell_index": e.cell_index, "execution_count": e.exec_count, "ename": e.ename,
-                 "evalue": e.evalue, "notebook": str(out_nb), "date": _now()}
+        error = {"cell_index": _source_cell_index(out_nb, e.cell_index), "executed_cell_index": e.cell_index,
+                 "execution_count": e.exec_count, "ename": e.ename, "evalue": e.evalue,
+                 "cell_source": (e.source or "").strip().splitlines()[:1], "notebook": str(out_nb), "date": _now()}
     except Exception as e:  # noqa: BLE001 - a dead kernel, a timeout, …: still a failure with a record
         error = {"cell_index": None, "execution_count": None, "ename": type(e).__name__, "evalue": str(e),
                  "notebook": str(out_nb), "date": _now()}
@@ -593,20 +600,41 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
         print(f"{name}: HTML export failed: {type(e).__name__}: {e}", file=sys.stderr)
     if error is not None:
         write_json_atomic(exp_dir / "failed.json", error)
-        where = "" if error["cell_index"] is None else (f" in cell {error['cell_index']} "
-                                                         f"(execution count {error['execution_count']})")
+        where = "" if error["cell_index"] is None else (
+            f" in cell {error['cell_index']} of {notebook.name} (execution count {error['execution_count']}, "
+            f"first line: {' '.join(error['cell_source'])!r})")
         print(f"{name}: FAILED{where}: {error['ename']}: {error['evalue']}\n  executed notebook kept: {out_nb}",
               file=sys.stderr)
         return 1
     write_json_atomic(exp_dir / "provenance.json", {
         "experiment": name, "profile": profile, "hash": digest,
-        "notebook": os.path.relpath(notebook, REPO), "executed_notebook": out_nb.name,
+        "notebook": _show(notebook), "executed_notebook": out_nb.name,
         "parameters": injected | {"results_root": None},  # the root is where this file is
         "git_commit": environment().get("git_commit"), "environment": environment(),
         "wall_s": wall, "started": started, "finished": _now(),
     })
     write_text_atomic(exp_dir / ".complete", digest + "\n")  # last: its presence means done
     return 0
+
+
+def _show(path) -> str:
+    """A path relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _source_cell_index(executed, index: int | None) -> int | None:
+    """The index in the source notebook of cell ``index`` of the executed one (papermill inserts
+    an ``injected-parameters`` cell after the ``parameters`` cell)."""
+    import nbformat
+
+    if index is None:
+        return None
+    try:
+        cells = nbformat.read(str(executed), as_version=4).cells[:index]
+    except Exception:  # noqa: BLE001
+        return index
+    return index - sum("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
 
 
 def _export_html(executed) -> None:
@@ -636,7 +664,7 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
             print(f"[{i}/{len(names)}] {name}: up to date, skipped", flush=True)
             skipped.append(name)
             continue
-        print(f"[{i}/{len(names)}] {name}: running {os.path.relpath(entry['notebook'], REPO)}", flush=True)
+        print(f"[{i}/{len(names)}] {name}: running {_show(entry['notebook'])}", flush=True)
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "pillm", "experiments", "--one", name, "--profile", profile,
                "--results-dir", str(root)] + (["--force"] if force else []) \
@@ -677,6 +705,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 __all__ = ["run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
-           "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves", "load_result", "load_model",
-           "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
+           "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves",
+           "load_result", "load_model", "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
            "root_dir", "experiment_dir", "write_csv_atomic", "write_text_atomic"]

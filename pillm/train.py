@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import TokenStream
 from .evaluate import evaluate_stream

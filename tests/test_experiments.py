@@ -282,7 +282,8 @@ def test_registry_parameters_match_notebook(name):
     train = paper["train"]
     assert train["device"] == "cuda" and paper["size"] == "small" and paper["threads"] is None
     if name != "quickstart":
-        assert len(paper["seeds"]) == (1 if name == "complexity" else 3)
+        assert paper["seeds"] and all(isinstance(x, int) for x in paper["seeds"])
+        assert len(paper["seeds"]) == 3 or name in ("complexity", "training_curves")
         assert train["epochs"] == (0 if name == "complexity" else 10)
         if name != "complexity":  # the full training set and the full evaluation splits
             assert train["max_train_tokens"] is None and train["max_eval_tokens"] is None
@@ -364,7 +365,8 @@ def test_experiments_end_to_end(tmp_path):
     assert "1 ran, 0 skipped, 1 failed (broken)" in r.stdout
     assert not (smoke / "broken" / ".complete").exists() and not (smoke / "broken" / "provenance.json").exists()
     failed = json.loads((smoke / "broken" / "failed.json").read_text())
-    assert failed["cell_index"] == 2 and failed["ename"] == "RuntimeError"
+    assert failed["cell_index"] == 2 and failed["executed_cell_index"] == 3 and failed["ename"] == "RuntimeError"
+    assert "in cell 2 of broken.ipynb" in r.stderr and "raise RuntimeError('injected failure')" in r.stderr
     kept = nbformat.read(str(smoke / "broken.ipynb"), as_version=4)
     assert any(o.get("ename") == "RuntimeError" for c in kept.cells if c.cell_type == "code" for o in c.outputs)
     assert (smoke / "fine" / ".complete").exists() and (smoke / "fine" / "summary.csv").read_text() == "value\n3\n"
