@@ -109,7 +109,7 @@ SIMILAR_TOL = 0.01
 #: LAMBADA accuracies below this are called low for every method.
 LAMBADA_LOW = 0.05
 
-FIGURES = ("curves", "lambda", "expansion", "complexity", "kappa", "contribution")
+FIGURES = ("curves", "lambda", "expansion", "complexity", "bench", "kappa", "contribution")
 TABLE_TITLES = {
     "benchmark": "Main results", "lambada": "LAMBADA", "ablation_bipil": "Bi-PIL versus a single projection",
     "ablation_lambda": r"Sensitivity to the relative ridge $\lambda$", "ablation_expansion": "Random-feature width",
@@ -118,8 +118,9 @@ TABLE_TITLES = {
     "models": "Model configurations", "datasets": "Corpora and token counts",
     "hparams": "Training hyper-parameters of the main benchmark", "hardware": "Hardware and provenance"}
 FIGURE_SOURCE = {"curves": "training_curves", "lambda": "ablation_lambda", "expansion": "ablation_expansion",
-                 "complexity": "complexity", "kappa": "benchmark", "contribution": "benchmark"}
-FIGURE_TITLES = {"curves": "Training curves", "lambda": r"Sensitivity to $\lambda$ and $\kappa$",
+                 "complexity": "complexity", "bench": "bench", "kappa": "benchmark", "contribution": "benchmark"}
+FIGURE_TITLES = {"bench": "Gram accumulation rate and solve time on the GPU",
+                 "curves": "Training curves", "lambda": r"Sensitivity to $\lambda$ and $\kappa$",
                  "expansion": "Random-feature width", "complexity": "Scaling of the closed-form phase",
                  "kappa": r"Condition number $\kappa$ per layer", "contribution": "What the FFN layers contribute"}
 
@@ -1895,8 +1896,48 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
         else:
             missing("contribution", cap, ["benchmark"])
 
+    def _fig_bench():
+        # 5. GPU micro-benchmarks of the solver (pillm bench): Gram rate and solve time against D
+        cap = (r"Closed-form solver on the GPU against the number of features $D$: throughput of the streamed Gram "
+               r"accumulation of $\sum H^\top H$ and $\sum H^\top Y$ next to a dense single-precision matrix product of the same shape "
+               r"measured in the same run (left), and time of the float64 ridge solve, Cholesky with its $\kappa$ "
+               r"check and the eigen fallback (right)")
+        files = [(p, d) for p, d in R.bench() if isinstance(d, dict) and not d.get("quick")
+                 and isinstance(d.get("gram"), dict) and isinstance(d.get("solve"), dict)]
+        if not files:
+            missing("bench", cap, ["bench"])
+            return
+        path, d = files[0]
+        rows = []
+        for g in d["gram"].get("per_size", []):
+            for key, label in (("update_masked", "Gram accumulation"), ("dense_mm", "dense matmul")):
+                if _finite((g.get(key) or {}).get("tflops")):
+                    rows.append({"D": int(g["D"]), "TFLOP/s": float(g[key]["tflops"]), "kernel": label})
+        solve = []
+        for sz in d["solve"].get("per_size", []):
+            for key, label in (("auto", "Cholesky + κ check"), ("eigh", "eigen fallback")):
+                if _finite((sz.get(key) or {}).get("seconds")):
+                    solve.append({"D": int(sz["D"]), "seconds": float(sz[key]["seconds"]), "solver": label})
+        if not rows or not solve:
+            missing("bench", cap, ["bench"])
+            return
+        fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.5))
+        sns.lineplot(pd.DataFrame(rows), x="D", y="TFLOP/s", hue="kernel", marker="o", ax=axes[0])
+        sns.lineplot(pd.DataFrame(solve), x="D", y="seconds", hue="solver", marker="s", ax=axes[1])
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+        axes[1].set_yscale("log")
+        axes[0].set_ylim(bottom=0)
+        fig.tight_layout()
+        _save(fig, out / "bench.pdf")
+        device = tex_escape(str(d.get("device_name") or path.stem))
+        res["bench"] = {"caption": cap + f" ({device})", "sources": [],
+                        "source_text": (r"Source: \texttt{pillm bench}, \texttt{" + tex_escape(rel(path)) +
+                                        r"} sha256 \texttt{" + sha256_short(path) + "}.")}
+
     for name, fn in (("curves", _fig_curves), ("lambda", _fig_lambda), ("expansion", _fig_expansion),
-                     ("complexity", _fig_complexity), ("kappa", _fig_kappa), ("contribution", _fig_contribution)):
+                     ("complexity", _fig_complexity), ("bench", _fig_bench), ("kappa", _fig_kappa),
+                     ("contribution", _fig_contribution)):
         try:
             fn()
         except Exception as err:  # a malformed results file must not stop the paper build
@@ -2002,9 +2043,9 @@ def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = Tr
             note = rep.broken_note() if f.get("error") else rep.missing_note(f["missing"])
             text = tpl_missing.render(kind="figure", label=f"fig:{name}", caption=f["caption"], note=note, star=False)
         else:
-            width = r"\linewidth" if name in ("curves", "lambda", "expansion") else r"0.7\linewidth"
+            width = r"\linewidth" if name in ("curves", "lambda", "expansion", "bench") else r"0.7\linewidth"
             text = tpl_fig.render(name=name, label=f"fig:{name}", caption=f["caption"], width=width,
-                                  source=rep.source_note(f["sources"]))
+                                  source=f.get("source_text") or rep.source_note(f["sources"]))
         write(dirs.figures / f"{name}.tex", text)
     # prose
     ctx = dict(n=rep.n, c=rep.c, profile=profile, smoke=profile != "paper", tol_pct=int(round(100 * COMPETITIVE_TOL)),
