@@ -100,7 +100,7 @@ def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
     model, tokenizer = load(args.checkpoint, device=str(device))
     if args.dataset == "lambada":
-        kind = "plain" if tokenizer.kind == "word" else "openai"
+        kind = "openai_wikitext" if tokenizer.kind == "word" else "openai"
         out = lambada(model, tokenizer, lambada_examples(kind), progress=not args.quiet) | {"lambada_file": kind}
     else:
         corpus = load_tokenized(args.dataset, tokenizer.kind)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -469,13 +470,20 @@ def lambada_examples(kind: str = "openai") -> list[tuple[str, str]]:
     lm-evaluation-harness convention; in 38 OpenAI passages the target keeps an
     opening quote glued to it (e.g. ``'"Nadia'``).
 
-    kind : "openai" (detokenized test jsonl, the GPT-2/3 setup), "plain" (the
-        original tokenized, lower-cased test passages) or "dev_plain" (the
+    kind : "openai" (detokenized test jsonl, the GPT-2/3 setup), "openai_wikitext"
+        (the same passages, cased, tokenized like WikiText by
+        :func:`wikitext_tokenize`, target stripped of quotes and punctuation: for
+        word-level models trained on WikiText, whose vocabulary is cased), "plain"
+        (the original tokenized, lower-cased test passages) or "dev_plain" (the
         original development set).
     """
+    if kind == "openai_wikitext":
+        return [(wikitext_tokenize(ctx), word.strip(_QUOTES_PUNCT) or word)
+                for ctx, word in lambada_examples("openai")]
     split = {"openai": "test", "plain": "test_plain", "dev_plain": "dev_plain"}.get(kind)
     if split is None:
-        raise ValueError(f"Unknown LAMBADA kind {kind!r}; choose 'openai', 'plain' or 'dev_plain'.")
+        raise ValueError(f"Unknown LAMBADA kind {kind!r}; choose 'openai', 'openai_wikitext', 'plain' or "
+                         "'dev_plain'.")
     corpus = load_corpus("lambada")
     if split not in corpus.splits:
         raise DataNotFoundError(
@@ -483,6 +491,32 @@ def lambada_examples(kind: str = "openai") -> list[tuple[str, str]]:
             "files into a data directory (see resolve_file)."
         )
     return [_split_last_word(text) for text in corpus.splits[split] if text.strip()]
+
+
+_QUOTES_PUNCT = "\"'“”‘’.,;:!?()[]"
+_WT_RULES = [  # WikiText's (Moses-style) tokenization, approximated with regular expressions
+    (re.compile(r"(?<=\w)-(?=\w)"), " @-@ "),  # well-known -> well @-@ known
+    (re.compile(r"(?<=\d),(?=\d)"), " @,@ "),  # 1,000 -> 1 @,@ 000
+    (re.compile(r"(?<=\d)\.(?=\d)"), " @.@ "),  # 3.5 -> 3 @.@ 5
+    (re.compile(r"[“”]"), '"'),
+    (re.compile(r"[‘’]"), "'"),
+    (re.compile(r"(?i)(\w)(n't)\b"), r"\1 \2"),  # don't -> do n't
+    (re.compile(r"(?i)(\w)('s|'re|'ve|'ll|'d|'m)\b"), r"\1 \2"),  # Tom's -> Tom 's
+    (re.compile(r"(?<!@)([.,!?;:\"()\[\]]|--|…)(?!@)"), r" \1 "),  # not inside @,@ / @.@
+    (re.compile(r"(^|\s)'(?!(?:s|re|ve|ll|d|m|t)\b)(?=\w)"), r"\1' "),  # opening quote, not a clitic
+]
+
+
+def wikitext_tokenize(text: str) -> str:
+    """Raw text tokenized (approximately) the way WikiText was, words separated by spaces.
+
+    Used to score LAMBADA's cased OpenAI passages with word-level models trained on WikiText:
+    punctuation is split off, ``n't``/``'s`` clitics are separated and in-word hyphens and
+    digit separators become ``@-@``, ``@,@``, ``@.@`` as in WikiText.
+    """
+    for pattern, repl in _WT_RULES:
+        text = pattern.sub(repl, text)
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------

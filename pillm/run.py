@@ -162,7 +162,7 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
     t = evaluate_stream(model, corpus.test, **ev)
     extra = {}
     if spec.lambada:
-        kind = "plain" if corpus.tokenizer.kind == "word" else "openai"
+        kind = "openai_wikitext" if corpus.tokenizer.kind == "word" else "openai"
         examples = lambada_examples(kind)[: spec.lambada_limit]
         extra["lambada"] = lambada(model, corpus.tokenizer, examples, progress=progress) | {"file": kind}
     if spec.samples:

@@ -459,3 +459,24 @@ def test_token_stream_from_corpus(wikitext2):
     x, y = stream.windows(256)
     assert x.shape == ((217_646 - 1) // 256, 256)
     assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_wikitext_tokenize_matches_wikitext_conventions():
+    from pillm.data import wikitext_tokenize
+
+    text = 'He said, "I don\'t know Tom\'s well-known 1,000 dogs, 3.5 m." (Really?) \'Nadia'
+    assert wikitext_tokenize(text) == (
+        "He said , \" I do n't know Tom 's well @-@ known 1 @,@ 000 dogs , 3 @.@ 5 m . \" ( Really ? ) ' Nadia")
+
+
+def test_lambada_for_word_models_is_cased_and_tokenized_like_wikitext(wikitext2, lambada_corpus):
+    """The lower-cased original file would make half the targets OOV for WikiText's cased vocabulary."""
+    from pillm.data import lambada_examples
+
+    stoi = wikitext2.tokenizer.stoi
+    ex = lambada_examples("openai_wikitext")
+    assert len(ex) == 5153
+    assert all(word and " " not in word and word[0] not in "\"'“‘" for _, word in ex)
+    oov = sum(w not in stoi for _, w in ex) / len(ex)
+    plain_oov = sum(w not in stoi for _, w in lambada_examples("plain")) / 5153
+    assert oov < 0.3 < 0.45 < plain_oov
