@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run `pillm experiments` on a lent GPU machine (the `device` tool) and pack what it produced.
+#
+#   bash tools/device_experiments.sh SECONDS --profile paper --only benchmark [--only ...]
+#
+# Lessons from the first paper-profile attempt (kept here so they are not paid for twice):
+# - The GPU image has torch but not papermill/ipykernel: carry their wheels in .whl/
+#   (tools/device_wheels.txt lists them; download command in docs/GPU_RUNS.md).
+# - Never pipe the run into `tail`: killed runs leave worker processes holding the pipe open
+#   and the call hangs until its limit, returning nothing. Log to $OUT instead.
+# - The transfer back drops deep folders: results are packed into $OUT/results.tar.
+# - The data does not travel by itself: copy it into the ignored data/ and carry "data".
+set -u
+limit=${1:?usage: tools/device_experiments.sh SECONDS pillm-experiments-args...}; shift
+out=${OUT:-/tmp/out}
+export PYTHONUNBUFFERED=1 PILLM_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+       NVSHMEM_DISABLE_NVLS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PILLM_JOBS=${PILLM_JOBS:-8}
+if [ -d .whl ] && ! python3 -c "import papermill, ipykernel" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+python3 -m ipykernel install --prefix /tmp/jup --name pillm >/dev/null 2>&1
+export JUPYTER_PATH=/tmp/jup/share/jupyter
+nvidia-smi -L
+# setsid + kill of the whole group: a stopped run must not leave workers behind.
+setsid timeout -s KILL "$limit" python3 -m pillm experiments "$@" > "$out/log.txt" 2>&1
+echo "pillm experiments exit: $?"
+grep -E "^\[|pillm experiments:" "$out/log.txt" | grep -v "TCP" | tail -40
+tar -cf "$out/results.tar" results/
