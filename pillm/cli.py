@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from .model import FUSIONS, PRESETS
+from .model import FUSIONS, PRESETS, PROJ_INITS
 from .targets import TARGETS
 from .train import METHODS
 
@@ -37,6 +37,7 @@ def _train_parser(sub) -> None:
     mode.add_argument("--bipil", dest="bipil", action="store_true", help="two fused projections (Bi-PIL, default)")
     p.set_defaults(bipil=True)
     p.add_argument("--fusion", choices=FUSIONS)
+    p.add_argument("--proj-init", choices=PROJ_INITS, help="random projections, or landmarks from the layer's inputs")
     p.add_argument("--lam", type=float, help="ridge λ relative to mean diag(HᵀH)")
     p.add_argument("--target", choices=TARGETS)
     p.add_argument("--iterations", type=int)
@@ -51,7 +52,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
 
 
-MODEL_FLAGS = {"dropout": "dropout", "expansion": "expansion", "fusion": "fusion"}
+MODEL_FLAGS = {"dropout": "dropout", "expansion": "expansion", "fusion": "fusion", "proj_init": "proj_init"}
 TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "max_train_tokens": "max_train_tokens",
                "max_eval_tokens": "max_eval_tokens", "seed": "seed", "device": "device", "lam": "lam",
                "target": "target", "iterations": "iterations", "search_tokens": "search_tokens", "final_resolve": "final_resolve",

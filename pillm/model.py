@@ -37,6 +37,7 @@ import torch.nn.functional as F
 FFN_KINDS = ("mlp", "none", "pil", "bipil", "lora", "rf_adamw")
 FUSIONS = ("concat", "sum", "gate")
 HEADS = ("tied", "solved")
+PROJ_INITS = ("random", "landmarks")
 IGNORE_INDEX = -100  # targets equal to this (padding) contribute nothing to losses or solves
 
 PRESETS: dict[str, dict] = {
@@ -65,12 +66,14 @@ class ModelConfig:
     fusion: str = "concat"  # bipil only: one of FUSIONS
     lora_rank: int = 8
     proj_scale: float = 1.0  # std of random pre-activations for LayerNorm-ed inputs
+    proj_init: str = "random"  # "landmarks": projections set from the layer's own inputs before its solve
     head: str = "tied"  # "tied" to the embedding, or "solved" (closed-form ridge head, pure PIL)
 
     def __post_init__(self) -> None:
         _choice("ffn", self.ffn, FFN_KINDS)
         _choice("fusion", self.fusion, FUSIONS)
         _choice("head", self.head, HEADS)
+        _choice("proj_init", self.proj_init, PROJ_INITS)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "lora_rank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -140,6 +143,23 @@ class RandomFeatures(nn.Module):
 
     def preactivations(self, u):
         return u @ self.proj_fwd
+
+    @torch.no_grad()
+    def set_landmarks(self, u: torch.Tensor, scale: float = 1.0) -> None:
+        """Data-dependent projections (Nyström-style landmarks; the FFN as a key-value memory).
+
+        ``u [≥ n_proj·M, C]`` are LayerNorm-ed inputs of this layer; each projection column becomes
+        one of them, unit-normalised, then scaled so that its pre-activations over ``u`` have
+        standard deviation ``scale`` (as the random projections do).
+        """
+        names = ["proj_fwd"] + (["proj_bwd"] if self.fusion is not None else [])
+        m = self.proj_fwd.shape[1]
+        if u.shape[0] < len(names) * m:
+            raise ValueError(f"need at least {len(names) * m} input rows for the landmarks, got {u.shape[0]}")
+        for i, name in enumerate(names):
+            keys = F.normalize(u[i * m:(i + 1) * m].float(), dim=1).T  # [C, M]
+            std = (u.float() @ keys).std(dim=0).clamp_min(1e-6)  # per-feature pre-activation spread
+            getattr(self, name).copy_(keys * (scale / std))
 
     def forward(self, u):
         h = F.gelu(u @ self.proj_fwd)

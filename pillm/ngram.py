@@ -65,6 +65,7 @@ __all__ = [
     "EOS",
     "UNK",
     "KENLM_REFERENCE",
+    "FALLBACK_DISCOUNTS",
     "NGramCounts",
     "KneserNey",
     "discounts_from_counts",
@@ -97,14 +98,30 @@ def count_of_counts(counts: Iterable[int], upto: int = 4) -> list[int]:
     return n
 
 
-def discounts_from_counts(n: Sequence[int]) -> tuple[float, float, float]:
+#: ``lmplz --discount_fallback`` default discounts (D1, D2, D3+).
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+
+
+def discounts_from_counts(n: Sequence[int], fallback: Sequence[float] | None = None
+                          ) -> tuple[float, float, float]:
     """Modified Kneser-Ney discounts (D1, D2, D3+) from count-of-counts.
 
     ``n[k]`` is the number of n-grams with count k (``n[0]`` is ignored), as
-    returned by :func:`count_of_counts`.  Raises ``ValueError`` when a
-    discount is undefined or out of range (tiny / artificial data), like
-    ``lmplz`` does.
+    returned by :func:`count_of_counts`.  When a discount is undefined
+    (n1, n2 or n3 is 0) or out of range [0, k], return ``fallback`` if given
+    (``lmplz --discount_fallback``), else raise ``ValueError`` (``lmplz``'s
+    default).  WikiText-2 needs the fallback at order 1 of a unigram model: its
+    vocabulary was cut at 3 occurrences, so n1 = n2 = 0 for raw unigram counts.
     """
+    try:
+        return _discounts(n)
+    except ValueError:
+        if fallback is None:
+            raise
+        return tuple(float(d) for d in fallback)
+
+
+def _discounts(n: Sequence[int]) -> tuple[float, float, float]:
     n1, n2, n3, n4 = n[1], n[2], n[3], n[4]
     if min(n1, n2, n3) == 0:
         raise ValueError(
@@ -198,9 +215,9 @@ class _OrderTable:
 
     __slots__ = ("discounts", "prob", "gamma", "count_of_counts")
 
-    def __init__(self, counts: dict):
+    def __init__(self, counts: dict, fallback: Sequence[float] | None):
         self.count_of_counts = count_of_counts(counts.values())
-        d1, d2, d3 = self.discounts = discounts_from_counts(self.count_of_counts)
+        d1, d2, d3 = self.discounts = discounts_from_counts(self.count_of_counts, fallback)
         disc = (0.0, d1, d2, d3)
         # sum of counts and N_k per context
         denom: dict = {}
@@ -234,12 +251,19 @@ class KneserNey:
     # ---- estimation ------------------------------------------------------
 
     @classmethod
-    def fit(cls, sentences: Iterable[Sequence[str]], order: int) -> "KneserNey":
-        """Count n-grams of ``sentences`` (lists of tokens, no ``<s>``/``</s>``) and estimate."""
-        return cls.from_counts(NGramCounts(sentences, order), order)
+    def fit(cls, sentences: Iterable[Sequence[str]], order: int,
+            discount_fallback: Sequence[float] | None = FALLBACK_DISCOUNTS) -> "KneserNey":
+        """Count n-grams of ``sentences`` (lists of tokens, no ``<s>``/``</s>``) and estimate.
+
+        ``discount_fallback``: discounts used at an order whose count-of-counts
+        give no valid discounts (``lmplz --discount_fallback``); ``None`` raises
+        ``ValueError`` there instead.
+        """
+        return cls.from_counts(NGramCounts(sentences, order), order, discount_fallback)
 
     @classmethod
     def from_counts(cls, counts: NGramCounts, order: int | None = None,
+                    discount_fallback: Sequence[float] | None = FALLBACK_DISCOUNTS,
                     _shared: dict | None = None) -> "KneserNey":
         """Model of ``order`` (default ``counts.max_order``) from precounted n-grams.
 
@@ -254,10 +278,10 @@ class KneserNey:
         shared = {} if _shared is None else _shared
         for n in range(1, order + 1):
             if n == order:
-                self.tables[n] = _OrderTable(counts.raw[n])
+                self.tables[n] = _OrderTable(counts.raw[n], discount_fallback)
             else:
                 if n not in shared:
-                    shared[n] = _OrderTable(counts.adjusted(n))
+                    shared[n] = _OrderTable(counts.adjusted(n), discount_fallback)
                 self.tables[n] = shared[n]
         t1 = self.tables[1]
         vsize = len(counts.words) - 1  # every type but <s> (<unk> and </s> included)

@@ -44,7 +44,7 @@ from .targets import SEARCHED, check_target, layer_data
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 PIL_METHODS = ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 FIXED_FFN = {"baseline": "mlp", "attn_only": "none", "lora": "lora", "rf_adamw": "rf_adamw"}
-DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 9))  # 1e-4 … 1e4, half decades
+DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 13))  # 1e-4 … 1e6, half decades
 
 
 class TrainingDiverged(RuntimeError):
@@ -241,6 +241,31 @@ def _fit_r2(acc: RidgeAccumulator, w, b, eta: float, cross: torch.Tensor, c: int
     return float(1 - ss_res / ss_tot)
 
 
+@torch.no_grad()
+def _set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
+    """Draw the layer's projections from its own inputs (computed with the layers below solved).
+
+    Landmarks are sampled uniformly over the training stream with a generator seeded by
+    ``cfg.seed`` and the layer index, so every rank of a distributed run draws the same ones.
+    """
+    feats = model.blocks[layer].ffn.features
+    n_needed = feats.proj_fwd.shape[1] * (2 if feats.fusion is not None else 1)
+    x_all, _ = train.windows(model.config.block_size)
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + layer)
+    block = model.blocks[layer]
+    rows = []
+    for i in torch.randperm(x_all.shape[0], generator=g).tolist():
+        u = block.ln2(block.attend(model.residual_before(x_all[i:i + 1], layer)))[0]
+        rows.append(u[torch.randperm(u.shape[0], generator=g)[: max(1, u.shape[0] // 8)].to(u.device)])
+        if sum(r.shape[0] for r in rows) >= 2 * n_needed:
+            break
+    u = torch.cat(rows)
+    if u.shape[0] < n_needed:
+        raise ValueError(f"layer {layer}: the training stream has {u.shape[0]} positions, fewer than the "
+                         f"{n_needed} landmarks needed; lower expansion or use proj_init='random'")
+    feats.set_landmarks(u, model.config.proj_scale)
+
+
 def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, log: RunLog, *,
               target: str | None = None, name: str = "pil", teacher: PILLM | None = None,
               progress: bool = True) -> None:
@@ -257,6 +282,8 @@ def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainCo
     t0 = time.perf_counter()
     for sweep in range(max(cfg.iterations, 1)):
         for layer in solvable:
+            if model.config.proj_init == "landmarks" and sweep == 0 and name == "pil":
+                _set_landmarks(model, layer, train, cfg)
             rec = solve_layer(model, layer, train, search, cfg, target, teacher, progress)
             log.solves.append(rec | {"phase": name, "sweep": sweep})
     _sync(device)

@@ -223,3 +223,21 @@ def test_method_and_model_must_agree(streams):
 
 def test_all_targets_are_known():
     assert set(TARGETS) == {"local", "global", "next_embedding", "teacher", "zero"}
+
+
+def test_landmark_projections_come_from_the_layers_inputs(streams):
+    """Data-dependent first layer (proj_init='landmarks'): columns are scaled input directions."""
+    model = make(ffn="pil", proj_init="landmarks", expansion=1.0)
+    before = model.blocks[1].ffn.features.proj_fwd.clone()
+    log = run_procedure(model, *streams, cfg("pil_pure"), progress=False)
+    feats = model.blocks[1].ffn.features
+    assert not torch.allclose(feats.proj_fwd, before)
+    x, _ = streams[0].windows(32)
+    with torch.no_grad():
+        u = model.blocks[1].ln2(model.blocks[1].attend(model.residual_before(x[:8], 1))).reshape(-1, 64)
+    # each column is a (scaled) normalised input vector: its cosine with some input row is ~1
+    cos = torch.nn.functional.normalize(u, dim=1) @ torch.nn.functional.normalize(feats.proj_fwd, dim=0)
+    assert (cos.max(0).values > 0.5).float().mean() > 0.5
+    assert 0.3 < feats.preactivations(u).std(0).median() < 3.0  # unit-scale pre-activations
+    assert len(log.solves) == 2 and all(r["r2"] > 0 for r in log.solves)
+    assert _ppl(model, streams[1]) < V
