@@ -432,3 +432,21 @@ if __name__ == "__main__":  # python -m pillm.ngram
     ap.add_argument("--skip-blank", action="store_true")
     args = ap.parse_args()
     evaluate_orders(args.orders, args.dataset, args.skip_blank, verbose=True)
+
+
+def summary(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wikitext2"):
+    """A tidy table (pandas) of :func:`evaluate_orders`, with the KenLM reference beside each order.
+
+    Columns: ``experiment, method, order, valid_ppl, test_ppl, kenlm_test_ppl, test_vs_kenlm_pct,
+    tokens, oov, seconds`` (``seconds`` is wall time; everything else is deterministic).
+    """
+    import pandas as pd
+
+    rows = evaluate_orders(orders, dataset)
+    ref = KENLM_REFERENCE["test"] if dataset == "wikitext2" else {}
+    df = pd.DataFrame([{"experiment": "ngram", "method": f"kn{r['order']}", "order": r["order"],
+                        "valid_ppl": r["valid_ppl"], "test_ppl": r["test_ppl"],
+                        "kenlm_test_ppl": ref.get(r["order"], float("nan")),
+                        "tokens": r["tokens"], "oov": r.get("oov", 0), "seconds": r["seconds"]} for r in rows])
+    df["test_vs_kenlm_pct"] = 100 * (df["test_ppl"] / df["kenlm_test_ppl"] - 1)
+    return df
