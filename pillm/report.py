@@ -73,7 +73,7 @@ TEMPLATES = PAPER / "templates"
 #: Experiments the paper uses (registry keys of :mod:`pillm.experiments`).
 PAPER_EXPERIMENTS = ("benchmark", "lambada", "ablation_bipil", "ablation_lambda", "ablation_expansion",
                      "ablation_fusion", "training_strategy", "tinystories", "complexity", "training_curves",
-                     "gap")
+                     "gap", "ngram")
 #: Columns of summary.csv that are outcomes, not parameters (never grouping keys).
 OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
                   "optimizer_steps", "params_embedding", "params_attention", "params_norm",
@@ -111,6 +111,7 @@ LAMBADA_LOW = 0.05
 
 FIGURES = ("curves", "lambda", "expansion", "complexity", "bench", "kappa", "contribution")
 TABLE_TITLES = {
+    "ngram": "Kneser--Ney $n$-gram baseline",
     "benchmark": "Main results", "lambada": "LAMBADA", "ablation_bipil": "Bi-PIL versus a single projection",
     "ablation_lambda": r"Sensitivity to the relative ridge $\lambda$", "ablation_expansion": "Random-feature width",
     "ablation_fusion": "Fusion of the two Bi-PIL projections", "training_strategy": "Targets and order of the phases",
@@ -1114,6 +1115,30 @@ class Report:
                 ty["verdict"] = verdict(hyb[h], ppl["baseline"])
         self.c["samples"] = _samples(e)
 
+    # -------------------------------------------------------------- count-based anchor
+    def ngram(self) -> None:
+        """Interpolated modified Kneser–Ney (``pillm.ngram``), one row per order, beside KenLM's figures."""
+        e = self.R.exp("ngram")
+        self.c["ngram"] = None
+        # The KenLM reference figures in summary.csv come from outside this repository (a check of the
+        # implementation, asserted in tests/test_ngram.py); the paper shows only what the code computed.
+        cap = (r"Interpolated modified Kneser--Ney $n$-gram models on WikiText-2 (no gradients; counts on the "
+               r"training split; each line a sentence with its end token predicted)")
+        if not e.available or "order" not in e.df.columns:
+            self.tables["ngram"] = None
+            self.table_missing["ngram"] = (cap, ["ngram"])
+            return
+        df = e.df.sort_values("order")
+        rows = [[str(int(r.order)), fmt_ppl(r.valid_ppl), fmt_ppl(r.test_ppl)] for r in df.itertuples()]
+        self.tables["ngram"] = TableSpec(name="ngram", caption=cap, label="tab:ngram",
+                                         header=["Order", "Valid PPL", "Test PPL"], rows=rows, align="rrr",
+                                         sources=[e])
+        top = df.iloc[-1]
+        self.c["ngram"] = {"order": int(top.order)}
+        self.add("KNOrder", str(int(top.order)), e, "highest order in ngram/summary.csv")
+        self.add("KNTestPPL", fmt_ppl(float(top.test_ppl)), e, "test_ppl of the highest order")
+        self.add("KNValidPPL", fmt_ppl(float(top.valid_ppl)), e, "valid_ppl of the highest order")
+
     # -------------------------------------------------------------- gap & bench
     def gap(self) -> None:
         e = self.R.exp("gap")
@@ -1463,6 +1488,7 @@ class Report:
                  ("training_strategy", self.strategy, ("training_strategy",), "strategy"),
                  ("tinystories", self.tinystories, ("tinystories",), "tiny"),
                  ("gap", self.gap, (), "gap"),
+                 ("ngram", self.ngram, ("ngram",), "ngram"),
                  ("bench", self.bench, (), "gpu"),
                  ("complexity", self.complexity, ("complexity_fit",), "complexity"),
                  ("training_curves", self.curves, (), "curves"),

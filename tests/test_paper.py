@@ -175,6 +175,13 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
                                                     "best_hybrid_test_ppl": 198.0, "best_hybrid_name": "alternating",
                                                     "pure_pil_test_ppl": 900.0, "kn5_test_ppl": 290.0}))
         (d / "provenance.json").write_text(json.dumps({"git_commit": "0123456789abcdef"}))
+    if want("ngram"):  # like notebooks/ngram.ipynb (no runs: counts, not training)
+        d = root / profile / "ngram"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "summary.csv").write_text("experiment,method,order,valid_ppl,test_ppl,tokens,seconds\n" + "".join(
+            f"ngram,kn{o},{o},{v},{t},245569,1.0\n" for o, v, t in ((1, 965.1, 911.7), (2, 284.7, 264.0),
+                                                                     (3, 242.3, 226.1))))
+        (d / "provenance.json").write_text(json.dumps({"git_commit": "0123456789abcdef"}))
     if only is None:
         (root / "bench").mkdir(parents=True, exist_ok=True)
         (root / "bench" / "nvidia-h200.json").write_text(json.dumps(
