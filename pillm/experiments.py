@@ -301,6 +301,39 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     return df
 
 
+def gap_summary(df: pd.DataFrame, variants: dict[str, str], ngram: pd.DataFrame | None = None) -> dict:
+    """Issue-7 headline numbers from a run grid labelled by ``variant`` (means over seeds).
+
+    ``variants`` maps a role to a variant label: ``baseline``, ``attn_only``, ``pure`` and every
+    other entry is a hybrid candidate. The best hybrid is chosen on **validation** perplexity only;
+    its test perplexity is then reported. ``ngram`` is the ``ngram`` experiment's summary
+    (``kn5_test_ppl`` is its order-5 row; None when it was not run).
+    """
+    means = df.groupby("variant")[["valid_ppl", "test_ppl", "total_s"]].mean()
+    seeds = df.groupby("variant")["seed"].nunique()
+
+    def get(role: str, col: str):
+        label = variants.get(role)
+        return float(means.loc[label, col]) if label in means.index else None
+
+    hybrids = [v for k, v in variants.items() if k not in ("baseline", "attn_only", "pure") and v in means.index]
+    best = min(hybrids, key=lambda v: means.loc[v, "valid_ppl"]) if hybrids else None
+    kn5 = None
+    if ngram is not None and len(ngram) and 5 in set(ngram["order"]):
+        kn5 = float(ngram.loc[ngram["order"] == 5, "test_ppl"].iloc[0])
+    out = {"baseline_test_ppl": get("baseline", "test_ppl"), "attn_only_test_ppl": get("attn_only", "test_ppl"),
+           "best_hybrid_test_ppl": float(means.loc[best, "test_ppl"]) if best else None,
+           "best_hybrid_valid_ppl": float(means.loc[best, "valid_ppl"]) if best else None,
+           "best_hybrid_name": best, "pure_pil_test_ppl": get("pure", "test_ppl"), "kn5_test_ppl": kn5,
+           "baseline_total_s": get("baseline", "total_s"),
+           "best_hybrid_total_s": float(means.loc[best, "total_s"]) if best else None,
+           "selection": "lowest mean valid_ppl among hybrids", "hybrids": hybrids,
+           "seeds": {k: int(v) for k, v in seeds.items()}}
+    if out["baseline_test_ppl"] and out["best_hybrid_test_ppl"]:
+        out["hybrid_over_baseline"] = out["best_hybrid_test_ppl"] / out["baseline_test_ppl"]
+    return out
+
+
 def run_dir(experiment: str, name: str, profile: str, results_root=None) -> Path:
     return experiment_dir(experiment, profile, results_root) / "runs" / name
 

@@ -266,7 +266,7 @@ def test_registry_lists_every_notebook():
     listed = {Path(e["notebook"]).resolve() for e in REGISTRY.values()}
     on_disk = {p.resolve() for p in (REPO / "notebooks").glob("[!_]*.ipynb")}
     assert listed == on_disk
-    assert len(REGISTRY) == 12
+    assert len(REGISTRY) == 13
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -379,3 +379,22 @@ def test_experiments_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fine: up to date, skipped" in r.stdout and "1 ran, 1 skipped, 0 failed" in r.stdout
     assert (smoke / "broken" / ".complete").exists() and not (smoke / "broken" / "failed.json").exists()
+
+
+def test_gap_summary_chooses_the_hybrid_on_validation_only():
+    df = pd.DataFrame([
+        {"variant": "baseline", "seed": 0, "valid_ppl": 120.0, "test_ppl": 115.0, "total_s": 60.0},
+        {"variant": "attn_only", "seed": 0, "valid_ppl": 160.0, "test_ppl": 150.0, "total_s": 50.0},
+        {"variant": "pil_pure", "seed": 0, "valid_ppl": 9000.0, "test_ppl": 8800.0, "total_s": 10.0},
+        # best on validation, worse on test: must still be the one chosen
+        {"variant": "h1", "seed": 0, "valid_ppl": 130.0, "test_ppl": 140.0, "total_s": 70.0},
+        {"variant": "h1", "seed": 1, "valid_ppl": 132.0, "test_ppl": 142.0, "total_s": 70.0},
+        {"variant": "h2", "seed": 0, "valid_ppl": 135.0, "test_ppl": 125.0, "total_s": 70.0},
+    ])
+    ngram = pd.DataFrame({"order": [1, 5], "test_ppl": [911.7, 220.1]})
+    roles = {"baseline": "baseline", "attn_only": "attn_only", "pure": "pil_pure", "h1": "h1", "h2": "h2"}
+    s = ex.gap_summary(df, roles, ngram)
+    assert s["best_hybrid_name"] == "h1" and s["best_hybrid_test_ppl"] == pytest.approx(141.0)
+    assert s["baseline_test_ppl"] == 115.0 and s["pure_pil_test_ppl"] == 8800.0 and s["kn5_test_ppl"] == 220.1
+    assert s["seeds"]["h1"] == 2 and s["hybrid_over_baseline"] == pytest.approx(141.0 / 115.0)
+    assert ex.gap_summary(df, roles)["kn5_test_ppl"] is None
