@@ -34,7 +34,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, fields
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .run import REPO, RunSpec, environment, execute, load, write_json_atomic
+from .run import REPO, RunSpec, environment, execute, load, write_atomic, write_json_atomic
 
 PACKAGE = Path(__file__).resolve().parent
 REGISTRY = PACKAGE / "experiments.yaml"
@@ -71,25 +70,12 @@ def experiment_dir(experiment: str, profile: str, root=None) -> Path:
     return root_dir(root) / profile / experiment
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomic(path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text))
+    write_atomic(path, lambda f: f.write(text))
 
 
 def write_csv_atomic(df: pd.DataFrame, path) -> None:
-    _atomic(path, lambda f: df.to_csv(f, index=False))
+    write_atomic(path, lambda f: df.to_csv(f, index=False))
 
 
 def _sha(*parts) -> str:

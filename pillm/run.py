@@ -78,14 +78,25 @@ def environment() -> dict:
     return env
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_atomic(path: Path, write) -> None:
+    """Call ``write(f)`` on a temporary sibling of ``path``, then rename it into place.
+
+    Readers see the old file or the new one, never half of it; on error the temporary is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2, default=str) + "\n"))
 
 
 def save_checkpoint(model: PILLM, tokenizer, directory: Path, extra: dict | None = None) -> None:

@@ -224,12 +224,8 @@ def _fit_r2(acc: RidgeAccumulator, w, b, eta: float, cross: torch.Tensor, c: int
     """R² of the chosen target ``Y₀ − ηΔ`` from the accumulated statistics (no second pass)."""
     s = {k: getattr(acc, k).double() for k in ("G", "C", "sum_h", "sum_y", "sum_y2")}  # raw sums
     n = float(acc.n)
-    coef = torch.cat([torch.ones(c, dtype=torch.float64, device=w.device), torch.full((c,), -eta, dtype=torch.float64, device=w.device)])
-    sel = torch.zeros(2 * c, c, dtype=torch.float64, device=w.device)
-    sel[torch.arange(c), torch.arange(c)] = coef[:c]
-    sel[torch.arange(c) + c, torch.arange(c)] = coef[c:]
-    cy = s["C"] @ sel  # Σ Hᵀ Y(η)
-    sum_y = s["sum_y"] @ sel
+    cy = s["C"][:, :c] - eta * s["C"][:, c:]  # Σ Hᵀ Y(η)
+    sum_y = s["sum_y"][:c] - eta * s["sum_y"][c:]
     sum_yy = (s["sum_y2"][:c] + eta ** 2 * s["sum_y2"][c:] - 2 * eta * cross).sum()
     w, b = w.double(), b.double()
     # Σ||Y − HW − b||² expanded in sufficient statistics
