@@ -14,7 +14,7 @@ import sys
 
 from .model import FUSIONS, PRESETS, PROJ_INITS
 from .targets import TARGETS
-from .train import METHODS
+from .train import EMBED_INITS, METHODS
 
 
 def _train_parser(sub) -> None:
@@ -45,6 +45,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--final-resolve", action="store_true", default=None)
     p.add_argument("--final-target", choices=TARGETS)
     p.add_argument("--solve-head", action="store_true", default=None, help="pil_pure: closed-form output head")
+    p.add_argument("--embed-init", choices=EMBED_INITS, help="ppmi: closed-form token embeddings (SVD of PPMI)")
     p.add_argument("--teacher", help="checkpoint dir of a trained baseline (target=teacher)")
     p.add_argument("--compile", action="store_true", default=None)
     p.add_argument("--no-checkpoint", dest="save_checkpoint", action="store_false")
@@ -56,7 +57,8 @@ MODEL_FLAGS = {"dropout": "dropout", "expansion": "expansion", "fusion": "fusion
 TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "max_train_tokens": "max_train_tokens",
                "max_eval_tokens": "max_eval_tokens", "seed": "seed", "device": "device", "lam": "lam",
                "target": "target", "iterations": "iterations", "search_tokens": "search_tokens", "final_resolve": "final_resolve",
-               "final_target": "final_target", "solve_head": "solve_head", "compile": "compile"}
+               "final_target": "final_target", "solve_head": "solve_head", "compile": "compile",
+               "embed_init": "embed_init"}
 
 
 def spec_from_args(args):

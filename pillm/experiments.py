@@ -155,7 +155,43 @@ def code_hash(package: Path = PACKAGE) -> str:
 
 
 def run_key(spec: RunSpec, package: Path = PACKAGE) -> str:
-    return _sha(asdict(spec), code_hash(package))
+    """What a run computes: its resolved model and training configs (so that two notebooks that
+    spell the same run differently, e.g. with or without an explicit default, share one key),
+    the other spec fields, and the library code."""
+    mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
+    canonical = {k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")}
+    canonical |= {"model_config": mcfg.to_dict() | {"vocab_size": None}, "train_config": tcfg.to_dict()}
+    return _sha(canonical, code_hash(package))
+
+
+def _finished_runs(profile_dir: Path) -> dict[str, Path]:
+    """Key → directory of every finished run of a profile (any experiment), for reuse."""
+    found = {}
+    for meta in sorted(profile_dir.glob("*/runs/*/run.json")):
+        try:
+            key = json.loads(meta.read_text()).get("key")
+        except (OSError, ValueError):
+            continue
+        if key and (meta.parent / "result.json").exists():
+            found.setdefault(key, meta.parent)
+    return found
+
+
+def _reuse(source: Path, rdir: Path, run: dict, key: str) -> dict | None:
+    """Copy an identical finished run (same key) of another experiment instead of recomputing it."""
+    spec = run_spec(run)
+    result = _done(source, key, spec)
+    if result is None:
+        return None
+    rdir.mkdir(parents=True, exist_ok=True)
+    if spec.save_checkpoint:
+        shutil.copytree(source / "checkpoint", rdir / "checkpoint", dirs_exist_ok=True)
+    (rdir / "run.json").unlink(missing_ok=True)
+    write_json_atomic(rdir / "result.json", result)
+    notes = json.loads((source / "run.json").read_text()).get("warnings", [])
+    write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
+                                            "warnings": notes, "reused_from": str(source.relative_to(rdir.parents[2]))})
+    return result
 
 
 def _done(run_dir: Path, key: str, spec: RunSpec) -> dict | None:
@@ -244,8 +280,17 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     dirs = [exp_dir / "runs" / run["name"] for run in runs]
     results = [_done(d, k, run_spec(r)) for r, d, k in zip(runs, dirs, keys)]
     pending = [i for i, r in enumerate(results) if r is None]
+    finished = _finished_runs(exp_dir.parent) if pending else {}
+    reused = 0
+    for i in list(pending):  # identical runs finished by another experiment of this profile
+        source = finished.get(keys[i])
+        if source is not None and source != dirs[i] and (result := _reuse(source, dirs[i], runs[i], keys[i])):
+            results[i] = result
+            pending.remove(i)
+            reused += 1
     if progress:
-        print(f"[{experiment}] {len(runs)} runs, {len(runs) - len(pending)} done, {len(pending)} to run", flush=True)
+        print(f"[{experiment}] {len(runs)} runs, {len(runs) - len(pending) - reused} done, {reused} reused from "
+              f"other experiments, {len(pending)} to run", flush=True)
     jobs = min(_parallel_jobs(), len(pending))
     if jobs > 1:
         import multiprocessing as mp
@@ -287,34 +332,41 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     return df
 
 
-def gap_summary(df: pd.DataFrame, variants: dict[str, str], ngram: pd.DataFrame | None = None) -> dict:
+def gap_summary(df: pd.DataFrame, roles: dict, ngram: pd.DataFrame | None = None) -> dict:
     """Issue-7 headline numbers from a run grid labelled by ``variant`` (means over seeds).
 
-    ``variants`` maps a role to a variant label: ``baseline``, ``attn_only``, ``pure`` and every
-    other entry is a hybrid candidate. The best hybrid is chosen on **validation** perplexity only;
-    its test perplexity is then reported. ``ngram`` is the ``ngram`` experiment's summary
-    (``kn5_test_ppl`` is its order-5 row; None when it was not run).
+    ``roles`` names the ``baseline`` and ``attn_only`` variants and the ``pure`` PIL candidates
+    (one label or a list); every other variant is a hybrid candidate. The best hybrid and the best
+    pure variant are chosen on **validation** perplexity only; their test perplexities are then
+    reported. ``ngram`` is the ``ngram`` experiment's summary (``kn5_test_ppl`` is its order-5 row;
+    None when it was not run).
     """
     means = df.groupby("variant")[["valid_ppl", "test_ppl", "total_s"]].mean()
     seeds = df.groupby("variant")["seed"].nunique()
+    pure = roles.get("pure") or []
+    pure = [pure] if isinstance(pure, str) else list(pure)
+    fixed = {roles.get("baseline"), roles.get("attn_only"), *pure}
 
-    def get(role: str, col: str):
-        label = variants.get(role)
+    def get(label, col: str):
         return float(means.loc[label, col]) if label in means.index else None
 
-    hybrids = [v for k, v in variants.items() if k not in ("baseline", "attn_only", "pure") and v in means.index]
-    best = min(hybrids, key=lambda v: means.loc[v, "valid_ppl"]) if hybrids else None
+    def best_of(labels):
+        labels = [v for v in labels if v in means.index]
+        return min(labels, key=lambda v: means.loc[v, "valid_ppl"]) if labels else None
+
+    hybrids = [v for v in means.index if v not in fixed]
+    best, best_pure = best_of(hybrids), best_of(pure)
     kn5 = None
     if ngram is not None and len(ngram) and 5 in set(ngram["order"]):
         kn5 = float(ngram.loc[ngram["order"] == 5, "test_ppl"].iloc[0])
-    out = {"baseline_test_ppl": get("baseline", "test_ppl"), "attn_only_test_ppl": get("attn_only", "test_ppl"),
-           "best_hybrid_test_ppl": float(means.loc[best, "test_ppl"]) if best else None,
-           "best_hybrid_valid_ppl": float(means.loc[best, "valid_ppl"]) if best else None,
-           "best_hybrid_name": best, "pure_pil_test_ppl": get("pure", "test_ppl"), "kn5_test_ppl": kn5,
-           "baseline_total_s": get("baseline", "total_s"),
-           "best_hybrid_total_s": float(means.loc[best, "total_s"]) if best else None,
-           "selection": "lowest mean valid_ppl among hybrids", "hybrids": hybrids,
-           "seeds": {k: int(v) for k, v in seeds.items()}}
+    out = {"baseline_test_ppl": get(roles.get("baseline"), "test_ppl"),
+           "attn_only_test_ppl": get(roles.get("attn_only"), "test_ppl"),
+           "best_hybrid_test_ppl": get(best, "test_ppl"), "best_hybrid_valid_ppl": get(best, "valid_ppl"),
+           "best_hybrid_name": best, "pure_pil_test_ppl": get(best_pure, "test_ppl"),
+           "pure_pil_valid_ppl": get(best_pure, "valid_ppl"), "pure_pil_name": best_pure, "kn5_test_ppl": kn5,
+           "baseline_total_s": get(roles.get("baseline"), "total_s"), "best_hybrid_total_s": get(best, "total_s"),
+           "selection": "lowest mean valid_ppl among hybrids (and among pure variants)", "hybrids": hybrids,
+           "pure_candidates": [v for v in pure if v in means.index], "seeds": {k: int(v) for k, v in seeds.items()}}
     if out["baseline_test_ppl"] and out["best_hybrid_test_ppl"]:
         out["hybrid_over_baseline"] = out["best_hybrid_test_ppl"] / out["baseline_test_ppl"]
     return out

@@ -301,10 +301,14 @@ class PILLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         if cfg.head == "solved":
-            # Closed-form readout onto one-hot next tokens, softmax(temperature · scores).
+            # Closed-form readout onto one-hot next tokens, calibrated on validation:
+            # p = (1 − α)·softmax(temperature · scores) + α·unigram.
             self.head_weight = nn.Parameter(torch.zeros(cfg.n_embd, cfg.vocab_size), requires_grad=False)
             self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size), requires_grad=False)
+            self.head_log_unigram = nn.Parameter(torch.full((cfg.vocab_size,), -math.log(cfg.vocab_size)),
+                                                 requires_grad=False)
             self.register_buffer("head_temperature", torch.tensor(1.0))
+            self.register_buffer("head_mix", torch.tensor(0.0))  # α
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -326,7 +330,13 @@ class PILLM(nn.Module):
     def head(self, x):  # residual stream [.., C] -> logits [.., V]
         h = self.ln_f(x)
         if self.config.head == "solved":
-            return (h @ self.head_weight + self.head_bias) * self.head_temperature
+            logits = (h @ self.head_weight + self.head_bias) * self.head_temperature
+            if float(self.head_mix) == 0.0:
+                return logits
+            # log-probabilities of the unigram mixture (cross-entropy re-normalises them to themselves)
+            mix = self.head_mix.to(logits.dtype)
+            return torch.logaddexp(torch.log1p(-mix) + logits.log_softmax(-1),
+                                   torch.log(mix) + self.head_log_unigram.to(logits.dtype))
         return h @ self.tok_emb.weight.T  # tied
 
     def forward(self, ids):
@@ -364,7 +374,7 @@ class PILLM(nn.Module):
                 counts[block.ffn.ROLES[name]] += tensor.numel()
                 counted.add(f"blocks.{i}.ffn.{name}")
         for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
-            if name in counted or name == "head_temperature":
+            if name in counted or name in ("head_temperature", "head_mix"):
                 continue
             if name.startswith(("tok_emb", "pos_emb")):
                 counts["embedding"] += tensor.numel()

@@ -7,8 +7,9 @@
 ``attn_only``       no FFN at all, everything by AdamW
 ``lora``            frozen random FFN weights + trainable low-rank adapters, AdamW
 ``rf_adamw``        the PIL random features with the FFN readout trained by AdamW
-``pil_pure``        zero optimizer steps anywhere: embeddings and attention stay at their seeded
-                    init; FFNs solved bottom-up; optionally a closed-form output head
+``pil_pure``        zero optimizer steps anywhere: attention stays at its seeded init; FFNs solved
+                    bottom-up; optionally a closed-form output head (``solve_head``) and
+                    closed-form embeddings (``embed_init='ppmi'``)
 ``pil_then_attn``   solve FFNs on the initial model, then AdamW on everything but the FFNs
 ``attn_then_pil``   AdamW with the FFNs at zero, then solve the FFNs
 ``alternating``     solve, then AdamW epochs each followed by a re-solve (one LR schedule)
@@ -44,6 +45,7 @@ from .targets import SEARCHED, check_target, layer_data
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 PIL_METHODS = ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 FIXED_FFN = {"baseline": "mlp", "attn_only": "none", "lora": "lora", "rf_adamw": "rf_adamw"}
+EMBED_INITS = ("random", "ppmi")
 DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 13))  # 1e-4 … 1e6, half decades
 
 
@@ -77,6 +79,8 @@ class TrainConfig:
     final_resolve: bool = False
     final_target: str = "global"
     solve_head: bool = False  # pil_pure: closed-form output head instead of the tied embedding
+    embed_init: str = "random"  # "ppmi": token embeddings from a truncated SVD of the PPMI matrix (closed form)
+    ppmi_window: int = 2  # co-occurrence window (words either side) for embed_init="ppmi"
     solve_batch_size: int = 64
     # data / evaluation
     max_train_tokens: int | None = None
@@ -106,6 +110,10 @@ class TrainConfig:
             raise ValueError("method='alternating' needs epochs >= 1")
         if self.solve_head and self.method != "pil_pure":
             raise ValueError("solve_head is only used by method='pil_pure'")
+        if self.embed_init not in EMBED_INITS:
+            raise ValueError(f"embed_init={self.embed_init!r} is not valid; allowed values: {', '.join(EMBED_INITS)}")
+        if self.ppmi_window < 1:
+            raise ValueError(f"ppmi_window must be >= 1, got {self.ppmi_window}")
         self.eta_grid = tuple(float(e) for e in self.eta_grid)
 
     def to_dict(self) -> dict:
@@ -262,6 +270,36 @@ def _set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfi
     feats.set_landmarks(u, model.config.proj_scale)
 
 
+@torch.no_grad()
+def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 2, *,
+                    alpha: float = 0.75) -> torch.Tensor:
+    """Closed-form word vectors ``[V, dim]``: truncated SVD of the positive PMI matrix.
+
+    Co-occurrences are counted within ``window`` words either side of each token of the stream
+    ``ids`` (a sparse ``V × V`` matrix, never dense); context counts are smoothed with exponent
+    ``alpha`` (Levy et al., 2015). The vectors are ``U·√S`` of a randomised truncated SVD,
+    scaled to unit RMS per coordinate. Words that never occur get zero vectors, and so do the
+    coordinates beyond the matrix's rank when ``dim`` exceeds the vocabulary.
+    """
+    ids = ids.reshape(-1).long()
+    pairs = [torch.stack([ids[:-k], ids[k:]]) for k in range(1, window + 1) if k < ids.numel()]
+    pairs = torch.cat(pairs + [p.flip(0) for p in pairs], dim=1)  # both directions: symmetric
+    ones = torch.ones(pairs.shape[1], dtype=torch.float64, device=ids.device)
+    counts = torch.sparse_coo_tensor(pairs, ones, (vocab_size, vocab_size), check_invariants=False).coalesce()
+    (w, c), n_wc = counts.indices(), counts.values()
+    n_w = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, w, n_wc)
+    p_c = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, c, n_wc) ** alpha
+    p_c = p_c / p_c.sum()
+    pmi = torch.log(n_wc / n_w[w] / p_c[c])  # log P(w,c) / (P(w) P_α(c))
+    keep = pmi > 0
+    ppmi = torch.sparse_coo_tensor(torch.stack([w[keep], c[keep]]), pmi[keep].float(), (vocab_size, vocab_size),
+                                   check_invariants=False).coalesce()
+    u, s, _ = torch.svd_lowrank(ppmi, q=min(dim + 10, vocab_size), niter=4)  # global RNG: seeded per run
+    k = min(dim, s.numel())
+    vec = F.pad(u[:, :k] * s[:k].sqrt(), (0, dim - k))
+    return vec / vec.pow(2).mean().sqrt().clamp_min(1e-12)
+
+
 def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, log: RunLog, *,
               target: str | None = None, name: str = "pil", teacher: PILLM | None = None,
               progress: bool = True) -> None:
@@ -288,8 +326,14 @@ def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainCo
 
 
 def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, log: RunLog,
-                      temperatures=tuple(2.0 ** k for k in range(-2, 12))) -> None:
-    """Closed-form head: ridge from ``LN_f(x)`` onto one-hot next tokens, softmax temperature by search.
+                      temperatures=tuple(2.0 ** k for k in range(-2, 12)),
+                      mixes=(0.0, 0.01, 0.03, 0.1, 0.3), name: str = "head") -> None:
+    """Closed-form head: ridge from ``LN_f(x)`` onto one-hot next tokens, then calibration.
+
+    The ridge scores are not log-probabilities: the softmax temperature and the weight α of a
+    unigram mixture, ``p = (1 − α)·softmax(T·scores) + α·unigram``, are chosen jointly by
+    validation loss (``search_tokens`` of the validation split; forward passes only). The
+    unigram is add-one smoothed over the training stream.
 
     ``C = Σ hᵀ onehot(y)`` is accumulated with ``index_add_`` (never a dense ``[N, V]`` one-hot).
     """
@@ -325,17 +369,21 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     b = y_bar - h_bar @ w
     model.head_weight.copy_(w.float())
     model.head_bias.copy_(b.float())
+    model.head_log_unigram.copy_(((counts + 1) / (n + v)).log().float())
     search = _search_windows(valid, cfg, block)
     table = []
     for t in temperatures:
-        model.head_temperature.fill_(t)
-        table.append({"temperature": t, "valid_loss": _mean_loss(model, *search, cfg.solve_batch_size)})
+        for mix in mixes:
+            model.head_temperature.fill_(t)
+            model.head_mix.fill_(mix)
+            table.append({"temperature": t, "mix": mix, "valid_loss": _mean_loss(model, *search, cfg.solve_batch_size)})
     best = min(table, key=lambda r: r["valid_loss"])
     model.head_temperature.fill_(best["temperature"])
+    model.head_mix.fill_(best["mix"])
     _sync(device)
-    log.solves.append({"phase": "head", "layer": "head", "temperature": best["temperature"], "search": table,
-                       **info.to_dict()})
-    log.phases.append({"phase": "pil", "name": "head", "seconds": time.perf_counter() - t0})
+    log.solves.append({"phase": name, "layer": "head", "temperature": best["temperature"], "mix": best["mix"],
+                       "search": table, **info.to_dict()})
+    log.phases.append({"phase": "pil", "name": name, "seconds": time.perf_counter() - t0})
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,6 +512,14 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
         raise ValueError("a model with head='solved' needs solve_head=True")
     log = RunLog()
     m = cfg.method
+    if cfg.embed_init == "ppmi":
+        _sync(train.ids.device)
+        t0 = time.perf_counter()
+        vec = ppmi_embeddings(train.ids, model.config.vocab_size, model.config.n_embd, cfg.ppmi_window)
+        with torch.no_grad():  # same scale as the random init: only the directions change
+            model.tok_emb.weight.copy_(vec * model.tok_emb.weight.std())
+        _sync(train.ids.device)
+        log.phases.append({"phase": "pil", "name": "embed", "seconds": time.perf_counter() - t0})
     _record_valid(model, valid, cfg, log, 0, "init")
 
     def adamw_epochs(runner: AdamWRunner, n: int, name: str, resolve_between: bool = False) -> None:
@@ -476,6 +532,8 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
     if m in FIXED_FFN:
         adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "adamw")
     elif m == "pil_pure":
+        if cfg.solve_head:  # a head first, so that the FFNs' local targets have a gradient to follow
+            solve_output_head(model, train, valid, cfg, log, name="head0")
         pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
         if cfg.solve_head:
             solve_output_head(model, train, valid, cfg, log)

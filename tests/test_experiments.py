@@ -60,6 +60,9 @@ def _fake_result(spec, cond=10.0, fallback=False):
             "curve": [{"epoch": 0, "wall_s": 0.1, "valid_ppl": 200.0, "phase": "init"}], "complete": True}
 
 
+FAIL_LR = 0.123
+
+
 @pytest.fixture
 def fake_execute(monkeypatch):
     """Replace pillm.run.execute inside experiments by a fast fake that records its calls."""
@@ -67,7 +70,7 @@ def fake_execute(monkeypatch):
 
     def execute(spec, out=None, progress=True):
         calls.append(spec.train.get("seed"))
-        if spec.train.get("fail"):
+        if spec.train.get("lr") == FAIL_LR:
             raise RuntimeError("injected")
         result = _fake_result(spec, fallback=spec.train.get("seed") == 1)
         if spec.save_checkpoint:
@@ -116,16 +119,37 @@ def test_run_grid_writes_summary_and_resumes(tmp_path, fake_execute, monkeypatch
     assert not (tmp_path / "smoke" / "nockpt" / "runs" / runs[0]["name"] / "checkpoint").exists()
 
 
+def test_identical_runs_are_reused_across_experiments(tmp_path, fake_execute):
+    """A run another experiment of the profile already finished is copied, not recomputed, even
+    when the two notebooks spell it differently (an explicit default)."""
+    ex.run_grid("first", ex.expand({"size": "tiny", "save_checkpoint": False}, method=["baseline"], seed=[0, 1]),
+                profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1]
+    second = ex.expand({"size": "tiny", "save_checkpoint": False, "model": {"dropout": 0.1}},  # 0.1 is the default
+                       method=["baseline"], seed=[1, 2])
+    df = ex.run_grid("second", second, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 2]  # seed 1 reused, seed 2 computed
+    meta = json.loads((tmp_path / "smoke" / "second" / "runs" / second[0]["name"] / "run.json").read_text())
+    assert meta["reused_from"] == "first/runs/method=baseline,seed=1"
+    assert list(df["valid_ppl"]) == [101.0, 102.0]
+    # a different config is not reused, and neither is another profile
+    ex.run_grid("third", ex.expand({"size": "tiny", "save_checkpoint": False, "model": {"dropout": 0.2}},
+                                   method=["baseline"], seed=[1]), profile="smoke", results_root=tmp_path, progress=False)
+    ex.run_grid("first", ex.expand({"size": "tiny", "save_checkpoint": False}, method=["baseline"], seed=[1]),
+                profile="other", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 2, 1, 1]
+
+
 def test_run_grid_failure_keeps_finished_runs_and_writes_no_summary(tmp_path, fake_execute):
     runs = ex.expand({"size": "tiny"}, method=["baseline"], seed=[0, 1])
-    runs[1]["train"]["fail"] = True  # not a TrainConfig field: the fake raises before that matters
+    runs[1]["train"]["lr"] = FAIL_LR  # the fake raises on this learning rate
     with pytest.raises(RuntimeError, match="injected"):
         ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     exp = tmp_path / "smoke" / "exp"
     assert not (exp / "summary.csv").exists()
     assert (exp / "runs" / runs[0]["name"] / "run.json").exists()
     assert not (exp / "runs" / runs[1]["name"] / "result.json").exists()
-    del runs[1]["train"]["fail"]
+    del runs[1]["train"]["lr"]
     ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     assert fake_execute == [0, 1, 1]  # resumed: only the failed run again
     assert len(pd.read_csv(exp / "summary.csv")) == 2
@@ -386,15 +410,19 @@ def test_gap_summary_chooses_the_hybrid_on_validation_only():
         {"variant": "baseline", "seed": 0, "valid_ppl": 120.0, "test_ppl": 115.0, "total_s": 60.0},
         {"variant": "attn_only", "seed": 0, "valid_ppl": 160.0, "test_ppl": 150.0, "total_s": 50.0},
         {"variant": "pil_pure", "seed": 0, "valid_ppl": 9000.0, "test_ppl": 8800.0, "total_s": 10.0},
+        {"variant": "pil_pure+head", "seed": 0, "valid_ppl": 600.0, "test_ppl": 580.0, "total_s": 10.0},
         # best on validation, worse on test: must still be the one chosen
         {"variant": "h1", "seed": 0, "valid_ppl": 130.0, "test_ppl": 140.0, "total_s": 70.0},
         {"variant": "h1", "seed": 1, "valid_ppl": 132.0, "test_ppl": 142.0, "total_s": 70.0},
         {"variant": "h2", "seed": 0, "valid_ppl": 135.0, "test_ppl": 125.0, "total_s": 70.0},
     ])
     ngram = pd.DataFrame({"order": [1, 5], "test_ppl": [911.7, 220.1]})
-    roles = {"baseline": "baseline", "attn_only": "attn_only", "pure": "pil_pure", "h1": "h1", "h2": "h2"}
+    roles = {"baseline": "baseline", "attn_only": "attn_only", "pure": ["pil_pure", "pil_pure+head"]}
     s = ex.gap_summary(df, roles, ngram)
     assert s["best_hybrid_name"] == "h1" and s["best_hybrid_test_ppl"] == pytest.approx(141.0)
-    assert s["baseline_test_ppl"] == 115.0 and s["pure_pil_test_ppl"] == 8800.0 and s["kn5_test_ppl"] == 220.1
+    assert s["hybrids"] == ["h1", "h2"]  # every variant without a role
+    assert s["baseline_test_ppl"] == 115.0 and s["kn5_test_ppl"] == 220.1
+    assert s["pure_pil_name"] == "pil_pure+head" and s["pure_pil_test_ppl"] == 580.0
+    assert ex.gap_summary(df, roles | {"pure": "pil_pure"})["pure_pil_test_ppl"] == 8800.0
     assert s["seeds"]["h1"] == 2 and s["hybrid_over_baseline"] == pytest.approx(141.0 / 115.0)
     assert ex.gap_summary(df, roles)["kn5_test_ppl"] is None

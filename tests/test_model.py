@@ -138,7 +138,22 @@ def test_parameter_counts_cover_every_tensor(kind):
 
 def test_solved_head_is_counted():
     model = PILLM(tiny(ffn="pil", head="solved"))
-    assert model.parameter_counts()["head_solved"] == 64 * 50 + 50
+    assert model.parameter_counts()["head_solved"] == 64 * 50 + 50 + 50  # weight, bias, unigram
+
+
+def test_unigram_mixture_head_gives_normalised_log_probabilities():
+    model = PILLM(tiny(ffn="pil", head="solved")).eval()
+    with torch.no_grad():
+        model.head_weight.normal_()
+        model.head_log_unigram.copy_(torch.randn(50).log_softmax(-1))
+        model.head_mix.fill_(0.25)
+        ids = torch.randint(0, 50, (2, 8))
+        logp = model(ids)
+        torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2, 8))
+        # the mixture is exactly (1 − α)·softmax + α·unigram
+        model.head_mix.fill_(0.0)
+        p = model(ids).softmax(-1)
+        torch.testing.assert_close(logp.exp(), 0.75 * p + 0.25 * model.head_log_unigram.exp(), rtol=1e-5, atol=1e-6)
 
 
 def test_pil_weights_are_parameters_without_gradients():

@@ -158,7 +158,42 @@ def test_pil_pure_with_solved_head(streams):
     log = run_procedure(model, *streams, cfg("pil_pure", solve_head=True), progress=False)
     assert log.optimizer_steps == 0
     assert model.head_weight.abs().sum() > 0
-    assert log.solves[-1]["layer"] == "head"
+    assert [r["layer"] for r in log.solves] == ["head", 0, 1, "head"]  # head, FFNs through it, head again
+    assert all(r["eta"] > 0 for r in log.solves if r["layer"] != "head")  # FFN targets are not zero
+    # the calibrated head beats the smoothed unigram model (what a mixture weight of 1 would give)
+    from pillm.evaluate import evaluate_stream
+    assert evaluate_stream(model, streams[1].ids)["ppl"] < 0.5 * math.exp(-model.head_log_unigram[streams[1].ids[1:]].mean().item())
+
+
+def test_ppmi_embeddings_put_words_of_shared_contexts_together():
+    from pillm.train import ppmi_embeddings
+    g = torch.Generator().manual_seed(0)
+    # words 1 and 2 are interchangeable (both follow 0 and precede 3); 4..9 are noise; 10 never occurs
+    seq = []
+    for _ in range(400):
+        seq += [0, int(torch.randint(1, 3, (1,), generator=g)), 3] + torch.randint(4, 10, (3,), generator=g).tolist()
+    vec = ppmi_embeddings(torch.tensor(seq), vocab_size=11, dim=4, window=1)
+    assert vec.shape == (11, 4)
+    assert torch.all(vec[10] == 0)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(vec[1], vec[2], dim=0) > 0.9
+    assert cos(vec[1], vec[5], dim=0) < cos(vec[1], vec[2], dim=0) - 0.3
+    wide = ppmi_embeddings(torch.tensor(seq), vocab_size=11, dim=16, window=1)  # more dims than words
+    assert wide.shape == (11, 16) and torch.all(wide[:, 11:] == 0)
+
+
+def test_ppmi_embed_init_changes_only_the_token_embedding(streams):
+    model, ref = make(head="solved"), make(head="solved")
+    log = run_procedure(model, *streams, cfg("pil_pure", solve_head=True, embed_init="ppmi", ppmi_window=1),
+                        progress=False)
+    assert log.optimizer_steps == 0 and any(p["name"] == "embed" for p in log.phases)
+    assert not torch.equal(model.tok_emb.weight, ref.tok_emb.weight)
+    torch.testing.assert_close(model.tok_emb.weight.std(), ref.tok_emb.weight.std(), rtol=0.05, atol=0)
+    for name, p in ref.named_parameters():
+        if ".attn." in name or name.startswith("pos_emb"):
+            assert torch.equal(dict(model.named_parameters())[name], p), name
+    with pytest.raises(ValueError, match="embed_init='glove' is not valid"):
+        cfg(embed_init="glove")
 
 
 def _ppl(model, stream):

@@ -2,6 +2,12 @@
 # Run `pillm experiments` on a lent GPU machine (the `device` tool) and pack what it produced.
 #
 #   bash tools/device_experiments.sh SECONDS --profile paper --only benchmark [--only ...]
+#   bash tools/device_experiments.sh SECONDS "--profile paper --only a --only b" "--profile paper --only c"
+#
+# Each quoted argument is a group of experiments run by its own `pillm experiments` process; the
+# groups run at the same time (each with PILLM_JOBS concurrent runs spread over all GPUs), so the
+# GPUs stay busy while one group waits for its slowest run. A single group may be given unquoted.
+# Experiments in one group run in order, so a later one reuses identical runs of an earlier one.
 #
 # Lessons from the first paper-profile attempt (kept here so they are not paid for twice):
 # - The GPU image has torch but not papermill/ipykernel: carry their wheels in .whl/
@@ -23,8 +29,16 @@ export PYTHONPATH=${PYTHONPATH:-$PWD}
 python3 -m ipykernel install --prefix /tmp/jup --name pillm >/dev/null 2>&1
 export JUPYTER_PATH=/tmp/jup/share/jupyter
 nvidia-smi -L
+case "${1:-}" in *" "*) groups=("$@") ;; *) groups=("$*") ;; esac
 # setsid + kill of the whole group: a stopped run must not leave workers behind.
-setsid timeout -s KILL "$limit" python3 -m pillm experiments "$@" > "$out/log.txt" 2>&1
-echo "pillm experiments exit: $?"
-grep -E "^\[|pillm experiments:" "$out/log.txt" | grep -v "TCP" | tail -40
+pids=()
+for i in "${!groups[@]}"; do
+  # shellcheck disable=SC2086  # each group is a list of arguments
+  setsid timeout -s KILL "$limit" python3 -m pillm experiments ${groups[$i]} > "$out/log$i.txt" 2>&1 &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; echo "group $i (${groups[$i]}): pillm experiments exit $?"
+  grep -E "^\[|pillm experiments:" "$out/log$i.txt" | grep -v "TCP" | tail -25
+done
 tar -cf "$out/results.tar" results/
