@@ -217,13 +217,14 @@ def summarize(experiment: str, run: dict, result: dict) -> dict:
     std["n_features"] = max((s.get("n_features", 0) for s in result.get("solves", [])), default=0) or math.nan
     std["max_cond"] = max(conds) if conds else math.nan
     std["any_fallback"] = any(bool(s.get("fallback")) for s in result.get("solves", []))
+    std["concurrent_runs"] = result.get("environment", {}).get("concurrent_runs", 1)  # runs sharing the machine
     if "lambada" in result:  # RunSpec(lambada=True)
         std |= {f"lambada_{k}": v for k, v in result["lambada"].items()}
     return row | {k: v for k, v in std.items() if k not in row}
 
 
 _STANDARD = {"experiment", "valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
-             "optimizer_steps", "n_features", "max_cond", "any_fallback"}
+             "optimizer_steps", "n_features", "max_cond", "any_fallback", "concurrent_runs"}
 
 
 def _run_columns(df: pd.DataFrame) -> list[str]:
@@ -682,10 +683,31 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
         "notebook": _show(notebook), "executed_notebook": out_nb.name,
         "parameters": injected | {"results_root": None},  # the root is where this file is
         "git_commit": environment().get("git_commit"), "environment": environment(),
-        "wall_s": wall, "started": started, "finished": _now(),
+        "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": _now(),
     })
     write_text_atomic(exp_dir / ".complete", digest + "\n")  # last: its presence means done
     return 0
+
+
+def run_provenance(exp_dir: Path) -> dict:
+    """Where the runs of an experiment were computed (the notebook that collects them may execute
+    elsewhere, e.g. on a CPU once every run is done): counts by device, torch, CUDA, commit,
+    concurrency, and the runs copied from other experiments."""
+    tally: dict[str, dict] = {k: {} for k in ("device_name", "torch", "cuda", "git_commit", "git_dirty",
+                                               "concurrent_runs")}
+    n = reused = 0
+    for path in sorted(Path(exp_dir).glob("runs/*/result.json")):
+        try:
+            env = json.loads(path.read_text()).get("environment", {})
+            meta = json.loads((path.parent / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        n += 1
+        reused += "reused_from" in meta
+        for k, counts in tally.items():
+            v = str(env.get(k))
+            counts[v] = counts.get(v, 0) + 1
+    return {"count": n, "reused_from_other_experiments": reused, **tally}
 
 
 def _show(path) -> str:

@@ -16,7 +16,12 @@
 #   and the call hangs until its limit, returning nothing. Log to $OUT instead.
 # - The transfer back drops deep folders: results are packed into $OUT/results.tar.
 # - The data does not travel by itself: copy it into the ignored data/ and carry "data".
+# - Each call starts from this machine's working tree: results/ of the previous call is NOT kept
+#   there. Untar every call's results.tar here before the next call, or it recomputes them.
 set -u
+# The device's copy of .git can be older than the working tree (it is not refreshed per call), so
+# `git rev-parse HEAD` there names the wrong commit: hide it and let PILLM_GIT_COMMIT speak.
+if [ -n "${PILLM_GIT_COMMIT:-}" ] && [ -e .git ]; then mv .git /tmp/stale-git.$$; fi
 limit=${1:?usage: tools/device_experiments.sh SECONDS pillm-experiments-args...}; shift
 out=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PILLM_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
