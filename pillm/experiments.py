@@ -373,6 +373,35 @@ def gap_summary(df: pd.DataFrame, roles: dict, ngram: pd.DataFrame | None = None
     return out
 
 
+def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: dict | None = None) -> pd.DataFrame:
+    """Per value of ``by`` (e.g. each method), the trial with the lowest mean validation perplexity.
+
+    Every group must have the same trials (same budget for every method). ``default`` names the
+    setting the other experiments use (e.g. ``{"lr": 1e-3, "dropout": 0.1}``); its validation
+    perplexity is reported beside the choice. Test perplexity is reported for the chosen trial only.
+    """
+    missing = [c for c in [by, *params, "valid_ppl", "test_ppl"] if c not in df.columns]
+    if missing:
+        raise ValueError(f"choose_on_validation: columns {missing} are not in the summary")
+    means = df.groupby([by, *params], dropna=False)[["valid_ppl", "test_ppl"]].mean().reset_index()
+    trials = means.groupby(by).size()
+    if trials.nunique() > 1:
+        raise ValueError(f"unequal tuning budgets: trials per {by} = {trials.to_dict()}; give every {by} the same grid")
+    rows = []
+    for key, g in means.groupby(by, sort=False):
+        best = g.loc[g["valid_ppl"].idxmin()]
+        row = {by: key, "trials": len(g), **{p: best[p] for p in params},
+               "valid_ppl": float(best["valid_ppl"]), "test_ppl": float(best["test_ppl"])}
+        if default:
+            d = g
+            for p, v in default.items():
+                d = d[d[p] == v]
+            row["default_valid_ppl"] = float(d["valid_ppl"].iloc[0]) if len(d) else math.nan
+            row["chosen_is_default"] = bool(len(d)) and all(best[p] == v for p, v in default.items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def run_dir(experiment: str, name: str, profile: str, results_root=None) -> Path:
     return experiment_dir(experiment, profile, results_root) / "runs" / name
 
@@ -797,7 +826,7 @@ def main(args: argparse.Namespace) -> int:
                            registry=args.registry)
 
 
-__all__ = ["run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
+__all__ = ["choose_on_validation", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
            "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves",
            "load_result", "load_model", "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
            "root_dir", "experiment_dir", "write_csv_atomic", "write_text_atomic"]

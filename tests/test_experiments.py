@@ -290,7 +290,7 @@ def test_registry_lists_every_notebook():
     listed = {Path(e["notebook"]).resolve() for e in REGISTRY.values()}
     on_disk = {p.resolve() for p in (REPO / "notebooks").glob("[!_]*.ipynb")}
     assert listed == on_disk
-    assert len(REGISTRY) == 13
+    assert len(REGISTRY) == 14
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -310,7 +310,7 @@ def test_registry_parameters_match_notebook(name):
     assert train["device"] == "cuda" and paper["size"] == "small" and paper["threads"] is None
     if name != "quickstart":
         assert paper["seeds"] and all(isinstance(x, int) for x in paper["seeds"])
-        assert len(paper["seeds"]) == 3 or name in ("complexity", "training_curves")
+        assert len(paper["seeds"]) == 3 or name in ("complexity", "training_curves", "tuning")  # one seed per trial
         assert train["epochs"] == (0 if name == "complexity" else 10)
         if name != "complexity":  # the full training set and the full evaluation splits
             assert train["max_train_tokens"] is None and train["max_eval_tokens"] is None
@@ -426,3 +426,21 @@ def test_gap_summary_chooses_the_hybrid_on_validation_only():
     assert ex.gap_summary(df, roles | {"pure": "pil_pure"})["pure_pil_test_ppl"] == 8800.0
     assert s["seeds"]["h1"] == 2 and s["hybrid_over_baseline"] == pytest.approx(141.0 / 115.0)
     assert ex.gap_summary(df, roles)["kn5_test_ppl"] is None
+
+
+def test_choose_on_validation_uses_validation_and_equal_budgets():
+    df = pd.DataFrame([
+        # baseline: lr 2e-3 best on validation (worse on test: must still be chosen)
+        {"method": "baseline", "lr": 1e-3, "dropout": 0.1, "valid_ppl": 120.0, "test_ppl": 110.0},
+        {"method": "baseline", "lr": 2e-3, "dropout": 0.1, "valid_ppl": 118.0, "test_ppl": 115.0},
+        {"method": "lora", "lr": 1e-3, "dropout": 0.1, "valid_ppl": 140.0, "test_ppl": 139.0},
+        {"method": "lora", "lr": 2e-3, "dropout": 0.1, "valid_ppl": 150.0, "test_ppl": 120.0},
+    ])
+    chosen = ex.choose_on_validation(df, "method", ["lr", "dropout"], default={"lr": 1e-3, "dropout": 0.1})
+    b, lo = chosen.set_index("method").loc["baseline"], chosen.set_index("method").loc["lora"]
+    assert b["lr"] == 2e-3 and b["test_ppl"] == 115.0 and b["default_valid_ppl"] == 120.0 and not b["chosen_is_default"]
+    assert lo["lr"] == 1e-3 and bool(lo["chosen_is_default"]) and lo["trials"] == 2
+    with pytest.raises(ValueError, match="unequal tuning budgets"):
+        ex.choose_on_validation(df.iloc[:3], "method", ["lr", "dropout"])
+    with pytest.raises(ValueError, match=r"columns \['momentum'\]"):
+        ex.choose_on_validation(df, "method", ["momentum"])

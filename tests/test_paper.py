@@ -168,13 +168,23 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
             w.writeheader()
             w.writerows(layers)
         (d / "fit.csv").write_text(f"a,b,r2\n{a},{b},0.987\n")
+    if want("tuning"):  # like notebooks/tuning.ipynb: a grid per method and chosen.csv
+        d = _write_exp(root, profile, "tuning",
+                       [_row("tuning", m, 0, rng, lr=lr, dropout=p, ppl=PPL[m] * (1 + abs(lr - 1e-3) * 50 + p / 10))
+                        for m in ("baseline", "pil_then_attn") for lr in (1e-3, 2e-3) for p in (0.1, 0.2)], runs=False)
+        (d / "chosen.csv").write_text("method,trials,lr,dropout,valid_ppl,test_ppl,default_valid_ppl,chosen_is_default\n"
+                                      "baseline,4,0.002,0.1,185.0,181.0,190.0,False\n"
+                                      "pil_then_attn,4,0.001,0.1,210.0,205.0,210.0,True\n")
     if want("gap"):
-        d = root / profile / "gap"
-        d.mkdir(parents=True, exist_ok=True)
+        d = _write_exp(root, profile, "gap", [_row("gap", m, s, rng, variant=v, ppl=p)
+                                              for m, v, p in (("baseline", "baseline", 180.0),
+                                                              ("alternating", "alternating", 198.0),
+                                                              ("pil_pure", "pil_pure+head", 900.0)) for s in (0, 1)],
+                       runs=False)
         (d / "summary.json").write_text(json.dumps({"baseline_test_ppl": 180.0, "attn_only_test_ppl": 260.0,
                                                     "best_hybrid_test_ppl": 198.0, "best_hybrid_name": "alternating",
-                                                    "pure_pil_test_ppl": 900.0, "kn5_test_ppl": 290.0}))
-        (d / "provenance.json").write_text(json.dumps({"git_commit": "0123456789abcdef"}))
+                                                    "pure_pil_test_ppl": 900.0, "kn5_test_ppl": 290.0,
+                                                    "pure_pil_name": "pil_pure+head", "hybrid_over_baseline": 1.1}))
     if want("ngram"):  # like notebooks/ngram.ipynb (no runs: counts, not training)
         d = root / profile / "ngram"
         d.mkdir(parents=True, exist_ok=True)
