@@ -401,6 +401,18 @@ class Results:
         return out
 
 
+def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
+    """Whether two aggregated rows differ by more than their error bars (mean ± std over seeds)
+    together, and by more than the "similar" tolerance; with one seed only the tolerance counts."""
+    ma, mb = float(a[col]), float(b[col])
+    sa, sb = a.get(f"{col}_std"), b.get(f"{col}_std")
+    if similar(ma, mb):
+        return False
+    if _finite(sa) and _finite(sb):
+        return abs(ma - mb) > float(sa) + float(sb)
+    return True
+
+
 def concurrency(e: "Experiment") -> int:
     """Most runs that shared one machine while a run of ``e`` was timed (1: timed alone).
 
@@ -1011,19 +1023,19 @@ class Report:
                                         [COND_COL, Col("any_fallback", "Fallback", lambda x: fmt_pct(100 * x) + r"\,\%", None, std=False), PIL_S_COL])
         c["lam"] = None
         if recs:
-            pts = sorted((float(r["lam"]), float(r["test_ppl"]), r.get("max_cond")) for r in recs
-                         if _finite(r.get("lam")) and _finite(r.get("test_ppl")))
+            pts = sorted((float(r["lam"]), float(r["test_ppl"]), r.get("max_cond"), float(r["valid_ppl"])) for r in recs
+                         if _finite(r.get("lam")) and _finite(r.get("test_ppl")) and _finite(r.get("valid_ppl")))
             if pts:
-                lb, pb, kb = min(pts, key=lambda p: p[1])
+                lb, pb, kb, _ = min(pts, key=lambda p: p[3])  # chosen on validation
                 c["lam"] = lm = {"n": len(pts), "edge": "low" if lb == pts[0][0] and len(pts) > 1 else
                                  "high" if lb == pts[-1][0] and len(pts) > 1 else None}
-                self.add("LambdaBest", fmt_pow10(lb), e, f"lam with the lowest mean test_ppl, {where}", lb)
+                self.add("LambdaBest", fmt_pow10(lb), e, f"lam with the lowest mean valid_ppl, {where}", lb)
                 self.add("LambdaBestPPL", fmt_ppl(pb), e, f"mean test_ppl at the best lam, {where}", pb)
                 if _finite(kb):
                     self.add("LambdaBestCond", fmt_sci(float(kb)), e, f"mean max_cond at the best lam, {where}")
                 self.add("LambdaMin", fmt_pow10(pts[0][0]), e, f"smallest lam tested, {where}")
                 self.add("LambdaMax", fmt_pow10(pts[-1][0]), e, f"largest lam tested, {where}")
-                ok = [p[0] for p in pts if p[1] <= pb * (1 + COMPETITIVE_TOL)]
+                ok = [p[0] for p in pts if p[1] <= min(q[1] for q in pts) * (1 + COMPETITIVE_TOL)]
                 lm["robust_all"] = len(ok) == len(pts)
                 self.add("LambdaRobustLow", fmt_pow10(min(ok)), e, f"smallest lam within 5% of the best test_ppl, {where}")
                 self.add("LambdaRobustHigh", fmt_pow10(max(ok)), e, f"largest lam within 5% of the best test_ppl, {where}")
@@ -1051,6 +1063,8 @@ class Report:
                 mono = all(b_[1] <= a[1] for a, b_ in zip(pts, pts[1:]))
                 c["expansion"] = {"trend": "monotone" if mono else ("peak" if xb not in (pts[0][0], pts[-1][0])
                                                                     else "irregular" if xb == pts[-1][0] else "smallest")}
+                by_x = {float(r["expansion"]): r for r in recs if _finite(r.get("expansion"))}
+                c["expansion"]["within_spread"] = not beyond_seed_spread(by_x[pts[0][0]], by_x[pts[-1][0]])
                 self.add("ExpansionBest", fmt_plain(xb), e, f"expansion with the lowest mean test_ppl, {where}")
                 self.add("ExpansionBestPPL", fmt_ppl(pb), e, f"mean test_ppl at the best expansion, {where}")
                 self.add("ExpansionMin", fmt_plain(pts[0][0]), e, f"smallest expansion tested, {where}")
@@ -1063,13 +1077,16 @@ class Report:
                                         r"concatenation, sum, or gate ($\mathrm{GELU}(z_1)\odot\sigma(z_2)$)")
         c["fusion"] = None
         if recs:
-            ppl = {str(r["fusion"]): float(r["test_ppl"]) for r in recs if _finite(r.get("test_ppl"))}
-            if len(ppl) > 1:
-                best, worst = min(ppl, key=ppl.get), max(ppl, key=ppl.get)
-                c["fusion"] = {"matters": not similar(ppl[best], ppl[worst])}
-                self.add("FusionBest", tex_escape(best), e, f"fusion with the lowest mean test_ppl, {where}")
+            rows = {str(r["fusion"]): r for r in recs if _finite(r.get("test_ppl")) and _finite(r.get("valid_ppl"))}
+            ppl = {k: float(r["test_ppl"]) for k, r in rows.items()}
+            if len(ppl) > 1:  # best and worst on validation; their test perplexities are reported
+                best = min(rows, key=lambda k: float(rows[k]["valid_ppl"]))
+                worst = max(rows, key=lambda k: float(rows[k]["valid_ppl"]))
+                c["fusion"] = {"matters": beyond_seed_spread(rows[best], rows[worst]),
+                               "noise": not similar(ppl[best], ppl[worst])}
+                self.add("FusionBest", tex_escape(best), e, f"fusion with the lowest mean valid_ppl, {where}")
                 self.add("FusionBestPPL", fmt_ppl(ppl[best]), e, f"mean test_ppl of fusion={best}, {where}")
-                self.add("FusionWorst", tex_escape(worst), e, f"fusion with the highest mean test_ppl, {where}")
+                self.add("FusionWorst", tex_escape(worst), e, f"fusion with the highest mean valid_ppl, {where}")
                 self.add("FusionWorstPPL", fmt_ppl(ppl[worst]), e, f"mean test_ppl of fusion={worst}, {where}")
 
     # -------------------------------------------------------------- training strategy
