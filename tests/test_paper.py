@@ -503,3 +503,11 @@ def test_smoke_pdf_from_repository_results(tmp_path):
     numbers = parse_numbers(s["dirs"].tables / "numbers.tex")
     for name, n in numbers.items():
         assert (REPO / n["source"]).is_file(), f"\\{name}: {n['source']}"
+
+
+def test_differences_within_the_seed_spread_are_not_effects():
+    a = {"test_ppl": 160.0, "test_ppl_std": 3.0}
+    assert not report.beyond_seed_spread(a, {"test_ppl": 162.0, "test_ppl_std": 3.0})  # error bars overlap
+    assert report.beyond_seed_spread(a, {"test_ppl": 170.0, "test_ppl_std": 3.0})
+    assert report.beyond_seed_spread({"test_ppl": 160.0}, {"test_ppl": 170.0})  # one seed: the tolerance only
+    assert not report.beyond_seed_spread({"test_ppl": 160.0}, {"test_ppl": 160.5})
