@@ -860,16 +860,20 @@ class Report:
                 self.add(macro, fmt_ppl(ppl[m]), e, f"mean test_ppl, method={m}, {where}", ppl[m])
         pil = {m: v for m, v in ppl.items() if m in PIL_METHODS}
         hyb = {m: v for m, v in ppl.items() if m in HYBRID_METHODS}
+        # the best PIL method and the best hybrid are chosen on validation; their test perplexity is reported
+        on_valid = lambda m: float(by[m]["valid_ppl"]) if _finite(by[m].get("valid_ppl")) else math.inf  # noqa: E731
         if pil:
-            m = min(pil, key=pil.get)
+            m = min(pil, key=on_valid)
             b["pil_best"] = m
-            self.add("PILBestPPL", fmt_ppl(pil[m]), e, f"lowest mean test_ppl over PIL methods ({m}), {where}", pil[m])
-            self.add("PILBestMethod", method_tex(m), e, f"PIL method with the lowest mean test_ppl, {where}")
+            self.add("PILBestPPL", fmt_ppl(pil[m]), e, f"mean test_ppl of the PIL method with the lowest mean "
+                     f"valid_ppl ({m}), {where}", pil[m])
+            self.add("PILBestMethod", method_tex(m), e, f"PIL method with the lowest mean valid_ppl, {where}")
         if hyb:
-            h = min(hyb, key=hyb.get)
+            h = min(hyb, key=on_valid)
             b["hybrid"] = h
-            self.add("HybridBestPPL", fmt_ppl(hyb[h]), e, f"lowest mean test_ppl over hybrid methods ({h}), {where}", hyb[h])
-            self.add("HybridBestMethod", method_tex(h), e, f"hybrid method with the lowest mean test_ppl, {where}")
+            self.add("HybridBestPPL", fmt_ppl(hyb[h]), e, f"mean test_ppl of the hybrid with the lowest mean "
+                     f"valid_ppl ({h}), {where}", hyb[h])
+            self.add("HybridBestMethod", method_tex(h), e, f"hybrid method with the lowest mean valid_ppl, {where}")
             hr = by[h]
             if _finite(hr.get("pil_s")) and _finite(hr.get("total_s")) and hr["total_s"] > 0:
                 self.add("HybridPILSeconds", fmt_seconds(hr["pil_s"]), e, f"mean pil_s of {h}, {where}")
@@ -986,10 +990,11 @@ class Report:
         c["bipil"] = None
         if recs:
             ppl = {str(r["variant"]): float(r["test_ppl"]) for r in recs if _finite(r.get("test_ppl"))}
+            val = {str(r["variant"]): float(r["valid_ppl"]) if _finite(r.get("valid_ppl")) else math.inf for r in recs}
             if ppl:
-                best = min(ppl, key=ppl.get)
+                best = min(ppl, key=lambda v: val.get(v, math.inf))  # chosen on validation
                 c["bipil"] = bp = {"best": best}
-                self.add("BiBestVariant", tex_escape(best), e, f"variant with the lowest mean test_ppl, {where}")
+                self.add("BiBestVariant", tex_escape(best), e, f"variant with the lowest mean valid_ppl, {where}")
                 self.add("BiBestPPL", fmt_ppl(ppl[best]), e, f"mean test_ppl of variant={best}, {where}")
                 exp_of = {str(r["variant"]): r.get("expansion") for r in recs}
                 is_bi = lambda v: "bi" in v.lower() or any(  # noqa: E731
@@ -1107,16 +1112,16 @@ class Report:
         recs = [r for r in _records(sl) if _finite(r.get("test_ppl"))]
         if not recs:
             return
-        best = min(recs, key=lambda r: r["test_ppl"])
-        worst = max(recs, key=lambda r: r["test_ppl"])
+        on_valid = lambda r: float(r["valid_ppl"]) if _finite(r.get("valid_ppl")) else float(r["test_ppl"])  # noqa: E731
+        best, worst = min(recs, key=on_valid), max(recs, key=on_valid)  # chosen on validation
         st = self.c["strategy"] = {"methods": sorted({str(r.get("method", "")) for r in recs}, key=_natural_key)}
         tt = lambda r: TARGET_TEX.get(str(r["target"]), tex_escape(r["target"]))  # noqa: E731
-        self.add("StrategyBestTarget", tt(best), e, f"target of the lowest mean test_ppl, {where}")
-        self.add("StrategyBestPPL", fmt_ppl(best["test_ppl"]), e, f"lowest mean test_ppl, {where}")
+        self.add("StrategyBestTarget", tt(best), e, f"target of the lowest mean valid_ppl, {where}")
+        self.add("StrategyBestPPL", fmt_ppl(best["test_ppl"]), e, f"mean test_ppl of the lowest mean valid_ppl, {where}")
         if "method" in best:
-            self.add("StrategyBestMethod", method_tex(best["method"]), e, f"method of the lowest mean test_ppl, {where}")
-        self.add("StrategyWorstTarget", tt(worst), e, f"target of the highest mean test_ppl, {where}")
-        self.add("StrategyWorstPPL", fmt_ppl(worst["test_ppl"]), e, f"highest mean test_ppl, {where}")
+            self.add("StrategyBestMethod", method_tex(best["method"]), e, f"method of the lowest mean valid_ppl, {where}")
+        self.add("StrategyWorstTarget", tt(worst), e, f"target of the highest mean valid_ppl, {where}")
+        self.add("StrategyWorstPPL", fmt_ppl(worst["test_ppl"]), e, f"mean test_ppl of the highest mean valid_ppl, {where}")
         same_method = [r for r in recs if r.get("method") == best.get("method")]
         per_target = {str(r["target"]): r["test_ppl"] for r in same_method}
         if "local" in per_target and "global" in per_target:
@@ -1155,10 +1160,12 @@ class Report:
         if "attn_only" in ppl:
             self.add("TinyAttnOnlyPPL", fmt_ppl(ppl["attn_only"]), e, f"mean test_ppl of attn_only, {where}")
         hyb = {m: v for m, v in ppl.items() if m in PIL_METHODS}
+        val = {str(r.get("method")): float(r["valid_ppl"]) for r in _records(sl) if _finite(r.get("valid_ppl"))}
         if hyb:
-            h = min(hyb, key=hyb.get)
-            self.add("TinyPILPPL", fmt_ppl(hyb[h]), e, f"lowest mean test_ppl over PIL methods ({h}), {where}")
-            self.add("TinyPILMethod", method_tex(h), e, f"PIL method with the lowest mean test_ppl, {where}")
+            h = min(hyb, key=lambda m: val.get(m, hyb[m]))  # chosen on validation
+            self.add("TinyPILPPL", fmt_ppl(hyb[h]), e, f"mean test_ppl of the PIL method with the lowest mean "
+                     f"valid_ppl ({h}), {where}")
+            self.add("TinyPILMethod", method_tex(h), e, f"PIL method with the lowest mean valid_ppl, {where}")
             if "baseline" in ppl:
                 ty["verdict"] = verdict(hyb[h], ppl["baseline"])
         self.c["samples"] = _samples(e)
