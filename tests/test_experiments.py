@@ -444,3 +444,19 @@ def test_choose_on_validation_uses_validation_and_equal_budgets():
         ex.choose_on_validation(df.iloc[:3], "method", ["lr", "dropout"])
     with pytest.raises(ValueError, match=r"columns \['momentum'\]"):
         ex.choose_on_validation(df, "method", ["momentum"])
+
+
+def test_run_provenance_says_where_the_runs_were_computed(tmp_path, fake_execute):
+    """The notebook that collects an experiment may execute elsewhere (a CPU) than its runs (GPUs):
+    provenance.json's ``runs`` tallies the runs' own environments and the reused ones."""
+    ex.run_grid("first", ex.expand({"size": "tiny", "save_checkpoint": False}, method=["baseline"], seed=[0]),
+                profile="smoke", results_root=tmp_path, progress=False)
+    ex.run_grid("second", ex.expand({"size": "tiny", "save_checkpoint": False}, method=["baseline"], seed=[0, 1]),
+                profile="smoke", results_root=tmp_path, progress=False)
+    for name, device in (("method=baseline,seed=0", "NVIDIA H200"), ("method=baseline,seed=1", "cpu")):
+        p = tmp_path / "smoke" / "second" / "runs" / name / "result.json"
+        r = json.loads(p.read_text())
+        p.write_text(json.dumps(r | {"environment": {"device_name": device, "torch": "2.13.0", "concurrent_runs": 8}}))
+    prov = ex.run_provenance(tmp_path / "smoke" / "second")
+    assert prov["count"] == 2 and prov["reused_from_other_experiments"] == 1
+    assert prov["device_name"] == {"NVIDIA H200": 1, "cpu": 1} and prov["concurrent_runs"] == {"8": 2}

@@ -511,3 +511,27 @@ def test_differences_within_the_seed_spread_are_not_effects():
     assert report.beyond_seed_spread(a, {"test_ppl": 170.0, "test_ppl_std": 3.0})
     assert report.beyond_seed_spread({"test_ppl": 160.0}, {"test_ppl": 170.0})  # one seed: the tolerance only
     assert not report.beyond_seed_spread({"test_ppl": 160.0}, {"test_ppl": 160.5})
+
+
+def test_contended_timings_make_no_speed_claim(tmp_path):
+    """Runs timed while sharing the GPUs (environment.concurrent_runs > 1) keep their times in the
+    table, flagged, but the text draws no speed comparison from them."""
+    def render(concurrent: int) -> tuple[str, str, str]:
+        root = write_fake_results(tmp_path / f"r{concurrent}", only=("benchmark",))
+        path = root / "smoke" / "benchmark" / "summary.csv"
+        rows = list(csv.DictReader(path.open()))
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["concurrent_runs"])
+            w.writeheader()
+            w.writerows([r | {"concurrent_runs": concurrent} for r in rows])
+        dirs = report.default_dirs("smoke", tmp_path / f"out{concurrent}")
+        report.render("smoke", root, dirs, with_figures=False)
+        return ((dirs.generated / "results_main.tex").read_text(), (dirs.generated / "abstract.tex").read_text(),
+                (dirs.tables / "benchmark.tex").read_text())
+
+    alone, abstract_alone, table_alone = render(1)
+    shared, abstract_shared, table_shared = render(16)
+    assert r"\HybridSpeedup" in alone and r"\HybridSpeedup" in abstract_alone
+    assert r"\HybridSpeedup" not in shared and r"\HybridSpeedup" not in abstract_shared
+    assert r"\BenchConcurrent" in shared and "up to 16 runs sharing" in table_shared
+    assert "sharing" not in table_alone
