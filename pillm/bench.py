@@ -481,7 +481,7 @@ def _warm_slice(stream, windows: int, block: int):
 def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int, *, warm: bool = True) -> tuple[dict, Any]:
     """One :func:`pil_phase` on a fresh Bi-PIL model (after a warm-up on a small slice); (record, model)."""
     from .model import PILLM
-    from .train import RunLog, pil_phase
+    from .train import RunLog, _search_windows, pil_phase
 
     mcfg, tcfg = pil_model_config(s, vocab), pil_train_config(s, device)
     if warm:
@@ -500,7 +500,7 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int, *, w
     wall = time.perf_counter() - t0
     block = mcfg.block_size
     n_tokens = train.windows(block)[0].shape[0] * block  # solve_layer streams every whole window
-    search_windows = min(valid.windows(block)[0].shape[0], max(1, tcfg.search_tokens // block))  # as _search_windows
+    search_windows = _search_windows(valid, tcfg, block)[0].shape[0]  # the windows the η search scores
     flops = pil_phase_flops(mcfg, n_tokens, search_windows * block, len(tcfg.eta_grid))
     seconds = log.seconds("pil")
     rec = {

@@ -53,20 +53,17 @@ def _train_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
 
 
-MODEL_FLAGS = {"dropout": "dropout", "expansion": "expansion", "fusion": "fusion", "proj_init": "proj_init"}
-TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "max_train_tokens": "max_train_tokens",
-               "max_eval_tokens": "max_eval_tokens", "seed": "seed", "device": "device", "lam": "lam",
-               "target": "target", "iterations": "iterations", "search_tokens": "search_tokens", "final_resolve": "final_resolve",
-               "final_target": "final_target", "solve_head": "solve_head", "compile": "compile",
-               "embed_init": "embed_init"}
+# Flags named like the ModelConfig / TrainConfig field they set.
+MODEL_FLAGS = ("dropout", "expansion", "fusion", "proj_init")
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "max_train_tokens", "max_eval_tokens", "seed", "device", "lam", "target",
+               "iterations", "search_tokens", "final_resolve", "final_target", "solve_head", "compile", "embed_init")
 
 
 def spec_from_args(args):
     """Build a RunSpec; only flags that were given override the defaults."""
     from .run import RunSpec
 
-    pick = lambda table: {field: getattr(args, flag) for flag, field in table.items()  # noqa: E731
-                          if getattr(args, flag) is not None}
+    pick = lambda names: {n: getattr(args, n) for n in names if getattr(args, n) is not None}  # noqa: E731
     return RunSpec(method=args.method, size=args.size, dataset=args.dataset, tokenizer=args.tokenizer,
                    bipil=args.bipil, model=pick(MODEL_FLAGS), train=pick(TRAIN_FLAGS), teacher=args.teacher,
                    save_checkpoint=args.save_checkpoint)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import hashlib
 import itertools
 import json
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .report import rel as _show  # a path relative to the repository when inside it
 from .run import REPO, RunSpec, environment, execute, load, write_atomic, write_json_atomic
 
 PACKAGE = Path(__file__).resolve().parent
@@ -49,11 +51,25 @@ KERNEL = "pillm"
 # Modules that do not change what a run computes (they may change without invalidating runs).
 _NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "report.py", "bench.py"}
 
-_SPEC_FIELDS = {f.name for f in fields(RunSpec)}
+@functools.cache
+def _field_names(cls) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
-def _field_names(cls) -> set[str]:
-    return {f.name for f in fields(cls)}
+_SPEC_FIELDS = _field_names(RunSpec)
+
+
+def _read_json(path: Path):
+    """The parsed JSON file, or None when it is missing or unreadable (an interrupted write)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _source_parts(files) -> list[bytes]:
+    """Name and contents of each file, for the code and staleness hashes."""
+    return [p.name.encode() + b"\0" + p.read_bytes() for p in files]
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,35 +167,32 @@ def code_hash(package: Path = PACKAGE) -> str:
     from .data import SHA256
 
     files = sorted(p for p in Path(package).glob("*.py") if p.name not in _NOT_RESULT_CODE)
-    return _sha(*[p.name.encode() + b"\0" + p.read_bytes() for p in files], SHA256)
+    return _sha(*_source_parts(files), SHA256)
 
 
-def run_key(spec: RunSpec, package: Path = PACKAGE) -> str:
+def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) -> str:
     """What a run computes: its resolved model and training configs (so that two notebooks that
     spell the same run differently, e.g. with or without an explicit default, share one key),
-    the other spec fields, and the library code."""
+    the other spec fields, and the library code (``code``: a precomputed ``code_hash(package)``)."""
     mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
     canonical = {k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")}
     canonical |= {"model_config": mcfg.to_dict() | {"vocab_size": None}, "train_config": tcfg.to_dict()}
-    return _sha(canonical, code_hash(package))
+    return _sha(canonical, code if code is not None else code_hash(package))
 
 
-def _finished_runs(profile_dir: Path) -> dict[str, Path]:
-    """Key → directory of every finished run of a profile (any experiment), for reuse."""
+def _finished_runs(profile_dir: Path) -> dict[str, tuple[Path, dict]]:
+    """Key → (directory, run.json) of every finished run of a profile (any experiment), for reuse."""
     found = {}
-    for meta in sorted(profile_dir.glob("*/runs/*/run.json")):
-        try:
-            key = json.loads(meta.read_text()).get("key")
-        except (OSError, ValueError):
-            continue
-        if key and (meta.parent / "result.json").exists():
-            found.setdefault(key, meta.parent)
+    for path in sorted(profile_dir.glob("*/runs/*/run.json")):
+        meta = _read_json(path)
+        if meta and meta.get("key") and (path.parent / "result.json").exists():
+            found.setdefault(meta["key"], (path.parent, meta))
     return found
 
 
-def _reuse(source: Path, rdir: Path, run: dict, key: str) -> dict | None:
-    """Copy an identical finished run (same key) of another experiment instead of recomputing it."""
-    spec = run_spec(run)
+def _reuse(source: Path, meta: dict, rdir: Path, spec: RunSpec, run: dict, key: str) -> dict | None:
+    """Copy an identical finished run (same key, its ``run.json`` is ``meta``) of another experiment
+    instead of recomputing it."""
     result = _done(source, key, spec)
     if result is None:
         return None
@@ -188,9 +201,9 @@ def _reuse(source: Path, rdir: Path, run: dict, key: str) -> dict | None:
         shutil.copytree(source / "checkpoint", rdir / "checkpoint", dirs_exist_ok=True)
     (rdir / "run.json").unlink(missing_ok=True)
     write_json_atomic(rdir / "result.json", result)
-    notes = json.loads((source / "run.json").read_text()).get("warnings", [])
     write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
-                                            "warnings": notes, "reused_from": str(source.relative_to(rdir.parents[2]))})
+                                            "warnings": meta.get("warnings", []),
+                                            "reused_from": str(source.relative_to(rdir.parents[2]))})
     return result
 
 
@@ -198,13 +211,10 @@ def _done(run_dir: Path, key: str, spec: RunSpec) -> dict | None:
     """The finished run's result, or None (not run, interrupted, stale, or its checkpoint is gone)."""
     if spec.save_checkpoint and not (run_dir / "checkpoint" / "config.json").exists():
         return None
-    try:
-        meta = json.loads((run_dir / "run.json").read_text())
-        if meta.get("key") != key:
-            return None
-        return json.loads((run_dir / "result.json").read_text())
-    except (OSError, ValueError):
+    meta = _read_json(run_dir / "run.json")
+    if meta is None or meta.get("key") != key:
         return None
+    return _read_json(run_dir / "result.json")
 
 
 def summarize(experiment: str, run: dict, result: dict) -> dict:
@@ -277,15 +287,18 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"run names must be unique within {experiment!r}; duplicated: {dup}")
     exp_dir = experiment_dir(experiment, profile, results_root)
-    keys = [run_key(run_spec(run)) for run in runs]
+    code = code_hash()  # once per grid, not once per run: it reads every library source
+    specs = [run_spec(run) for run in runs]
+    keys = [run_key(spec, code=code) for spec in specs]
     dirs = [exp_dir / "runs" / run["name"] for run in runs]
-    results = [_done(d, k, run_spec(r)) for r, d, k in zip(runs, dirs, keys)]
+    results = [_done(d, k, spec) for spec, d, k in zip(specs, dirs, keys)]
     pending = [i for i, r in enumerate(results) if r is None]
     finished = _finished_runs(exp_dir.parent) if pending else {}
     reused = 0
     for i in list(pending):  # identical runs finished by another experiment of this profile
-        source = finished.get(keys[i])
-        if source is not None and source != dirs[i] and (result := _reuse(source, dirs[i], runs[i], keys[i])):
+        source, meta = finished.get(keys[i], (None, None))
+        if source is not None and source != dirs[i] and (
+                result := _reuse(source, meta, dirs[i], specs[i], runs[i], keys[i])):
             results[i] = result
             pending.remove(i)
             reused += 1
@@ -620,7 +633,7 @@ def staleness_hash(notebook, parameters: dict, profile: str, *, package: Path = 
     package = Path(package)
     sources = sorted(package.glob("*.py")) + [package / "experiments.yaml"]
     return _sha(notebook_source_hash(notebook), parameters, profile,
-                *[p.name.encode() + b"\0" + p.read_bytes() for p in sources if p.exists()], SHA256)
+                *_source_parts(p for p in sources if p.exists()), SHA256)
 
 
 def check_kernel() -> None:
@@ -671,7 +684,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
         print(f"{name}: parameters {unknown} are not in {notebook.name}'s parameters cell", file=sys.stderr)
         return 2
     digest = staleness_hash(notebook, params, profile)
-    exp_dir = root / profile / name
+    exp_dir = experiment_dir(name, profile, root)
     if force and exp_dir.exists():
         shutil.rmtree(exp_dir)  # --force recomputes every run, not only the notebook
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -707,11 +720,12 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
         print(f"{name}: FAILED{where}: {error['ename']}: {error['evalue']}\n  executed notebook kept: {out_nb}",
               file=sys.stderr)
         return 1
+    env = environment()  # runs git twice: once is enough
     write_json_atomic(exp_dir / "provenance.json", {
         "experiment": name, "profile": profile, "hash": digest,
         "notebook": _show(notebook), "executed_notebook": out_nb.name,
         "parameters": injected | {"results_root": None},  # the root is where this file is
-        "git_commit": environment().get("git_commit"), "environment": environment(),
+        "git_commit": env.get("git_commit"), "environment": env,
         "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": _now(),
     })
     write_text_atomic(exp_dir / ".complete", digest + "\n")  # last: its presence means done
@@ -726,23 +740,16 @@ def run_provenance(exp_dir: Path) -> dict:
                                                "concurrent_runs")}
     n = reused = 0
     for path in sorted(Path(exp_dir).glob("runs/*/result.json")):
-        try:
-            env = json.loads(path.read_text()).get("environment", {})
-            meta = json.loads((path.parent / "run.json").read_text())
-        except (OSError, ValueError):
+        result, meta = _read_json(path), _read_json(path.parent / "run.json")
+        if result is None or meta is None:
             continue
+        env = result.get("environment", {})
         n += 1
         reused += "reused_from" in meta
         for k, counts in tally.items():
             v = str(env.get(k))
             counts[v] = counts.get(v, 0) + 1
     return {"count": n, "reused_from_other_experiments": reused, **tally}
-
-
-def _show(path) -> str:
-    """A path relative to the repository when inside it."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _source_cell_index(executed, index: int | None) -> int | None:
@@ -781,7 +788,7 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
     for i, name in enumerate(names, 1):
         entry, params = _entry(reg, name, profile)
         digest = staleness_hash(entry["notebook"], params, profile)
-        mark = root / profile / name / ".complete"
+        mark = experiment_dir(name, profile, root) / ".complete"
         if not force and mark.exists() and mark.read_text().strip() == digest:
             print(f"[{i}/{len(names)}] {name}: up to date, skipped", flush=True)
             skipped.append(name)
@@ -797,7 +804,7 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
             print(f"[{i}/{len(names)}] {name}: done in {took:.1f} s", flush=True)
             ran.append(name)
         else:
-            info = root / profile / name / "failed.json"
+            info = experiment_dir(name, profile, root) / "failed.json"
             why = ""
             if info.exists():
                 e = json.loads(info.read_text())

@@ -421,13 +421,8 @@ def concurrency(e: "Experiment") -> int:
         vals = [v for v in e.df["concurrent_runs"].tolist() if _finite(v)]
         if vals:
             return int(max(vals))
-    most = 1
-    for path in Path(e.path).glob("runs/*/result.json"):
-        try:
-            most = max(most, int(json.loads(path.read_text()).get("environment", {}).get("concurrent_runs", 1)))
-        except (OSError, ValueError, TypeError):
-            continue
-    return most
+    vals = [(r.get("environment") or {}).get("concurrent_runs", 1) for r in e.runs()]
+    return int(max([1] + [v for v in vals if _finite(v)]))
 
 
 def aggregate(df, metrics: Iterable[str] | None = None):
