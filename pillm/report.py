@@ -57,6 +57,7 @@ import math
 import os
 import re
 import shutil
+import statistics as st
 import subprocess
 import sys
 import tarfile
@@ -304,6 +305,8 @@ class Experiment:
     provenance: dict = field(default_factory=dict)
     _runs: list | None = None
     error: str | None = None  # the results exist but could not be read
+    _agg: tuple | None = None
+    _json: dict = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
@@ -341,14 +344,21 @@ class Experiment:
                     self._runs.append(r)
         return self._runs
 
+    def agg(self):
+        """``aggregate(df)`` of the summary, computed once (callers build new frames from it)."""
+        if self._agg is None:
+            self._agg = aggregate(self.df)
+        return self._agg
+
     def json(self, filename: str) -> tuple[dict | list | None, Path | None]:
-        p = self.path / filename
-        if not p.is_file():
-            return None, None
-        try:
-            return json.loads(p.read_text()), p
-        except ValueError:
-            return None, None
+        """A JSON results file and its path (read once), or ``(None, None)``."""
+        if filename not in self._json:
+            p = self.path / filename
+            try:
+                self._json[filename] = (json.loads(p.read_text()), p) if p.is_file() else (None, None)
+            except ValueError:
+                self._json[filename] = (None, None)
+        return self._json[filename]
 
 
 class Results:
@@ -411,6 +421,13 @@ def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
     if _finite(sa) and _finite(sb):
         return abs(ma - mb) > float(sa) + float(sb)
     return True
+
+
+def gap_recovered_pct(ppl: dict, method: str) -> float | None:
+    """How much of the log-perplexity gap between attention only and the baseline ``method`` closes,
+    in percent: ``100·(ln ppl[attn_only] − ln ppl[method]) / (ln ppl[attn_only] − ln ppl[baseline])``."""
+    la, lb = math.log(ppl["attn_only"]), math.log(ppl["baseline"])
+    return None if abs(la - lb) <= 1e-12 else 100 * (la - math.log(ppl[method])) / (la - lb)
 
 
 def concurrency(e: "Experiment") -> int:
@@ -706,7 +723,7 @@ def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], 
                   label: str | None = None, df=None, hide: tuple[str, ...] = ("bipil",)) -> TableSpec:
     """One row per parameter combination; constant keys go into the caption, blocks by dataset,
     size and epoch budget; columns in ``hide`` are not shown when they vary with the main keys."""
-    agg, keys = aggregate(e.df if df is None else df)
+    agg, keys = e.agg() if df is None else aggregate(df)
     cols = [c for c in cols if c.key in agg.columns or c.key.startswith("params_")]
     vary = varying(agg, keys)
     block_keys = [k for k in ("dataset", "size", "epochs") if k in vary and k not in main_keys]
@@ -799,6 +816,11 @@ class Report:
         return ("Result not available: the results file exists but could not be rendered in this profile "
                 f"(\\texttt{{{tex_escape(self.profile)}}}); see the build log.")
 
+    def _no_table(self, name: str, caption: str, experiments: list[str]) -> None:
+        """Table ``name`` is not available: rendered as a "not run in this profile" stand-in."""
+        self.tables[name] = None
+        self.table_missing[name] = (caption, experiments)
+
     def add(self, name: str, text: str, e: Experiment | Path, note: str, value: Any = None) -> None:
         src = e.source if isinstance(e, Experiment) else e
         self.n.add(name, text, src, note, value)
@@ -809,9 +831,8 @@ class Report:
         c = self.c
         c["bench"] = None
         if not e.available:
-            self.tables["benchmark"] = None
-            self.table_missing["benchmark"] = ("Main results: test perplexity, accuracy, optimizer steps, "
-                                               "parameters and time per method", ["benchmark"])
+            self._no_table("benchmark", "Main results: test perplexity, accuracy, optimizer steps, "
+                                        "parameters and time per method", ["benchmark"])
             return
         cols = PPL_COLS + [ACC_COL,
                            Col("optimizer_steps", "Opt.\\ steps", fmt_count, None, std=False),
@@ -831,11 +852,9 @@ class Report:
                       "Section~\\ref{sec:complexity} gives timings measured alone.")
         self.tables["benchmark"] = t
 
-        agg, keys = aggregate(e.df)
-        sl, sel = primary_slice(agg, keys, "method")
-        by = {str(r["method"]): r for r in _records(sl)}
+        agg, keys = e.agg()
+        by, sl, sel, where = self._bench_rows(e)
         d, s = sel.get("dataset", ""), sel.get("size", "")
-        where = ", ".join(f"{k}={v}" for k, v in sel.items())
         ppl = {m: float(r["test_ppl"]) for m, r in by.items() if _finite(r.get("test_ppl"))}
         others = [k for k in keys if k != "method"]
         c["bench"] = b = {"methods": sorted(ppl, key=_natural_key),
@@ -903,9 +922,8 @@ class Report:
             if _finite(pr.get("optimizer_steps")):
                 b["pure_steps_zero"] = float(pr["optimizer_steps"]) == 0
         if {"baseline", "attn_only"} <= set(ppl) and hyb:
-            la, lb, lh = (math.log(ppl["attn_only"]), math.log(ppl["baseline"]), math.log(hyb[b["hybrid"]]))
-            if abs(la - lb) > 1e-12:
-                ret = 100 * (la - lh) / (la - lb)
+            ret = gap_recovered_pct(ppl, b["hybrid"])
+            if ret is not None:
                 b["retention"] = "none" if ret <= 0 else ("full" if ret >= 100 else "partial")
                 self.add("Retention", fmt_pct(abs(ret) if ret <= 0 else ret), e,
                          f"100*(ln ppl[attn_only]-ln ppl[{b['hybrid']}])/(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
@@ -933,9 +951,7 @@ class Report:
         e = _lambada_scores(self.R.exp("lambada"))
         self.c["lambada"] = None
         if not e.available or "acc" not in e.df.columns:
-            self.tables["lambada"] = None
-            self.table_missing["lambada"] = ("LAMBADA whole-word accuracy, target-word perplexity and OOV rate",
-                                             ["lambada"])
+            self._no_table("lambada", "LAMBADA whole-word accuracy, target-word perplexity and OOV rate", ["lambada"])
             return
         cols = [Col("acc", r"Accuracy (\%) $\uparrow$", lambda x: fmt_pct(100 * x), "higher"),
                 Col("word_ppl", r"Word PPL $\downarrow$", fmt_ppl, "lower"),
@@ -943,7 +959,7 @@ class Report:
         self.tables["lambada"] = generic_table(
             e, "lambada", "LAMBADA (zero-shot, whole-word teacher-forced greedy accuracy; OOV targets count as "
             "wrong)", ["method"], cols)
-        agg, keys = aggregate(e.df)
+        agg, keys = e.agg()
         sl, sel = primary_slice(agg, keys, "method") if "method" in keys else (agg, {})
         where = ", ".join(f"{k}={v}" for k, v in sel.items()) or "all rows"
         by = {str(r.get("method", "")): r for r in _records(sl)}
@@ -969,12 +985,11 @@ class Report:
     def _ablation(self, name: str, key: str, caption: str, extra_cols: list[Col] | None = None):
         e = self.R.exp(name)
         if not e.available or key not in e.df.columns:
-            self.tables[name] = None
-            self.table_missing[name] = (caption, [name])
+            self._no_table(name, caption, [name])
             return None, None, e
         cols = PPL_COLS + [ACC_COL] + (extra_cols or [COND_COL, PIL_S_COL])
         self.tables[name] = generic_table(e, name, caption, [key], cols)
-        agg, keys = aggregate(e.df)
+        agg, keys = e.agg()
         sl, sel = primary_slice(agg, keys, key)
         return _records(sl), ", ".join(f"{k}={v}" for k, v in sel.items()) or "all rows", e
 
@@ -1095,12 +1110,11 @@ class Report:
         self.c["strategy"] = None
         cap = "Targets for the closed-form solve and the order of the closed-form and gradient phases"
         if not e.available or "target" not in e.df.columns:
-            self.tables["training_strategy"] = None
-            self.table_missing["training_strategy"] = (cap, ["training_strategy"])
+            self._no_table("training_strategy", cap, ["training_strategy"])
             return
         self.tables["training_strategy"] = generic_table(e, "training_strategy", cap, ["method", "target"],
                                                          PPL_COLS + [ACC_COL, PIL_S_COL])
-        agg, keys = aggregate(e.df)
+        agg, keys = e.agg()
         main = [k for k in ("method", "target") if k in keys]
         sl, sel = primary_slice(agg, keys, main)
         where = ", ".join(f"{k}={v}" for k, v in sel.items()) or "all rows"
@@ -1138,14 +1152,13 @@ class Report:
         self.c["tiny"] = None
         cap = "TinyStories (BPE tokenizer)"
         if not e.available:
-            self.tables["tinystories"] = None
-            self.table_missing["tinystories"] = (cap, ["tinystories"])
+            self._no_table("tinystories", cap, ["tinystories"])
             self.c["samples"] = None
             return
         self.tables["tinystories"] = generic_table(e, "tinystories", cap, ["method"],
                                                    PPL_COLS + [ACC_COL, PIL_S_COL,
                                                                Col("total_s", r"Total (s) $\downarrow$", fmt_seconds, "lower")])
-        agg, keys = aggregate(e.df)
+        agg, keys = e.agg()
         sl, sel = primary_slice(agg, keys, "method") if "method" in keys else (agg, {})
         where = ", ".join(f"{k}={v}" for k, v in sel.items()) or "all rows"
         ppl = {str(r.get("method")): float(r["test_ppl"]) for r in _records(sl) if _finite(r.get("test_ppl"))}
@@ -1175,8 +1188,7 @@ class Report:
         cap = (r"Interpolated modified Kneser--Ney $n$-gram models on WikiText-2 (no gradients; counts on the "
                r"training split; each line a sentence with its end token predicted)")
         if not e.available or "order" not in e.df.columns:
-            self.tables["ngram"] = None
-            self.table_missing["ngram"] = (cap, ["ngram"])
+            self._no_table("ngram", cap, ["ngram"])
             return
         df = e.df.sort_values("order")
         rows = [[str(int(r.order)), fmt_ppl(r.valid_ppl), fmt_ppl(r.test_ppl)] for r in df.itertuples()]
@@ -1231,8 +1243,7 @@ class Report:
         cap = ("Learning rate and dropout chosen on validation perplexity, the same grid for every "
                "gradient-trained method (one seed per trial)")
         if not e.available or not path.is_file():
-            self.tables["tuning"] = None
-            self.table_missing["tuning"] = (cap, ["tuning"])
+            self._no_table("tuning", cap, ["tuning"])
             return
         df = pd.read_csv(path)
         df = df.iloc[sorted(range(len(df)), key=lambda i: METHOD_ORDER.index(df["method"].iloc[i])
@@ -1256,6 +1267,13 @@ class Report:
                  "max over methods of 100*(1-valid_ppl/default_valid_ppl)", float(gain.iloc[i]))
         self.add("TuneMaxGainMethod", method_tex(df["method"].iloc[i]), src, "method with that largest gain")
 
+    def _bench_rows(self, e: Experiment) -> tuple[dict, Any, dict, str]:
+        """The benchmark's primary group: ``(row by method, its aggregate, the group's key values,
+        their description)``."""
+        agg, keys = e.agg()
+        sl, sel = primary_slice(agg, keys, "method")
+        return {str(r["method"]): r for r in _records(sl)}, sl, sel, ", ".join(f"{k}={v}" for k, v in sel.items())
+
     def closing(self) -> None:
         """Issue-7 diagnostics: where the gap to the baseline comes from (benchmark runs' curves and
         solves, the PIL ablations) and, when it was run, the ``gap`` experiment against its goals."""
@@ -1264,7 +1282,6 @@ class Report:
         e = self.R.exp("benchmark")
         if e.available:
             runs = e.runs()
-            import statistics as st
 
             def curve_pairs(method):  # (valid ppl just before the last closed-form phase, just after)
                 out = []
@@ -1297,26 +1314,22 @@ class Report:
                 self.add("EtaTrainedMedian", fmt_pow10(mt), e, f"median eta of {len(trained)} solves after AdamW "
                          "(attn_then_pil, alternating re-solves)", mt)
                 cl["eta"] = mt < mi
-            agg, keys = aggregate(e.df)
-            sl, sel = primary_slice(agg, keys, "method")
-            by = {str(r["method"]): r for r in _records(sl)}
-            where = ", ".join(f"{k}={v}" for k, v in sel.items())
+            by, _, _, where = self._bench_rows(e)
             if {"pil_then_attn", "attn_only"} <= set(by):
                 pv, av = float(by["pil_then_attn"]["valid_ppl"]), float(by["attn_only"]["valid_ppl"])
                 self.add("PilThenAttnValid", fmt_ppl(pv), e, f"mean valid_ppl of pil_then_attn, {where}", pv)
                 self.add("AttnOnlyValid", fmt_ppl(av), e, f"mean valid_ppl of attn_only, {where}", av)
                 cl["frozen_hurts"] = pv > av
+            ppl = {m: float(r["test_ppl"]) for m, r in by.items()}
             if {"rf_adamw", "attn_only", "baseline"} <= set(by):
-                la, lb, lr = (math.log(float(by[m]["test_ppl"])) for m in ("attn_only", "baseline", "rf_adamw"))
-                if abs(la - lb) > 1e-12:
-                    ret = 100 * (la - lr) / (la - lb)
+                ret = gap_recovered_pct(ppl, "rf_adamw")
+                if ret is not None:
                     self.add("RFRetention", fmt_pct(ret), e, "100*(ln ppl[attn_only]-ln ppl[rf_adamw])/"
                              f"(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
                     cl["rf_retention"] = ret
                     hyb = (c.get("bench") or {}).get("hybrid")
                     if hyb in by:
-                        lh = math.log(float(by[hyb]["test_ppl"]))
-                        cl["readout_share"] = ret - 100 * (la - lh) / (la - lb)  # lost by the closed-form readout
+                        cl["readout_share"] = ret - gap_recovered_pct(ppl, hyb)  # lost by the closed-form readout
                         cl["layer_share"] = 100 - ret  # lost by the frozen random first layer
         # the closed-form knobs: spread of every PIL ablation cell against the spread over seeds
         cells, stds, sources = [], [], []
@@ -1324,7 +1337,7 @@ class Report:
             a = self.R.exp(name)
             if not a.available or "test_ppl" not in a.df.columns:
                 continue
-            agg, _ = aggregate(a.df)
+            agg, _ = a.agg()
             cells += [float(v) for v in agg["test_ppl"] if _finite(v)]
             stds += [float(v) for v in agg.get("test_ppl_std", []) if _finite(v)]
             sources.append(a)
@@ -1336,20 +1349,17 @@ class Report:
             self.add("AblPPLMin", fmt_ppl(lo), src, f"min mean test_ppl over the cells of {names}", lo)
             self.add("AblPPLMax", fmt_ppl(hi), src, f"max mean test_ppl over the cells of {names}", hi)
             if stds:
-                import statistics as st
-
                 sd = st.median(stds)
                 self.add("AblSeedStd", fmt_fixed(sd, 1), src, f"median over cells of the std over seeds, {names}", sd)
         # the gap experiment against the issue's goals
-        gap, path = self.R.exp("gap").json("summary.json")
         g = self.R.exp("gap")
+        gap, path = g.json("summary.json")
         if g.available and "variant" in g.df.columns:
             self.tables["gap"] = generic_table(g, "gap", "Closing the gap: every variant of the gap experiment "
                                                "(best hybrid and best pure variant chosen on validation)",
                                                ["variant"], PPL_COLS + [Col("total_s", r"Total (s)", fmt_seconds, None)])
         else:
-            self.tables["gap"] = None
-            self.table_missing["gap"] = (TABLE_TITLES["gap"], ["gap"])
+            self._no_table("gap", TABLE_TITLES["gap"], ["gap"])
         if isinstance(gap, dict):
             ratio = gap.get("hybrid_over_baseline")
             if _finite(ratio):
@@ -1410,8 +1420,7 @@ class Report:
         self.c["complexity"] = None
         cap = r"Least-squares fit of the measured time of the closed-form phase per layer, $t \approx a\,N D^2 + b\,D^3$"
         if not e.available:
-            self.tables["complexity_fit"] = None
-            self.table_missing["complexity_fit"] = (cap, ["complexity"])
+            self._no_table("complexity_fit", cap, ["complexity"])
             return
         fit, fit_path = _complexity_fit(e)
         solves, solves_path = _complexity_solves(e)
@@ -1489,8 +1498,7 @@ class Report:
                 name="complexity_fit", caption=f"Fit of the measured training time (\\texttt{{{fit_path.name}}})",
                 label="tab:complexity_fit", header=["Quantity", "Value"], rows=rows, align="lr", sources=[src])
         else:
-            self.tables["complexity_fit"] = None
-            self.table_missing["complexity_fit"] = (cap, ["complexity"])
+            self._no_table("complexity_fit", cap, ["complexity"])
 
     # -------------------------------------------------------------- curves
     def curves(self) -> None:
@@ -1588,8 +1596,7 @@ class Report:
                 ["Size", "Layers", r"$d_{\mathrm{model}}$", "Heads", "Context", "Expansion", "Params"],
                 rows, align="lrrrrrr", sources=srcs)
         else:
-            self.tables["models"] = None
-            self.table_missing["models"] = ("Model configurations", ["benchmark"])
+            self._no_table("models", "Model configurations", ["benchmark"])
         # datasets
         drows, seen = [], set()
         for e, r in runs:
@@ -1614,8 +1621,7 @@ class Report:
                                                              "Test tokens"],
                 drows, align="llrrr", sources=[self.R.exp(n) for n in dsrc])
         else:
-            self.tables["datasets"] = None
-            self.table_missing["datasets"] = ("Corpora and token counts", ["benchmark"])
+            self._no_table("datasets", "Corpora and token counts", ["benchmark"])
         # hyper-parameters of the main benchmark
         b = self.R.exp("benchmark")
         bruns = b.runs() if b.available else []
@@ -1647,8 +1653,7 @@ class Report:
                 "\\texttt{result.json}); where methods differ, the methods are named", "tab:hparams",
                 ["Setting", "Value"], hrows, align="lp{0.6\\linewidth}", sources=[b])
         else:
-            self.tables["hparams"] = None
-            self.table_missing["hparams"] = ("Training hyper-parameters of the main benchmark", ["benchmark"])
+            self._no_table("hparams", "Training hyper-parameters of the main benchmark", ["benchmark"])
         # hardware and provenance
         prow = []
         psrc = []
@@ -1670,8 +1675,7 @@ class Report:
                 ["Experiment", "Device", "torch", "Wall (s)", "Date", "Commit", "Results"], prow,
                 align="lllrlll", sources=psrc, star=True)
         else:
-            self.tables["hardware"] = None
-            self.table_missing["hardware"] = ("Hardware and provenance", list(PAPER_EXPERIMENTS))
+            self._no_table("hardware", "Hardware and provenance", list(PAPER_EXPERIMENTS))
 
     # -------------------------------------------------------------- everything
     def compute(self) -> None:
@@ -1703,8 +1707,7 @@ class Report:
                 if name == "tinystories":
                     self.c["samples"] = None
                 for t in tables:
-                    self.tables[t] = None
-                    self.table_missing[t] = (TABLE_TITLES[t], [name])
+                    self._no_table(t, TABLE_TITLES[t], [name])
                     self.broken.add(t)
         self.errors += [self.R.exp(n).error for n in PAPER_EXPERIMENTS if self.R.exp(n).error]
         self.c["missing"] = self.R.missing()
@@ -2091,7 +2094,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
                "random-feature FFNs whose readout is trained (RF + AdamW, LoRA) or solved (PIL methods), and with a "
                "trained MLP (baseline); dashed lines mark attention only and the baseline")
         if e.available and "method" in e.df.columns:
-            agg, keys = aggregate(e.df)
+            agg, keys = e.agg()
             sl, _ = primary_slice(agg, keys, "method")
             sl = sl[sl["method"].isin(METHOD_ORDER)]
             raw = e.df.copy()
