@@ -14,7 +14,7 @@ Layout under ``<root>/<profile>/`` (``<root>``: ``--results-dir``, ``$PILLM_RESU
     <experiment>/summary.csv               one row per run (+ other tables / figure data)
     <experiment>/provenance.json           staleness hash, git commit, environment, wall time
     <experiment>/.complete                 the staleness hash; written last, atomically
-    <experiment>.ipynb, <experiment>.html  the executed notebook and its HTML export
+    <experiment>.ipynb, <experiment>.html  the executed notebook and its HTML export (not committed)
 
 A run counts as done when its ``run.json`` holds the current *run key* (the spec plus the
 library sources that produce results), so an interrupted grid resumes and a library change
