@@ -170,6 +170,19 @@ def code_hash(package: Path = PACKAGE) -> str:
     return _sha(*_source_parts(files), SHA256)
 
 
+# Relative cost of the training procedures (10-epoch `small` runs on an H200, results/paper):
+# `alternating` re-solves every FFN ten times; a final re-solve or a solved head adds passes.
+_METHOD_COST = {"alternating": 4.0, "pil_pure": 1.5}
+
+
+def expected_cost(spec: RunSpec) -> float:
+    """A rough relative run time, only used to start the slowest runs first."""
+    mcfg, tcfg = spec.configs(vocab_size=1)
+    cost = _METHOD_COST.get(spec.method, 1.0) * max(1, tcfg.epochs)
+    cost *= mcfg.n_layer * mcfg.n_embd ** 2 / (4 * 256 ** 2)
+    return cost * (1.5 if tcfg.final_resolve else 1.0) * (1.5 if tcfg.solve_head else 1.0)
+
+
 def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) -> str:
     """What a run computes: its resolved model and training configs (so that two notebooks that
     spell the same run differently, e.g. with or without an explicit default, share one key),
@@ -308,20 +321,26 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     jobs = min(_parallel_jobs(), len(pending))
     if jobs > 1:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         import torch
 
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         previous = os.environ.get("PILLM_CONCURRENT_RUNS")
-        os.environ["PILLM_CONCURRENT_RUNS"] = str(jobs)  # inherited by the (spawned) workers
+        # Inherited by the (spawned) workers. PILLM_OTHER_RUNS: runs that other processes execute on
+        # the same machine at the same time (tools/device_experiments.sh runs several grids at once).
+        os.environ["PILLM_CONCURRENT_RUNS"] = str(jobs + int(os.environ.get("PILLM_OTHER_RUNS", "0")))
         try:
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                      initargs=(counter, torch.cuda.device_count())) as pool:
-                futures = {i: pool.submit(_execute_run, experiment, runs[i], dirs[i], keys[i], False)
-                           for i in pending}
-                for i, fut in futures.items():
+                # Longest first, so that a time-limited call is not left waiting for one slow run
+                # started last; a stable sort keeps the grid's order among equals.
+                order = sorted(pending, key=lambda i: -expected_cost(specs[i]))
+                futures = {pool.submit(_execute_run, experiment, runs[i], dirs[i], keys[i], False): i
+                           for i in order}
+                for fut in as_completed(futures):  # report each run when it finishes
+                    i = futures[fut]
                     results[i] = fut.result()
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)

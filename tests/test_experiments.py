@@ -460,3 +460,12 @@ def test_run_provenance_says_where_the_runs_were_computed(tmp_path, fake_execute
     prov = ex.run_provenance(tmp_path / "smoke" / "second")
     assert prov["count"] == 2 and prov["reused_from_other_experiments"] == 1
     assert prov["device_name"] == {"NVIDIA H200": 1, "cpu": 1} and prov["concurrent_runs"] == {"8": 2}
+
+
+def test_expected_cost_orders_slow_runs_first():
+    cost = lambda **kw: ex.expected_cost(ex.run_spec(ex.make_run({"size": "small"}, **kw)))  # noqa: E731
+    assert cost(method="alternating") > cost(method="pil_pure") > cost(method="baseline")
+    assert cost(method="pil_then_attn", final_resolve=True) > cost(method="pil_then_attn")
+    assert cost(method="baseline", epochs=20) == 2 * cost(method="baseline", epochs=10)
+    big = ex.expected_cost(ex.run_spec(ex.make_run({"size": "large"}, method="baseline")))
+    assert big > cost(method="baseline")

@@ -37,6 +37,7 @@ nvidia-smi -L
 case "${1:-}" in *" "*) groups=("$@") ;; *) groups=("$*") ;; esac
 # setsid + kill of the whole group: a stopped run must not leave workers behind.
 pids=()
+export PILLM_OTHER_RUNS=$(( (${#groups[@]} - 1) * PILLM_JOBS ))  # recorded with each run (concurrent_runs)
 for i in "${!groups[@]}"; do
   # shellcheck disable=SC2086  # each group is a list of arguments
   setsid timeout -s KILL "$limit" python3 -m pillm experiments ${groups[$i]} > "$out/log$i.txt" 2>&1 &
