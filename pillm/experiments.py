@@ -288,12 +288,23 @@ def _parallel_jobs() -> int:
     return max(1, int(os.environ.get("PILLM_JOBS", "1")))
 
 
+#: Set to 1 (``pillm experiments --finished-only``) to summarize only the runs that have finished and
+#: run none: ``partial.json`` then lists the missing ones, and the experiment is not marked complete.
+FINISHED_ONLY = "PILLM_FINISHED_ONLY"
+PARTIAL = "partial.json"
+
+
+def finished_only() -> bool:
+    return os.environ.get(FINISHED_ONLY, "0") == "1"
+
+
 def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=None, progress: bool = True,
              summary: str = "summary.csv") -> pd.DataFrame:
     """Execute ``runs`` (skipping finished ones), write ``summary.csv`` atomically and return it.
 
     With ``PILLM_JOBS=N`` pending runs execute in N worker processes (spread over the visible
-    GPUs); the summary is the same whatever N.
+    GPUs); the summary is the same whatever N. With ``PILLM_FINISHED_ONLY=1`` nothing runs: the
+    summary holds the finished runs and ``partial.json`` names the others.
     """
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
@@ -318,6 +329,20 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     if progress:
         print(f"[{experiment}] {len(runs)} runs, {len(runs) - len(pending) - reused} done, {reused} reused from "
               f"other experiments, {len(pending)} to run", flush=True)
+    partial = exp_dir / PARTIAL
+    if pending and finished_only():
+        if len(pending) == len(runs):
+            raise RuntimeError(f"{experiment}: none of its {len(runs)} runs has finished, and "
+                               f"{FINISHED_ONLY}=1 says not to run any: nothing to summarize")
+        missing = [runs[i]["name"] for i in pending]
+        print(f"[{experiment}] {FINISHED_ONLY}=1: summarizing the {len(runs) - len(missing)} finished runs; "
+              f"{len(missing)} not run: {', '.join(missing)}", flush=True)
+        write_json_atomic(partial, {"runs": len(runs), "finished": len(runs) - len(missing), "missing": missing})
+        keep = sorted(set(range(len(runs))) - set(pending))
+        runs, dirs, results, pending = [runs[i] for i in keep], [dirs[i] for i in keep], \
+            [results[i] for i in keep], []
+    else:
+        partial.unlink(missing_ok=True)
     jobs = min(_parallel_jobs(), len(pending))
     if jobs > 1:
         import multiprocessing as mp
@@ -408,17 +433,26 @@ def gap_summary(df: pd.DataFrame, roles: dict, ngram: pd.DataFrame | None = None
 def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: dict | None = None) -> pd.DataFrame:
     """Per value of ``by`` (e.g. each method), the trial with the lowest mean validation perplexity.
 
-    Every group must have the same trials (same budget for every method). ``default`` names the
-    setting the other experiments use (e.g. ``{"lr": 1e-3, "dropout": 0.1}``); its validation
-    perplexity is reported beside the choice. Test perplexity is reported for the chosen trial only.
+    Every group must have the same trials (same budget for every method). Under
+    ``PILLM_FINISHED_ONLY=1`` (a partial summary) the groups with fewer trials than the largest are
+    left out of the choice instead, and listed in the ``incomplete`` attribute of the result.
+    ``default`` names the setting the other experiments use (e.g. ``{"lr": 1e-3, "dropout": 0.1}``);
+    its validation perplexity is reported beside the choice. Test perplexity is reported for the
+    chosen trial only.
     """
     missing = [c for c in [by, *params, "valid_ppl", "test_ppl"] if c not in df.columns]
     if missing:
         raise ValueError(f"choose_on_validation: columns {missing} are not in the summary")
     means = df.groupby([by, *params], dropna=False)[["valid_ppl", "test_ppl"]].mean().reset_index()
     trials = means.groupby(by).size()
+    incomplete = {}
     if trials.nunique() > 1:
-        raise ValueError(f"unequal tuning budgets: trials per {by} = {trials.to_dict()}; give every {by} the same grid")
+        if not finished_only():
+            raise ValueError(f"unequal tuning budgets: trials per {by} = {trials.to_dict()}; "
+                             f"give every {by} the same grid")
+        incomplete = {k: int(n) for k, n in trials.items() if n < trials.max()}
+        print(f"choose_on_validation: grid incomplete for {incomplete} (of {trials.max()} trials): not chosen")
+        means = means[~means[by].isin(list(incomplete))]
     rows = []
     for key, g in means.groupby(by, sort=False):
         best = g.loc[g["valid_ppl"].idxmin()]
@@ -431,7 +465,9 @@ def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: 
             row["default_valid_ppl"] = float(d["valid_ppl"].iloc[0]) if len(d) else math.nan
             row["chosen_is_default"] = bool(len(d)) and all(best[p] == v for p, v in default.items())
         rows.append(row)
-    return pd.DataFrame(rows)
+    chosen = pd.DataFrame(rows)
+    chosen.attrs["incomplete"] = incomplete
+    return chosen
 
 
 def run_dir(experiment: str, name: str, profile: str, results_root=None) -> Path:
@@ -689,8 +725,14 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_one(name: str, profile: str, results_root=None, *, force: bool = False, registry=None) -> int:
-    """Execute one registry notebook with papermill (called in its own process by run_experiments)."""
+def run_one(name: str, profile: str, results_root=None, *, force: bool = False, registry=None,
+            finished_only: bool = False) -> int:
+    """Execute one registry notebook with papermill (called in its own process by run_experiments).
+
+    ``finished_only``: the notebook summarizes the runs that have finished and runs none (see
+    :data:`FINISHED_ONLY`); when some are missing the experiment is left incomplete (no ``.complete``)."""
+    if finished_only:
+        os.environ[FINISHED_ONLY] = "1"  # inherited by the notebook's kernel
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -707,7 +749,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     if force and exp_dir.exists():
         shutil.rmtree(exp_dir)  # --force recomputes every run, not only the notebook
     exp_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (".complete", "provenance.json", "failed.json"):
+    for stale in (".complete", "provenance.json", "failed.json", PARTIAL):
         (exp_dir / stale).unlink(missing_ok=True)
     out_nb = root / profile / f"{name}.ipynb"
     injected = params | {"profile": profile, "results_root": str(root)}
@@ -740,13 +782,18 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
               file=sys.stderr)
         return 1
     env = environment()  # runs git twice: once is enough
+    partial = _read_json(exp_dir / PARTIAL)
     write_json_atomic(exp_dir / "provenance.json", {
         "experiment": name, "profile": profile, "hash": digest,
         "notebook": _show(notebook), "executed_notebook": out_nb.name,
         "parameters": injected | {"results_root": None},  # the root is where this file is
         "git_commit": env.get("git_commit"), "environment": env,
         "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": _now(),
+        "partial": partial,
     })
+    if partial:  # a summary of some runs: the experiment still has to run
+        print(f"{name}: partial, {partial['finished']} of {partial['runs']} runs summarized", file=sys.stderr)
+        return 0
     write_text_atomic(exp_dir / ".complete", digest + "\n")  # last: its presence means done
     return 0
 
@@ -794,8 +841,11 @@ def _export_html(executed) -> None:
         write_text_atomic(executed.with_suffix(".html"), body)
 
 
-def run_experiments(profile: str, only=None, force: bool = False, results_root=None, registry=None) -> int:
-    """Run every registry notebook that is missing or stale for ``profile``; returns an exit code."""
+def run_experiments(profile: str, only=None, force: bool = False, results_root=None, registry=None,
+                    finished_only: bool = False) -> int:
+    """Run every registry notebook that is missing or stale for ``profile``; returns an exit code.
+
+    ``finished_only``: summarize the runs that have finished and run none (no GPU at hand)."""
     reg = load_registry(registry)
     names = list(dict.fromkeys(only)) if only else list(reg)
     for name in names:
@@ -816,7 +866,7 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "pillm", "experiments", "--one", name, "--profile", profile,
                "--results-dir", str(root)] + (["--force"] if force else []) \
-            + (["--registry", str(registry)] if registry else [])
+            + (["--registry", str(registry)] if registry else []) + (["--finished-only"] if finished_only else [])
         rc = subprocess.call(cmd, cwd=REPO)
         took = time.perf_counter() - t0
         if rc == 0:
@@ -841,15 +891,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="extend", nargs="+", metavar="NAME", help="run only these experiments")
     p.add_argument("--force", action="store_true", help="rerun even if up to date (recomputes every run)")
     p.add_argument("--results-dir", help="results root (default $PILLM_RESULTS_DIR or <repo>/results)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="summarize the runs that have finished and run none (the experiment stays incomplete)")
     p.add_argument("--registry", help=argparse.SUPPRESS)  # an alternative experiments.yaml (tests)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: execute one notebook in this process
 
 
 def main(args: argparse.Namespace) -> int:
     if args.one:
-        return run_one(args.one, args.profile, args.results_dir, force=args.force, registry=args.registry)
+        return run_one(args.one, args.profile, args.results_dir, force=args.force, registry=args.registry,
+                       finished_only=args.finished_only)
     return run_experiments(args.profile, only=args.only, force=args.force, results_root=args.results_dir,
-                           registry=args.registry)
+                           registry=args.registry, finished_only=args.finished_only)
 
 
 __all__ = ["choose_on_validation", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",

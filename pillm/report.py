@@ -109,6 +109,8 @@ PAR_TOL = 0.005
 SIMILAR_TOL = 0.01
 #: Issue 7's goal for the best hybrid: test perplexity at most this multiple of the baseline's.
 GAP_GOAL = 1.05
+#: The complexity fit locates the accumulation/solve crossover only when it explains the timings.
+FIT_MIN_R2 = 0.9
 #: LAMBADA accuracies below this are called low for every method.
 LAMBADA_LOW = 0.05
 
@@ -350,6 +352,12 @@ class Experiment:
             self._agg = aggregate(self.df)
         return self._agg
 
+    @property
+    def partial(self) -> dict | None:
+        """``partial.json``: the summary holds only the runs that have finished (``runs``, ``finished``,
+        ``missing`` run names); None when the experiment is complete."""
+        return self.json("partial.json")[0]
+
     def json(self, filename: str) -> tuple[dict | list | None, Path | None]:
         """A JSON results file and its path (read once), or ``(None, None)``."""
         if filename not in self._json:
@@ -385,6 +393,10 @@ class Results:
                 e.provenance = json.loads(prov.read_text())
             except ValueError:
                 e.provenance = {}
+        failed = path / "failed.json"
+        if failed.is_file():  # the notebook stopped part-way: its outputs may be incomplete or stale
+            e.error = f"{rel(failed)}: the notebook failed; rerun it (pillm experiments --only {name})"
+            return e
         summary = path / "summary.csv"
         if summary.is_file():
             try:
@@ -401,6 +413,10 @@ class Results:
     def missing(self, names: Iterable[str] = PAPER_EXPERIMENTS) -> list[str]:
         return [n for n in names if not self.exp(n).available]
 
+    def partial(self, names: Iterable[str] = PAPER_EXPERIMENTS) -> list[Experiment]:
+        """Available experiments whose summary holds only some of their runs."""
+        return [self.exp(n) for n in names if self.exp(n).available and self.exp(n).partial]
+
     def bench(self) -> list[tuple[Path, dict]]:
         out = []
         for p in sorted((self.root / "bench").glob("*.json")):
@@ -409,6 +425,19 @@ class Results:
             except ValueError:
                 continue
         return out
+
+
+def compress_runs(names: list[str]) -> str:
+    """Run names with their seeds folded: ``a,seed=0``, ``a,seed=1`` → ``a (seeds 0, 1)``."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        head, sep, seed = n.rpartition(",seed=")
+        groups.setdefault(head if sep else n, []).append(seed if sep else "")
+    parts = []
+    for head, seeds in groups.items():
+        seeds = [x for x in seeds if x]
+        parts.append(head + (f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})" if seeds else ""))
+    return "; ".join(parts)
 
 
 def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
@@ -795,15 +824,25 @@ class Report:
         return s
 
     def source_note(self, exps: list[Experiment]) -> str:
-        """Caption note: notebook(s), profile, results file and the first 8 hex of its sha256."""
+        """Caption note: notebook(s), profile, results file and the first 8 hex of its sha256, and
+        which of them are partial (some runs not computed yet)."""
         prof = r"\texttt{" + tex_escape(self.profile) + "}"
         if len(exps) == 1:
             e = exps[0]
             file = e.source.name if e.source else "summary.csv"
-            return (f"Source: notebook {self.notebook_ref(e)}, profile {prof}, "
+            note = (f"Source: notebook {self.notebook_ref(e)}, profile {prof}, "
                     f"\\texttt{{{tex_escape(file)}}} sha256 \\texttt{{{e.sha}}}.")
-        items = ", ".join(f"{self.notebook_ref(e)} (\\texttt{{{e.sha}}})" for e in exps)
-        return f"Sources (profile {prof}; sha256 of each results file): notebooks {items}."
+        else:
+            items = ", ".join(f"{self.notebook_ref(e)} (\\texttt{{{e.sha}}})" for e in exps)
+            note = f"Sources (profile {prof}; sha256 of each results file): notebooks {items}."
+        return " ".join([note, *(self.partial_note(e) for e in exps if e.partial)])
+
+    @staticmethod
+    def partial_note(e: Experiment) -> str:
+        """``\\textbf{Partial}``: how many runs of ``e`` the numbers cover and which are missing."""
+        p = e.partial
+        return (f"\\textbf{{Partial:}} {p['finished']} of {p['runs']} runs of \\texttt{{{tex_escape(e.name)}}}; "
+                f"not yet run: {tex_escape(compress_runs(p['missing']))}.")
 
     def missing_note(self, names: list[str]) -> str:
         if any(self.R.exp(n).error for n in names if n in PAPER_EXPERIMENTS):
@@ -1429,12 +1468,17 @@ class Report:
         if _finite(a) and _finite(b):
             a, b = float(a), float(b)
             cx["model"] = True
-            cx["resolved"] = a > 0 and b > 0
+            r2 = (fit or {}).get("r2")
+            cx["concurrent"] = concurrency(e)
+            # A fit that explains little of the timings locates no crossover, whatever its coefficients.
+            cx["why"] = ("one coefficient is not positive" if not (a > 0 and b > 0) else
+                         f"its $R^2$ is below {FIT_MIN_R2}"
+                         if _finite(r2) and float(r2) < FIT_MIN_R2 else None)
+            cx["resolved"] = cx["why"] is None
             src = Experiment("complexity", self.profile, e.path, None, fit_path, e.provenance)
             self.add("ComplexityA", fmt_sci(a, 2), fit_path, "a in the fit t = a*N*D^2 + b*D^3")
             self.add("ComplexityB", fmt_sci(b, 2), fit_path, "b in the fit t = a*N*D^2 + b*D^3")
             rows = [[r"$a$ (s per $N D^2$)", fmt_sci(a, 2)], [r"$b$ (s per $D^3$)", fmt_sci(b, 2)]]
-            r2 = (fit or {}).get("r2")
             if _finite(r2):
                 self.add("ComplexityRTwo", fmt_fixed(float(r2), 3), fit_path, "r2 of the fit")
                 rows.append([r"$R^2$", fmt_fixed(float(r2), 3)])
@@ -1699,6 +1743,8 @@ class Report:
                  ("setup", self.setup_tables, ("models", "datasets", "hparams", "hardware"), None))
         for name, fn, tables, claim in steps:
             try:
+                if name in PAPER_EXPERIMENTS and self.R.exp(name).error:  # e.g. its notebook failed
+                    raise ReportError(self.R.exp(name).error)
                 fn()
             except Exception as err:  # a malformed results file must not stop the paper build
                 self.errors.append(f"{name}: {type(err).__name__}: {err}")
@@ -1709,8 +1755,10 @@ class Report:
                 for t in tables:
                     self._no_table(t, TABLE_TITLES[t], [name])
                     self.broken.add(t)
-        self.errors += [self.R.exp(n).error for n in PAPER_EXPERIMENTS if self.R.exp(n).error]
+        self.errors += [f"{n}: {self.R.exp(n).error}" for n in PAPER_EXPERIMENTS
+                        if self.R.exp(n).error and not any(e.startswith(f"{n}: ") for e in self.errors)]
         self.c["missing"] = self.R.missing()
+        self.c["partial"] = [{"name": e.name, **e.partial} for e in self.R.partial()]
         self.c["profile"] = self.profile
 
 
@@ -2364,39 +2412,32 @@ def latexmk(src: Path, outdir: Path, quiet: bool = True) -> Path:
 
 def run_missing_experiments(profile: str, missing: list[str], log=print, results_root: Path | None = None) -> bool:
     """Run the missing experiments through :func:`pillm.experiments.run_experiments` when that is
-    possible and sensible: never for ``paper`` without a GPU. Returns True when anything ran."""
-    if not missing:
-        return False
-    try:
-        from . import experiments  # written by another part of the project; optional here
-    except ImportError as err:
-        log(f"pillm paper: results missing for {', '.join(missing)}; pillm.experiments is not available "
-            f"({err}); building with 'not available' in their place")
-        return False
-    registry = None
-    try:
-        registry = set(experiments.load_registry())
-    except Exception:  # an older/other registry API: try everything that is missing
-        registry = None
-    todo = [m for m in missing if registry is None or m in registry]
-    if not todo:
-        log(f"pillm paper: results missing for {', '.join(missing)} (no such experiments in the registry)")
-        return False
-    if profile == "paper":
-        try:
-            import torch
+    possible and sensible: for ``paper`` without a GPU only summarize the runs that have finished
+    (``--finished-only``: the tables are marked partial). Returns True when anything ran."""
+    from . import experiments
 
-            gpu = torch.cuda.is_available()
-        except ImportError:
-            gpu = False
-        if not gpu:
-            log(f"pillm paper: paper-scale results missing for {', '.join(todo)}; not running them without a GPU "
-                f"(run `make experiments PROFILE=paper` on a GPU machine). Building with 'not available'.")
-            return False
-    log(f"pillm paper: running missing experiments for profile {profile}: {', '.join(todo)}")
+    todo = [m for m in missing if m in experiments.load_registry()]
+    if not todo:
+        if missing:
+            log(f"pillm paper: results missing for {', '.join(missing)} (no such experiments in the registry)")
+        return False
+    root = default_results_root(results_root)
+    finished_only = False
+    if profile == "paper":
+        import torch
+
+        if not torch.cuda.is_available():
+            todo = [m for m in todo if any((root / profile / m / "runs").glob("*/result.json"))]
+            log(f"pillm paper: paper-scale results missing for {', '.join(missing)}; not running them without a "
+                f"GPU (run `make experiments PROFILE=paper` on a GPU machine)"
+                + (f"; summarizing the finished runs of {', '.join(todo)} (tables marked partial)" if todo else ""))
+            if not todo:
+                return False
+            finished_only = True
+    else:
+        log(f"pillm paper: running missing experiments for profile {profile}: {', '.join(todo)}")
     try:
-        kwargs = {"results_root": str(results_root)} if results_root is not None else {}
-        rc = experiments.run_experiments(profile, only=todo, **kwargs)
+        rc = experiments.run_experiments(profile, only=todo, results_root=str(root), finished_only=finished_only)
         if rc:
             log(f"pillm paper: some experiments failed (exit {rc}); building with what exists")
     except (Exception, SystemExit) as err:  # the paper still builds from what exists

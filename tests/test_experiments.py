@@ -446,6 +446,29 @@ def test_choose_on_validation_uses_validation_and_equal_budgets():
         ex.choose_on_validation(df, "method", ["momentum"])
 
 
+def test_choose_on_validation_leaves_incomplete_grids_out_of_a_partial_summary(monkeypatch):
+    df = pd.DataFrame([{"method": m, "lr": lr, "dropout": 0.1, "valid_ppl": v, "test_ppl": v}
+                       for m, lr, v in [("baseline", 1e-3, 120.0), ("baseline", 2e-3, 118.0), ("lora", 1e-3, 100.0)]])
+    monkeypatch.setenv(ex.FINISHED_ONLY, "1")
+    chosen = ex.choose_on_validation(df, "method", ["lr", "dropout"])
+    assert list(chosen["method"]) == ["baseline"] and chosen.attrs["incomplete"] == {"lora": 1}
+
+
+def test_finished_only_summarizes_what_finished_and_runs_nothing(tmp_path, fake_execute, monkeypatch):
+    runs = ex.expand({"size": "tiny"}, method=["baseline"], seed=[0, 1, 2])
+    ex.run_grid("exp", runs[:1], profile="smoke", results_root=tmp_path, progress=False)
+    partial = tmp_path / "smoke" / "exp" / ex.PARTIAL
+    monkeypatch.setenv(ex.FINISHED_ONLY, "1")
+    df = ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0] and list(df["seed"]) == [0]
+    assert json.loads(partial.read_text()) == {"runs": 3, "finished": 1, "missing": [r["name"] for r in runs[1:]]}
+    with pytest.raises(RuntimeError, match="none of its 1 runs has finished"):
+        ex.run_grid("other", runs[1:2], profile="smoke", results_root=tmp_path, progress=False)
+    monkeypatch.delenv(ex.FINISHED_ONLY)
+    df = ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 1, 2] and len(df) == 3 and not partial.exists()
+
+
 def test_run_provenance_says_where_the_runs_were_computed(tmp_path, fake_execute):
     """The notebook that collects an experiment may execute elsewhere (a CPU) than its runs (GPUs):
     provenance.json's ``runs`` tallies the runs' own environments and the reused ones."""

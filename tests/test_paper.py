@@ -535,3 +535,38 @@ def test_contended_timings_make_no_speed_claim(tmp_path):
     assert r"\HybridSpeedup" not in shared and r"\HybridSpeedup" not in abstract_shared
     assert r"\BenchConcurrent" in shared and "up to 16 runs sharing" in table_shared
     assert "sharing" not in table_alone
+
+
+def test_partial_and_failed_experiments_say_so(tmp_path):
+    """An experiment summarized from some of its runs (partial.json) is rendered with a caption note
+    naming the missing runs and listed in the status box; one whose notebook failed is not used."""
+    root = write_fake_results(tmp_path / "results", only=("benchmark", "lambada"))
+    (root / "smoke" / "benchmark" / "partial.json").write_text(json.dumps({
+        "runs": 9, "finished": 6, "missing": ["method=alternating,seed=1", "method=alternating,seed=2", "x"]}))
+    (root / "smoke" / "lambada" / "failed.json").write_text(json.dumps({"ename": "ValueError"}))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    r = report.render("smoke", root, dirs, with_figures=False)
+    table = (dirs.tables / "benchmark.tex").read_text()
+    assert r"\textbf{Partial:} 6 of 9 runs of \texttt{benchmark}" in table
+    assert "method=alternating (seeds 1, 2); x" in table
+    status = (dirs.generated / "status.tex").read_text()
+    assert "Partial results" in status and r"\texttt{benchmark} (6 of 9 runs)" in status
+    assert "lambada" in r.missing and any("failed.json" in e for e in r.report.errors)
+    assert "could not be rendered" in (dirs.tables / "lambada.tex").read_text()
+
+
+def test_compress_runs_folds_seeds():
+    assert report.compress_runs(["a,seed=0", "a,seed=2", "b,seed=1", "c"]) == "a (seeds 0, 2); b (seed 1); c"
+
+
+def test_complexity_fit_that_explains_nothing_locates_no_crossover(tmp_path):
+    def render(r2: float) -> str:
+        root = write_fake_results(tmp_path / f"r{r2}", only=("complexity",))
+        (root / "smoke" / "complexity" / "fit.csv").write_text(f"a,b,r2\n2e-11,4e-9,{r2}\n")
+        dirs = report.default_dirs("smoke", tmp_path / f"out{r2}")
+        report.render("smoke", root, dirs, with_figures=False)
+        return (dirs.generated / "complexity.tex").read_text()
+
+    assert r"\ComplexityCrossRatio" in render(0.99)
+    poor = render(0.2)
+    assert r"\ComplexityCrossRatio" not in poor and "do not resolve both terms" in poor
