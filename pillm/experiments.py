@@ -434,8 +434,8 @@ def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: 
     """Per value of ``by`` (e.g. each method), the trial with the lowest mean validation perplexity.
 
     Every group must have the same trials (same budget for every method). Under
-    ``PILLM_FINISHED_ONLY=1`` (a partial summary) the groups with fewer trials than the largest are
-    left out of the choice instead, and listed in the ``incomplete`` attribute of the result.
+    ``PILLM_FINISHED_ONLY=1`` (a partial summary) a group with fewer trials than the largest gets no
+    choice instead: its row has ``complete`` False and no parameters or perplexities.
     ``default`` names the setting the other experiments use (e.g. ``{"lr": 1e-3, "dropout": 0.1}``);
     its validation perplexity is reported beside the choice. Test perplexity is reported for the
     chosen trial only.
@@ -452,11 +452,13 @@ def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: 
                              f"give every {by} the same grid")
         incomplete = {k: int(n) for k, n in trials.items() if n < trials.max()}
         print(f"choose_on_validation: grid incomplete for {incomplete} (of {trials.max()} trials): not chosen")
-        means = means[~means[by].isin(list(incomplete))]
     rows = []
     for key, g in means.groupby(by, sort=False):
+        if key in incomplete:
+            rows.append({by: key, "trials": len(g), "complete": False})
+            continue
         best = g.loc[g["valid_ppl"].idxmin()]
-        row = {by: key, "trials": len(g), **{p: best[p] for p in params},
+        row = {by: key, "trials": len(g), "complete": True, **{p: best[p] for p in params},
                "valid_ppl": float(best["valid_ppl"]), "test_ppl": float(best["test_ppl"])}
         if default:
             d = g
@@ -465,9 +467,7 @@ def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: 
             row["default_valid_ppl"] = float(d["valid_ppl"].iloc[0]) if len(d) else math.nan
             row["chosen_is_default"] = bool(len(d)) and all(best[p] == v for p, v in default.items())
         rows.append(row)
-    chosen = pd.DataFrame(rows)
-    chosen.attrs["incomplete"] = incomplete
-    return chosen
+    return pd.DataFrame(rows)
 
 
 def run_dir(experiment: str, name: str, profile: str, results_root=None) -> Path:

@@ -1286,25 +1286,42 @@ class Report:
             return
         df = pd.read_csv(path)
         df = df.iloc[sorted(range(len(df)), key=lambda i: METHOD_ORDER.index(df["method"].iloc[i])
-                            if df["method"].iloc[i] in METHOD_ORDER else len(METHOD_ORDER))]
+                            if df["method"].iloc[i] in METHOD_ORDER else len(METHOD_ORDER))].reset_index(drop=True)
+        done = df["complete"].astype(str).str.lower().isin(("true", "1")) if "complete" in df.columns \
+            else pd.Series(True, index=df.index)
+        trials = int(df["trials"].max())
         rows = [[method_tex(r.method), str(int(r.trials)), fmt_sci(float(r.lr)), fmt_fixed(float(r.dropout), 2),
-                 fmt_ppl(r.valid_ppl), fmt_ppl(r.default_valid_ppl), fmt_ppl(r.test_ppl)] for r in df.itertuples()]
+                 fmt_ppl(r.valid_ppl), fmt_ppl(r.default_valid_ppl), fmt_ppl(r.test_ppl)] if ok else
+                [method_tex(r.method), f"{int(r.trials)} of {trials}",
+                 r"\multicolumn{5}{l}{grid incomplete: no choice yet}"]
+                for ok, r in zip(done, df.itertuples())]
         self.tables["tuning"] = TableSpec(
             name="tuning", caption=cap, label="tab:tuning", align="lrrrrrr",
             sources=[Experiment("tuning", self.profile, e.path, None, path, e.provenance)],
             header=["Method", "Trials", "lr", "Dropout", "Valid PPL (chosen)", "Valid PPL (common)", "Test PPL (chosen)"],
             rows=rows)
+        src = path
+        self.c["tuning"] = t = {"incomplete": [method_tex(m) for m in df.loc[~done, "method"]]}
+        # Whether the main benchmark ran every method at the common (untuned) setting.
+        default = (e.provenance.get("parameters") or {}).get("default") or {}
+        bench = self.R.exp("benchmark").runs()
+        used = {(r.get("train_config", {}).get("lr"), r.get("model_config", {}).get("dropout")) for r in bench}
+        t["main_common"] = bool(bench) and used == {(default.get("lr"), default.get("dropout"))}
+        self.add("TuneTrials", str(trials), src, "trials per method (largest)", trials)
+        df = df[done]
+        if not len(df):
+            return
         n_default = int(df["chosen_is_default"].astype(str).str.lower().isin(("true", "1")).sum())
         gain = 100 * (1 - df["valid_ppl"] / df["default_valid_ppl"])
-        i = int(gain.idxmax())
-        src = path
-        self.c["tuning"] = {"all_default": n_default == len(df)}
-        self.add("TuneMethods", str(len(df)), src, "rows of tuning/chosen.csv", len(df))
-        self.add("TuneDefaultCount", str(n_default), src, "rows with chosen_is_default", n_default)
-        self.add("TuneTrials", str(int(df["trials"].max())), src, "trials per method", int(df["trials"].max()))
-        self.add("TuneMaxGainPct", fmt_pct(float(gain.iloc[i])), src,
-                 "max over methods of 100*(1-valid_ppl/default_valid_ppl)", float(gain.iloc[i]))
-        self.add("TuneMaxGainMethod", method_tex(df["method"].iloc[i]), src, "method with that largest gain")
+        i = gain.idxmax()
+        t["all_default"] = n_default == len(df)
+        t["changed"] = [method_tex(m) for m, d in zip(df["method"], df["chosen_is_default"].astype(str))
+                        if d.lower() not in ("true", "1")]
+        self.add("TuneMethods", str(len(df)), src, "complete rows of tuning/chosen.csv", len(df))
+        self.add("TuneDefaultCount", str(n_default), src, "complete rows with chosen_is_default", n_default)
+        self.add("TuneMaxGainPct", fmt_pct(float(gain[i])), src,
+                 "max over methods of 100*(1-valid_ppl/default_valid_ppl)", float(gain[i]))
+        self.add("TuneMaxGainMethod", method_tex(df["method"][i]), src, "method with that largest gain")
 
     def _bench_rows(self, e: Experiment) -> tuple[dict, Any, dict, str]:
         """The benchmark's primary group: ``(row by method, its aggregate, the group's key values,
@@ -1705,19 +1722,34 @@ class Report:
             if not e.available:
                 continue
             env = e.provenance.get("environment") or {}
-            wall = e.provenance.get("wall_s", e.provenance.get("wall_seconds"))
+            runs = e.runs()  # where the runs were computed (the notebook may have executed elsewhere)
+
+            def tally(key: str, short=lambda v: v) -> str:
+                counts: dict[str, int] = {}
+                for r in runs:
+                    v = (r.get("environment") or {}).get(key)
+                    if v not in (None, ""):
+                        counts[short(str(v))] = counts.get(short(str(v)), 0) + 1
+                if not counts:
+                    return "--"
+                return tex_escape("; ".join(k if len(counts) == 1 else f"{k} ({n})" for k, n in counts.items()))
+
             date = str(e.provenance.get("finished") or e.provenance.get("date") or env.get("date") or "")[:10]
-            prow.append([r"\texttt{" + tex_escape(e.name) + "}", tex_escape(env.get("device_name", "--")),
-                         tex_escape(env.get("torch", "--")), fmt_seconds(float(wall)) if _finite(wall) else "--",
-                         tex_escape(date) if date else "--", r"\texttt{" + tex_escape(str(e.commit or "--")[:8]) + "}",
-                         r"\texttt{" + e.sha + "}"])
+            prow.append([r"\texttt{" + tex_escape(e.name) + "}", fmt_count(len(runs)) if runs else "--",
+                         tally("device_name"), tally("torch"), tally("git_commit", lambda c: c[:8]),
+                         tex_escape(f"{env.get('device_name', '--')}, torch {env.get('torch', '--')}"),
+                         tex_escape(date) if date else "--", r"\texttt{" + e.sha + "}"])
             psrc.append(e)
         if prow:
             self.tables["hardware"] = TableSpec(
                 "hardware", "Hardware, software and provenance of every result in this paper "
-                "(\\texttt{provenance.json})", "tab:hardware",
-                ["Experiment", "Device", "torch", "Wall (s)", "Date", "Commit", "Results"], prow,
-                align="lllrlll", sources=psrc, star=True)
+                "(\\texttt{provenance.json}): where the runs were computed (device, torch and commit of "
+                "their \\texttt{result.json}, with counts where they differ) and where the notebook that "
+                "collected them last executed. A run is used only while its key (its resolved configuration "
+                "and a hash of the library code it ran) matches the current code, so runs recorded at "
+                "different commits computed the same thing", "tab:hardware",
+                ["Experiment", "Runs", "Device (runs)", "torch (runs)", "Commit (runs)", "Notebook executed on",
+                 "Date", "Results"], prow, align="lrllllll", sources=psrc, star=True)
         else:
             self._no_table("hardware", "Hardware and provenance", list(PAPER_EXPERIMENTS))
 

@@ -451,7 +451,8 @@ def test_choose_on_validation_leaves_incomplete_grids_out_of_a_partial_summary(m
                        for m, lr, v in [("baseline", 1e-3, 120.0), ("baseline", 2e-3, 118.0), ("lora", 1e-3, 100.0)]])
     monkeypatch.setenv(ex.FINISHED_ONLY, "1")
     chosen = ex.choose_on_validation(df, "method", ["lr", "dropout"])
-    assert list(chosen["method"]) == ["baseline"] and chosen.attrs["incomplete"] == {"lora": 1}
+    assert list(chosen["method"]) == ["baseline", "lora"] and list(chosen["complete"]) == [True, False]
+    assert chosen["lr"].iloc[0] == 2e-3 and chosen["trials"].iloc[1] == 1 and math.isnan(chosen["lr"].iloc[1])
 
 
 def test_finished_only_summarizes_what_finished_and_runs_nothing(tmp_path, fake_execute, monkeypatch):
