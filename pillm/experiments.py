@@ -190,7 +190,18 @@ def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) 
     mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
     canonical = {k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")}
     canonical |= {"model_config": mcfg.to_dict() | {"vocab_size": None}, "train_config": tcfg.to_dict()}
+    if spec.teacher is not None:
+        canonical["teacher"] = _teacher_identity(spec.teacher)
     return _sha(canonical, code if code is not None else code_hash(package))
+
+
+def _teacher_identity(checkpoint) -> dict:
+    """A teacher checkpoint as it enters a run key: its path relative to the repository (so that the
+    key does not depend on where the clone lives) and the key of the run that wrote it (so that a
+    retrained teacher makes its students stale)."""
+    path = Path(checkpoint).resolve()
+    meta = _read_json(path.parent / "run.json") or {}
+    return {"path": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "key": meta.get("key")}
 
 
 def _finished_runs(profile_dir: Path) -> dict[str, tuple[Path, dict]]:
@@ -329,7 +340,8 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     if progress:
         print(f"[{experiment}] {len(runs)} runs, {len(runs) - len(pending) - reused} done, {reused} reused from "
               f"other experiments, {len(pending)} to run", flush=True)
-    partial = exp_dir / PARTIAL
+    # One partial record per summary file (an experiment may summarize several grids).
+    partial = exp_dir / (PARTIAL if summary == "summary.csv" else f"{Path(summary).stem}.{PARTIAL}")
     if pending and finished_only():
         if len(pending) == len(runs):
             raise RuntimeError(f"{experiment}: none of its {len(runs)} runs has finished, and "
@@ -388,6 +400,27 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     df = pd.DataFrame(rows)
     write_csv_atomic(df, exp_dir / summary)
     return df
+
+
+def teacher_summary(teachers: pd.DataFrame, students: pd.DataFrame) -> dict:
+    """How well fixed random features represent trained FFNs (issue 7, diagnosis).
+
+    ``teachers``: the trained baselines. ``students``: runs labelled by ``variant`` that keep a
+    teacher's embeddings and attention and fit every FFN readout in closed form to the teacher's FFN
+    output (``target='teacher'``, zero gradient steps), one variant ``no FFN`` (``target='zero'``).
+    Retention of a variant: the share of the teacher's log-perplexity gain over "no FFN" that the
+    random-feature fit keeps, ``100·(ln ppl[no FFN] − ln ppl[variant]) / (ln ppl[no FFN] − ln ppl[teacher])``
+    on the means over seeds of test perplexity."""
+    ppl = students.groupby("variant", sort=False)["test_ppl"].mean().to_dict()
+    if "no FFN" not in ppl:
+        raise ValueError(f"teacher_summary: no 'no FFN' variant among {sorted(ppl)}")
+    teacher = float(teachers["test_ppl"].mean())
+    span = math.log(ppl["no FFN"]) - math.log(teacher)
+    fits = {v: {"test_ppl": float(x), "retention_pct": (100 * (math.log(ppl["no FFN"]) - math.log(x)) / span
+                                                        if abs(span) > 1e-12 else math.nan)}
+            for v, x in ppl.items() if v != "no FFN"}
+    return {"teacher_test_ppl": teacher, "no_ffn_test_ppl": float(ppl["no FFN"]), "fits": fits,
+            "seeds": int(teachers["seed"].nunique())}
 
 
 def gap_summary(df: pd.DataFrame, roles: dict, ngram: pd.DataFrame | None = None) -> dict:
@@ -749,7 +782,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     if force and exp_dir.exists():
         shutil.rmtree(exp_dir)  # --force recomputes every run, not only the notebook
     exp_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (".complete", "provenance.json", "failed.json", PARTIAL):
+    for stale in (".complete", "provenance.json", "failed.json", *exp_dir.glob(f"*{PARTIAL}")):
         (exp_dir / stale).unlink(missing_ok=True)
     out_nb = root / profile / f"{name}.ipynb"
     injected = params | {"profile": profile, "results_root": str(root)}
@@ -782,7 +815,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
               file=sys.stderr)
         return 1
     env = environment()  # runs git twice: once is enough
-    partial = _read_json(exp_dir / PARTIAL)
+    partial = next(filter(None, map(_read_json, sorted(exp_dir.glob(f"*{PARTIAL}")))), None)
     write_json_atomic(exp_dir / "provenance.json", {
         "experiment": name, "profile": profile, "hash": digest,
         "notebook": _show(notebook), "executed_notebook": out_nb.name,
@@ -905,7 +938,7 @@ def main(args: argparse.Namespace) -> int:
                            registry=args.registry, finished_only=args.finished_only)
 
 
-__all__ = ["choose_on_validation", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
+__all__ = ["choose_on_validation", "teacher_summary", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
            "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves",
            "load_result", "load_model", "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
            "root_dir", "experiment_dir", "write_csv_atomic", "write_text_atomic"]

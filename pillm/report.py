@@ -74,7 +74,7 @@ TEMPLATES = PAPER / "templates"
 #: Experiments the paper uses (registry keys of :mod:`pillm.experiments`).
 PAPER_EXPERIMENTS = ("benchmark", "lambada", "ablation_bipil", "ablation_lambda", "ablation_expansion",
                      "ablation_fusion", "training_strategy", "tinystories", "complexity", "training_curves",
-                     "gap", "ngram", "tuning")
+                     "gap", "ngram", "tuning", "teacher")
 #: Columns of summary.csv that are outcomes, not parameters (never grouping keys).
 OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
                   "optimizer_steps", "params_embedding", "params_attention", "params_norm",
@@ -109,6 +109,9 @@ PAR_TOL = 0.005
 SIMILAR_TOL = 0.01
 #: Issue 7's goal for the best hybrid: test perplexity at most this multiple of the baseline's.
 GAP_GOAL = 1.05
+#: Teacher targets: retention (%) of the trained FFNs' gain above which random features "represent
+#: most" of it, and below which "less than half".
+TEACHER_GOOD, TEACHER_POOR = 90.0, 50.0
 #: The complexity fit locates the accumulation/solve crossover only when it explains the timings.
 FIT_MIN_R2 = 0.9
 #: LAMBADA accuracies below this are called low for every method.
@@ -122,6 +125,7 @@ TABLE_TITLES = {
     "ablation_fusion": "Fusion of the two Bi-PIL projections", "training_strategy": "Targets and order of the phases",
     "tinystories": "TinyStories", "tuning": "Learning rate and dropout chosen on validation",
     "gap": "Closing the gap: every variant of the gap experiment",
+    "teacher": "Trained FFNs refitted by random features",
     "complexity_fit": "Fit of the measured time of the closed-form phase",
     "models": "Model configurations", "datasets": "Corpora and token counts",
     "hparams": "Training hyper-parameters of the main benchmark", "hardware": "Hardware and provenance"}
@@ -1271,6 +1275,41 @@ class Report:
             if _finite(data.get("baseline_test_ppl")):
                 g["baseline_vs_kn"] = "better" if float(data["baseline_test_ppl"]) < kn else "worse"
 
+    def teacher(self) -> None:
+        """Teacher targets (``teacher`` notebook): trained baselines whose FFNs are refitted in closed
+        form by fixed random features; ``teachers.csv``, ``summary.csv`` (students), ``summary.json``."""
+        import pandas as pd
+
+        e = self.R.exp("teacher")
+        self.c["teacher"] = None
+        data, path = e.json("summary.json")
+        tpath = e.path / "teachers.csv"
+        if not e.available or not isinstance(data, dict) or not tpath.is_file():
+            self._no_table("teacher", TABLE_TITLES["teacher"], ["teacher"])
+            return
+        both = pd.concat([pd.read_csv(tpath), e.df], ignore_index=True)
+        self.tables["teacher"] = generic_table(
+            e, "teacher", "Trained FFNs refitted by fixed random features in closed form: the teacher (baseline "
+            "trained by AdamW), the same model without FFNs, and with every FFN replaced by a random-feature "
+            "readout solved to the teacher's FFN output (embeddings and attention kept, no gradient step)",
+            ["variant"], PPL_COLS, df=both)
+        self.add("TeacherPPL", fmt_ppl(data["teacher_test_ppl"]), path, "teacher_test_ppl in teacher/summary.json",
+                 data["teacher_test_ppl"])
+        self.add("TeacherNoFFNPPL", fmt_ppl(data["no_ffn_test_ppl"]), path, "no_ffn_test_ppl in teacher/summary.json",
+                 data["no_ffn_test_ppl"])
+        fits = {v: f for v, f in (data.get("fits") or {}).items() if _finite(f.get("retention_pct"))}
+        if not fits:
+            return
+        lo, hi = min(fits, key=lambda v: fits[v]["retention_pct"]), max(fits, key=lambda v: fits[v]["retention_pct"])
+        for tag, v in (("Min", lo), ("Max", hi)):
+            r = fits[v]["retention_pct"]
+            self.add(f"TeacherRet{tag}", fmt_pct(r), path, f"retention_pct of {v} in teacher/summary.json", r)
+            self.add(f"TeacherRet{tag}Variant", tex_escape(v), path, f"variant with the {tag.lower()} retention")
+            self.add(f"TeacherRet{tag}PPL", fmt_ppl(fits[v]["test_ppl"]), path, f"test_ppl of {v} in teacher/summary.json",
+                     fits[v]["test_ppl"])
+        self.c["teacher"] = {"several": len(fits) > 1, "max_retention": fits[hi]["retention_pct"],
+                             "seeds": data.get("seeds")}
+
     def tuning(self) -> None:
         """Fair tuning (``tuning`` notebook): the same lr × dropout grid per gradient-trained method,
         chosen on validation; ``chosen.csv`` has one row per method."""
@@ -1766,6 +1805,7 @@ class Report:
                  ("training_strategy", self.strategy, ("training_strategy",), "strategy"),
                  ("tinystories", self.tinystories, ("tinystories",), "tiny"),
                  ("gap", self.gap, (), "gap"),
+                 ("teacher", self.teacher, ("teacher",), "teacher"),
                  ("ngram", self.ngram, ("ngram",), "ngram"),
                  ("bench", self.bench, (), "gpu"),
                  ("complexity", self.complexity, ("complexity_fit",), "complexity"),
@@ -2357,7 +2397,8 @@ def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = Tr
                                   source=f.get("source_text") or rep.source_note(f["sources"]))
         write(dirs.figures / f"{name}.tex", text)
     # prose
-    ctx = dict(n=rep.n, c=rep.c, profile=profile, smoke=profile != "paper", gap_goal=fmt_fixed(GAP_GOAL, 2), tol_pct=int(round(100 * COMPETITIVE_TOL)),
+    ctx = dict(n=rep.n, c=rep.c, profile=profile, smoke=profile != "paper", gap_goal=fmt_fixed(GAP_GOAL, 2),
+               teacher_good=TEACHER_GOOD, teacher_poor=TEACHER_POOR, tol_pct=int(round(100 * COMPETITIVE_TOL)),
                similar_pct=int(round(100 * SIMILAR_TOL)), par_pct=fmt_fixed(100 * PAR_TOL, 1),
                low_pct=int(round(100 * LAMBADA_LOW)), missing=rep.c["missing"], tex=tex_escape,
                fig_ok={name: name in figs and "missing" not in figs[name] for name in FIGURES})

@@ -493,3 +493,31 @@ def test_expected_cost_orders_slow_runs_first():
     assert cost(method="baseline", epochs=20) == 2 * cost(method="baseline", epochs=10)
     big = ex.expected_cost(ex.run_spec(ex.make_run({"size": "large"}, method="baseline")))
     assert big > cost(method="baseline")
+
+
+def test_teacher_summary_retention():
+    teachers = pd.DataFrame({"seed": [0, 1], "test_ppl": [100.0, 100.0]})
+    students = pd.DataFrame({"variant": ["no FFN", "no FFN", "RF 4x", "RF 4x"], "test_ppl": [400.0, 400.0, 200.0, 200.0]})
+    s = ex.teacher_summary(teachers, students)
+    assert s["teacher_test_ppl"] == 100.0 and s["no_ffn_test_ppl"] == 400.0 and s["seeds"] == 2
+    assert s["fits"]["RF 4x"]["retention_pct"] == pytest.approx(50.0)  # ln 2 of ln 4 recovered
+    with pytest.raises(ValueError, match="no 'no FFN' variant"):
+        ex.teacher_summary(teachers, students[students["variant"] != "no FFN"])
+
+
+def test_teacher_checkpoint_enters_the_key_by_repository_path_and_run_key(tmp_path):
+    ckpt = REPO / "results" / "_test_teacher_key" / "runs" / "teacher,seed=0" / "checkpoint"
+    try:
+        ckpt.mkdir(parents=True)
+        base = {"size": "tiny", "method": "pil_pure"}
+        spec = ex.run_spec(ex.make_run(base | {"teacher": str(ckpt)}, target="teacher"))
+        ident = ex._teacher_identity(spec.teacher)
+        assert ident == {"path": "results/_test_teacher_key/runs/teacher,seed=0/checkpoint", "key": None}
+        before = ex.run_key(spec, code="c")
+        (ckpt.parent / "run.json").write_text(json.dumps({"key": "teacher-key"}))
+        assert ex.run_key(spec, code="c") != before  # a retrained teacher makes its students stale
+        # the same checkpoint named by a relative path: the same key
+        rel_spec = ex.run_spec(ex.make_run(base | {"teacher": os.path.relpath(ckpt)}, target="teacher"))
+        assert ex.run_key(rel_spec, code="c") == ex.run_key(spec, code="c")
+    finally:
+        shutil.rmtree(REPO / "results" / "_test_teacher_key", ignore_errors=True)

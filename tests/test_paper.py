@@ -185,6 +185,18 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
                                                     "best_hybrid_test_ppl": 198.0, "best_hybrid_name": "alternating",
                                                     "pure_pil_test_ppl": 900.0, "kn5_test_ppl": 290.0,
                                                     "pure_pil_name": "pil_pure+head", "hybrid_over_baseline": 1.1}))
+    if want("teacher"):  # like notebooks/teacher.ipynb: teachers.csv, students in summary.csv, summary.json
+        d = _write_exp(root, profile, "teacher", [_row("teacher", "pil_pure", s, rng, variant=v, ppl=p)
+                                                  for v, p in (("no FFN", 300.0), ("RF 4x", 230.0), ("RF 8x", 220.0))
+                                                  for s in (0, 1)], runs=False)
+        teachers = [_row("teacher", "baseline", s, rng, variant="teacher", ppl=180.0) for s in (0, 1)]
+        with open(d / "teachers.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(teachers[0]))
+            w.writeheader()
+            w.writerows(teachers)
+        (d / "summary.json").write_text(json.dumps({
+            "teacher_test_ppl": 180.0, "no_ffn_test_ppl": 300.0, "seeds": 2,
+            "fits": {"RF 4x": {"test_ppl": 230.0, "retention_pct": 51.8}, "RF 8x": {"test_ppl": 220.0, "retention_pct": 60.7}}}))
     if want("ngram"):  # like notebooks/ngram.ipynb (no runs: counts, not training)
         d = root / profile / "ngram"
         d.mkdir(parents=True, exist_ok=True)
