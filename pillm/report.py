@@ -124,6 +124,7 @@ TABLE_TITLES = {
     "ablation_lambda": r"Sensitivity to the relative ridge $\lambda$", "ablation_expansion": "Random-feature width",
     "ablation_fusion": "Fusion of the two Bi-PIL projections", "training_strategy": "Targets and order of the phases",
     "tinystories": "TinyStories", "tuning": "Learning rate and dropout chosen on validation",
+    "tuned": "Every method at its own chosen setting",
     "gap": "Closing the gap: every variant of the gap experiment",
     "teacher": "Trained FFNs refitted by random features",
     "complexity_fit": "Fit of the measured time of the closed-form phase",
@@ -360,7 +361,9 @@ class Experiment:
     def partial(self) -> dict | None:
         """``partial.json``: the summary holds only the runs that have finished (``runs``, ``finished``,
         ``missing`` run names); None when the experiment is complete."""
-        return self.json("partial.json")[0]
+        summary = self.source.name if self.source is not None else "summary.csv"
+        name = "partial.json" if summary in ("summary.csv", "summary.json") else f"{Path(summary).stem}.partial.json"
+        return self.json(name)[0]
 
     def json(self, filename: str) -> tuple[dict | list | None, Path | None]:
         """A JSON results file and its path (read once), or ``(None, None)``."""
@@ -1322,6 +1325,7 @@ class Report:
                "gradient-trained method (one seed per trial)")
         if not e.available or not path.is_file():
             self._no_table("tuning", cap, ["tuning"])
+            self._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
             return
         df = pd.read_csv(path)
         df = df.iloc[sorted(range(len(df)), key=lambda i: METHOD_ORDER.index(df["method"].iloc[i])
@@ -1349,6 +1353,7 @@ class Report:
         self.add("TuneTrials", str(trials), src, "trials per method (largest)", trials)
         df = df[done]
         if not len(df):
+            self._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
             return
         n_default = int(df["chosen_is_default"].astype(str).str.lower().isin(("true", "1")).sum())
         gain = 100 * (1 - df["valid_ppl"] / df["default_valid_ppl"])
@@ -1361,6 +1366,40 @@ class Report:
         self.add("TuneMaxGainPct", fmt_pct(float(gain[i])), src,
                  "max over methods of 100*(1-valid_ppl/default_valid_ppl)", float(gain[i]))
         self.add("TuneMaxGainMethod", method_tex(df["method"][i]), src, "method with that largest gain")
+        self._tuned(e)
+
+    def _tuned(self, e: Experiment) -> None:
+        """``tuned.csv``: every method with a complete grid at its chosen setting, with more seeds."""
+        import pandas as pd
+
+        path = e.path / "tuned.csv"
+        if not path.is_file():
+            self._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
+            return
+        tuned = Experiment("tuning", self.profile, e.path, pd.read_csv(path), path, e.provenance)
+        self.tables["tuned"] = generic_table(
+            tuned, "tuned", "Every method at its own learning rate and dropout chosen on validation "
+            "(Table~\\ref{tab:tuning}), with the grid's seed and more", ["method"], PPL_COLS + [ACC_COL])
+        by = {str(r["method"]): r for r in _records(tuned.agg()[0])}
+        t = self.c["tuning"]
+        if "baseline" in by:
+            self.add("TunedBaselinePPL", fmt_ppl(by["baseline"]["test_ppl"]), path,
+                     "mean test_ppl of baseline in tuning/tuned.csv", by["baseline"]["test_ppl"])
+        pil = {m: r for m, r in by.items() if m in PIL_METHODS}
+        if pil:  # the best PIL-LM hybrid at its own setting, chosen on validation
+            m = min(pil, key=lambda k: pil[k]["valid_ppl"])
+            t["tuned_pil"] = m
+            self.add("TunedPILMethod", method_tex(m), path, "PIL method with the lowest mean valid_ppl in tuned.csv")
+            self.add("TunedPILPPL", fmt_ppl(pil[m]["test_ppl"]), path, f"mean test_ppl of {m} in tuned.csv",
+                     pil[m]["test_ppl"])
+            if "baseline" in by:
+                ratio = pil[m]["test_ppl"] / by["baseline"]["test_ppl"]
+                self.add("TunedRatio", fmt_fixed(ratio, 2), path, f"test_ppl {m} / baseline in tuned.csv", ratio)
+        counts = tuned.df.groupby("method")["seed"].nunique()
+        lo, hi = int(counts.min()), int(counts.max())
+        t["tuned_seeds_vary"] = lo != hi
+        self.add("TunedSeeds", str(hi), path, "most seeds of a method in tuned.csv", hi)
+        self.add("TunedSeedsMin", str(lo), path, "fewest seeds of a method in tuned.csv", lo)
 
     def _bench_rows(self, e: Experiment) -> tuple[dict, Any, dict, str]:
         """The benchmark's primary group: ``(row by method, its aggregate, the group's key values,
@@ -1811,7 +1850,7 @@ class Report:
                  ("complexity", self.complexity, ("complexity_fit",), "complexity"),
                  ("training_curves", self.curves, (), "curves"),
                  ("closing", self.closing, ("gap",), "closing"),
-                 ("tuning", self.tuning, ("tuning",), "tuning"),
+                 ("tuning", self.tuning, ("tuning", "tuned"), "tuning"),
                  ("setup", self.setup_tables, ("models", "datasets", "hparams", "hardware"), None))
         for name, fn, tables, claim in steps:
             try:

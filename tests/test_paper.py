@@ -175,6 +175,12 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
         (d / "chosen.csv").write_text("method,trials,lr,dropout,valid_ppl,test_ppl,default_valid_ppl,chosen_is_default\n"
                                       "baseline,4,0.002,0.1,185.0,181.0,190.0,False\n"
                                       "pil_then_attn,4,0.001,0.1,210.0,205.0,210.0,True\n")
+        tuned = [_row("tuning", m, sd, rng, lr=lr, dropout=0.1, ppl=pp)
+                 for m, lr, pp in (("baseline", 0.002, 181.0), ("pil_then_attn", 0.001, 205.0)) for sd in (0, 1, 2)]
+        with open(d / "tuned.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(tuned[0]))
+            w.writeheader()
+            w.writerows(tuned)
     if want("gap"):
         d = _write_exp(root, profile, "gap", [_row("gap", m, s, rng, variant=v, ppl=p)
                                               for m, v, p in (("baseline", "baseline", 180.0),
@@ -565,6 +571,15 @@ def test_partial_and_failed_experiments_say_so(tmp_path):
     assert "Partial results" in status and r"\texttt{benchmark} (6 of 9 runs)" in status
     assert "lambada" in r.missing and any("failed.json" in e for e in r.report.errors)
     assert "could not be rendered" in (dirs.tables / "lambada.tex").read_text()
+
+
+def test_tuned_settings_are_compared_on_their_own_seeds(synthetic):
+    text = (synthetic["dirs"].generated / "appendix_tuning.tex").read_text()
+    assert r"\TunedBaselinePPL{}" in text and r"\TunedPILMethod{}" in text and r"\TunedSeeds{} seeds" in text
+    numbers = parse_numbers(synthetic["dirs"].tables / "numbers.tex")
+    assert numbers["TunedSeeds"]["value"] == "3" and numbers["TunedSeeds"]["source"].endswith("tuned.csv")
+    table = (synthetic["dirs"].tables / "tuned.tex").read_text()
+    assert "tuned.csv" in table and r"\label{tab:tuned}" in table
 
 
 def test_compress_runs_folds_seeds():
