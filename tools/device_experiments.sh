@@ -25,7 +25,7 @@ if [ -n "${PILLM_GIT_COMMIT:-}" ] && [ -e .git ]; then mv .git /tmp/stale-git.$$
 limit=${1:?usage: tools/device_experiments.sh SECONDS pillm-experiments-args...}; shift
 out=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PILLM_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
-       NVSHMEM_DISABLE_NVLS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PILLM_JOBS=${PILLM_JOBS:-8}
+       NVSHMEM_DISABLE_NVLS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 if [ -d .whl ] && ! python3 -c "import papermill, ipykernel" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -37,6 +37,15 @@ nvidia-smi -L
 case "${1:-}" in *" "*) groups=("$@") ;; *) groups=("$*") ;; esac
 # setsid + kill of the whole group: a stopped run must not leave workers behind.
 pids=()
+# Runs per group when PILLM_JOBS is not given: at most 8 per GPU and no more OpenMP threads than
+# cores over all groups (36 runs with 72 threads on 64 cores ran slower than 15 on 32: GPU_RUNS.md).
+if [ -z "${PILLM_JOBS:-}" ]; then
+  gpus=$(nvidia-smi -L 2>/dev/null | wc -l); gpus=$(( gpus > 0 ? gpus : 1 ))
+  by_gpu=$(( 8 * gpus )); by_cpu=$(( $(nproc) / OMP_NUM_THREADS ))
+  export PILLM_JOBS=$(( (by_gpu < by_cpu ? by_gpu : by_cpu) / ${#groups[@]} ))
+  [ "$PILLM_JOBS" -ge 1 ] || PILLM_JOBS=1
+fi
+echo "PILLM_JOBS=$PILLM_JOBS per group, ${#groups[@]} group(s), OMP_NUM_THREADS=$OMP_NUM_THREADS, $(nproc) cores"
 export PILLM_OTHER_RUNS=$(( (${#groups[@]} - 1) * PILLM_JOBS ))  # recorded with each run (concurrent_runs)
 for i in "${!groups[@]}"; do
   # shellcheck disable=SC2086  # each group is a list of arguments
