@@ -50,6 +50,8 @@ REGISTRY = PACKAGE / "experiments.yaml"
 KERNEL = "pillm"
 # Modules that do not change what a run computes (they may change without invalidating runs).
 _NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "report.py", "bench.py"}
+#: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
+_OWN_KEY_MODULES = {"adapt.py"}
 
 @functools.cache
 def _field_names(cls) -> frozenset[str]:
@@ -158,15 +160,28 @@ def expand(base: dict, **grid) -> list[dict]:
     return [make_run(base, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def run_spec(run: dict) -> RunSpec:
+def run_spec(run: dict):
+    """The spec of a run dict: a :class:`RunSpec`, or an ``AdaptSpec`` for ``{"adapt": {...}}``."""
+    if "adapt" in run:
+        from .adapt import AdaptSpec
+
+        return AdaptSpec(**run["adapt"])
     return RunSpec(**{k: v for k, v in run.items() if k in _SPEC_FIELDS})
+
+
+def make_adapt_run(name: str, labels: dict | None = None, **adapt) -> dict:
+    """A run dict for :func:`pillm.adapt.execute` (``AdaptSpec`` fields in ``adapt``)."""
+    from .adapt import AdaptSpec
+
+    AdaptSpec(**adapt)  # validate now, not in a worker
+    return {"name": name, "adapt": adapt, "vary": dict(labels or {})}
 
 
 def code_hash(package: Path = PACKAGE) -> str:
     """Hash of the library sources that determine what a run computes, and the data checksums."""
     from .data import SHA256
 
-    files = sorted(p for p in Path(package).glob("*.py") if p.name not in _NOT_RESULT_CODE)
+    files = sorted(p for p in Path(package).glob("*.py") if p.name not in _NOT_RESULT_CODE | _OWN_KEY_MODULES)
     return _sha(*_source_parts(files), SHA256)
 
 
@@ -177,6 +192,8 @@ _METHOD_COST = {"alternating": 4.0, "pil_pure": 1.5}
 
 def expected_cost(spec: RunSpec) -> float:
     """A rough relative run time, only used to start the slowest runs first."""
+    if not isinstance(spec, RunSpec):  # an adaptation: a few epochs (or one solve) of a pretrained model
+        return float(max(1, spec.config().epochs))
     mcfg, tcfg = spec.configs(vocab_size=1)
     cost = _METHOD_COST.get(spec.method, 1.0) * max(1, tcfg.epochs)
     cost *= mcfg.n_layer * mcfg.n_embd ** 2 / (4 * 256 ** 2)
@@ -187,18 +204,23 @@ def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) 
     """What a run computes: its resolved model and training configs (so that two notebooks that
     spell the same run differently, e.g. with or without an explicit default, share one key),
     the other spec fields, and the library code (``code``: a precomputed ``code_hash(package)``)."""
+    code = code if code is not None else code_hash(package)
+    if not isinstance(spec, RunSpec):  # an adaptation: its own module's source joins the key
+        canonical = asdict(spec) | {"checkpoint": _teacher_identity(spec.checkpoint),
+                                    "train": spec.config().to_dict()}
+        return _sha(canonical, code, *_source_parts([Path(package) / "adapt.py"]))
     mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
     canonical = {k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")}
     canonical |= {"model_config": mcfg.to_dict() | {"vocab_size": None}, "train_config": tcfg.to_dict()}
     if spec.teacher is not None:
         canonical["teacher"] = _teacher_identity(spec.teacher)
-    return _sha(canonical, code if code is not None else code_hash(package))
+    return _sha(canonical, code)
 
 
 def _teacher_identity(checkpoint) -> dict:
-    """A teacher checkpoint as it enters a run key: its path relative to the repository (so that the
-    key does not depend on where the clone lives) and the key of the run that wrote it (so that a
-    retrained teacher makes its students stale)."""
+    """A checkpoint (a teacher's, or one to adapt) as it enters a run key: its path relative to the
+    repository (so that the key does not depend on where the clone lives) and the key of the run
+    that wrote it (so that retraining it makes the runs that read it stale)."""
     path = Path(checkpoint).resolve()
     meta = _read_json(path.parent / "run.json") or {}
     return {"path": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "key": meta.get("key")}
@@ -233,7 +255,7 @@ def _reuse(source: Path, meta: dict, rdir: Path, spec: RunSpec, run: dict, key: 
 
 def _done(run_dir: Path, key: str, spec: RunSpec) -> dict | None:
     """The finished run's result, or None (not run, interrupted, stale, or its checkpoint is gone)."""
-    if spec.save_checkpoint and not (run_dir / "checkpoint" / "config.json").exists():
+    if getattr(spec, "save_checkpoint", False) and not (run_dir / "checkpoint" / "config.json").exists():
         return None
     meta = _read_json(run_dir / "run.json")
     if meta is None or meta.get("key") != key:
@@ -254,16 +276,20 @@ def summarize(experiment: str, run: dict, result: dict) -> dict:
     std["concurrent_runs"] = result.get("environment", {}).get("concurrent_runs", 1)  # runs sharing the machine
     if "lambada" in result:  # RunSpec(lambada=True)
         std |= {f"lambada_{k}": v for k, v in result["lambada"].items()}
+    if result.get("kind") == "adaptation":  # before → after on the new domain, and forgetting
+        std |= {k: result.get(k) for k in ("domain", "wiki_test_ppl", "adapt_s", "oov_rate", "trained_params")}
+        std |= {f"before_{k}": v for k, v in result.get("before", {}).items()}
     return row | {k: v for k, v in std.items() if k not in row}
 
 
 _STANDARD = {"experiment", "valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
-             "optimizer_steps", "n_features", "max_cond", "any_fallback", "concurrent_runs"}
+             "optimizer_steps", "n_features", "max_cond", "any_fallback", "concurrent_runs", "wiki_test_ppl",
+             "adapt_s", "oov_rate", "trained_params"}
 
 
 def _run_columns(df: pd.DataFrame) -> list[str]:
     """The columns of a summary that describe a run (name, varied parameters), not its metrics."""
-    return [c for c in df.columns if c not in _STANDARD and not c.startswith(("params_", "lambada_"))]
+    return [c for c in df.columns if c not in _STANDARD and not c.startswith(("params_", "lambada_", "before_"))]
 
 
 def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: bool) -> dict:
@@ -273,7 +299,12 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
         (rdir / stale).unlink(missing_ok=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result, _ = execute(spec, out=rdir, progress=progress)
+        if isinstance(spec, RunSpec):
+            result, _ = execute(spec, out=rdir, progress=progress)
+        else:
+            from .adapt import execute as adapt
+
+            result, _ = adapt(spec, out=rdir, progress=progress)
     notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
                                              "warnings": notes})
@@ -938,7 +969,7 @@ def main(args: argparse.Namespace) -> int:
                            registry=args.registry, finished_only=args.finished_only)
 
 
-__all__ = ["choose_on_validation", "teacher_summary", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
+__all__ = ["choose_on_validation", "teacher_summary", "make_adapt_run", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
            "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves",
            "load_result", "load_model", "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
            "root_dir", "experiment_dir", "write_csv_atomic", "write_text_atomic"]

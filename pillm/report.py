@@ -74,7 +74,7 @@ TEMPLATES = PAPER / "templates"
 #: Experiments the paper uses (registry keys of :mod:`pillm.experiments`).
 PAPER_EXPERIMENTS = ("benchmark", "lambada", "ablation_bipil", "ablation_lambda", "ablation_expansion",
                      "ablation_fusion", "training_strategy", "tinystories", "complexity", "training_curves",
-                     "gap", "ngram", "tuning", "teacher")
+                     "gap", "ngram", "tuning", "teacher", "adaptation")
 #: Columns of summary.csv that are outcomes, not parameters (never grouping keys).
 OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
                   "optimizer_steps", "params_embedding", "params_attention", "params_norm",
@@ -127,6 +127,7 @@ TABLE_TITLES = {
     "tuned": "Every method at its own chosen setting",
     "gap": "Closing the gap: every variant of the gap experiment",
     "teacher": "Trained FFNs refitted by random features",
+    "adaptation": "Adaptation to a new domain",
     "complexity_fit": "Fit of the measured time of the closed-form phase",
     "models": "Model configurations", "datasets": "Corpora and token counts",
     "hparams": "Training hyper-parameters of the main benchmark", "hardware": "Hardware and provenance"}
@@ -1313,6 +1314,57 @@ class Report:
         self.c["teacher"] = {"several": len(fits) > 1, "max_retention": fits[hi]["retention_pct"],
                              "seeds": data.get("seeds")}
 
+    def adaptation(self) -> None:
+        """Rapid adaptation (``adaptation`` notebook): per new domain and way of adapting, the new
+        domain's test perplexity before and after, WikiText-2 after (forgetting), and seconds."""
+        e = self.R.exp("adaptation")
+        self.c["adapt"] = None
+        if not e.available or not {"domain", "how"} <= set(e.df.columns):
+            self._no_table("adaptation", TABLE_TITLES["adaptation"], ["adaptation"])
+            return
+        cols = [Col("before_new_test_ppl", r"Before $\downarrow$", fmt_ppl, None),
+                Col("test_ppl", r"After $\downarrow$", fmt_ppl, "lower"),
+                Col("before_wiki_test_ppl", r"WikiText-2 before", fmt_ppl, None),
+                Col("wiki_test_ppl", r"WikiText-2 after $\downarrow$", fmt_ppl, "lower"),
+                Col("adapt_s", "Seconds", fmt_seconds, "lower"),
+                Col("optimizer_steps", "Steps", fmt_count, None, std=False)]
+        self.tables["adaptation"] = generic_table(
+            e, "adaptation", "Adaptation of WikiText-2 models to a new domain, read with the pretraining vocabulary: "
+            "test perplexity on the new domain before and after, WikiText-2 test perplexity before and after "
+            "(forgetting), and the adaptation's wall-clock seconds and optimizer steps; \\texttt{resolve} re-solves "
+            "the FFN readouts in closed form, \\texttt{lora} trains rank-$r$ adapters on attention, "
+            "\\texttt{finetune} every weight, on the same tokens", ["domain", "how"], cols)
+        recs = _records(e.agg()[0])
+        tags = {"ptb": "PTB", "tinystories": "TinyStories"}
+        hows = {"resolve": "Resolve", "lora": "LoRA", "finetune": "Finetune"}
+        pre = sorted({str(m) for m in e.df.get("pretrained", e.df["method"]).dropna()})
+        ad = self.c["adapt"] = {"domains": [], "pretrained": ", ".join(method_tex(m) for m in pre)}
+        for d, dtag in tags.items():
+            rows = {str(r["how"]): r for r in recs if str(r.get("domain")) == d and str(r.get("how")) in hows}
+            if not rows:
+                continue
+            first = next(iter(rows.values()))
+            self.add(f"Adapt{dtag}Before", fmt_ppl(first["before_new_test_ppl"]), e,
+                     f"mean before_new_test_ppl, domain={d}", first["before_new_test_ppl"])
+            if _finite(first.get("oov_rate")):
+                self.add(f"Adapt{dtag}OOV", fmt_pct(100 * first["oov_rate"]), e, f"100*oov_rate, domain={d}",
+                         100 * first["oov_rate"])
+            for h, htag in hows.items():
+                if h not in rows:
+                    continue
+                r = rows[h]
+                self.add(f"Adapt{dtag}{htag}", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, domain={d}, how={h}",
+                         r["test_ppl"])
+                self.add(f"Adapt{dtag}{htag}Wiki", fmt_ppl(r["wiki_test_ppl"]), e,
+                         f"mean wiki_test_ppl, domain={d}, how={h}", r["wiki_test_ppl"])
+                self.add(f"Adapt{dtag}{htag}Sec", fmt_seconds(r["adapt_s"]), e, f"mean adapt_s, domain={d}, how={h}",
+                         r["adapt_s"])
+            best = min(rows, key=lambda h: rows[h]["valid_ppl"])  # chosen on the new domain's validation split
+            ad["domains"].append({"tag": dtag, "name": "PTB" if d == "ptb" else "TinyStories",
+                                  "hows": [(hows[h], h) for h in hows if h in rows], "best": best,
+                                  "resolve_fastest": "resolve" in rows and min(rows, key=lambda h: rows[h]["adapt_s"]) == "resolve",
+                                  "concurrent": concurrency(e) > 1})
+
     def tuning(self) -> None:
         """Fair tuning (``tuning`` notebook): the same lr × dropout grid per gradient-trained method,
         chosen on validation; ``chosen.csv`` has one row per method."""
@@ -1845,6 +1897,7 @@ class Report:
                  ("tinystories", self.tinystories, ("tinystories",), "tiny"),
                  ("gap", self.gap, (), "gap"),
                  ("teacher", self.teacher, ("teacher",), "teacher"),
+                 ("adaptation", self.adaptation, ("adaptation",), "adapt"),
                  ("ngram", self.ngram, ("ngram",), "ngram"),
                  ("bench", self.bench, (), "gpu"),
                  ("complexity", self.complexity, ("complexity_fit",), "complexity"),

@@ -203,6 +203,17 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
         (d / "summary.json").write_text(json.dumps({
             "teacher_test_ppl": 180.0, "no_ffn_test_ppl": 300.0, "seeds": 2,
             "fits": {"RF 4x": {"test_ppl": 230.0, "retention_pct": 51.8}, "RF 8x": {"test_ppl": 220.0, "retention_pct": 60.7}}}))
+    if want("adaptation"):  # like notebooks/adaptation.ipynb: adapted models per domain and way
+        rows = []
+        for d, before in (("ptb", 900.0), ("tinystories", 700.0)):
+            for h, after, wiki, sec in (("resolve", 400.0, 200.0, 3.0), ("lora", 450.0, 185.0, 20.0),
+                                        ("finetune", 300.0, 260.0, 30.0)):
+                for sd in (0, 1):
+                    r = _row("adaptation", "attn_then_pil", sd, rng, ppl=after, domain=d, how=h, wiki_test_ppl=wiki,
+                             adapt_s=sec, before_new_test_ppl=before, before_wiki_test_ppl=180.0, oov_rate=0.05)
+                    r["name"] = f"{h},{d},seed={sd}"
+                    rows.append(r)
+        _write_exp(root, profile, "adaptation", rows, runs=False)
     if want("ngram"):  # like notebooks/ngram.ipynb (no runs: counts, not training)
         d = root / profile / "ngram"
         d.mkdir(parents=True, exist_ok=True)
@@ -580,6 +591,16 @@ def test_tuned_settings_are_compared_on_their_own_seeds(synthetic):
     assert numbers["TunedSeeds"]["value"] == "3" and numbers["TunedSeeds"]["source"].endswith("tuned.csv")
     table = (synthetic["dirs"].tables / "tuned.tex").read_text()
     assert "tuned.csv" in table and r"\label{tab:tuned}" in table
+
+
+def test_adaptation_paragraph_reports_every_domain_and_way(synthetic):
+    text = (synthetic["dirs"].generated / "closing.tex").read_text()
+    for macro in ("AdaptPTBBefore", "AdaptPTBResolve", "AdaptPTBLoRASec", "AdaptTinyStoriesFinetuneWiki",
+                  "AdaptTinyStoriesOOV"):
+        assert f"\\{macro}{{}}" in text, macro
+    assert r"\texttt{finetune} adapts best" in text  # lowest validation perplexity in the fake results
+    assert "closed-form re-solve is the fastest" in text
+    assert r"\label{tab:adaptation}" in (synthetic["dirs"].tables / "adaptation.tex").read_text()
 
 
 def test_compress_runs_folds_seeds():
