@@ -253,9 +253,11 @@ def _reuse(source: Path, meta: dict, rdir: Path, spec: RunSpec, run: dict, key: 
     return result
 
 
-def _done(run_dir: Path, key: str, spec: RunSpec) -> dict | None:
-    """The finished run's result, or None (not run, interrupted, stale, or its checkpoint is gone)."""
-    if getattr(spec, "save_checkpoint", False) and not (run_dir / "checkpoint" / "config.json").exists():
+def _done(run_dir: Path, key: str, spec: RunSpec, need_checkpoint: bool = True) -> dict | None:
+    """The finished run's result, or None (not run, interrupted, stale, or its checkpoint is gone and
+    ``need_checkpoint``: checkpoints are not committed, so a summary of finished runs does without)."""
+    checkpoint = run_dir / "checkpoint" / "config.json"
+    if need_checkpoint and getattr(spec, "save_checkpoint", False) and not checkpoint.exists():
         return None
     meta = _read_json(run_dir / "run.json")
     if meta is None or meta.get("key") != key:
@@ -357,7 +359,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     specs = [run_spec(run) for run in runs]
     keys = [run_key(spec, code=code) for spec in specs]
     dirs = [exp_dir / "runs" / run["name"] for run in runs]
-    results = [_done(d, k, spec) for spec, d, k in zip(specs, dirs, keys)]
+    results = [_done(d, k, spec, need_checkpoint=not finished_only()) for spec, d, k in zip(specs, dirs, keys)]
     pending = [i for i, r in enumerate(results) if r is None]
     finished = _finished_runs(exp_dir.parent) if pending else {}
     reused = 0

@@ -522,3 +522,17 @@ def test_teacher_checkpoint_enters_the_key_by_repository_path_and_run_key(tmp_pa
         assert ex.run_key(rel_spec, code="c") == ex.run_key(spec, code="c")
     finally:
         shutil.rmtree(REPO / "results" / "_test_teacher_key", ignore_errors=True)
+
+
+def test_checkpoints_are_needed_to_resume_not_to_summarize(tmp_path, fake_execute, monkeypatch):
+    """Checkpoints are not committed: a finished run without one is redone before its checkpoint is
+    used, but still counts as finished for a summary of finished runs."""
+    runs = ex.expand({"size": "tiny", "save_checkpoint": True}, method=["baseline"], seed=[0])
+    ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "smoke" / "exp" / "runs" / runs[0]["name"] / "checkpoint")
+    monkeypatch.setenv(ex.FINISHED_ONLY, "1")
+    assert len(ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)) == 1
+    assert fake_execute == [0]
+    monkeypatch.delenv(ex.FINISHED_ONLY)
+    ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 0]

@@ -56,4 +56,4 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}"; echo "group $i (${groups[$i]}): pillm experiments exit $?"
   grep -E "^\[|pillm experiments:" "$out/log$i.txt" | grep -v "TCP" | tail -25
 done
-tar -cf "$out/results.tar" results/
+tar -cf "$out/results.tar" --exclude="checkpoint" results/  # checkpoints stay on the device (size)
