@@ -551,6 +551,23 @@ def load_model(experiment: str, name: str, profile: str, results_root=None, devi
     return load(run_dir(experiment, name, profile, results_root), device=str(resolve_device(device)))
 
 
+def evaluate_checkpoint(experiment: str, name: str, profile: str, results_root=None, *, split: str = "test",
+                        stride: int | None = None, max_tokens: int | None = None, batch_size: int = 32,
+                        device: str = "auto") -> dict:
+    """Perplexity of a finished run's checkpoint on ``split`` of its own dataset, scored with windows
+    that slide by ``stride`` tokens (None: non-overlapping, as in every run's ``result.json``): with
+    ``stride = s`` every scored token sees at least ``T − s`` tokens of context."""
+    from .data import load_tokenized
+    from .evaluate import evaluate_stream
+
+    result = load_result(experiment, name, profile, results_root)
+    model, _ = load_model(experiment, name, profile, results_root, device)
+    corpus = load_tokenized(result["dataset"], result["spec"].get("tokenizer", "auto"))
+    ids = getattr(corpus, split).to(next(model.parameters()).device)
+    r = evaluate_stream(model, ids, batch_size=batch_size, stride=stride, max_tokens=max_tokens)
+    return {"split": split, "stride": stride or model.config.block_size, "ppl": r["ppl"], "tokens": r["tokens"]}
+
+
 # --------------------------------------------------------------------------------------------
 # Analysis helpers for notebooks
 # --------------------------------------------------------------------------------------------
@@ -971,7 +988,7 @@ def main(args: argparse.Namespace) -> int:
                            registry=args.registry, finished_only=args.finished_only)
 
 
-__all__ = ["choose_on_validation", "teacher_summary", "make_adapt_run", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
+__all__ = ["choose_on_validation", "teacher_summary", "make_adapt_run", "evaluate_checkpoint", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
            "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves",
            "load_result", "load_model", "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
            "root_dir", "experiment_dir", "write_csv_atomic", "write_text_atomic"]

@@ -74,7 +74,7 @@ TEMPLATES = PAPER / "templates"
 #: Experiments the paper uses (registry keys of :mod:`pillm.experiments`).
 PAPER_EXPERIMENTS = ("benchmark", "lambada", "ablation_bipil", "ablation_lambda", "ablation_expansion",
                      "ablation_fusion", "training_strategy", "tinystories", "complexity", "training_curves",
-                     "gap", "ngram", "tuning", "teacher", "adaptation")
+                     "gap", "ngram", "tuning", "teacher", "adaptation", "protocol")
 #: Columns of summary.csv that are outcomes, not parameters (never grouping keys).
 OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
                   "optimizer_steps", "params_embedding", "params_attention", "params_norm",
@@ -128,6 +128,7 @@ TABLE_TITLES = {
     "gap": "Closing the gap: every variant of the gap experiment",
     "teacher": "Trained FFNs refitted by random features",
     "adaptation": "Adaptation to a new domain",
+    "protocol": "Test perplexity with sliding windows",
     "complexity_fit": "Fit of the measured time of the closed-form phase",
     "models": "Model configurations", "datasets": "Corpora and token counts",
     "hparams": "Training hyper-parameters of the main benchmark", "hardware": "Hardware and provenance"}
@@ -1314,6 +1315,42 @@ class Report:
         self.c["teacher"] = {"several": len(fits) > 1, "max_retention": fits[hi]["retention_pct"],
                              "seeds": data.get("seeds")}
 
+    def protocol(self) -> None:
+        """Sliding-window rescoring (``protocol`` notebook): ``protocol.csv``, one row per run and stride."""
+        import pandas as pd
+
+        e = self.R.exp("protocol")
+        self.c["protocol"] = None
+        path = e.path / "protocol.csv"
+        if not e.available or not path.is_file():
+            self._no_table("protocol", TABLE_TITLES["protocol"], ["protocol"])
+            return
+        df = pd.read_csv(path).rename(columns={"ppl": "test_ppl"})
+        src = Experiment("protocol", self.profile, e.path, df, path, e.provenance)
+        self.tables["protocol"] = generic_table(
+            src, "protocol", "Test perplexity of the same checkpoints scored with non-overlapping windows (stride = "
+            "context length, the protocol of every other table) and with windows sliding by fewer tokens, so that "
+            "every scored token sees at least context length minus stride tokens of context",
+            ["method", "stride"], [Col("test_ppl", r"Test PPL $\downarrow$", fmt_ppl, "lower")])
+        agg = {(str(r["method"]), int(r["stride"])): r["test_ppl"] for r in _records(src.agg()[0])}
+        strides = sorted({s for _, s in agg})
+        if len(strides) < 2:
+            return
+        slide, block = strides[0], strides[-1]
+        self.c["protocol"] = {"strides": strides}
+        self.add("ProtoStride", str(slide), path, "smallest stride in protocol.csv", slide)
+        self.add("ProtoContext", str(block - slide), path, "context length minus that stride", block - slide)
+        for m, tag in (("baseline", "Baseline"),):
+            if (m, slide) in agg and (m, block) in agg:
+                self.add(f"Proto{tag}Slide", fmt_ppl(agg[m, slide]), path, f"mean ppl {m}, stride {slide}", agg[m, slide])
+                self.add(f"Proto{tag}Block", fmt_ppl(agg[m, block]), path, f"mean ppl {m}, stride {block}", agg[m, block])
+        pil = [m for m in PIL_METHODS if (m, slide) in agg and (m, block) in agg]
+        if pil:
+            m = pil[0]
+            self.add("ProtoPILMethod", method_tex(m), path, "PIL method in protocol.csv")
+            self.add("ProtoPILSlide", fmt_ppl(agg[m, slide]), path, f"mean ppl {m}, stride {slide}", agg[m, slide])
+            self.add("ProtoPILBlock", fmt_ppl(agg[m, block]), path, f"mean ppl {m}, stride {block}", agg[m, block])
+
     def adaptation(self) -> None:
         """Rapid adaptation (``adaptation`` notebook): per new domain and way of adapting, the new
         domain's test perplexity before and after, WikiText-2 after (forgetting), and seconds."""
@@ -1898,6 +1935,7 @@ class Report:
                  ("gap", self.gap, (), "gap"),
                  ("teacher", self.teacher, ("teacher",), "teacher"),
                  ("adaptation", self.adaptation, ("adaptation",), "adapt"),
+                 ("protocol", self.protocol, ("protocol",), "protocol"),
                  ("ngram", self.ngram, ("ngram",), "ngram"),
                  ("bench", self.bench, (), "gpu"),
                  ("complexity", self.complexity, ("complexity_fit",), "complexity"),

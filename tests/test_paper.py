@@ -214,6 +214,12 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
                     r["name"] = f"{h},{d},seed={sd}"
                     rows.append(r)
         _write_exp(root, profile, "adaptation", rows, runs=False)
+    if want("protocol"):  # like notebooks/protocol.ipynb: runs, then protocol.csv per run and stride
+        d = _write_exp(root, profile, "protocol", [_row("protocol", m, sd, rng) for m in ("baseline", "attn_then_pil")
+                                                   for sd in (0, 1)], runs=False)
+        (d / "protocol.csv").write_text("method,seed,split,stride,ppl,tokens\n" + "".join(
+            f"{m},{sd},test,{st},{PPL[m] * (0.9 if st == 16 else 1.0) + sd},245569\n"
+            for m in ("baseline", "attn_then_pil") for sd in (0, 1) for st in (64, 16)))
     if want("ngram"):  # like notebooks/ngram.ipynb (no runs: counts, not training)
         d = root / profile / "ngram"
         d.mkdir(parents=True, exist_ok=True)
@@ -601,6 +607,13 @@ def test_adaptation_paragraph_reports_every_domain_and_way(synthetic):
     assert r"\texttt{finetune} adapts best" in text  # lowest validation perplexity in the fake results
     assert "closed-form re-solve is the fastest" in text
     assert r"\label{tab:adaptation}" in (synthetic["dirs"].tables / "adaptation.tex").read_text()
+
+
+def test_sliding_window_protocol_is_reported_beside_the_ngram(synthetic):
+    text = (synthetic["dirs"].generated / "results_main.tex").read_text()
+    assert r"slide by \ProtoStride{} tokens" in text and r"\ProtoBaselineSlide{}" in text and r"\ProtoPILSlide{}" in text
+    numbers = parse_numbers(synthetic["dirs"].tables / "numbers.tex")
+    assert numbers["ProtoStride"]["value"] == "16" and numbers["ProtoContext"]["value"] == "48"
 
 
 def test_compress_runs_folds_seeds():
