@@ -101,7 +101,7 @@ def encode_domain(domain: str, tok: WordTokenizer, max_train_tokens: int | None 
         ids[split] = tok.encode_lines(lines)
     if max_train_tokens is not None:
         ids["train"] = ids["train"][:max_train_tokens]
-    words = ids["test"]
+    words = ids["test"]  # tokens, line ends included
     unk_in_text = sum(w == WordTokenizer.UNK for line in (corpus.splits["test"] if domain == "ptb" else [])
                       for w in line.split())  # PTB marks its own rare words <unk>: not our OOV
     oov = (int((words == tok.unk_id).sum()) - unk_in_text) / max(1, words.numel())
