@@ -342,6 +342,18 @@ def finished_only() -> bool:
     return os.environ.get(FINISHED_ONLY, "0") == "1"
 
 
+def _finished_subset(experiment: str, runs: list[dict], pending: list[int], partial: Path) -> list[int]:
+    """Indices of the finished runs, after recording the others in ``partial`` (``PILLM_FINISHED_ONLY``)."""
+    if len(pending) == len(runs):
+        raise RuntimeError(f"{experiment}: none of its {len(runs)} runs has finished, and "
+                           f"{FINISHED_ONLY}=1 says not to run any: nothing to summarize")
+    missing = [runs[i]["name"] for i in pending]
+    print(f"[{experiment}] {FINISHED_ONLY}=1: summarizing the {len(runs) - len(missing)} finished runs; "
+          f"{len(missing)} not run: {', '.join(missing)}", flush=True)
+    write_json_atomic(partial, {"runs": len(runs), "finished": len(runs) - len(missing), "missing": missing})
+    return sorted(set(range(len(runs))) - set(pending))
+
+
 def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=None, progress: bool = True,
              summary: str = "summary.csv") -> pd.DataFrame:
     """Execute ``runs`` (skipping finished ones), write ``summary.csv`` atomically and return it.
@@ -376,14 +388,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     # One partial record per summary file (an experiment may summarize several grids).
     partial = exp_dir / (PARTIAL if summary == "summary.csv" else f"{Path(summary).stem}.{PARTIAL}")
     if pending and finished_only():
-        if len(pending) == len(runs):
-            raise RuntimeError(f"{experiment}: none of its {len(runs)} runs has finished, and "
-                               f"{FINISHED_ONLY}=1 says not to run any: nothing to summarize")
-        missing = [runs[i]["name"] for i in pending]
-        print(f"[{experiment}] {FINISHED_ONLY}=1: summarizing the {len(runs) - len(missing)} finished runs; "
-              f"{len(missing)} not run: {', '.join(missing)}", flush=True)
-        write_json_atomic(partial, {"runs": len(runs), "finished": len(runs) - len(missing), "missing": missing})
-        keep = sorted(set(range(len(runs))) - set(pending))
+        keep = _finished_subset(experiment, runs, pending, partial)
         runs, dirs, results, pending = [runs[i] for i in keep], [dirs[i] for i in keep], \
             [results[i] for i in keep], []
     else:
