@@ -72,8 +72,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int):
         super().__init__()
         self.base = base.requires_grad_(False)
-        self.a = nn.Parameter(torch.randn(rank, base.in_features, device=base.weight.device) / math.sqrt(base.in_features))
-        self.b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
+        device, n_in = base.weight.device, base.in_features
+        self.a = nn.Parameter(torch.randn(rank, n_in, device=device) / math.sqrt(n_in))
+        self.b = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.a.T) @ self.b.T

@@ -1178,6 +1178,9 @@ class Report:
         if "method" in best:
             self.add("StrategyBestMethod", method_tex(best["method"]), e, f"method of the lowest mean valid_ppl, {where}")
         self.add("StrategyWorstTarget", tt(worst), e, f"target of the highest mean valid_ppl, {where}")
+        if "method" in worst:
+            self.add("StrategyWorstMethod", method_tex(worst["method"]), e,
+                     f"method of the highest mean valid_ppl, {where}")
         self.add("StrategyWorstPPL", fmt_ppl(worst["test_ppl"]), e, f"mean test_ppl of the highest mean valid_ppl, {where}")
         same_method = [r for r in recs if r.get("method") == best.get("method")]
         per_target = {str(r["target"]): r["test_ppl"] for r in same_method}
