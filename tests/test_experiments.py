@@ -406,6 +406,30 @@ def test_experiments_end_to_end(tmp_path):
     assert (smoke / "broken" / ".complete").exists() and not (smoke / "broken" / "failed.json").exists()
 
 
+@pytest.mark.slow
+def test_finished_only_leaves_the_experiment_incomplete(tmp_path):
+    """``--finished-only`` executes the notebook with PILLM_FINISHED_ONLY=1; when it records a partial
+    summary the experiment is not marked complete, so the next full run executes it again."""
+    ex.check_kernel()
+    root = tmp_path / "results"
+    nb = _notebook(tmp_path / "part.ipynb", "from pillm import experiments as ex",
+                   "import json\nfrom pathlib import Path\n"
+                   "out = Path(results_root) / profile / 'part'\nout.mkdir(parents=True, exist_ok=True)\n"
+                   "(out / 'summary.csv').write_text('value\\n%d\\n' % value)\n"
+                   "if ex.finished_only():\n"
+                   "    (out / 'partial.json').write_text(json.dumps({'runs': 2, 'finished': 1, 'missing': ['b']}))")
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(json.dumps({"experiments": {"part": {"notebook": str(nb), "parameters": {"smoke": {"value": 1}}}}}))
+    exp = root / "smoke" / "part"
+    r = _cli("--registry", str(registry), "--results-dir", str(root), "--finished-only")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (exp / ".complete").exists() and (exp / "partial.json").exists()
+    assert json.loads((exp / "provenance.json").read_text())["partial"]["missing"] == ["b"]
+    r = _cli("--registry", str(registry), "--results-dir", str(root))
+    assert r.returncode == 0 and "1 ran, 0 skipped" in r.stdout, r.stdout + r.stderr
+    assert (exp / ".complete").exists() and not (exp / "partial.json").exists()
+
+
 def test_gap_summary_chooses_the_hybrid_on_validation_only():
     df = pd.DataFrame([
         {"variant": "baseline", "seed": 0, "valid_ppl": 120.0, "test_ppl": 115.0, "total_s": 60.0},
