@@ -34,7 +34,7 @@ from torch import nn
 from .data import TokenStream, WordTokenizer, load_corpus, wikitext_tokenize
 from .evaluate import evaluate_stream
 from .run import environment, load, write_json_atomic
-from .train import AdamWRunner, RunLog, TrainConfig, pil_phase, resolve_device
+from .train import AdamWRunner, RunLog, TrainConfig, _sync, pil_phase, resolve_device
 
 HOW = ("resolve", "lora", "finetune")
 DOMAINS = ("ptb", "tinystories")
@@ -103,19 +103,14 @@ def encode_domain(domain: str, tok: WordTokenizer, max_train_tokens: int | None 
     if max_train_tokens is not None:
         ids["train"] = ids["train"][:max_train_tokens]
     words = ids["test"]  # tokens, line ends included
-    unk_in_text = sum(w == WordTokenizer.UNK for line in (corpus.splits["test"] if domain == "ptb" else [])
-                      for w in line.split())  # PTB marks its own rare words <unk>: not our OOV
-    oov = (int((words == tok.unk_id).sum()) - unk_in_text) / max(1, words.numel())
+    # PTB marks its own rare words <unk>: those are not out of *our* vocabulary.
+    own_unk = sum(line.split().count(WordTokenizer.UNK) for line in corpus.splits["test"]) if domain == "ptb" else 0
+    oov = (int((words == tok.unk_id).sum()) - own_unk) / max(1, words.numel())
     return {**ids, "oov_rate": oov, "files": corpus.files}
 
 
 def _ppl(model, ids: torch.Tensor, cfg: TrainConfig) -> float:
     return float(evaluate_stream(model, ids, batch_size=cfg.batch_size, max_tokens=cfg.max_eval_tokens)["ppl"])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def execute(spec: AdaptSpec, out: str | Path | None = None, *, progress: bool = True) -> tuple[dict, nn.Module]:

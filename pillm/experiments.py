@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .report import log_gap_share
 from .report import rel as _show  # a path relative to the repository when inside it
 from .run import REPO, RunSpec, environment, execute, load, write_atomic, write_json_atomic
 
@@ -453,10 +454,8 @@ def teacher_summary(teachers: pd.DataFrame, students: pd.DataFrame) -> dict:
     if "no FFN" not in ppl:
         raise ValueError(f"teacher_summary: no 'no FFN' variant among {sorted(ppl)}")
     teacher = float(teachers["test_ppl"].mean())
-    span = math.log(ppl["no FFN"]) - math.log(teacher)
-    fits = {v: {"test_ppl": float(x), "retention_pct": (100 * (math.log(ppl["no FFN"]) - math.log(x)) / span
-                                                        if abs(span) > 1e-12 else math.nan)}
-            for v, x in ppl.items() if v != "no FFN"}
+    share = {v: log_gap_share(ppl["no FFN"], teacher, x) for v, x in ppl.items() if v != "no FFN"}
+    fits = {v: {"test_ppl": float(ppl[v]), "retention_pct": math.nan if r is None else r} for v, r in share.items()}
     return {"teacher_test_ppl": teacher, "no_ffn_test_ppl": float(ppl["no FFN"]), "fits": fits,
             "seeds": int(teachers["seed"].nunique())}
 

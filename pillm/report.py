@@ -436,6 +436,11 @@ class Results:
         return out
 
 
+def _flag(column):
+    """A boolean column of a CSV as read back by pandas (bools, or the strings "True"/"False")."""
+    return column.astype(str).str.lower().isin(("true", "1"))
+
+
 def compress_runs(names: list[str]) -> str:
     """Run names with their seeds folded: ``a,seed=0``, ``a,seed=1`` → ``a (seeds 0, 1)``."""
     groups: dict[str, list[str]] = {}
@@ -461,11 +466,17 @@ def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
     return True
 
 
+def log_gap_share(worse: float, better: float, x: float) -> float | None:
+    """The share, in percent, of the log-perplexity gap from ``worse`` to ``better`` that perplexity
+    ``x`` closes: ``100·(ln worse − ln x) / (ln worse − ln better)``; None when there is no gap."""
+    lw, lb = math.log(worse), math.log(better)
+    return None if abs(lw - lb) <= 1e-12 else 100 * (lw - math.log(x)) / (lw - lb)
+
+
 def gap_recovered_pct(ppl: dict, method: str) -> float | None:
     """How much of the log-perplexity gap between attention only and the baseline ``method`` closes,
-    in percent: ``100·(ln ppl[attn_only] − ln ppl[method]) / (ln ppl[attn_only] − ln ppl[baseline])``."""
-    la, lb = math.log(ppl["attn_only"]), math.log(ppl["baseline"])
-    return None if abs(la - lb) <= 1e-12 else 100 * (la - math.log(ppl[method])) / (la - lb)
+    in percent (:func:`log_gap_share`)."""
+    return log_gap_share(ppl["attn_only"], ppl["baseline"], ppl[method])
 
 
 def concurrency(e: "Experiment") -> int:
@@ -1422,8 +1433,7 @@ class Report:
         df = pd.read_csv(path)
         df = df.iloc[sorted(range(len(df)), key=lambda i: METHOD_ORDER.index(df["method"].iloc[i])
                             if df["method"].iloc[i] in METHOD_ORDER else len(METHOD_ORDER))].reset_index(drop=True)
-        done = df["complete"].astype(str).str.lower().isin(("true", "1")) if "complete" in df.columns \
-            else pd.Series(True, index=df.index)
+        done = _flag(df["complete"]) if "complete" in df.columns else pd.Series(True, index=df.index)
         trials = int(df["trials"].max())
         rows = [[method_tex(r.method), str(int(r.trials)), fmt_sci(float(r.lr)), fmt_fixed(float(r.dropout), 2),
                  fmt_ppl(r.valid_ppl), fmt_ppl(r.default_valid_ppl), fmt_ppl(r.test_ppl)] if ok else
@@ -1447,12 +1457,12 @@ class Report:
         if not len(df):
             self._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
             return
-        n_default = int(df["chosen_is_default"].astype(str).str.lower().isin(("true", "1")).sum())
+        is_default = _flag(df["chosen_is_default"])
+        n_default = int(is_default.sum())
         gain = 100 * (1 - df["valid_ppl"] / df["default_valid_ppl"])
         i = gain.idxmax()
         t["all_default"] = n_default == len(df)
-        t["changed"] = [method_tex(m) for m, d in zip(df["method"], df["chosen_is_default"].astype(str))
-                        if d.lower() not in ("true", "1")]
+        t["changed"] = [method_tex(m) for m in df.loc[~is_default, "method"]]
         self.add("TuneMethods", str(len(df)), src, "complete rows of tuning/chosen.csv", len(df))
         self.add("TuneDefaultCount", str(n_default), src, "complete rows with chosen_is_default", n_default)
         self.add("TuneMaxGainPct", fmt_pct(float(gain[i])), src,
@@ -1886,26 +1896,24 @@ class Report:
         else:
             self._no_table("hparams", "Training hyper-parameters of the main benchmark", ["benchmark"])
         # hardware and provenance
+        from .experiments import run_provenance  # experiments imports this module: import when used
+
         prow = []
         psrc = []
         for e in [self.R.exp(n) for n in PAPER_EXPERIMENTS]:
             if not e.available:
                 continue
             env = e.provenance.get("environment") or {}
-            runs = e.runs()  # where the runs were computed (the notebook may have executed elsewhere)
+            runs = run_provenance(e.path)  # where the runs were computed (the notebook may have run elsewhere)
 
             def tally(key: str, short=lambda v: v) -> str:
-                counts: dict[str, int] = {}
-                for r in runs:
-                    v = (r.get("environment") or {}).get(key)
-                    if v not in (None, ""):
-                        counts[short(str(v))] = counts.get(short(str(v)), 0) + 1
+                counts = {short(k): n for k, n in runs[key].items() if k not in ("None", "")}
                 if not counts:
                     return "--"
                 return tex_escape("; ".join(k if len(counts) == 1 else f"{k} ({n})" for k, n in counts.items()))
 
             date = str(e.provenance.get("finished") or e.provenance.get("date") or env.get("date") or "")[:10]
-            prow.append([r"\texttt{" + tex_escape(e.name) + "}", fmt_count(len(runs)) if runs else "--",
+            prow.append([r"\texttt{" + tex_escape(e.name) + "}", fmt_count(runs["count"]) if runs["count"] else "--",
                          tally("device_name"), tally("torch"), tally("git_commit", lambda c: c[:8]),
                          tex_escape(f"{env.get('device_name', '--')}, torch {env.get('torch', '--')}"),
                          tex_escape(date) if date else "--", r"\texttt{" + e.sha + "}"])
@@ -1960,8 +1968,6 @@ class Report:
                 for t in tables:
                     self._no_table(t, TABLE_TITLES[t], [name])
                     self.broken.add(t)
-        self.errors += [f"{n}: {self.R.exp(n).error}" for n in PAPER_EXPERIMENTS
-                        if self.R.exp(n).error and not any(e.startswith(f"{n}: ") for e in self.errors)]
         self.c["missing"] = self.R.missing()
         self.c["partial"] = [{"name": e.name, **e.partial} for e in self.R.partial()]
         self.c["profile"] = self.profile
@@ -2633,7 +2639,8 @@ def run_missing_experiments(profile: str, missing: list[str], log=print, results
         import torch
 
         if not torch.cuda.is_available():
-            todo = [m for m in todo if any((root / profile / m / "runs").glob("*/result.json"))]
+            todo = [m for m in todo
+                    if any((experiments.experiment_dir(m, profile, root) / "runs").glob("*/result.json"))]
             log(f"pillm paper: paper-scale results missing for {', '.join(missing)}; not running them without a "
                 f"GPU (run `make experiments PROFILE=paper` on a GPU machine)"
                 + (f"; summarizing the finished runs of {', '.join(todo)} (tables marked partial)" if todo else ""))
