@@ -80,7 +80,10 @@ OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "
                   "optimizer_steps", "params_embedding", "params_attention", "params_norm",
                   "params_ffn_trainable", "params_ffn_solved", "params_ffn_frozen_random", "params_head_solved",
                   "params_total", "max_cond", "any_fallback", "acc", "word_ppl", "oov_rate", "wall_s", "n_features",
-                  "lambada_acc", "lambada_word_ppl", "lambada_oov_rate", "concurrent_runs")
+                  "lambada_acc", "lambada_word_ppl", "lambada_oov_rate", "concurrent_runs",
+                  # adaptation: measured per run (the pretrained model differs per seed)
+                  "wiki_test_ppl", "adapt_s", "trained_params", "before_new_valid_ppl", "before_new_test_ppl",
+                  "before_wiki_test_ppl")
 NOT_KEYS = ("seed", "name", "experiment")
 LOWER_BETTER = {"valid_ppl", "test_ppl", "word_ppl", "total_s", "train_s", "pil_s"}
 HIGHER_BETTER = {"test_acc", "valid_acc", "acc"}
@@ -111,7 +114,6 @@ SIMILAR_TOL = 0.01
 GAP_GOAL = 1.05
 #: Teacher targets: retention (%) of the trained FFNs' gain above which random features "represent
 #: most" of it, and below which "less than half".
-TEACHER_GOOD, TEACHER_POOR = 90.0, 50.0
 #: The complexity fit locates the accumulation/solve crossover only when it explains the timings.
 FIT_MIN_R2 = 0.9
 #: LAMBADA accuracies below this are called low for every method.
@@ -759,7 +761,8 @@ def key_cells(r: dict, keys: list[str]) -> list[str]:
 
 KEY_HEADERS = {"method": "Method", "dataset": "Dataset", "size": "Size", "lam": r"$\lambda$", "epochs": "Epochs",
                "max_train_tokens": "Train tokens", "bipil": "Bi-PIL", "lambada_n": "Passages",
-               "expansion": "Expansion", "fusion": "Fusion", "variant": "Variant", "target": "Target"}
+               "expansion": "Expansion", "fusion": "Fusion", "variant": "Variant", "target": "Target",
+               "domain": "New domain", "how": "Adapted by"}
 
 PPL_COLS = [Col("test_ppl", r"Test PPL $\downarrow$", fmt_ppl, "lower"),
             Col("valid_ppl", r"Valid PPL $\downarrow$", fmt_ppl, "lower")]
@@ -768,14 +771,26 @@ COND_COL = Col("max_cond", r"max $\kappa$", fmt_sci, None, std=False)
 PIL_S_COL = Col("pil_s", "PIL (s)", fmt_seconds, None, zero_dash=True)
 
 
+def _rf_features(e: Experiment) -> int | None:
+    """Random features per layer of the benchmark's ``rf_adamw`` runs: its frozen random first layers
+    hold ``n_layer · n_embd · D`` weights."""
+    for r in e.runs():
+        if r.get("method") == "rf_adamw":
+            mc, frozen = r.get("model_config") or {}, (r.get("params") or {}).get("ffn_frozen_random")
+            if frozen and mc.get("n_layer") and mc.get("n_embd"):
+                return int(frozen) // (int(mc["n_layer"]) * int(mc["n_embd"]))
+    return None
+
+
 def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], cols: list[Col],
-                  label: str | None = None, df=None, hide: tuple[str, ...] = ("bipil",)) -> TableSpec:
-    """One row per parameter combination; constant keys go into the caption, blocks by dataset,
-    size and epoch budget; columns in ``hide`` are not shown when they vary with the main keys."""
+                  label: str | None = None, df=None, hide: tuple[str, ...] = ("bipil",),
+                  blocks_by: tuple[str, ...] = ("dataset", "size", "epochs")) -> TableSpec:
+    """One row per parameter combination; constant keys go into the caption, blocks by ``blocks_by``
+    (dataset, size and epoch budget); columns in ``hide`` are not shown when they vary with the main keys."""
     agg, keys = e.agg() if df is None else aggregate(df)
     cols = [c for c in cols if c.key in agg.columns or c.key.startswith("params_")]
     vary = varying(agg, keys)
-    block_keys = [k for k in ("dataset", "size", "epochs") if k in vary and k not in main_keys]
+    block_keys = [k for k in blocks_by if k in vary and k not in main_keys]
     dep = dependent_keys(agg, main_keys, keys)
     show = [k for k in main_keys if k in keys] + [k for k in vary if k not in main_keys and k not in block_keys
                                                   and not (k in hide and k in dep)]
@@ -1311,23 +1326,56 @@ class Report:
             e, "teacher", "Trained FFNs refitted by fixed random features in closed form: the teacher (baseline "
             "trained by AdamW), the same model without FFNs, and with every FFN replaced by a random-feature "
             "readout solved to the teacher's FFN output (embeddings and attention kept, no gradient step)",
-            ["variant"], PPL_COLS, df=both)
+            ["variant"], PPL_COLS, df=both, hide=("bipil", "method"))  # the students are not pure PIL-LMs
         self.add("TeacherPPL", fmt_ppl(data["teacher_test_ppl"]), path, "teacher_test_ppl in teacher/summary.json",
                  data["teacher_test_ppl"])
         self.add("TeacherNoFFNPPL", fmt_ppl(data["no_ffn_test_ppl"]), path, "no_ffn_test_ppl in teacher/summary.json",
                  data["no_ffn_test_ppl"])
-        fits = {v: f for v, f in (data.get("fits") or {}).items() if _finite(f.get("retention_pct"))}
+        # Each closed-form fit by its width (features per layer), narrowest first.
+        agg = {str(r["variant"]): r for r in _records(aggregate(e.df)[0])}
+        fits = sorted(((v, agg[v]) for v in (data.get("fits") or {}) if v in agg and _finite(agg[v].get("n_features"))
+                       and _finite(agg[v].get("test_ppl"))), key=lambda vr: float(vr[1]["n_features"]))
         if not fits:
             return
-        lo, hi = min(fits, key=lambda v: fits[v]["retention_pct"]), max(fits, key=lambda v: fits[v]["retention_pct"])
-        for tag, v in (("Min", lo), ("Max", hi)):
-            r = fits[v]["retention_pct"]
-            self.add(f"TeacherRet{tag}", fmt_pct(r), path, f"retention_pct of {v} in teacher/summary.json", r)
-            self.add(f"TeacherRet{tag}Variant", tex_escape(v), path, f"variant with the {tag.lower()} retention")
-            self.add(f"TeacherRet{tag}PPL", fmt_ppl(fits[v]["test_ppl"]), path, f"test_ppl of {v} in teacher/summary.json",
-                     fits[v]["test_ppl"])
-        self.c["teacher"] = {"several": len(fits) > 1, "max_retention": fits[hi]["retention_pct"],
-                             "seeds": data.get("seeds")}
+        te = self.c["teacher"] = {"fits": [], "seeds": data.get("seeds"), "same": None, "rf": None}
+        for i, (v, r) in enumerate(fits):
+            tag = "ABCDEFGH"[i]
+            self.add(f"TeacherFit{tag}PPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v}", r["test_ppl"])
+            self.add(f"TeacherFit{tag}Features", fmt_count(r["n_features"]), e, f"n_features, variant={v}",
+                     r["n_features"])
+            te["fits"].append({"tag": tag, "variant": tex_escape(v)})
+        by_width = {int(float(r["n_features"])): (v, r) for v, r in fits}
+        # PIL-LM's own width: the features per layer of the gap experiment's best hybrid.
+        gap, gap_path = self.R.exp("gap").json("summary.json")
+        g = self.R.exp("gap")
+        hyb = gap.get("best_hybrid_name") if isinstance(gap, dict) else None
+        if hyb and g.available and {"variant", "n_features"} <= set(g.df.columns):
+            width = g.df.loc[g.df["variant"] == hyb, "n_features"].dropna()
+            same = by_width.get(int(float(width.iloc[0]))) if len(width) else None
+            hrow = next((h for h in _records(g.agg()[0]) if str(h.get("variant")) == hyb), None)
+            if same and hrow is not None and _finite(hrow.get("test_ppl")):
+                v, r = same
+                te["same"] = {"variant": tex_escape(v),
+                              "vs_hybrid": verdict(float(r["test_ppl"]), float(hrow["test_ppl"]))
+                              if beyond_seed_spread(r, hrow) else "on_par",
+                              "vs_teacher": verdict(float(r["test_ppl"]), float(data["teacher_test_ppl"]))}
+                self.add("TeacherSamePPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v} (the width of {hyb})",
+                         r["test_ppl"])
+                self.add("TeacherSameFeatures", fmt_count(r["n_features"]), g, f"n_features of {hyb}", r["n_features"])
+        # The same random features with a readout trained by AdamW jointly with attention (benchmark).
+        b = self.R.exp("benchmark")
+        if b.available:
+            by, _, _, where = self._bench_rows(b)
+            rf = by.get("rf_adamw")
+            width = _rf_features(b)
+            if rf is not None and width in by_width:
+                v, r = by_width[width]
+                te["rf"] = {"variant": tex_escape(v), "vs_fit": verdict(float(rf["test_ppl"]), float(r["test_ppl"]))}
+                self.add("TeacherRFFeatures", fmt_count(width), b, "features per layer of rf_adamw "
+                         "(params_ffn_frozen_random / (n_layer * n_embd))", width)
+                self.add("TeacherRFFitPPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v}", r["test_ppl"])
+                self.add("TeacherRFAdamWPPL", fmt_ppl(rf["test_ppl"]), b, f"mean test_ppl of rf_adamw, {where}",
+                         rf["test_ppl"])
 
     def protocol(self) -> None:
         """Sliding-window rescoring (``protocol`` notebook): ``protocol.csv``, one row per run and stride."""
@@ -1377,14 +1425,15 @@ class Report:
                 Col("test_ppl", r"After $\downarrow$", fmt_ppl, "lower"),
                 Col("before_wiki_test_ppl", r"WikiText-2 before", fmt_ppl, None),
                 Col("wiki_test_ppl", r"WikiText-2 after $\downarrow$", fmt_ppl, "lower"),
-                Col("adapt_s", "Seconds", fmt_seconds, "lower"),
+                Col("adapt_s", "Seconds", fmt_seconds, None if concurrency(e) > 1 else "lower"),  # shared GPUs: no claim
                 Col("optimizer_steps", "Steps", fmt_count, None, std=False)]
         self.tables["adaptation"] = generic_table(
             e, "adaptation", "Adaptation of WikiText-2 models to a new domain, read with the pretraining vocabulary: "
             "test perplexity on the new domain before and after, WikiText-2 test perplexity before and after "
             "(forgetting), and the adaptation's wall-clock seconds and optimizer steps; \\texttt{resolve} re-solves "
             "the FFN readouts in closed form, \\texttt{lora} trains rank-$r$ adapters on attention, "
-            "\\texttt{finetune} every weight, on the same tokens", ["domain", "how"], cols)
+            "\\texttt{finetune} every weight, on the same tokens", ["how"], cols,
+            hide=("bipil", "method"), blocks_by=("domain",))  # an adaptation run's method is its way of adapting
         recs = _records(e.agg()[0])
         tags = {"ptb": "PTB", "tinystories": "TinyStories"}
         hows = {"resolve": "Resolve", "lora": "LoRA", "finetune": "Finetune"}
@@ -1411,9 +1460,14 @@ class Report:
                 self.add(f"Adapt{dtag}{htag}Sec", fmt_seconds(r["adapt_s"]), e, f"mean adapt_s, domain={d}, how={h}",
                          r["adapt_s"])
             best = min(rows, key=lambda h: rows[h]["valid_ppl"])  # chosen on the new domain's validation split
+            seconds = sorted(rows, key=lambda h: rows[h]["adapt_s"])
+            forgets = sorted(rows, key=lambda h: rows[h]["wiki_test_ppl"])  # WikiText-2 after: least forgetting first
             ad["domains"].append({"tag": dtag, "name": "PTB" if d == "ptb" else "TinyStories",
                                   "hows": [(hows[h], h) for h in hows if h in rows], "best": best,
-                                  "resolve_fastest": "resolve" in rows and min(rows, key=lambda h: rows[h]["adapt_s"]) == "resolve",
+                                  "resolve_fastest": seconds[0] == "resolve",
+                                  "resolve_slowest": len(rows) > 1 and seconds[-1] == "resolve",
+                                  "least_forgetting": forgets[0], "most_forgetting": forgets[-1],
+                                  "best_forgets_most": len(rows) > 1 and forgets[-1] == best,
                                   "concurrent": concurrency(e) > 1})
 
     def tuning(self) -> None:
@@ -2537,7 +2591,7 @@ def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = Tr
         write(dirs.figures / f"{name}.tex", text)
     # prose
     ctx = dict(n=rep.n, c=rep.c, profile=profile, smoke=profile != "paper", gap_goal=fmt_fixed(GAP_GOAL, 2),
-               teacher_good=TEACHER_GOOD, teacher_poor=TEACHER_POOR, tol_pct=int(round(100 * COMPETITIVE_TOL)),
+               tol_pct=int(round(100 * COMPETITIVE_TOL)),
                similar_pct=int(round(100 * SIMILAR_TOL)), par_pct=fmt_fixed(100 * PAR_TOL, 1),
                low_pct=int(round(100 * LAMBADA_LOW)), missing=rep.c["missing"], tex=tex_escape,
                fig_ok={name: name in figs and "missing" not in figs[name] for name in FIGURES})
