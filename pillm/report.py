@@ -1708,13 +1708,17 @@ class Report:
         or any ``fit.json`` with a ``crossover`` / exponents."""
         e = self.R.exp("complexity")
         self.c["complexity"] = None
-        cap = r"Least-squares fit of the measured time of the closed-form phase per layer, $t \approx a\,N D^2 + b\,D^3$"
+        fit, fit_path = _complexity_fit(e) if e.available else (None, None)
+        two_part = isinstance(fit, dict) and _finite(fit.get("c")) and _finite(fit.get("r2_stream"))
+        cap = (r"Least-squares fits of the two measured parts of a layer's closed-form phase (median over layers "
+               r"per $(N, D)$): the streaming pass, $e + c\,N + a\,N D^2$, and the solve, $s + b\,D^3$" if two_part else
+               r"Least-squares fit of the measured time of the closed-form phase per layer, $t \approx a\,N D^2 + b\,D^3$")
         if not e.available:
             self._no_table("complexity_fit", cap, ["complexity"])
             return
-        fit, fit_path = _complexity_fit(e)
         solves, solves_path = _complexity_solves(e)
-        cx = self.c["complexity"] = {"x": _complexity_x(e.df, fit if isinstance(fit, dict) else None)}
+        cx = self.c["complexity"] = {"x": _complexity_x(e.df, fit if isinstance(fit, dict) else None),
+                                     "two_part": two_part}
         a, b = (fit or {}).get("a") if isinstance(fit, dict) else None, (fit or {}).get("b") if isinstance(fit, dict) else None
         if _finite(a) and _finite(b):
             a, b = float(a), float(b)
@@ -1723,14 +1727,30 @@ class Report:
             cx["concurrent"] = concurrency(e)
             # A fit that explains little of the timings locates no crossover, whatever its coefficients.
             cx["why"] = ("one coefficient is not positive" if not (a > 0 and b > 0) else
-                         f"its $R^2$ is below {FIT_MIN_R2}"
+                         f"{'an' if two_part else 'its'} $R^2$ is below {FIT_MIN_R2}"
                          if _finite(r2) and float(r2) < FIT_MIN_R2 else None)
             cx["resolved"] = cx["why"] is None
             src = Experiment("complexity", self.profile, e.path, None, fit_path, e.provenance)
             self.add("ComplexityA", fmt_sci(a, 2), fit_path, "a in the fit t = a*N*D^2 + b*D^3")
             self.add("ComplexityB", fmt_sci(b, 2), fit_path, "b in the fit t = a*N*D^2 + b*D^3")
             rows = [[r"$a$ (s per $N D^2$)", fmt_sci(a, 2)], [r"$b$ (s per $D^3$)", fmt_sci(b, 2)]]
-            if _finite(r2):
+            if two_part:
+                c, r2s, r2v = float(fit["c"]), float(fit["r2_stream"]), float(fit["r2_solve"])
+                self.add("ComplexityC", fmt_sci(c, 2), fit_path, "c in the streaming fit e + c*N + a*N*D^2")
+                self.add("ComplexityRTwoStream", fmt_fixed(r2s, 3), fit_path, "r2_stream")
+                self.add("ComplexityRTwoSolve", fmt_fixed(r2v, 3), fit_path, "r2_solve")
+                rows += [[r"$c$ (s per token, independent of $D$)", fmt_sci(c, 2)],
+                         [r"$R^2$ streaming pass", fmt_fixed(r2s, 3)], [r"$R^2$ solve", fmt_fixed(r2v, 3)]]
+                if a > 0 and c > 0:
+                    d_star = math.sqrt(c / a)
+                    self.add("ComplexityStreamD", fmt_count(d_star), fit_path,
+                             "sqrt(c/a): the HtH term a*N*D^2 exceeds the D-independent c*N for D above it", d_star)
+                    self.add("ComplexityGramTFLOPS", fmt_fixed(2 / a / 1e12, 0), fit_path,
+                             "2/a / 1e12: 2*N*D^2 flops of HtH per a*N*D^2 seconds", 2 / a / 1e12)
+                    rows += [[r"$\sqrt{c/a}$ ($a N D^2 > c N$ above this $D$)", fmt_count(d_star)],
+                             [r"$2/a$ (TFLOP/s of the $H^\top H$ update)", fmt_fixed(2 / a / 1e12, 0)]]
+                    cx["stream_d"] = d_star
+            elif _finite(r2):
                 self.add("ComplexityRTwo", fmt_fixed(float(r2), 3), fit_path, "r2 of the fit")
                 rows.append([r"$R^2$", fmt_fixed(float(r2), 3)])
             if not cx["resolved"]:
@@ -1748,6 +1768,8 @@ class Report:
                 dsrc = solves_path if dcol is solves else e.source
                 cross = ratio * dmax
                 self.add("ComplexityMaxD", fmt_count(dmax), dsrc, "largest number of features D measured")
+                if cx.get("stream_d"):
+                    cx["stream_dominates"] = dmax < cx["stream_d"]
                 self.add("ComplexityCrossTokens", fmt_count(cross), fit_path,
                          f"(b/a)*D at the largest D={dmax:g} (D from {rel(dsrc)})")
                 rows.append([f"$N^\\ast$ at $D={group_digits(int(dmax))}$", fmt_count(cross)])

@@ -167,7 +167,8 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
             w = csv.DictWriter(f, fieldnames=list(layers[0]))
             w.writeheader()
             w.writerows(layers)
-        (d / "fit.csv").write_text(f"a,b,r2\n{a},{b},0.987\n")
+        # like pillm.experiments.fit_complexity: streaming e + c·N + a·N·D², solve s + b·D³
+        (d / "fit.csv").write_text(f"a,b,c,e,s,r2_stream,r2_solve,r2,cells\n{a},{b},1e-5,0.001,0.001,0.991,0.987,0.987,6\n")
     if want("tuning"):  # like notebooks/tuning.ipynb: a grid per method and chosen.csv
         d = _write_exp(root, profile, "tuning",
                        [_row("tuning", m, 0, rng, lr=lr, dropout=p, ppl=PPL[m] * (1 + abs(lr - 1e-3) * 50 + p / 10))
@@ -650,5 +651,14 @@ def test_complexity_fit_that_explains_nothing_locates_no_crossover(tmp_path):
         return (dirs.generated / "complexity.tex").read_text()
 
     assert r"\ComplexityCrossRatio" in render(0.99)
-    poor = render(0.2)
+    poor = render(0.2)  # an older one-part fit.csv (a, b, r2) still renders
     assert r"\ComplexityCrossRatio" not in poor and "do not resolve both terms" in poor
+
+
+def test_complexity_two_part_fit_names_what_dominates(synthetic):
+    text = (synthetic["dirs"].generated / "complexity.tex").read_text()
+    numbers = parse_numbers(synthetic["dirs"].tables / "numbers.tex")
+    # sqrt(c/a) = sqrt(1e-5 / 2e-11) ≈ 707 > the widest D measured (128): the D-independent pass dominates
+    assert numbers["ComplexityStreamD"]["value"] == "707" and numbers["ComplexityRTwoSolve"]["value"] == "0.987"
+    assert "at every width we measured, the\nclosed-form phase is dominated by that forward pass" in text
+    assert r"\ComplexityRTwoStream" in text and r"\ComplexityCrossRatio" in text
