@@ -273,7 +273,8 @@ def _natural_key(v):
             return (1, METHOD_ORDER.index(s), s)
         if s in SIZE_ORDER:
             return (1, SIZE_ORDER.index(s), s)
-        return (2, 0, s)
+        # labels with numbers in them sort by the numbers ("RF 4x" before "RF 16x")
+        return (2, 0, tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)))
 
 
 def repo_url() -> str | None:
