@@ -1619,6 +1619,13 @@ class Report:
                              f"(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
                     cl["rf_retention"] = ret
                     hyb = (c.get("bench") or {}).get("hybrid")
+                    rf_d = _rf_features(e)
+                    hyb_d = by[hyb].get("n_features") if hyb in by else None
+                    if rf_d and _finite(hyb_d):
+                        self.add("RFFeatures", fmt_count(rf_d), e, "features per layer of rf_adamw "
+                                 "(params_ffn_frozen_random / (n_layer * n_embd))", rf_d)
+                        self.add("HybridFeatures", fmt_count(hyb_d), e, f"n_features of {hyb}, {where}", hyb_d)
+                        cl["rf_same_width"] = int(rf_d) == int(float(hyb_d))
                     if hyb in by:
                         cl["readout_share"] = ret - gap_recovered_pct(ppl, hyb)  # lost by the closed-form readout
                         cl["layer_share"] = 100 - ret  # lost by the frozen random first layer
