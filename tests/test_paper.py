@@ -69,7 +69,9 @@ def _result(row: dict, curve_epochs: int = 3) -> dict:
     solves = [{"layer": i, "cond": row["max_cond"] / (4 - i), "solver": "cholesky", "fallback": False, "r2": 0.3,
                "eta": 0.1, "lam": 1e-4, "seconds": 0.5} for i in range(4)] if pil else []
     return {**{k: v for k, v in row.items() if k in ("method", "dataset", "size", "seed", "valid_ppl", "test_ppl")},
-            "spec": {"tokenizer": "word"}, "model_config": {"vocab_size": 33278, "block_size": 64, "expansion": 4.0},
+            "spec": {"tokenizer": "word"}, "model_config": {"vocab_size": 33278, "block_size": 64, "expansion": 4.0,
+                                                          "n_layer": 4, "n_embd": 64},
+            "params": {"ffn_frozen_random": row["params_ffn_frozen_random"]},
             "train_config": {"epochs": curve_epochs, "batch_size": 32, "lr": 1e-3, "lam": 1e-4, "target": "local",
                              "weight_decay": 0.1, "max_train_tokens": 200000},
             "train_tokens": 200000, "test_tokens": 245569, "curve": curve, "solves": solves, "complete": True}
@@ -613,6 +615,15 @@ def test_adaptation_paragraph_reports_every_domain_and_way(synthetic):
     table = (synthetic["dirs"].tables / "adaptation.tex").read_text()
     assert "new domain: ptb" in table and "LoRA FFN" not in table  # blocks per domain; the how, not a method
     assert r"\label{tab:adaptation}" in (synthetic["dirs"].tables / "adaptation.tex").read_text()
+
+
+def test_rf_adamw_is_not_called_the_same_features_when_its_width_differs(synthetic):
+    """RF + AdamW has one projection; the fake hybrids have 512 features, rf_adamw 2·64·256/(4·64) = 128."""
+    numbers = parse_numbers(synthetic["dirs"].tables / "numbers.tex")
+    assert numbers["RFFeatures"]["value"] == "128" and numbers["HybridFeatures"]["value"] == "512"
+    for part in ("abstract", "closing"):
+        text = (synthetic["dirs"].generated / f"{part}.tex").read_text()
+        assert "The same random features" not in text and "of the same kind" in text, part
 
 
 def test_teacher_fit_is_compared_at_pil_lms_width(synthetic):
