@@ -32,6 +32,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -339,20 +340,52 @@ FINISHED_ONLY = "PILLM_FINISHED_ONLY"
 PARTIAL = "partial.json"
 
 
+#: A regular expression (``pillm experiments --match``): only the pending runs whose name it matches
+#: (``re.search``) run; the summary leaves the other unfinished runs out and the experiment stays
+#: incomplete, as with ``PILLM_FINISHED_ONLY``. For fitting a call's time limit, e.g. ``epochs=5``.
+MATCH = "PILLM_MATCH"
+
+
 def finished_only() -> bool:
     return os.environ.get(FINISHED_ONLY, "0") == "1"
 
 
-def _finished_subset(experiment: str, runs: list[dict], pending: list[int], partial: Path) -> list[int]:
-    """Indices of the finished runs, after recording the others in ``partial`` (``PILLM_FINISHED_ONLY``)."""
-    if len(pending) == len(runs):
-        raise RuntimeError(f"{experiment}: none of its {len(runs)} runs has finished, and "
-                           f"{FINISHED_ONLY}=1 says not to run any: nothing to summarize")
-    missing = [runs[i]["name"] for i in pending]
-    print(f"[{experiment}] {FINISHED_ONLY}=1: summarizing the {len(runs) - len(missing)} finished runs; "
-          f"{len(missing)} not run: {', '.join(missing)}", flush=True)
-    write_json_atomic(partial, {"runs": len(runs), "finished": len(runs) - len(missing), "missing": missing})
-    return sorted(set(range(len(runs))) - set(pending))
+def run_filter() -> "re.Pattern | None":
+    """The compiled ``PILLM_MATCH`` pattern, or None when every run may run."""
+    pattern = os.environ.get(MATCH, "")
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{MATCH}={pattern!r} is not a regular expression ({e}); match run names such as "
+                         "'method=alternating' or 'epochs=5'") from None
+
+
+def partial_allowed() -> bool:
+    """Whether this process may summarize an incomplete grid (``--finished-only`` or ``--match``)."""
+    return finished_only() or run_filter() is not None
+
+
+def _not_run(runs: list[dict], pending: list[int]) -> list[int]:
+    """The pending runs that this process does not run: all under ``PILLM_FINISHED_ONLY``, those
+    that ``PILLM_MATCH`` does not match otherwise."""
+    pattern = run_filter()
+    return [i for i in pending if finished_only() or (pattern is not None and not pattern.search(runs[i]["name"]))]
+
+
+def _finished_subset(experiment: str, runs: list[dict], missing: list[int], partial: Path) -> list[int]:
+    """Indices of the runs to summarize (finished, or to run now), after recording the ``missing``
+    ones in ``partial``."""
+    if len(missing) == len(runs):
+        raise RuntimeError(f"{experiment}: none of its {len(runs)} runs has finished or is selected "
+                           f"({FINISHED_ONLY}={os.environ.get(FINISHED_ONLY, '0')}, "
+                           f"{MATCH}={os.environ.get(MATCH, '')!r}): nothing to summarize")
+    names = [runs[i]["name"] for i in missing]
+    print(f"[{experiment}] summarizing {len(runs) - len(names)} of {len(runs)} runs; "
+          f"{len(names)} not run: {', '.join(names)}", flush=True)
+    write_json_atomic(partial, {"runs": len(runs), "finished": len(runs) - len(names), "missing": names})
+    return sorted(set(range(len(runs))) - set(missing))
 
 
 def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=None, progress: bool = True,
@@ -372,7 +405,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     specs = [run_spec(run) for run in runs]
     keys = [run_key(spec, code=code) for spec in specs]
     dirs = [exp_dir / "runs" / run["name"] for run in runs]
-    results = [_done(d, k, spec, need_checkpoint=not finished_only()) for spec, d, k in zip(specs, dirs, keys)]
+    results = [_done(d, k, spec) for spec, d, k in zip(specs, dirs, keys)]
     pending = [i for i, r in enumerate(results) if r is None]
     finished = _finished_runs(exp_dir.parent) if pending else {}
     reused = 0
@@ -388,10 +421,15 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
               f"other experiments, {len(pending)} to run", flush=True)
     # One partial record per summary file (an experiment may summarize several grids).
     partial = exp_dir / (PARTIAL if summary == "summary.csv" else f"{Path(summary).stem}.{PARTIAL}")
-    if pending and finished_only():
-        keep = _finished_subset(experiment, runs, pending, partial)
-        runs, dirs, results, pending = [runs[i] for i in keep], [dirs[i] for i in keep], \
-            [results[i] for i in keep], []
+    not_run = _not_run(runs, pending)
+    for i in not_run:  # finished, but its checkpoint is gone: summarized, though a full run redoes it
+        results[i] = _done(dirs[i], keys[i], specs[i], need_checkpoint=False)
+    missing = [i for i in not_run if results[i] is None]
+    pending = [i for i in pending if i not in not_run]
+    if missing:
+        keep = _finished_subset(experiment, runs, missing, partial)
+        pending = [keep.index(i) for i in pending]
+        runs, dirs, keys, specs, results = ([xs[i] for i in keep] for xs in (runs, dirs, keys, specs, results))
     else:
         partial.unlink(missing_ok=True)
     jobs = min(_parallel_jobs(), len(pending))
@@ -517,7 +555,7 @@ def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: 
     trials = means.groupby(by).size()
     incomplete = {}
     if trials.nunique() > 1:
-        if not finished_only():
+        if not partial_allowed():
             raise ValueError(f"unequal tuning budgets: trials per {by} = {trials.to_dict()}; "
                              f"give every {by} the same grid")
         incomplete = {k: int(n) for k, n in trials.items() if n < trials.max()}
@@ -1008,11 +1046,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results-dir", help="results root (default $PILLM_RESULTS_DIR or <repo>/results)")
     p.add_argument("--finished-only", action="store_true",
                    help="summarize the runs that have finished and run none (the experiment stays incomplete)")
+    p.add_argument("--match", metavar="REGEX",
+                   help="run only the pending runs whose name matches (e.g. 'epochs=5'); the others are left "
+                        "out of the summaries and their experiments stay incomplete")
     p.add_argument("--registry", help=argparse.SUPPRESS)  # an alternative experiments.yaml (tests)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: execute one notebook in this process
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "match", None):
+        os.environ[MATCH] = args.match  # inherited by each notebook's process and kernel
+        try:
+            run_filter()
+        except ValueError as e:
+            print(f"pillm experiments: {e}", file=sys.stderr)
+            return 2
     if args.one:
         return run_one(args.one, args.profile, args.results_dir, force=args.force, registry=args.registry,
                        finished_only=args.finished_only)

@@ -511,6 +511,30 @@ def test_finished_only_summarizes_what_finished_and_runs_nothing(tmp_path, fake_
     assert fake_execute == [0, 1, 2] and len(df) == 3 and not partial.exists()
 
 
+def test_match_runs_only_the_selected_runs_and_leaves_the_grid_incomplete(tmp_path, fake_execute, monkeypatch):
+    """``--match`` (PILLM_MATCH) fits a call's time limit: only matching pending runs execute, the
+    summary holds them and the finished ones, and a later full run completes the grid."""
+    runs = ex.expand({"size": "tiny"}, method=["baseline"], seed=[0, 1, 2])
+    ex.run_grid("exp", runs[:1], profile="smoke", results_root=tmp_path, progress=False)  # seed 0 finished
+    partial = tmp_path / "smoke" / "exp" / ex.PARTIAL
+    monkeypatch.setenv(ex.MATCH, "seed=2$")
+    df = ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 2] and list(df["seed"]) == [0, 2]
+    assert json.loads(partial.read_text()) == {"runs": 3, "finished": 2, "missing": [runs[1]["name"]]}
+    assert ex.partial_allowed() and not ex.finished_only()
+    monkeypatch.setenv(ex.MATCH, "seed=(")
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    monkeypatch.delenv(ex.MATCH)
+    df = ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert fake_execute == [0, 2, 1] and list(df["seed"]) == [0, 1, 2] and not partial.exists()
+
+
+def test_cli_match_that_is_not_a_regex_says_so(tmp_path):
+    r = _cli("--results-dir", str(tmp_path), "--match", "seed=(")
+    assert r.returncode == 2 and "is not a regular expression" in r.stderr and "epochs=5" in r.stderr
+
+
 def test_run_provenance_says_where_the_runs_were_computed(tmp_path, fake_execute):
     """The notebook that collects an experiment may execute elsewhere (a CPU) than its runs (GPUs):
     provenance.json's ``runs`` tallies the runs' own environments and the reused ones."""
