@@ -2334,10 +2334,12 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
     def _fig_complexity():
         # 4. complexity scaling
         e = R.exp("complexity")
-        cap = ("Measured time of the closed-form phase per layer against the number of training tokens $N$, for each "
-               "number of features $D$ (log--log); dashed: the least-squares fit $t \\approx a N D^2 + b D^3$")
         solves, _ = _complexity_solves(e) if e.available else (None, None)
         fit, _ = _complexity_fit(e) if e.available else (None, None)
+        model = ("the fitted cost model, streaming $e + cN + aND^2$ plus solve $s + bD^3$ (Table~\\ref{tab:complexity_fit})"
+                 if (rep.c.get("complexity") or {}).get("two_part") else "the least-squares fit $t \\approx a N D^2 + b D^3$")
+        cap = ("Measured time of the closed-form phase per layer against the number of training tokens $N$, for each "
+               f"number of features $D$ (log--log); dashed: {model}")
         x = rep.c.get("complexity") and rep.c["complexity"].get("x")
         tcol = next((c for c in ("seconds_total", "seconds") if solves is not None and c in solves.columns), None)
         if solves is not None and tcol and {"tokens", "n_features"} <= set(solves.columns):
