@@ -1307,6 +1307,25 @@ class Report:
                 g["hybrid_vs_kn"] = "better" if float(data["best_hybrid_test_ppl"]) < kn else "worse"
             if _finite(data.get("baseline_test_ppl")):
                 g["baseline_vs_kn"] = "better" if float(data["baseline_test_ppl"]) < kn else "worse"
+        self._head_calibration(e)
+
+    def _head_calibration(self, e: Experiment) -> None:
+        """Whether the solved heads' unigram mixture weight, chosen on validation, sits at the largest
+        value of its search grid (``solves`` of phase ``head``: ``mix`` and the searched ``search``)."""
+        chosen, top = [], None
+        for r in e.runs():
+            heads = [s_ for s_ in r.get("solves", []) if s_.get("phase") == "head" and s_.get("search")]
+            if heads:
+                grid = {float(row["mix"]) for row in heads[-1]["search"]}
+                top = max(grid) if top is None else max(top, max(grid))
+                chosen.append(float(heads[-1]["mix"]) >= max(grid))
+        if not chosen:
+            return
+        self.add("HeadMixRuns", str(len(chosen)), e, "runs with a solved head (solves: phase=head)", len(chosen))
+        self.add("HeadMixEdgeRuns", str(sum(chosen)), e, "of those, runs whose chosen mix is the grid's largest",
+                 sum(chosen))
+        self.add("HeadMixMax", fmt_fixed(top, 2), e, "largest mix in the heads' search grid", top)
+        self.c["gap"]["head_mix_edge"] = sum(chosen)
 
     def teacher(self) -> None:
         """Teacher targets (``teacher`` notebook): trained baselines whose FFNs are refitted in closed

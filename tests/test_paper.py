@@ -653,6 +653,24 @@ def test_sliding_window_protocol_is_reported_beside_the_ngram(synthetic):
     assert numbers["ProtoStride"]["value"] == "16" and numbers["ProtoContext"]["value"] == "48"
 
 
+def test_head_calibration_at_the_grid_edge_is_reported(tmp_path):
+    """Runs with a solved head record the (temperature, mix) search; a chosen mix at the grid's
+    largest value is reported as the grid stopping the calibration."""
+    root = write_fake_results(tmp_path / "r", only=("gap", "ngram"))
+    grid = [{"temperature": t, "mix": m, "valid_loss": 5.0 - m} for t in (1.0, 2.0) for m in (0.0, 0.1, 0.3)]
+    for name, mix in (("pil_pure+head,seed=0", 0.3), ("pil_pure+head,seed=1", 0.1)):
+        d = root / "smoke" / "gap" / "runs" / name
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"method": "pil_pure", "solves": [
+            {"phase": "head", "layer": "head", "temperature": 2.0, "mix": mix, "search": grid}]}))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert (numbers["HeadMixRuns"]["value"], numbers["HeadMixEdgeRuns"]["value"], numbers["HeadMixMax"]["value"]) \
+        == ("2", "1", "0.30")
+    assert "the grid, not the data, stopped the calibration" in (dirs.generated / "closing.tex").read_text()
+
+
 def test_compress_runs_folds_seeds():
     assert report.compress_runs(["a,seed=0", "a,seed=2", "b,seed=1", "c"]) == "a (seeds 0, 2); b (seed 1); c"
 
