@@ -1570,6 +1570,28 @@ class Report:
         self.add("TunedSeeds", str(hi), path, "most seeds of a method in tuned.csv", hi)
         self.add("TunedSeedsMin", str(lo), path, "fewest seeds of a method in tuned.csv", lo)
 
+    def _eta_grid_top(self) -> None:
+        """Per experiment, the searched solves (η chosen on validation) whose η is the grid's largest:
+        there the grid, not the data, limited the step (``eta_at_edge`` at the top of ``search``)."""
+        tops = []
+        for name in PAPER_EXPERIMENTS:
+            e = self.R.exp(name)
+            if not e.available:
+                continue
+            searched = [s_ for r in e.runs() for s_ in r.get("solves", []) if s_.get("search") and "eta" in s_]
+            top = [s_ for s_ in searched if s_.get("eta_at_edge") and s_["eta"] >= max(x["eta"] for x in s_["search"])]
+            if top:
+                tops.append((e, len(top), len(searched), max(s_["eta"] for s_ in top)))
+        self.c["closing"]["eta_top"] = []
+        for i, (e, k, n, eta) in enumerate(sorted(tops, key=lambda t: -t[1])):
+            tag = "ABCDEFGH"[i] if i < 8 else None
+            if tag is None:
+                break
+            self.add(f"EtaTop{tag}Solves", str(k), e, "searched solves whose eta is the grid's largest (eta_at_edge)", k)
+            self.add(f"EtaTop{tag}Of", str(n), e, "searched solves (local/global/next_embedding targets)", n)
+            self.add(f"EtaTop{tag}Eta", fmt_pow10(eta), e, "the largest eta of the grid", eta)
+            self.c["closing"]["eta_top"].append({"tag": tag, "experiment": e.name})
+
     def _rf_width(self, e: Experiment) -> int | None:
         """Random features per layer of the benchmark's ``rf_adamw`` runs, added once as ``RFFeatures``."""
         width = _rf_features(e)
@@ -1647,6 +1669,7 @@ class Report:
                     if hyb in by:
                         cl["readout_share"] = ret - gap_recovered_pct(ppl, hyb)  # lost by the closed-form readout
                         cl["layer_share"] = 100 - ret  # lost by the frozen random first layer
+        self._eta_grid_top()
         # the closed-form knobs: spread of every PIL ablation cell against the spread over seeds
         cells, stds, sources = [], [], []
         for name in ("ablation_bipil", "ablation_lambda", "ablation_expansion", "ablation_fusion"):

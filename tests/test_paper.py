@@ -671,6 +671,23 @@ def test_head_calibration_at_the_grid_edge_is_reported(tmp_path):
     assert "the grid, not the data, stopped the calibration" in (dirs.generated / "closing.tex").read_text()
 
 
+def test_step_sizes_at_the_top_of_their_grid_are_reported(tmp_path):
+    root = write_fake_results(tmp_path / "r", only=("benchmark", "tinystories"))
+    grid = [{"eta": eta, "valid_loss": 1.0 / eta} for eta in (1e-4, 1e-2, 1.0)]
+    d = root / "smoke" / "tinystories" / "runs" / "pil_then_attn_s0"
+    result = json.loads((d / "result.json").read_text())
+    result["solves"] = [{"layer": i, "eta": 1.0 if i < 3 else 1e-2, "eta_at_edge": i < 3, "search": grid,
+                         "phase": "pil"} for i in range(4)] + [{"layer": 0, "eta": 1e-4, "eta_at_edge": True,
+                                                                 "search": grid, "phase": "pil"}]  # bottom edge
+    (d / "result.json").write_text(json.dumps(result))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert (numbers["EtaTopASolves"]["value"], numbers["EtaTopAOf"]["value"]) == ("3", "5")
+    assert numbers["EtaTopASolves"]["source"].endswith("tinystories/summary.csv")
+    assert "The step-size grid limited some solves from above" in (dirs.generated / "closing.tex").read_text()
+
+
 def test_compress_runs_folds_seeds():
     assert report.compress_runs(["a,seed=0", "a,seed=2", "b,seed=1", "c"]) == "a (seeds 0, 2); b (seed 1); c"
 
