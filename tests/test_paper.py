@@ -688,6 +688,23 @@ def test_step_sizes_at_the_top_of_their_grid_are_reported(tmp_path):
     assert "The step-size grid limited some solves from above" in (dirs.generated / "closing.tex").read_text()
 
 
+def test_tuning_choices_at_the_end_of_the_grid_are_reported(tmp_path):
+    root = write_fake_results(tmp_path / "r", only=("tuning", "benchmark"))
+    summary = root / "smoke" / "tuning" / "summary.csv"
+    rows = list(csv.DictReader(summary.open()))
+    extra = [r | {"lr": "0.0005", "name": r["name"] + "_low"} for r in rows if r["lr"] == "0.001"]
+    with summary.open("w", newline="") as f:  # a three-value learning-rate grid: 5e-4, 1e-3, 2e-3
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + extra)
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    text = (dirs.generated / "appendix_tuning.tex").read_text()
+    # chosen.csv: baseline at lr 2e-3 (the top), pil_then_attn at 1e-3 (inside)
+    assert "For Baseline (MLP FFN), the chosen learning rate is the largest of the grid" in text
+    assert parse_numbers(dirs.tables / "numbers.tex")["TuneEdgeLRTop"]["source"].endswith("tuning/summary.csv")
+
+
 def test_compress_runs_folds_seeds():
     assert report.compress_runs(["a,seed=0", "a,seed=2", "b,seed=1", "c"]) == "a (seeds 0, 2); b (seed 1); c"
 
