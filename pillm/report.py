@@ -50,6 +50,7 @@ the sha256 of its results file, and links to the notebook when a repository URL 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -317,6 +318,7 @@ class Experiment:
     error: str | None = None  # the results exist but could not be read
     _agg: tuple | None = None
     _json: dict = field(default_factory=dict)
+    _outdated: list | None = None
 
     @property
     def available(self) -> bool:
@@ -359,6 +361,22 @@ class Experiment:
         if self._agg is None:
             self._agg = aggregate(self.df)
         return self._agg
+
+    @property
+    def outdated(self) -> list[tuple[str, Any, Any]]:
+        """``(parameter, value it ran with, value the registry gives now)`` for every parameter of this
+        profile's registry entry that the recorded run (``provenance.json``) had with another value:
+        the results answer an earlier configuration, and what was added since has not run."""
+        from . import experiments
+
+        if self._outdated is None:
+            try:
+                _, now = experiments._entry(_registry(), self.name, self.profile)
+            except (ValueError, KeyError, OSError):  # not in the registry, or no such profile: nothing to compare
+                now = {}
+            ran = self.provenance.get("parameters") or {}
+            self._outdated = [(k, ran[k], v) for k, v in now.items() if k in ran and ran[k] != v]
+        return self._outdated
 
     @property
     def partial(self) -> dict | None:
@@ -427,6 +445,10 @@ class Results:
         """Available experiments whose summary holds only some of their runs."""
         return [self.exp(n) for n in names if self.exp(n).available and self.exp(n).partial]
 
+    def outdated(self, names: Iterable[str] = PAPER_EXPERIMENTS) -> list[Experiment]:
+        """Available experiments whose results were produced with other registry parameters."""
+        return [self.exp(n) for n in names if self.exp(n).available and self.exp(n).outdated]
+
     def bench(self) -> list[tuple[Path, dict]]:
         out = []
         for p in sorted((self.root / "bench").glob("*.json")):
@@ -435,6 +457,21 @@ class Results:
             except ValueError:
                 continue
         return out
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> dict:
+    """pillm/experiments.yaml, read once per process."""
+    from . import experiments
+
+    return experiments.load_registry()
+
+
+def _param_tex(value) -> str:
+    """A registry parameter in prose: lists as ``[a, b]`` without quotes."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(tex_escape(str(v)) for v in value) + "]"
+    return tex_escape(str(value))
 
 
 def _flag(column):
@@ -869,7 +906,15 @@ class Report:
         else:
             items = ", ".join(f"{self.notebook_ref(e)} (\\texttt{{{e.sha}}})" for e in exps)
             note = f"Sources (profile {prof}; sha256 of each results file): notebooks {items}."
-        return " ".join([note, *(self.partial_note(e) for e in exps if e.partial)])
+        return " ".join([note, *(self.partial_note(e) for e in exps if e.partial),
+                         *(self.outdated_note(e) for e in exps if e.outdated)])
+
+    @staticmethod
+    def outdated_note(e: Experiment) -> str:
+        """``\\textbf{Earlier configuration}``: the parameters ``e`` ran with that the registry has changed."""
+        return (f"\\textbf{{Earlier configuration:}} \\texttt{{{tex_escape(e.name)}}} ran with "
+                + "; ".join(f"{tex_escape(k)} {_param_tex(old)} (now {_param_tex(new)})" for k, old, new in e.outdated)
+                + "; what the registry added has not run yet.")
 
     @staticmethod
     def partial_note(e: Experiment) -> str:
@@ -2111,6 +2156,8 @@ class Report:
                     self.broken.add(t)
         self.c["missing"] = self.R.missing()
         self.c["partial"] = [{"name": e.name, **e.partial} for e in self.R.partial()]
+        self.c["outdated"] = [{"name": e.name, "changes": [(tex_escape(k), _param_tex(a), _param_tex(b))
+                                                           for k, a, b in e.outdated]} for e in self.R.outdated()]
         self.c["profile"] = self.profile
 
 

@@ -705,6 +705,23 @@ def test_tuning_choices_at_the_end_of_the_grid_are_reported(tmp_path):
     assert parse_numbers(dirs.tables / "numbers.tex")["TuneEdgeLRTop"]["source"].endswith("tuning/summary.csv")
 
 
+def test_results_of_an_earlier_registry_configuration_say_so(tmp_path):
+    """An experiment whose recorded parameters differ from the registry's (e.g. a budget added since)
+    is named in the status box and in its captions: its tables show what ran, not what is asked."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    prov = root / "smoke" / "benchmark" / "provenance.json"
+    prov.write_text(json.dumps(json.loads(prov.read_text()) | {"parameters": {"profile": "smoke", "budgets": [7]}}))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    status = (dirs.generated / "status.tex").read_text()
+    assert r"\textbf{Earlier configuration.}" in status and r"\texttt{benchmark} (budgets [7], now [1])" in status
+    assert "ran with budgets [7] (now [1])" in (dirs.tables / "benchmark.tex").read_text()
+    # results that record no registry parameters (the plain fake ones) are not called outdated
+    plain = report.default_dirs("smoke", tmp_path / "plain")
+    report.render("smoke", write_fake_results(tmp_path / "s", only=("benchmark",)), plain, with_figures=False)
+    assert "Earlier configuration" not in (plain.generated / "status.tex").read_text()
+
+
 def test_compress_runs_folds_seeds():
     assert report.compress_runs(["a,seed=0", "a,seed=2", "b,seed=1", "c"]) == "a (seeds 0, 2); b (seed 1); c"
 
