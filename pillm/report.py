@@ -59,6 +59,7 @@ import os
 import re
 import shutil
 import statistics as st
+import string
 import subprocess
 import sys
 import tarfile
@@ -113,6 +114,8 @@ PAR_TOL = 0.005
 SIMILAR_TOL = 0.01
 #: Issue 7's goal for the best hybrid: test perplexity at most this multiple of the baseline's.
 GAP_GOAL = 1.05
+#: Letters that name the n-th item of a list in macro names (``TeacherFitAPPL``, ``EtaTopBSolves``).
+_TAGS = string.ascii_uppercase
 #: The complexity fit locates the accumulation/solve crossover only when it explains the timings.
 FIT_MIN_R2 = 0.9
 #: LAMBADA accuracies below this are called low for every method.
@@ -465,6 +468,15 @@ def _registry() -> dict:
     from . import experiments
 
     return experiments.load_registry()
+
+
+def _tally(counts: dict, short=lambda v: v) -> str:
+    """``{value: runs}`` of :func:`pillm.experiments.run_provenance` in a table cell: the value alone
+    when all runs agree, else ``value (runs)`` for each; ``--`` when none was recorded."""
+    counts = {short(k): n for k, n in counts.items() if k not in ("None", "")}
+    if not counts:
+        return "--"
+    return tex_escape("; ".join(k if len(counts) == 1 else f"{k} ({n})" for k, n in counts.items()))
 
 
 def _param_tex(value) -> str:
@@ -1357,15 +1369,15 @@ class Report:
     def _head_calibration(self, e: Experiment) -> None:
         """Whether the solved heads' unigram mixture weight, chosen on validation, sits at the largest
         value of its search grid (``solves`` of phase ``head``: ``mix`` and the searched ``search``)."""
-        chosen, top = [], None
+        chosen, tops = [], []
         for r in e.runs():
             heads = [s_ for s_ in r.get("solves", []) if s_.get("phase") == "head" and s_.get("search")]
             if heads:
-                grid = {float(row["mix"]) for row in heads[-1]["search"]}
-                top = max(grid) if top is None else max(top, max(grid))
-                chosen.append(float(heads[-1]["mix"]) >= max(grid))
+                tops.append(max(float(row["mix"]) for row in heads[-1]["search"]))
+                chosen.append(float(heads[-1]["mix"]) >= tops[-1])
         if not chosen:
             return
+        top = max(tops)
         self.add("HeadMixRuns", str(len(chosen)), e, "runs with a solved head (solves: phase=head)", len(chosen))
         self.add("HeadMixEdgeRuns", str(sum(chosen)), e, "of those, runs whose chosen mix is the grid's largest",
                  sum(chosen))
@@ -1395,14 +1407,13 @@ class Report:
         self.add("TeacherNoFFNPPL", fmt_ppl(data["no_ffn_test_ppl"]), path, "no_ffn_test_ppl in teacher/summary.json",
                  data["no_ffn_test_ppl"])
         # Each closed-form fit by its width (features per layer), narrowest first.
-        agg = {str(r["variant"]): r for r in _records(aggregate(e.df)[0])}
+        agg = {str(r["variant"]): r for r in _records(e.agg()[0])}
         fits = sorted(((v, agg[v]) for v in (data.get("fits") or {}) if v in agg and _finite(agg[v].get("n_features"))
                        and _finite(agg[v].get("test_ppl"))), key=lambda vr: float(vr[1]["n_features"]))
         if not fits:
             return
         te = self.c["teacher"] = {"fits": [], "seeds": data.get("seeds"), "same": None, "rf": None}
-        for i, (v, r) in enumerate(fits):
-            tag = "ABCDEFGH"[i]
+        for tag, (v, r) in zip(_TAGS, fits):
             self.add(f"TeacherFit{tag}PPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v}", r["test_ppl"])
             self.add(f"TeacherFit{tag}Features", fmt_count(r["n_features"]), e, f"n_features, variant={v}",
                      r["n_features"])
@@ -1412,11 +1423,12 @@ class Report:
         g = self.R.exp("gap")
         gap, _ = g.json("summary.json")
         hyb = gap.get("best_hybrid_name") if isinstance(gap, dict) else None
-        if hyb and g.available and {"variant", "n_features"} <= set(g.df.columns):
-            width = g.df.loc[g.df["variant"] == hyb, "n_features"].dropna()
-            same = by_width.get(int(float(width.iloc[0]))) if len(width) else None
+        hrow = None
+        if hyb and g.available:
             hrow = next((h for h in _records(g.agg()[0]) if str(h.get("variant")) == hyb), None)
-            if same and hrow is not None and _finite(hrow.get("test_ppl")):
+        if hrow is not None and _finite(hrow.get("n_features")) and _finite(hrow.get("test_ppl")):
+            same = by_width.get(int(float(hrow["n_features"])))
+            if same:
                 v, r = same
                 te["same"] = {"variant": tex_escape(v),
                               "vs_hybrid": verdict(float(r["test_ppl"]), float(hrow["test_ppl"]))
@@ -1460,16 +1472,16 @@ class Report:
         self.c["protocol"] = {"strides": strides}
         self.add("ProtoStride", str(slide), path, "smallest stride in protocol.csv", slide)
         self.add("ProtoContext", str(block - slide), path, "context length minus that stride", block - slide)
-        for m, tag in (("baseline", "Baseline"),):
-            if (m, slide) in agg and (m, block) in agg:
-                self.add(f"Proto{tag}Slide", fmt_ppl(agg[m, slide]), path, f"mean ppl {m}, stride {slide}", agg[m, slide])
-                self.add(f"Proto{tag}Block", fmt_ppl(agg[m, block]), path, f"mean ppl {m}, stride {block}", agg[m, block])
-        pil = [m for m in PIL_METHODS if (m, slide) in agg and (m, block) in agg]
+        both = [m for m in ("baseline", *PIL_METHODS) if (m, slide) in agg and (m, block) in agg]
+        pairs = [("baseline", "Baseline")] if "baseline" in both else []
+        pil = [m for m in both if m in PIL_METHODS]
         if pil:
-            m = pil[0]
-            self.add("ProtoPILMethod", method_tex(m), path, "PIL method in protocol.csv")
-            self.add("ProtoPILSlide", fmt_ppl(agg[m, slide]), path, f"mean ppl {m}, stride {slide}", agg[m, slide])
-            self.add("ProtoPILBlock", fmt_ppl(agg[m, block]), path, f"mean ppl {m}, stride {block}", agg[m, block])
+            self.add("ProtoPILMethod", method_tex(pil[0]), path, "PIL method in protocol.csv")
+            pairs.append((pil[0], "PIL"))
+        for m, tag in pairs:
+            for kind, stride in (("Slide", slide), ("Block", block)):
+                self.add(f"Proto{tag}{kind}", fmt_ppl(agg[m, stride]), path, f"mean ppl {m}, stride {stride}",
+                         agg[m, stride])
 
     def adaptation(self) -> None:
         """Rapid adaptation (``adaptation`` notebook): per new domain and way of adapting, the new
@@ -1642,10 +1654,7 @@ class Report:
             if top:
                 tops.append((e, len(top), len(searched), max(s_["eta"] for s_ in top)))
         self.c["closing"]["eta_top"] = []
-        for i, (e, k, n, eta) in enumerate(sorted(tops, key=lambda t: -t[1])):
-            tag = "ABCDEFGH"[i] if i < 8 else None
-            if tag is None:
-                break
+        for tag, (e, k, n, eta) in zip(_TAGS, sorted(tops, key=lambda t: -t[1])):
             self.add(f"EtaTop{tag}Solves", str(k), e, "searched solves whose eta is the grid's largest (eta_at_edge)", k)
             self.add(f"EtaTop{tag}Of", str(n), e, "searched solves (local/global/next_embedding targets)", n)
             self.add(f"EtaTop{tag}Eta", fmt_pow10(eta), e, "the largest eta of the grid", eta)
@@ -2091,16 +2100,10 @@ class Report:
                 continue
             env = e.provenance.get("environment") or {}
             runs = run_provenance(e.path)  # where the runs were computed (the notebook may have run elsewhere)
-
-            def tally(key: str, short=lambda v: v) -> str:
-                counts = {short(k): n for k, n in runs[key].items() if k not in ("None", "")}
-                if not counts:
-                    return "--"
-                return tex_escape("; ".join(k if len(counts) == 1 else f"{k} ({n})" for k, n in counts.items()))
-
             date = str(e.provenance.get("finished") or e.provenance.get("date") or env.get("date") or "")[:10]
             prow.append([r"\texttt{" + tex_escape(e.name) + "}", fmt_count(runs["count"]) if runs["count"] else "--",
-                         tally("device_name"), tally("torch"), tally("git_commit", lambda c: c[:8]),
+                         _tally(runs["device_name"]), _tally(runs["torch"]),
+                         _tally(runs["git_commit"], lambda c: c[:8]),
                          tex_escape(f"{env.get('device_name', '--')}, torch {env.get('torch', '--')}"),
                          tex_escape(date) if date else "--", r"\texttt{" + e.sha + "}"])
             psrc.append(e)
