@@ -39,13 +39,15 @@ case "${1:-}" in *" "*) groups=("$@") ;; *) groups=("$*") ;; esac
 pids=()
 # Runs per group when PILLM_JOBS is not given: at most 8 per GPU and no more OpenMP threads than
 # cores over all groups (36 runs with 72 threads on 64 cores ran slower than 15 on 32: GPU_RUNS.md).
+# GNU nproc answers OMP_NUM_THREADS when it is set (exported above): count the cores without it.
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 if [ -z "${PILLM_JOBS:-}" ]; then
   gpus=$(nvidia-smi -L 2>/dev/null | wc -l); gpus=$(( gpus > 0 ? gpus : 1 ))
-  by_gpu=$(( 8 * gpus )); by_cpu=$(( $(nproc) / OMP_NUM_THREADS ))
+  by_gpu=$(( 8 * gpus )); by_cpu=$(( cores / OMP_NUM_THREADS ))
   export PILLM_JOBS=$(( (by_gpu < by_cpu ? by_gpu : by_cpu) / ${#groups[@]} ))
   [ "$PILLM_JOBS" -ge 1 ] || PILLM_JOBS=1
 fi
-echo "PILLM_JOBS=$PILLM_JOBS per group, ${#groups[@]} group(s), OMP_NUM_THREADS=$OMP_NUM_THREADS, $(nproc) cores"
+echo "PILLM_JOBS=$PILLM_JOBS per group, ${#groups[@]} group(s), OMP_NUM_THREADS=$OMP_NUM_THREADS, $cores cores"
 export PILLM_OTHER_RUNS=$(( (${#groups[@]} - 1) * PILLM_JOBS ))  # recorded with each run (concurrent_runs)
 for i in "${!groups[@]}"; do
   # shellcheck disable=SC2086  # each group is a list of arguments
