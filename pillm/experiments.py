@@ -317,13 +317,20 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
     return result
 
 
-def _worker_init(counter, n_gpus: int) -> None:
-    """Pin each worker process to one GPU, round robin (before CUDA is initialised)."""
+def visible_gpus(count: int) -> list[str]:
+    """The GPUs a grid's workers share: the entries of the caller's ``CUDA_VISIBLE_DEVICES`` when it
+    is set (so that one grid can be kept to some GPUs while another uses the rest), else 0…count-1."""
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def _worker_init(counter, gpus: list[str]) -> None:
+    """Pin each worker process to one of ``gpus``, round robin (before CUDA is initialised)."""
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    if n_gpus > 0:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
 def _parallel_jobs() -> int:
@@ -447,7 +454,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         os.environ["PILLM_CONCURRENT_RUNS"] = str(jobs + int(os.environ.get("PILLM_OTHER_RUNS", "0")))
         try:
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(counter, torch.cuda.device_count())) as pool:
+                                     initargs=(counter, visible_gpus(torch.cuda.device_count()))) as pool:
                 # Longest first, so that a time-limited call is not left waiting for one slow run
                 # started last; a stable sort keeps the grid's order among equals.
                 order = sorted(pending, key=lambda i: -expected_cost(specs[i]))

@@ -782,6 +782,22 @@ def params_solved(r) -> float:
     return float(sum(float(v) for v in vals if _finite(v))) if any(_finite(v) for v in vals) else math.nan
 
 
+def _epochs_text(v: Any) -> str:
+    """``5 epochs``, ``1 epoch``."""
+    n = int(float(v))
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _searched(result: dict) -> list[dict]:
+    """A run's solves whose step size η was searched on validation (local/global/next-embedding targets)."""
+    return [s for s in result.get("solves", []) if s.get("search") and "eta" in s]
+
+
+def _eta_at_top(solve: dict) -> bool:
+    """Whether a searched solve chose the grid's largest η: the grid, not the data, limited the step."""
+    return bool(solve.get("eta_at_edge")) and solve["eta"] >= max(x["eta"] for x in solve["search"])
+
+
 def _records(agg) -> list[dict]:
     recs = agg.to_dict("records")
     for r in recs:
@@ -1064,6 +1080,8 @@ class Report:
             b["pil_beats_attn"] = pil[b["pil_best"]] < ppl["attn_only"]
         if "attn_only" in ppl and "pil_pure" in ppl:
             b["pure_beats_attn"] = ppl["pil_pure"] < ppl["attn_only"]
+        self._bench_groups(e, sel)
+        self._diverged(e)
         pilrows = [r for r in _records(agg) if str(r.get("method")) in PIL_METHODS]
         conds = [float(r["max_cond"]) for r in pilrows if _finite(r.get("max_cond"))]
         if conds:
@@ -1075,6 +1093,80 @@ class Report:
                 b["fallbacks"] = fb
                 self.add("BenchFallbackRuns", str(fb), e, "PIL runs with any_fallback true")
                 self.add("BenchPILRuns", str(len(runs)), e, "number of PIL runs (rows)")
+
+    def _bench_groups(self, e: Experiment, primary: dict) -> None:
+        """The benchmark's groups besides the primary one (another epoch budget, larger models): per
+        group the baseline, attention only and the hybrid best on validation."""
+        agg, keys = e.agg()
+        others = [k for k in keys if k != "method"]
+        groups = []
+        for vals, g in (agg.groupby(others, sort=False) if others else []):
+            sel = dict(zip(others, vals if isinstance(vals, tuple) else (vals,)))
+            differs = {k: v for k, v in sel.items() if str(v) != str(primary.get(k))}
+            if differs:
+                groups.append((differs, {str(r["method"]): r for r in _records(g)}))
+        size_rank = lambda v: SIZE_ORDER.index(str(v)) if str(v) in SIZE_ORDER else len(SIZE_ORDER)  # noqa: E731
+        groups.sort(key=lambda dg: (size_rank(dg[0].get("size", "")), -float(dg[0].get("epochs", 0))))
+        self.c["bench"]["groups_other"] = out = []
+        for tag, (differs, by) in zip(_TAGS, groups):
+            where = ", ".join(f"{k}={v}" for k, v in differs.items())
+            label = ", ".join(_epochs_text(v) if k == "epochs" else f"the {v} model" if k == "size" else f"{k} {v}"
+                              for k, v in differs.items())
+            self.add(f"BenchGroup{tag}Label", tex_escape(label), e, f"the group {where} of the benchmark")
+            g = {"tag": tag}
+            for m, name in (("baseline", "Baseline"), ("attn_only", "AttnOnly")):
+                if m in by and _finite(by[m].get("test_ppl")):
+                    self.add(f"BenchGroup{tag}{name}PPL", fmt_ppl(by[m]["test_ppl"]), e,
+                             f"mean test_ppl, method={m}, {where}", by[m]["test_ppl"])
+                    g[m] = True
+            pil = [m for m in by if m in HYBRID_METHODS and _finite(by[m].get("valid_ppl")) and _finite(by[m].get("test_ppl"))]
+            if pil:
+                m = min(pil, key=lambda k: float(by[k]["valid_ppl"]))
+                r = by[m]
+                self.add(f"BenchGroup{tag}PILMethod", method_tex(m), e, f"hybrid with the lowest mean valid_ppl, {where}")
+                self.add(f"BenchGroup{tag}PILPPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, method={m}, {where}",
+                         r["test_ppl"])
+                self.add(f"BenchGroup{tag}PILSeeds", str(int(r["n"])), e, f"seeds of method={m}, {where}", int(r["n"]))
+                g["pil_seeds_one"] = int(r["n"]) == 1
+                a = by.get("attn_only")
+                if a is not None and _finite(a.get("test_ppl")):
+                    g["pil_vs_attn"] = ("within" if not beyond_seed_spread(r, a) else
+                                        "better" if float(r["test_ppl"]) < float(a["test_ppl"]) else "worse")
+            out.append(g)
+
+    #: A run "diverged" when its last validation perplexity is above this multiple of its best one.
+    DIVERGED_RATIO = 2.0
+
+    def _diverged(self, e: Experiment) -> None:
+        """Runs whose validation perplexity rose far above its best during training (``curve``), with
+        how many of their searched solves stopped at the top of the step-size grid."""
+        self.c["bench"]["diverged"] = out = []
+        for r in e.runs():
+            pts = [p for p in r.get("curve") or [] if _finite(p.get("valid_ppl"))]
+            if len(pts) < 2:
+                continue
+            i = min(range(len(pts)), key=lambda k: float(pts[k]["valid_ppl"]))
+            best, last = float(pts[i]["valid_ppl"]), float(pts[-1]["valid_ppl"])
+            if last <= self.DIVERGED_RATIO * best:
+                continue
+            tag = _TAGS[len(out)]
+            src = f"curve of run {r['name']}"
+            self.add(f"Diverged{tag}Method", method_tex(r.get("method")), e, f"method of run {r['name']}")
+            self.add(f"Diverged{tag}Size", tex_escape(str(r.get("size", ""))), e, f"size of run {r['name']}")
+            self.add(f"Diverged{tag}Seed", str(r.get("seed")), e, f"seed of run {r['name']}", r.get("seed"))
+            self.add(f"Diverged{tag}Best", fmt_ppl(best), e, f"lowest valid_ppl on the {src}", best)
+            self.add(f"Diverged{tag}BestEpoch", str(pts[i].get("epoch")), e, f"epoch of the lowest valid_ppl, {src}",
+                     pts[i].get("epoch"))
+            self.add(f"Diverged{tag}Final", fmt_ppl(last), e, f"last valid_ppl on the {src}", last)
+            d = {"tag": tag}
+            searched = _searched(r)
+            if searched:
+                top = sum(map(_eta_at_top, searched))
+                self.add(f"Diverged{tag}EtaTop", str(top), e, f"solves of run {r['name']} at the top of eta_grid", top)
+                self.add(f"Diverged{tag}Solves", str(len(searched)), e, f"searched solves of run {r['name']}",
+                         len(searched))
+                d["eta"] = True
+            out.append(d)
 
     # -------------------------------------------------------------- LAMBADA
     def lambada(self) -> None:
@@ -1649,8 +1741,8 @@ class Report:
             e = self.R.exp(name)
             if not e.available:
                 continue
-            searched = [s_ for r in e.runs() for s_ in r.get("solves", []) if s_.get("search") and "eta" in s_]
-            top = [s_ for s_ in searched if s_.get("eta_at_edge") and s_["eta"] >= max(x["eta"] for x in s_["search"])]
+            searched = [s_ for r in e.runs() for s_ in _searched(r)]
+            top = [s_ for s_ in searched if _eta_at_top(s_)]
             if top:
                 tops.append((e, len(top), len(searched), max(s_["eta"] for s_ in top)))
         self.c["closing"]["eta_top"] = []

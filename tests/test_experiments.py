@@ -600,3 +600,29 @@ def test_checkpoints_are_needed_to_resume_not_to_summarize(tmp_path, fake_execut
     monkeypatch.delenv(ex.FINISHED_ONLY)
     ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     assert fake_execute == [0, 0]
+
+
+def test_workers_stay_on_the_gpus_their_grid_was_given(monkeypatch):
+    """A grid started with CUDA_VISIBLE_DEVICES=1 (tools/device_experiments.sh places groups so) must
+    pin its workers to physical GPU 1, not renumber them from 0; unset, workers go round robin."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    gpus = ex.visible_gpus(1)  # torch counts the one visible GPU
+    assert gpus == ["1"]
+    counter = mp.Value("i", 0)
+    pinned = []
+    for _ in range(3):
+        ex._worker_init(counter, gpus)
+        pinned.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert pinned == ["1", "1", "1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    gpus = ex.visible_gpus(2)
+    assert gpus == ["0", "1"]
+    counter = mp.Value("i", 0)
+    pinned = []
+    for _ in range(3):
+        ex._worker_init(counter, gpus)
+        pinned.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert pinned == ["0", "1", "0"]
+    assert ex.visible_gpus(0) == []  # no GPU: workers are not pinned

@@ -746,3 +746,29 @@ def test_complexity_two_part_fit_names_what_dominates(synthetic):
     assert numbers["ComplexityStreamD"]["value"] == "707" and numbers["ComplexityRTwoSolve"]["value"] == "0.987"
     assert "at every width we measured, the\nclosed-form phase is dominated by that forward pass" in text
     assert r"\ComplexityRTwoStream" in text and r"\ComplexityCrossRatio" in text
+
+
+def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
+    """Besides the main group, every other (size, budget) group of the benchmark gets a sentence, and
+    a run whose validation perplexity ends far above its best is named as diverged, with its solves
+    at the top of the step-size grid."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    d = root / "smoke" / "benchmark" / "runs" / "pil_then_attn,size=small,epochs=2,seed=0"
+    result = json.loads((d / "result.json").read_text())
+    result["curve"][-1]["valid_ppl"] = 5 * min(p["valid_ppl"] for p in result["curve"])
+    grid = [{"eta": eta, "valid_loss": 1.0 / eta} for eta in (1e-4, 1e-2, 1.0)]
+    result["solves"] = [{"layer": i, "eta": 1.0 if i else 1e-2, "eta_at_edge": bool(i), "search": grid}
+                        for i in range(4)]
+    (d / "result.json").write_text(json.dumps(result))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    # the primary group is tiny at 2 epochs; the others: the small model (a subset), then 1 epoch
+    assert numbers["BenchGroupALabel"]["value"] == "the small model"
+    assert numbers["BenchGroupBLabel"]["value"] == "1 epoch"
+    assert numbers["BenchGroupAPILMethod"]["note"].endswith("size=small")
+    assert (numbers["DivergedASize"]["value"], numbers["DivergedASeed"]["value"]) == ("small", "0")
+    assert (numbers["DivergedAEtaTop"]["value"], numbers["DivergedASolves"]["value"]) == ("3", "4")
+    assert "DivergedBSize" not in numbers  # the other runs' curves end at their best
+    text = (dirs.generated / "results_main.tex").read_text()
+    assert r"\paragraph{Other budgets and model sizes.}" in text and "One run diverged" in text

@@ -47,11 +47,21 @@ if [ -z "${PILLM_JOBS:-}" ]; then
   export PILLM_JOBS=$(( (by_gpu < by_cpu ? by_gpu : by_cpu) / ${#groups[@]} ))
   [ "$PILLM_JOBS" -ge 1 ] || PILLM_JOBS=1
 fi
-echo "PILLM_JOBS=$PILLM_JOBS per group, ${#groups[@]} group(s), OMP_NUM_THREADS=$OMP_NUM_THREADS, $cores cores"
-export PILLM_OTHER_RUNS=$(( (${#groups[@]} - 1) * PILLM_JOBS ))  # recorded with each run (concurrent_runs)
+# A group's leading NAME=VALUE words are its own environment, e.g. "CUDA_VISIBLE_DEVICES=1 PILLM_JOBS=2
+# --profile paper --only gap": the grid's workers then share only GPU 1 (experiments.visible_gpus).
+envs=(); args=(); jobs=(); total=0
+for g in "${groups[@]}"; do
+  read -r -a words <<< "$g"; e=()
+  while [ ${#words[@]} -gt 0 ] && [[ ${words[0]} =~ ^[A-Z_][A-Z0-9_]*= ]]; do e+=("${words[0]}"); words=("${words[@]:1}"); done
+  j=$PILLM_JOBS; for kv in "${e[@]}"; do [[ $kv == PILLM_JOBS=* ]] && j=${kv#PILLM_JOBS=}; done
+  envs+=("${e[*]}"); args+=("${words[*]}"); jobs+=("$j"); total=$(( total + j ))
+done
+echo "${#groups[@]} group(s), runs at once ${jobs[*]} (default PILLM_JOBS=$PILLM_JOBS), OMP_NUM_THREADS=$OMP_NUM_THREADS, $cores cores"
 for i in "${!groups[@]}"; do
-  # shellcheck disable=SC2086  # each group is a list of arguments
-  setsid timeout -s KILL "$limit" python3 -m pillm experiments ${groups[$i]} > "$out/log$i.txt" 2>&1 &
+  read -r -a e <<< "${envs[$i]}"; read -r -a a <<< "${args[$i]}"
+  # PILLM_OTHER_RUNS: the other groups' runs, recorded with each run (concurrent_runs)
+  setsid timeout -s KILL "$limit" env PILLM_OTHER_RUNS=$(( total - jobs[i] )) "${e[@]}" \
+    python3 -m pillm experiments "${a[@]}" > "$out/log$i.txt" 2>&1 &
   pids+=($!)
 done
 for i in "${!pids[@]}"; do
