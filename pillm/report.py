@@ -389,6 +389,19 @@ class Experiment:
         name = "partial.json" if summary in ("summary.csv", "summary.json") else f"{Path(summary).stem}.partial.json"
         return self.json(name)[0]
 
+    @property
+    def unfinished(self) -> list[dict]:
+        """Every grid of the experiment whose summary holds only some of its runs (a ``*partial.json``;
+        ``grid`` is None for the main summary, else the other summary's name, e.g. ``tuning``'s
+        confirmation seeds in ``tuned.csv``)."""
+        out = []
+        for p in sorted(self.path.glob("*partial.json")) if self.path.is_dir() else []:
+            d = self.json(p.name)[0]
+            if isinstance(d, dict):
+                stem = p.name[:-len("partial.json")].rstrip(".")
+                out.append({"grid": stem or None, "runs": d.get("runs"), "finished": d.get("finished")})
+        return out
+
     def json(self, filename: str) -> tuple[dict | list | None, Path | None]:
         """A JSON results file and its path (read once), or ``(None, None)``."""
         if filename not in self._json:
@@ -445,8 +458,8 @@ class Results:
         return [n for n in names if not self.exp(n).available]
 
     def partial(self, names: Iterable[str] = PAPER_EXPERIMENTS) -> list[Experiment]:
-        """Available experiments whose summary holds only some of their runs."""
-        return [self.exp(n) for n in names if self.exp(n).available and self.exp(n).partial]
+        """Available experiments with a grid whose summary holds only some of its runs."""
+        return [self.exp(n) for n in names if self.exp(n).available and self.exp(n).unfinished]
 
     def outdated(self, names: Iterable[str] = PAPER_EXPERIMENTS) -> list[Experiment]:
         """Available experiments whose results were produced with other registry parameters."""
@@ -2250,7 +2263,7 @@ class Report:
                     self._no_table(t, TABLE_TITLES[t], [name])
                     self.broken.add(t)
         self.c["missing"] = self.R.missing()
-        self.c["partial"] = [{"name": e.name, **e.partial} for e in self.R.partial()]
+        self.c["partial"] = [{"name": e.name, **g} for e in self.R.partial() for g in e.unfinished]
         self.c["outdated"] = [{"name": e.name, "changes": [(tex_escape(k), _param_tex(a), _param_tex(b))
                                                            for k, a, b in e.outdated]} for e in self.R.outdated()]
         self.c["profile"] = self.profile

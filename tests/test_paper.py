@@ -593,6 +593,17 @@ def test_partial_and_failed_experiments_say_so(tmp_path):
     assert "could not be rendered" in (dirs.tables / "lambada.tex").read_text()
 
 
+def test_an_experiment_with_a_partial_second_grid_is_listed_as_partial(tmp_path):
+    """tuning's trials can be complete while its confirmation seeds (tuned.csv) are not: the status
+    box still lists it, naming the partial grid."""
+    root = write_fake_results(tmp_path / "results", only=("benchmark", "tuning"))
+    d = root / "smoke" / "tuning"
+    (d / "tuned.partial.json").write_text(json.dumps({"runs": 6, "finished": 4, "missing": ["a", "b"]}))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    assert r"\texttt{tuning} (\texttt{tuned.csv}: 4 of 6 runs)" in (dirs.generated / "status.tex").read_text()
+
+
 def test_tuned_settings_are_compared_on_their_own_seeds(synthetic):
     text = (synthetic["dirs"].generated / "appendix_tuning.tex").read_text()
     assert r"\TunedBaselinePPL{}" in text and r"\TunedPILMethod{}" in text and r"\TunedSeeds{} seeds" in text

@@ -17,7 +17,7 @@
 # - The transfer back drops deep folders: results are packed into $OUT/results.tar.
 # - The data does not travel by itself: copy it into the ignored data/ and carry "data".
 # - Each call starts from this machine's working tree: results/ of the previous call is NOT kept
-#   there. Untar every call's results.tar here before the next call, or it recomputes them.
+#   there. Unpack every call's results.tar here (tools/unpack_results.sh) before the next call, or it recomputes them.
 set -u
 # The device's copy of .git can be older than the working tree (it is not refreshed per call), so
 # `git rev-parse HEAD` there names the wrong commit: hide it and let PILLM_GIT_COMMIT speak.
