@@ -1126,7 +1126,7 @@ class Report:
             label = ", ".join(_epochs_text(v) if k == "epochs" else f"the {v} model" if k == "size" else f"{k} {v}"
                               for k, v in differs.items())
             self.add(f"BenchGroup{tag}Label", tex_escape(label), e, f"the group {where} of the benchmark")
-            g = {"tag": tag}
+            g = {"tag": tag, "size": "size" in differs}
             for m, name in (("baseline", "Baseline"), ("attn_only", "AttnOnly")):
                 if m in by and _finite(by[m].get("test_ppl")):
                     self.add(f"BenchGroup{tag}{name}PPL", fmt_ppl(by[m]["test_ppl"]), e,
@@ -1140,7 +1140,7 @@ class Report:
                 self.add(f"BenchGroup{tag}PILPPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, method={m}, {where}",
                          r["test_ppl"])
                 self.add(f"BenchGroup{tag}PILSeeds", str(int(r["n"])), e, f"seeds of method={m}, {where}", int(r["n"]))
-                g["pil_seeds_one"] = int(r["n"]) == 1
+                g["pil_seeds_one"], g["hybrids"] = int(r["n"]) == 1, len(pil)
                 a = by.get("attn_only")
                 if a is not None and _finite(a.get("test_ppl")):
                     g["pil_vs_attn"] = ("within" if not beyond_seed_spread(r, a) else

@@ -783,3 +783,4 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     assert "DivergedBSize" not in numbers  # the other runs' curves end at their best
     text = (dirs.generated / "results_main.tex").read_text()
     assert r"\paragraph{Other budgets and model sizes.}" in text and "One run diverged" in text
+    assert "With larger models, the hybrids trained there" in (dirs.generated / "conclusion.tex").read_text()
