@@ -360,13 +360,15 @@ def finished_only() -> bool:
 def run_filter() -> "re.Pattern | None":
     """The compiled ``PILLM_MATCH`` pattern, or None when every run may run."""
     pattern = os.environ.get(MATCH, "")
-    if not pattern:
-        return None
+    return _compile_match(pattern) if pattern else None
+
+
+def _compile_match(pattern: str) -> "re.Pattern":
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise ValueError(f"{MATCH}={pattern!r} is not a regular expression ({e}); match run names such as "
-                         "'method=alternating' or 'epochs=5'") from None
+        raise ValueError(f"--match / {MATCH} {pattern!r} is not a regular expression ({e}); match run names "
+                         "such as 'method=alternating' or 'epochs=5'") from None
 
 
 def partial_allowed() -> bool:
@@ -885,14 +887,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_one(name: str, profile: str, results_root=None, *, force: bool = False, registry=None,
-            finished_only: bool = False) -> int:
+def run_one(name: str, profile: str, results_root=None, *, force: bool = False, registry=None) -> int:
     """Execute one registry notebook with papermill (called in its own process by run_experiments).
 
-    ``finished_only``: the notebook summarizes the runs that have finished and runs none (see
-    :data:`FINISHED_ONLY`); when some are missing the experiment is left incomplete (no ``.complete``)."""
-    if finished_only:
-        os.environ[FINISHED_ONLY] = "1"  # inherited by the notebook's kernel
+    The notebook's kernel inherits this process's environment, so :data:`FINISHED_ONLY` and
+    :data:`MATCH` reach its ``run_grid`` calls; when some runs are missing the experiment is left
+    incomplete (no ``.complete``)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -1002,10 +1002,17 @@ def _export_html(executed) -> None:
 
 
 def run_experiments(profile: str, only=None, force: bool = False, results_root=None, registry=None,
-                    finished_only: bool = False) -> int:
+                    finished_only: bool = False, match: str | None = None) -> int:
     """Run every registry notebook that is missing or stale for ``profile``; returns an exit code.
 
-    ``finished_only``: summarize the runs that have finished and run none (no GPU at hand)."""
+    ``finished_only``: summarize the runs that have finished and run none (no GPU at hand).
+    ``match``: run only the pending runs whose name this regular expression matches.
+    Both reach each notebook's process through its environment (:data:`FINISHED_ONLY`, :data:`MATCH`)."""
+    env = dict(os.environ)
+    if finished_only:
+        env[FINISHED_ONLY] = "1"
+    if match:
+        env[MATCH] = _compile_match(match).pattern  # a bad pattern fails here, before any notebook runs
     reg = load_registry(registry)
     names = list(dict.fromkeys(only)) if only else list(reg)
     for name in names:
@@ -1026,8 +1033,8 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "pillm", "experiments", "--one", name, "--profile", profile,
                "--results-dir", str(root)] + (["--force"] if force else []) \
-            + (["--registry", str(registry)] if registry else []) + (["--finished-only"] if finished_only else [])
-        rc = subprocess.call(cmd, cwd=REPO)
+            + (["--registry", str(registry)] if registry else [])
+        rc = subprocess.call(cmd, cwd=REPO, env=env)
         took = time.perf_counter() - t0
         if rc == 0:
             print(f"[{i}/{len(names)}] {name}: done in {took:.1f} s", flush=True)
@@ -1061,18 +1068,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if getattr(args, "match", None):
-        os.environ[MATCH] = args.match  # inherited by each notebook's process and kernel
-        try:
-            run_filter()
-        except ValueError as e:
-            print(f"pillm experiments: {e}", file=sys.stderr)
-            return 2
-    if args.one:
-        return run_one(args.one, args.profile, args.results_dir, force=args.force, registry=args.registry,
-                       finished_only=args.finished_only)
-    return run_experiments(args.profile, only=args.only, force=args.force, results_root=args.results_dir,
-                           registry=args.registry, finished_only=args.finished_only)
+    if args.one:  # --finished-only and --match arrive in the environment (run_experiments)
+        return run_one(args.one, args.profile, args.results_dir, force=args.force, registry=args.registry)
+    try:
+        return run_experiments(args.profile, only=args.only, force=args.force, results_root=args.results_dir,
+                               registry=args.registry, finished_only=args.finished_only, match=args.match)
+    except ValueError as e:
+        print(f"pillm experiments: {e}", file=sys.stderr)
+        return 2
 
 
 __all__ = ["choose_on_validation", "teacher_summary", "make_adapt_run", "evaluate_checkpoint", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",

@@ -432,6 +432,7 @@ def test_finished_only_leaves_the_experiment_incomplete(tmp_path):
                    "import json\nfrom pathlib import Path\n"
                    "out = Path(results_root) / profile / 'part'\nout.mkdir(parents=True, exist_ok=True)\n"
                    "(out / 'summary.csv').write_text('value\\n%d\\n' % value)\n"
+                   "(out / 'match.txt').write_text(ex.run_filter().pattern if ex.run_filter() else '')\n"
                    "if ex.finished_only():\n"
                    "    (out / 'partial.json').write_text(json.dumps({'runs': 2, 'finished': 1, 'missing': ['b']}))")
     registry = tmp_path / "registry.yaml"
@@ -444,6 +445,11 @@ def test_finished_only_leaves_the_experiment_incomplete(tmp_path):
     r = _cli("--registry", str(registry), "--results-dir", str(root))
     assert r.returncode == 0 and "1 ran, 0 skipped" in r.stdout, r.stdout + r.stderr
     assert (exp / ".complete").exists() and not (exp / "partial.json").exists()
+    assert (exp / "match.txt").read_text() == ""
+    # --match reaches the notebook's kernel the same way (its environment)
+    r = _cli("--registry", str(registry), "--results-dir", str(root), "--force", "--match", "seed=1$")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (exp / "match.txt").read_text() == "seed=1$"
 
 
 def test_gap_summary_chooses_the_hybrid_on_validation_only():
