@@ -958,15 +958,17 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     return 0
 
 
-def run_provenance(exp_dir: Path) -> dict:
+def run_provenance(exp_dir: Path, results: dict[Path, dict] | None = None) -> dict:
     """Where the runs of an experiment were computed (the notebook that collects them may execute
     elsewhere, e.g. on a CPU once every run is done): counts by device, torch, CUDA, commit,
-    concurrency, and the runs copied from other experiments."""
+    concurrency, and the runs copied from other experiments. ``results``: the ``result.json``
+    files already read, by path (the report has them), so that they are not read twice."""
     tally: dict[str, dict] = {k: {} for k in ("device_name", "torch", "cuda", "git_commit", "git_dirty",
                                                "concurrent_runs")}
     n = reused = 0
     for path in sorted(Path(exp_dir).glob("runs/*/result.json")):
-        result, meta = _read_json(path), _read_json(path.parent / "run.json")
+        result = results[path] if results is not None and path in results else _read_json(path)
+        meta = _read_json(path.parent / "run.json")
         if result is None or meta is None:
             continue
         env = result.get("environment", {})

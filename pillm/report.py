@@ -2204,7 +2204,8 @@ class Report:
             if not e.available:
                 continue
             env = e.provenance.get("environment") or {}
-            runs = run_provenance(e.path)  # where the runs were computed (the notebook may have run elsewhere)
+            # where the runs were computed (the notebook may have run elsewhere); result.json as already read
+            runs = run_provenance(e.path, {r["_path"]: r for r in e.runs()})
             date = str(e.provenance.get("finished") or e.provenance.get("date") or env.get("date") or "")[:10]
             prow.append([r"\texttt{" + tex_escape(e.name) + "}", fmt_count(runs["count"]) if runs["count"] else "--",
                          _tally(runs["device_name"]), _tally(runs["torch"]),

@@ -555,6 +555,10 @@ def test_run_provenance_says_where_the_runs_were_computed(tmp_path, fake_execute
     prov = ex.run_provenance(tmp_path / "smoke" / "second")
     assert prov["count"] == 2 and prov["reused_from_other_experiments"] == 1
     assert prov["device_name"] == {"NVIDIA H200": 1, "cpu": 1} and prov["concurrent_runs"] == {"8": 2}
+    # results already read (the report's) are used as given, not read again
+    runs = tmp_path / "smoke" / "second" / "runs"
+    given = {p: {"environment": {"device_name": "given"}} for p in runs.glob("*/result.json")}
+    assert ex.run_provenance(runs.parent, given)["device_name"] == {"given": 2}
 
 
 def test_expected_cost_orders_slow_runs_first():
