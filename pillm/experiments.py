@@ -28,6 +28,7 @@ import argparse
 import datetime as _dt
 import functools
 import hashlib
+import importlib
 import itertools
 import json
 import math
@@ -53,7 +54,9 @@ KERNEL = "pillm"
 # Modules that do not change what a run computes (they may change without invalidating runs).
 _NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "report.py", "bench.py"}
 #: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
-_OWN_KEY_MODULES = {"adapt.py"}
+_OWN_KEY_MODULES = {"adapt.py", "firstlayer.py"}
+#: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
+_OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec")}
 
 @functools.cache
 def _field_names(cls) -> frozenset[str]:
@@ -162,21 +165,38 @@ def expand(base: dict, **grid) -> list[dict]:
     return [make_run(base, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def run_spec(run: dict):
-    """The spec of a run dict: a :class:`RunSpec`, or an ``AdaptSpec`` for ``{"adapt": {...}}``."""
-    if "adapt" in run:
-        from .adapt import AdaptSpec
+def _spec_module(kind: str):
+    return importlib.import_module(f".{_OTHER_SPECS[kind][0]}", __package__)
 
-        return AdaptSpec(**run["adapt"])
+
+def run_spec(run: dict):
+    """The spec of a run dict: a :class:`RunSpec`, an ``AdaptSpec`` for ``{"adapt": {...}}`` or a
+    ``FirstLayerSpec`` for ``{"first_layer": {...}}``."""
+    for kind, (_, cls) in _OTHER_SPECS.items():
+        if kind in run:
+            return getattr(_spec_module(kind), cls)(**run[kind])
     return RunSpec(**{k: v for k, v in run.items() if k in _SPEC_FIELDS})
+
+
+def _other_run(kind: str, name: str, labels: dict | None, fields: dict) -> dict:
+    run = {"name": name, kind: fields, "vary": dict(labels or {})}
+    run_spec(run)  # validate now, not in a worker
+    return run
 
 
 def make_adapt_run(name: str, labels: dict | None = None, **adapt) -> dict:
     """A run dict for :func:`pillm.adapt.execute` (``AdaptSpec`` fields in ``adapt``)."""
-    from .adapt import AdaptSpec
+    return _other_run("adapt", name, labels, adapt)
 
-    AdaptSpec(**adapt)  # validate now, not in a worker
-    return {"name": name, "adapt": adapt, "vary": dict(labels or {})}
+
+def make_first_layer_run(name: str, labels: dict | None = None, **fields) -> dict:
+    """A run dict for :func:`pillm.firstlayer.execute` (``FirstLayerSpec`` fields)."""
+    return _other_run("first_layer", name, labels, fields)
+
+
+def _kind_of(spec) -> str:
+    """``adapt`` or ``first_layer``: the run-dict key of a spec that is not a RunSpec."""
+    return next(k for k, (_, cls) in _OTHER_SPECS.items() if type(spec).__name__ == cls)
 
 
 def code_hash(package: Path = PACKAGE) -> str:
@@ -194,8 +214,8 @@ _METHOD_COST = {"alternating": 4.0, "pil_pure": 1.5}
 
 def expected_cost(spec: RunSpec) -> float:
     """A rough relative run time, only used to start the slowest runs first."""
-    if not isinstance(spec, RunSpec):  # an adaptation: a few epochs (or one solve) of a pretrained model
-        return float(max(1, spec.config().epochs))
+    if not isinstance(spec, RunSpec):  # an adaptation (a few epochs or one solve) or a first-layer re-solve
+        return float(max(1, spec.config().epochs)) if _kind_of(spec) == "adapt" else 2.0
     mcfg, tcfg = spec.configs(vocab_size=1)
     cost = _METHOD_COST.get(spec.method, 1.0) * max(1, tcfg.epochs)
     cost *= mcfg.n_layer * mcfg.n_embd ** 2 / (4 * 256 ** 2)
@@ -207,10 +227,11 @@ def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) 
     spell the same run differently, e.g. with or without an explicit default, share one key),
     the other spec fields, and the library code (``code``: a precomputed ``code_hash(package)``)."""
     code = code if code is not None else code_hash(package)
-    if not isinstance(spec, RunSpec):  # an adaptation: its own module's source joins the key
+    if not isinstance(spec, RunSpec):  # an adaptation or a first-layer run: its own module joins the key
         canonical = asdict(spec) | {"checkpoint": _teacher_identity(spec.checkpoint),
                                     "train": spec.config().to_dict()}
-        return _sha(canonical, code, *_source_parts([Path(package) / "adapt.py"]))
+        module = _OTHER_SPECS[_kind_of(spec)][0]
+        return _sha(canonical, code, *_source_parts([Path(package) / f"{module}.py"]))
     mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
     canonical = {k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")}
     canonical |= {"model_config": mcfg.to_dict() | {"vocab_size": None}, "train_config": tcfg.to_dict()}
@@ -282,7 +303,7 @@ def summarize(experiment: str, run: dict, result: dict) -> dict:
         std |= {f"lambada_{k}": v for k, v in result["lambada"].items()}
     if result.get("kind") == "adaptation":  # before → after on the new domain, and forgetting
         std |= {k: result.get(k) for k in ("domain", "wiki_test_ppl", "adapt_s", "oov_rate", "trained_params")}
-        std |= {f"before_{k}": v for k, v in result.get("before", {}).items()}
+    std |= {f"before_{k}": v for k, v in result.get("before", {}).items()}  # adaptation, first layer
     return row | {k: v for k, v in std.items() if k not in row}
 
 
@@ -303,12 +324,8 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
         (rdir / stale).unlink(missing_ok=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if isinstance(spec, RunSpec):
-            result, _ = execute(spec, out=rdir, progress=progress)
-        else:
-            from .adapt import execute as adapt
-
-            result, _ = adapt(spec, out=rdir, progress=progress)
+        run_ = execute if isinstance(spec, RunSpec) else _spec_module(_kind_of(spec)).execute
+        result, _ = run_(spec, out=rdir, progress=progress)
     notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
                                              "warnings": notes})

@@ -76,7 +76,7 @@ TEMPLATES = PAPER / "templates"
 #: Experiments the paper uses (registry keys of :mod:`pillm.experiments`).
 PAPER_EXPERIMENTS = ("benchmark", "lambada", "ablation_bipil", "ablation_lambda", "ablation_expansion",
                      "ablation_fusion", "training_strategy", "tinystories", "complexity", "training_curves",
-                     "gap", "ngram", "tuning", "teacher", "adaptation", "protocol")
+                     "gap", "ngram", "tuning", "teacher", "adaptation", "protocol", "first_layer")
 #: Columns of summary.csv that are outcomes, not parameters (never grouping keys).
 OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
                   "optimizer_steps", "params_embedding", "params_attention", "params_norm",
@@ -132,6 +132,7 @@ TABLE_TITLES = {
     "gap": "Closing the gap: every variant of the gap experiment",
     "teacher": "Trained FFNs refitted by random features",
     "adaptation": "Adaptation to a new domain",
+    "first_layer": "Data-dependent first layers, re-solved in closed form",
     "protocol": "Test perplexity with sliding windows",
     "complexity_fit": "Fit of the measured time of the closed-form phase",
     "models": "Model configurations", "datasets": "Corpora and token counts",
@@ -1645,6 +1646,52 @@ class Report:
                                   "best_forgets_most": len(rows) > 1 and forgets[-1] == best,
                                   "concurrent": concurrency(e) > 1})
 
+    def first_layer(self) -> None:
+        """Data-dependent first layers (``first_layer`` notebook): attention→PIL checkpoints re-solved
+        with other projections; per width the kind best on validation against fresh random ones, and
+        the control (the checkpoint's own projections) against the checkpoint."""
+        e = self.R.exp("first_layer")
+        self.c["first_layer"] = None
+        if not e.available or not {"projection", "expansion"} <= set(e.df.columns):
+            self._no_table("first_layer", TABLE_TITLES["first_layer"], ["first_layer"])
+            return
+        cols = [Col("before_test_ppl", "Checkpoint", fmt_ppl, None), *PPL_COLS,
+                Col("n_features", "Features", fmt_count, None, std=False), COND_COL]
+        self.tables["first_layer"] = generic_table(
+            e, "first_layer", "Attention$\rightarrow$PIL models whose FFN readouts are re-solved in closed form "
+            "with other first layers (projections per layer drawn from its own inputs after the layers below are "
+            "re-solved), at the hybrids' width and wider; embeddings and attention are the checkpoint's, no "
+            "optimizer step. \texttt{same}: the checkpoint's own projections (a control)",
+            ["projection"], cols, hide=("bipil", "method"), blocks_by=("expansion",))
+        recs = _records(e.agg()[0])
+        fl = self.c["first_layer"] = {"widths": [], "control": None}
+        same = next((r for r in recs if str(r.get("projection")) == "same"), None)
+        if same is not None and _finite(same.get("test_ppl")) and _finite(same.get("before_test_ppl")):
+            self.add("FirstLayerSamePPL", fmt_ppl(same["test_ppl"]), e, "mean test_ppl, projection=same",
+                     same["test_ppl"])
+            self.add("FirstLayerCheckpointPPL", fmt_ppl(same["before_test_ppl"]), e,
+                     "mean before_test_ppl (the checkpoints), projection=same", same["before_test_ppl"])
+            fl["control"] = "reproduces" if similar(float(same["test_ppl"]), float(same["before_test_ppl"])) else "differs"
+        widths = sorted({float(r["expansion"]) for r in recs if _finite(r.get("expansion"))})
+        for tag, x in zip(_TAGS, widths):
+            rows = {str(r["projection"]): r for r in recs if _finite(r.get("expansion")) and float(r["expansion"]) == x
+                    and str(r.get("projection")) != "same" and _finite(r.get("valid_ppl"))}
+            if "random" not in rows or len(rows) < 2:
+                continue
+            best = min((k for k in rows if k != "random"), key=lambda k: float(rows[k]["valid_ppl"]))
+            b, rnd = rows[best], rows["random"]
+            where = f"expansion={x:g}"
+            self.add(f"FirstLayer{tag}Features", fmt_count(b["n_features"]), e, f"n_features, {where}", b["n_features"])
+            self.add(f"FirstLayer{tag}Best", tex_escape(best), e, f"projection (not random) with the lowest mean "
+                     f"valid_ppl, {where}")
+            self.add(f"FirstLayer{tag}BestPPL", fmt_ppl(b["test_ppl"]), e, f"mean test_ppl, projection={best}, {where}",
+                     b["test_ppl"])
+            self.add(f"FirstLayer{tag}RandomPPL", fmt_ppl(rnd["test_ppl"]), e, f"mean test_ppl, projection=random, {where}",
+                     rnd["test_ppl"])
+            vs = "within" if not beyond_seed_spread(b, rnd) else (
+                "better" if float(b["test_ppl"]) < float(rnd["test_ppl"]) else "worse")
+            fl["widths"].append({"tag": tag, "vs_random": vs})
+
     def tuning(self) -> None:
         """Fair tuning (``tuning`` notebook): the same lr × dropout grid per gradient-trained method,
         chosen on validation; ``chosen.csv`` has one row per method."""
@@ -2241,6 +2288,7 @@ class Report:
                  ("gap", self.gap, (), "gap"),
                  ("teacher", self.teacher, ("teacher",), "teacher"),
                  ("adaptation", self.adaptation, ("adaptation",), "adapt"),
+                 ("first_layer", self.first_layer, ("first_layer",), "first_layer"),
                  ("protocol", self.protocol, ("protocol",), "protocol"),
                  ("ngram", self.ngram, ("ngram",), "ngram"),
                  ("bench", self.bench, (), "gpu"),

@@ -217,6 +217,18 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
                     r["name"] = f"{h},{d},seed={sd}"
                     rows.append(r)
         _write_exp(root, profile, "adaptation", rows, runs=False)
+    if want("first_layer"):  # like notebooks/first_layer.ipynb: re-solved checkpoints per kind and width
+        rows = []
+        for sd in (0, 1):
+            same = _row("first_layer", "attn_then_pil", sd, rng, ppl=150.0, projection="same", expansion=4.0)
+            rows.append(same | {"before_test_ppl": same["test_ppl"]})
+            for x in (4.0, 16.0):
+                for kind, p in (("random", 152.0), ("landmarks", 140.0), ("whitened", 156.0)):
+                    rows.append(_row("first_layer", "attn_then_pil", sd, rng, ppl=p * (0.95 if x == 16 else 1.0),
+                                     projection=kind, expansion=x, before_test_ppl=same["test_ppl"]))
+        for r in rows:
+            r["name"] = f"{r['projection']},x{r['expansion']:g},seed={r['seed']}"
+        _write_exp(root, profile, "first_layer", rows, runs=False)
     if want("protocol"):  # like notebooks/protocol.ipynb: runs, then protocol.csv per run and stride
         d = _write_exp(root, profile, "protocol", [_row("protocol", m, sd, rng) for m in ("baseline", "attn_then_pil")
                                                    for sd in (0, 1)], runs=False)
@@ -655,6 +667,16 @@ def test_teacher_fit_is_compared_at_pil_lms_width(synthetic):
     assert r"reaches \RFAdamWPPL{}, against \TeacherRFFitPPL{}" in text
     conclusion = (synthetic["dirs"].generated / "conclusion.tex").read_text()
     assert "each\nreadout is fitted alone, to a fixed layer-wise target" in conclusion
+
+
+def test_first_layers_are_compared_with_fresh_random_ones_per_width(synthetic):
+    text = (synthetic["dirs"].generated / "closing.tex").read_text()
+    assert r"\paragraph{Data-dependent first layers.}" in text and r"\FirstLayerSamePPL{}" in text
+    assert "(not the same" not in text  # the control reproduces its checkpoint
+    numbers = parse_numbers(synthetic["dirs"].tables / "numbers.tex")
+    assert numbers["FirstLayerABest"]["value"] == "landmarks" and numbers["FirstLayerBBest"]["value"] == "landmarks"
+    assert numbers["FirstLayerABestPPL"]["note"].endswith("expansion=4")
+    assert "first_layer" in (synthetic["dirs"].tables / "first_layer.tex").read_text()
 
 
 def test_sliding_window_protocol_is_reported_beside_the_ngram(synthetic):

@@ -1,0 +1,143 @@
+"""First-layer runs (pillm/firstlayer.py): each projection kind is what it says, the control
+reproduces the checkpoint's own solve, data-dependent projections see fresh inputs (the layers below
+already re-solved), nothing but the FFNs changes, and the runs carry their own module in their key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pillm import experiments as ex
+from pillm.firstlayer import FirstLayerSpec, execute, layer_inputs, projections
+from pillm.run import RunSpec
+from pillm.run import execute as train_run
+from pillm.train import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = {"epochs": 1, "batch_size": 16, "max_train_tokens": 2048, "max_eval_tokens": 1024, "search_tokens": 128,
+         "eval_every_epoch": False, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny attention→PIL model (Bi-PIL, expansion 4) trained on a WikiText-2 slice."""
+    out = tmp_path_factory.mktemp("pretrain")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    train_run(RunSpec(method="attn_then_pil", size="tiny", train=TRAIN), out=out, progress=False)
+    return out / "checkpoint"
+
+
+def _inputs(n=4096, c=16, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c, c, generator=g) * torch.linspace(0.1, 3.0, c)  # correlated, unequal variances
+    return torch.randn(n, c, generator=g) @ mix + 0.5
+
+
+@pytest.mark.parametrize("kind", ["random", "landmarks", "whitened", "pca", "autoencoder", "mixed"])
+def test_every_kind_gives_unit_scaled_preactivations(kind):
+    u = _inputs()
+    ws = projections(kind, u, m=32, count=2, scale=1.5, generator=torch.Generator().manual_seed(1))
+    assert len(ws) == 2 and all(w.shape == (16, 32) for w in ws)
+    for w in ws:
+        assert torch.allclose((u @ w).std(dim=0), torch.full((32,), 1.5), rtol=1e-3)
+
+
+def test_each_kind_is_built_from_what_it_claims():
+    u, g = _inputs(), torch.Generator().manual_seed(1)
+    m = 32
+    # landmarks: columns are the sampled inputs themselves (unit-normalised, then scaled)
+    lm = projections("landmarks", u, m, 1, 1.0, g)[0]
+    assert torch.allclose(torch.nn.functional.normalize(lm.T, dim=1), torch.nn.functional.normalize(u[:m], dim=1),
+                          atol=1e-5)
+    # autoencoder: columns solve (UᵀU/n + εI) w = u_j, i.e. rows of the ridge pseudoinverse
+    enc = projections("autoencoder", u, m, 1, 1.0, g)[0]
+    gram = u.T @ u / u.shape[0]
+    back = gram @ enc + 1e-3 * gram.diagonal().mean() * enc
+    assert torch.allclose(torch.nn.functional.normalize(back.T, dim=1), torch.nn.functional.normalize(u[:m], dim=1),
+                          atol=1e-4)
+    # whitened: Σ^{1/2}·w points in isotropic random directions (w = Σ^{-1/2} r); for raw random w it does not
+    centred = u - u.mean(0)
+    evals, evecs = torch.linalg.eigh(centred.T @ centred / u.shape[0])
+    root = evecs @ torch.diag(evals.sqrt()) @ evecs.T
+
+    def spread(w):  # condition number of the second moment of the unit directions Σ^{1/2}·w
+        d = torch.nn.functional.normalize((root @ w).T, dim=1)
+        return float(torch.linalg.cond(d.T @ d))
+
+    wh = projections("whitened", u, 4096, 1, 1.0, torch.Generator().manual_seed(2))[0]
+    raw = projections("random", u, 4096, 1, 1.0, torch.Generator().manual_seed(2))[0]
+    assert spread(wh) < 1.5 < 10 < spread(raw)
+    # pca: the directions span only the principal subspace (fewer dimensions than the input)
+    pc = projections("pca", u, m, 1, 1.0, g)[0]
+    assert torch.linalg.matrix_rank(pc) < u.shape[1]
+    # mixed, two projections: one random, one of landmarks
+    mixed = projections("mixed", u, m, 2, 1.0, g)
+    assert torch.allclose(torch.nn.functional.normalize(mixed[1].T, dim=1),
+                          torch.nn.functional.normalize(u[:m], dim=1), atol=1e-5)
+
+
+def test_too_few_inputs_for_keys_say_so():
+    with pytest.raises(ValueError, match="need at least 64 input rows"):
+        projections("landmarks", _inputs(n=40), 32, 2, 1.0, torch.Generator())
+    with pytest.raises(ValueError, match="projection must be one of"):
+        FirstLayerSpec(checkpoint="x", projection="kmeans")
+    with pytest.raises(ValueError, match="expansion must be at least 1"):
+        ex.make_first_layer_run("r", checkpoint="x", expansion=0.5)
+
+
+@pytest.mark.slow
+def test_same_projections_reproduce_the_checkpoint_and_only_ffns_change(checkpoint):
+    result, model = execute(FirstLayerSpec(checkpoint=str(checkpoint), projection="same", train=TRAIN),
+                            progress=False)
+    assert result["optimizer_steps"] == 0
+    assert result["test_ppl"] == pytest.approx(result["before"]["test_ppl"], rel=1e-6)
+    _, wider = execute(FirstLayerSpec(checkpoint=str(checkpoint), projection="whitened", expansion=1, train=TRAIN),
+                       progress=False)
+    old = {k: v for k, v in model.state_dict().items() if ".ffn." not in k}
+    assert all(torch.equal(v, wider.state_dict()[k]) for k, v in old.items())  # embeddings, attention, norms
+    assert wider.config.expansion == 1.0 and wider.blocks[0].ffn.features.proj_fwd.shape == (64, 64)
+    with pytest.raises(ValueError, match="'same' keeps the checkpoint's width"):
+        execute(FirstLayerSpec(checkpoint=str(checkpoint), projection="same", expansion=1, train=TRAIN), progress=False)
+
+
+@pytest.mark.slow
+def test_keys_are_drawn_from_fresh_inputs(checkpoint):
+    """Layer 1's landmarks must come from its inputs with layer 0 already re-solved: recomputing them
+    from the final model gives the same keys, which would not be so for inputs sampled before."""
+    result, model = execute(FirstLayerSpec(checkpoint=str(checkpoint), projection="landmarks", expansion=1,
+                                           train=TRAIN), progress=False)
+    corpus_train = _train_stream(model)
+    cfg = TrainConfig(method="attn_then_pil", **TRAIN)
+    feats = model.blocks[1].ffn.features
+    u = layer_inputs(model, 1, corpus_train, cfg)
+    m = feats.proj_fwd.shape[1]
+    keys = torch.nn.functional.normalize(u[:m].float(), dim=1)
+    assert torch.allclose(torch.nn.functional.normalize(feats.proj_fwd.T, dim=1), keys, atol=1e-5)
+    # with layer 0's readout zeroed (its state before the re-solve) the inputs, hence the keys, differ
+    model.blocks[0].ffn.out_weight.zero_()
+    model.blocks[0].ffn.out_bias.zero_()
+    stale = torch.nn.functional.normalize(layer_inputs(model, 1, corpus_train, cfg)[:m].float(), dim=1)
+    assert not torch.allclose(stale, keys, atol=1e-3)
+
+
+def _train_stream(model):
+    from pillm.data import TokenStream, load_tokenized
+
+    corpus = load_tokenized("wikitext2", "auto", max_train_tokens=TRAIN["max_train_tokens"])
+    return TokenStream(corpus.train, "cpu")
+
+
+def test_first_layer_keys_carry_their_own_module_only(tmp_path):
+    """Editing firstlayer.py makes first-layer runs stale, and no other run."""
+    package = tmp_path / "pillm"
+    shutil.copytree(REPO / "pillm", package)
+    spec = ex.run_spec(ex.make_first_layer_run("a", checkpoint=str(tmp_path / "ckpt"), projection="pca", expansion=16))
+    assert isinstance(spec, FirstLayerSpec)
+    adapt = ex.run_spec(ex.make_adapt_run("b", checkpoint=str(tmp_path / "ckpt"), domain="ptb", how="resolve"))
+    core, key, adapt_key = ex.code_hash(package), ex.run_key(spec, package), ex.run_key(adapt, package)
+    (package / "firstlayer.py").write_text((package / "firstlayer.py").read_text() + "\n# edited\n")
+    assert ex.code_hash(package) == core and ex.run_key(adapt, package) == adapt_key
+    assert ex.run_key(spec, package) != key
