@@ -617,22 +617,14 @@ def test_workers_stay_on_the_gpus_their_grid_was_given(monkeypatch):
     pin its workers to physical GPU 1, not renumber them from 0; unset, workers go round robin."""
     import multiprocessing as mp
 
+    def pinned(gpus, workers=3):  # what each of the pool's workers sets, in start order
+        counter = mp.Value("i", 0)
+        return [ex._worker_init(counter, gpus) or os.environ["CUDA_VISIBLE_DEVICES"] for _ in range(workers)]
+
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    gpus = ex.visible_gpus(1)  # torch counts the one visible GPU
-    assert gpus == ["1"]
-    counter = mp.Value("i", 0)
-    pinned = []
-    for _ in range(3):
-        ex._worker_init(counter, gpus)
-        pinned.append(os.environ["CUDA_VISIBLE_DEVICES"])
-    assert pinned == ["1", "1", "1"]
+    assert ex.visible_gpus(1) == ["1"]  # torch counts the one visible GPU
+    assert pinned(ex.visible_gpus(1)) == ["1", "1", "1"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    gpus = ex.visible_gpus(2)
-    assert gpus == ["0", "1"]
-    counter = mp.Value("i", 0)
-    pinned = []
-    for _ in range(3):
-        ex._worker_init(counter, gpus)
-        pinned.append(os.environ["CUDA_VISIBLE_DEVICES"])
-    assert pinned == ["0", "1", "0"]
+    assert ex.visible_gpus(2) == ["0", "1"]
+    assert pinned(ex.visible_gpus(2)) == ["0", "1", "0"]
     assert ex.visible_gpus(0) == []  # no GPU: workers are not pinned
