@@ -530,6 +530,14 @@ def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
     return True
 
 
+def spread_verdict(a: dict, b: dict, col: str = "test_ppl") -> str:
+    """``within`` the seed spread of ``b`` (:func:`beyond_seed_spread`), else ``better`` or ``worse``
+    (lower perplexity is better)."""
+    if not beyond_seed_spread(a, b, col):
+        return "within"
+    return "better" if float(a[col]) < float(b[col]) else "worse"
+
+
 def log_gap_share(worse: float, better: float, x: float) -> float | None:
     """The share, in percent, of the log-perplexity gap from ``worse`` to ``better`` that perplexity
     ``x`` closes: ``100·(ln worse − ln x) / (ln worse − ln better)``; None when there is no gap."""
@@ -1140,12 +1148,10 @@ class Report:
                 self.add(f"BenchGroup{tag}PILMethod", method_tex(m), e, f"hybrid with the lowest mean valid_ppl, {where}")
                 self.add(f"BenchGroup{tag}PILPPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, method={m}, {where}",
                          r["test_ppl"])
-                self.add(f"BenchGroup{tag}PILSeeds", str(int(r["n"])), e, f"seeds of method={m}, {where}", int(r["n"]))
                 g["pil_seeds_one"], g["hybrids"] = int(r["n"]) == 1, len(pil)
                 a = by.get("attn_only")
                 if a is not None and _finite(a.get("test_ppl")):
-                    g["pil_vs_attn"] = ("within" if not beyond_seed_spread(r, a) else
-                                        "better" if float(r["test_ppl"]) < float(a["test_ppl"]) else "worse")
+                    g["pil_vs_attn"] = spread_verdict(r, a)
             out.append(g)
 
     #: A run "diverged" when its last validation perplexity is above this multiple of its best one.
@@ -1688,9 +1694,7 @@ class Report:
                      b["test_ppl"])
             self.add(f"FirstLayer{tag}RandomPPL", fmt_ppl(rnd["test_ppl"]), e, f"mean test_ppl, projection=random, {where}",
                      rnd["test_ppl"])
-            vs = "within" if not beyond_seed_spread(b, rnd) else (
-                "better" if float(b["test_ppl"]) < float(rnd["test_ppl"]) else "worse")
-            fl["widths"].append({"tag": tag, "vs_random": vs})
+            fl["widths"].append({"tag": tag, "vs_random": spread_verdict(b, rnd)})
 
     def tuning(self) -> None:
         """Fair tuning (``tuning`` notebook): the same lr × dropout grid per gradient-trained method,
