@@ -215,7 +215,9 @@ _METHOD_COST = {"alternating": 4.0, "pil_pure": 1.5}
 def expected_cost(spec: RunSpec) -> float:
     """A rough relative run time, only used to start the slowest runs first."""
     if not isinstance(spec, RunSpec):  # an adaptation (a few epochs or one solve) or a first-layer re-solve
-        return float(max(1, spec.config().epochs)) if _kind_of(spec) == "adapt" else 2.0
+        if _kind_of(spec) == "adapt":
+            return float(max(1, spec.config().epochs))
+        return (spec.expansion or 4.0) / 4.0  # one solve per layer; the Gram grows with the width
     mcfg, tcfg = spec.configs(vocab_size=1)
     cost = _METHOD_COST.get(spec.method, 1.0) * max(1, tcfg.epochs)
     cost *= mcfg.n_layer * mcfg.n_embd ** 2 / (4 * 256 ** 2)

@@ -141,3 +141,5 @@ def test_first_layer_keys_carry_their_own_module_only(tmp_path):
     (package / "firstlayer.py").write_text((package / "firstlayer.py").read_text() + "\n# edited\n")
     assert ex.code_hash(package) == core and ex.run_key(adapt, package) == adapt_key
     assert ex.run_key(spec, package) != key
+    narrow = ex.run_spec(ex.make_first_layer_run("c", checkpoint=str(tmp_path / "ckpt"), projection="pca"))
+    assert ex.expected_cost(spec) > ex.expected_cost(narrow)  # the 16x runs start first
