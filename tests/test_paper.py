@@ -586,6 +586,11 @@ def test_contended_timings_make_no_speed_claim(tmp_path):
     assert r"\BenchConcurrent" in shared and "up to 16 runs sharing" in table_shared
     assert "sharing" not in table_alone
 
+    def fastest_marked(table: str) -> bool:  # a bold total time (the last column)
+        return any(r"\textbf" in line.rsplit("&", 1)[-1] for line in table.splitlines() if line.endswith(r"\\"))
+
+    assert fastest_marked(table_alone) and not fastest_marked(table_shared)
+
 
 def test_partial_and_failed_experiments_say_so(tmp_path):
     """An experiment summarized from some of its runs (partial.json) is rendered with a caption note
