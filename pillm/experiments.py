@@ -247,6 +247,8 @@ def _teacher_identity(checkpoint) -> dict:
     repository (so that the key does not depend on where the clone lives) and the key of the run
     that wrote it (so that retraining it makes the runs that read it stale)."""
     path = Path(checkpoint).resolve()
+    if (path / "checkpoint").is_dir():  # given the run directory, as pillm.run.load accepts
+        path = path / "checkpoint"
     meta = _read_json(path.parent / "run.json") or {}
     return {"path": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "key": meta.get("key")}
 
@@ -1099,7 +1101,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
 
-__all__ = ["choose_on_validation", "teacher_summary", "make_adapt_run", "evaluate_checkpoint", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
+__all__ = ["choose_on_validation", "teacher_summary", "make_adapt_run", "make_first_layer_run", "evaluate_checkpoint", "run_grid", "expand", "make_run", "mean_std", "curves", "solves", "fit_complexity", "samples",
            "setup_notebook", "summary_table", "rounded", "barplot", "lineplot", "heatmap", "plot_curves",
            "load_result", "load_model", "run_experiments", "run_one", "staleness_hash", "notebook_source_hash", "load_registry",
            "root_dir", "experiment_dir", "write_csv_atomic", "write_text_atomic"]

@@ -3,7 +3,7 @@
 A model trained by attention→PIL (a run that kept its checkpoint) gets new FFN projections of one
 kind, optionally a wider feature map, and then every readout is re-solved bottom-up on its training
 split as in its own closed-form phase: readouts zeroed first (so the base target is the zero output
-of an unsolved layer), ``local`` targets, η chosen on validation. Each layer's projections are drawn
+of an unsolved layer), the checkpoint's target, λ and η grid (η chosen on validation). Each layer's projections are drawn
 from that layer's LayerNorm-ed inputs *after* the layers below were re-solved (fresh inputs, never
 stale ones). No optimizer step: embeddings and attention stay the checkpoint's.
 
@@ -13,8 +13,9 @@ inputs have standard deviation ``proj_scale``, as the random projections do:
 ``same``         the checkpoint's own projections: a control that reproduces the checkpoint's solve
 ``random``       fresh Gaussian directions
 ``landmarks``    sampled inputs of the layer as keys (Nyström-style; the FFN as a key-value memory)
-``whitened``     random directions in the whitened input space, ``Σ^{-1/2} r``
-``pca``          random directions in the principal subspace holding 90% of the input variance, whitened
+``whitened``     random directions in the whitened input space, ``(UᵀU/n)^{-1/2} r``
+``pca``          random directions in the principal subspace holding 90% of the inputs' second moment,
+                 whitened
 ``autoencoder``  the encoder of a PIL autoencoder: columns of the inputs' ridge pseudoinverse,
                  ``(UᵀU/n + εI)^{-1} u_j`` (landmarks in the inputs' Mahalanobis geometry)
 ``mixed``        half random, half landmarks (Bi-PIL: one projection of each)
@@ -28,6 +29,7 @@ Only these runs execute this module, so it is hashed into their run keys alone
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +44,9 @@ from .run import environment, load, write_json_atomic
 from .train import RunLog, TrainConfig, _search_windows, _set_landmarks, _sync, resolve_device, solve_layer
 
 KINDS = ("same", "random", "landmarks", "whitened", "pca", "autoencoder", "mixed")
+#: TrainConfig fields of the checkpoint's own solve that a first-layer run repeats unless its spec overrides them
+_SOLVE_SETTINGS = ("lam", "eta_grid", "search_tokens", "max_train_tokens", "max_eval_tokens", "solve_batch_size",
+                   "target", "seed")
 PCA_VARIANCE = 0.9  # the principal subspace of ``pca`` keeps this share of the input variance
 
 
@@ -91,24 +96,26 @@ def projections(kind: str, u: torch.Tensor, m: int, count: int, scale: float,
         if n < count * m:
             raise ValueError(f"need at least {count * m} input rows for the landmarks, got {n}")
         return [_scaled(F.normalize(u[i * m:(i + 1) * m], dim=1).T, u, scale) for i in range(count)]
-    centred = u - u.mean(0)
-    evals, evecs = torch.linalg.eigh(centred.T @ centred / n)  # ascending
-    evals = evals.clamp_min(1e-6 * float(evals[-1]))
+    # Second moments about zero, not about the mean: the feature map u ↦ φ(u·w) has no bias, so a direction
+    # whitened about the mean would turn the inputs' mean into a large constant in every pre-activation.
+    gram = u.T @ u / n
+    if kind == "autoencoder":
+        if n < count * m:
+            raise ValueError(f"need at least {count * m} input rows for the encoder, got {n}")
+        ridge = gram + 1e-3 * gram.diagonal().mean() * torch.eye(c, device=u.device)
+        enc = torch.linalg.solve(ridge, u[:count * m].T)  # [C, count·m]: rows of the ridge pseudoinverse
+        return [_scaled(enc[:, i * m:(i + 1) * m], u, scale) for i in range(count)]
+    evals, evecs = torch.linalg.eigh(gram)  # ascending
+    keep = evals > 1e-5 * float(evals[-1])  # LayerNorm-ed inputs can have an (almost) null direction: left out
+    evals, evecs = evals[keep], evecs[:, keep]
     if kind == "whitened":
-        root = evecs @ torch.diag(evals.rsqrt()) @ evecs.T  # Σ^{-1/2}
+        root = evecs @ torch.diag(evals.rsqrt()) @ evecs.T  # (UᵀU/n)^{-1/2}, pseudo-inverse root
         return [_scaled(root @ gauss(c), u, scale) for _ in range(count)]
     if kind == "pca":
         share = evals.flip(0).cumsum(0) / evals.sum()
         k = int((share < PCA_VARIANCE).sum()) + 1
         basis = evecs[:, -k:] * evals[-k:].rsqrt()  # [C, k]: the top-k directions, whitened
         return [_scaled(basis @ gauss(k), u, scale) for _ in range(count)]
-    if kind == "autoencoder":
-        if n < count * m:
-            raise ValueError(f"need at least {count * m} input rows for the encoder, got {n}")
-        gram = u.T @ u / n
-        ridge = gram + 1e-3 * gram.diagonal().mean() * torch.eye(c, device=u.device)
-        enc = torch.linalg.solve(ridge, u[:count * m].T)  # [C, count·m]: rows of the ridge pseudoinverse
-        return [_scaled(enc[:, i * m:(i + 1) * m], u, scale) for i in range(count)]
     raise ValueError(f"unknown projection kind {kind!r}; choose from {KINDS}")
 
 
@@ -128,6 +135,12 @@ def layer_inputs(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig)
     return captured[0]
 
 
+def _checkpoint_dir(path) -> Path:
+    """A checkpoint directory, given it or the run directory that holds it (as :func:`pillm.run.load`)."""
+    path = Path(path)
+    return path / "checkpoint" if (path / "checkpoint").is_dir() else path
+
+
 def widen(model: PILLM, expansion: float) -> None:
     """Replace every solved FFN by one with ``expansion · n_embd`` features per projection (fresh
     random projections, zero readout); the rest of the model is kept."""
@@ -141,7 +154,13 @@ def widen(model: PILLM, expansion: float) -> None:
 
 def execute(spec: FirstLayerSpec, out: str | Path | None = None, *, progress: bool = True) -> tuple[dict, PILLM]:
     """Re-solve ``spec.checkpoint``'s FFNs with ``spec.projection`` projections; writes ``out/result.json``."""
-    cfg = spec.config()
+    stored = json.loads((_checkpoint_dir(spec.checkpoint) / "config.json").read_text())
+    if stored.get("method") != "attn_then_pil":
+        raise ValueError(f"{spec.checkpoint}: a first-layer run repeats attention→PIL's closed-form phase, but this "
+                         f"checkpoint was trained by {stored.get('method')!r}; pretrain with method='attn_then_pil'")
+    # the checkpoint's own solve settings (λ, η grid, search slice, …), unless the spec overrides them
+    solve = {k: v for k, v in stored.get("train", {}).items() if k in _SOLVE_SETTINGS}
+    cfg = TrainConfig(**solve | spec.train | {"method": "attn_then_pil"})
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model, _ = load(spec.checkpoint, device=str(device))
@@ -178,7 +197,7 @@ def execute(spec: FirstLayerSpec, out: str | Path | None = None, *, progress: bo
             for name, w in zip(names, projections(spec.projection, u, feats.proj_fwd.shape[1], len(names),
                                                   model.config.proj_scale, generator)):
                 getattr(feats, name).copy_(w)
-        rec = solve_layer(model, layer, train, search, cfg, "local", None, progress)
+        rec = solve_layer(model, layer, train, search, cfg, cfg.target, None, progress)
         log.solves.append(rec | {"phase": "first_layer", "sweep": 0})
     _sync(device)
     solve_s = time.perf_counter() - t0

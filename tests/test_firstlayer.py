@@ -58,25 +58,54 @@ def test_each_kind_is_built_from_what_it_claims():
     back = gram @ enc + 1e-3 * gram.diagonal().mean() * enc
     assert torch.allclose(torch.nn.functional.normalize(back.T, dim=1), torch.nn.functional.normalize(u[:m], dim=1),
                           atol=1e-4)
-    # whitened: Σ^{1/2}·w points in isotropic random directions (w = Σ^{-1/2} r); for raw random w it does not
-    centred = u - u.mean(0)
-    evals, evecs = torch.linalg.eigh(centred.T @ centred / u.shape[0])
+    # whitened: M^{1/2}·w points in isotropic random directions (w = M^{-1/2} r, M = UᵀU/n); not so for raw w
+    evals, evecs = torch.linalg.eigh(u.T @ u / u.shape[0])
     root = evecs @ torch.diag(evals.sqrt()) @ evecs.T
 
-    def spread(w):  # condition number of the second moment of the unit directions Σ^{1/2}·w
+    def spread(w):  # condition number of the second moment of the unit directions M^{1/2}·w
         d = torch.nn.functional.normalize((root @ w).T, dim=1)
         return float(torch.linalg.cond(d.T @ d))
 
     wh = projections("whitened", u, 4096, 1, 1.0, torch.Generator().manual_seed(2))[0]
     raw = projections("random", u, 4096, 1, 1.0, torch.Generator().manual_seed(2))[0]
     assert spread(wh) < 1.5 < 10 < spread(raw)
-    # pca: the directions span only the principal subspace (fewer dimensions than the input)
+    # pca: the directions lie in the span of the top-k eigenvectors, k the fewest holding 90% of the moment
     pc = projections("pca", u, m, 1, 1.0, g)[0]
-    assert torch.linalg.matrix_rank(pc) < u.shape[1]
+    share = evals.flip(0).cumsum(0) / evals.sum()
+    k = int((share < 0.9).sum()) + 1
+    assert 1 <= k < u.shape[1]
+    outside = evecs[:, :-k].T @ pc  # components along the other eigenvectors
+    assert float(outside.norm() / pc.norm()) < 1e-4
     # mixed, two projections: one random, one of landmarks
     mixed = projections("mixed", u, m, 2, 1.0, g)
     assert torch.allclose(torch.nn.functional.normalize(mixed[1].T, dim=1),
                           torch.nn.functional.normalize(u[:m], dim=1), atol=1e-5)
+
+
+def test_no_kind_turns_the_inputs_mean_into_a_constant_feature():
+    """LayerNorm-ed inputs (γ, β ≠ 0) have a nonzero mean and a nearly null direction; whitening them
+    about their mean would make most pre-activations a large constant (GELU then acts linearly)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8192, 64, generator=g) @ torch.randn(64, 64, generator=g)
+    u = torch.nn.functional.layer_norm(x, (64,)) * (1 + 0.5 * torch.randn(64, generator=g)) + 0.5 * torch.randn(64, generator=g)
+    for kind in ("random", "whitened", "pca", "autoencoder", "mixed"):
+        for w in projections(kind, u, 256, 2, 1.0, torch.Generator().manual_seed(1)):
+            z = u @ w
+            assert float((z.mean(0).abs() / z.std(0)).median()) < 1.0, kind
+
+
+def test_a_single_projection_mixes_random_and_landmark_columns():
+    u = _inputs()
+    w = projections("mixed", u, 32, 1, 1.0, torch.Generator().manual_seed(1))[0]
+    keys = torch.nn.functional.normalize(u[:16], dim=1)
+    assert torch.allclose(torch.nn.functional.normalize(w[:, 16:].T, dim=1), keys, atol=1e-5)
+    assert not torch.allclose(torch.nn.functional.normalize(w[:, :16].T, dim=1), keys, atol=1e-2)
+
+
+def test_only_attention_then_pil_checkpoints_are_accepted(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": {}, "method": "pil_then_attn"}')
+    with pytest.raises(ValueError, match="pretrain with method='attn_then_pil'"):
+        execute(FirstLayerSpec(checkpoint=str(tmp_path), projection="random"), progress=False)
 
 
 def test_too_few_inputs_for_keys_say_so():
@@ -141,5 +170,14 @@ def test_first_layer_keys_carry_their_own_module_only(tmp_path):
     (package / "firstlayer.py").write_text((package / "firstlayer.py").read_text() + "\n# edited\n")
     assert ex.code_hash(package) == core and ex.run_key(adapt, package) == adapt_key
     assert ex.run_key(spec, package) != key
+    # the checkpoint enters the key through the run that wrote it, however the path is spelled
+    run = tmp_path / "pretrain"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "run.json").write_text('{"key": "k1"}')
+    by_dir, by_ckpt = (ex.run_key(ex.run_spec(ex.make_first_layer_run("d", checkpoint=str(c))), package)
+                       for c in (run, run / "checkpoint"))
+    assert by_dir == by_ckpt
+    (run / "run.json").write_text('{"key": "k2"}')  # the checkpoint was retrained: its readers are stale
+    assert ex.run_key(ex.run_spec(ex.make_first_layer_run("d", checkpoint=str(run))), package) != by_dir
     narrow = ex.run_spec(ex.make_first_layer_run("c", checkpoint=str(tmp_path / "ckpt"), projection="pca"))
     assert ex.expected_cost(spec) > ex.expected_cost(narrow)  # the 16x runs start first
