@@ -791,6 +791,13 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     a run whose validation perplexity ends far above its best is named as diverged, with its solves
     at the top of the step-size grid."""
     root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    summary = root / "smoke" / "benchmark" / "summary.csv"
+    rows = list(csv.DictReader(summary.open()))
+    second = [r | {"seed": "1", "name": r["name"].replace("seed=0", "seed=1")} for r in rows if r["size"] == "small"]
+    with summary.open("w", newline="") as f:  # a second seed for the small model: its sentences may generalize
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + second)
     d = root / "smoke" / "benchmark" / "runs" / "pil_then_attn,size=small,epochs=2,seed=0"
     result = json.loads((d / "result.json").read_text())
     result["curve"][-1]["valid_ppl"] = 5 * min(p["valid_ppl"] for p in result["curve"])
@@ -811,3 +818,8 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     text = (dirs.generated / "results_main.tex").read_text()
     assert r"\paragraph{Other budgets and model sizes.}" in text and "One run diverged" in text
     assert "With larger models, the hybrids trained there" in (dirs.generated / "conclusion.tex").read_text()
+    # one seed per method is not enough for the conclusion or the abstract to speak of larger models
+    one = report.default_dirs("smoke", tmp_path / "one")
+    report.render("smoke", write_fake_results(tmp_path / "r1", only=("benchmark",)), one, with_figures=False)
+    assert "With larger models" not in (one.generated / "conclusion.tex").read_text()
+    assert "At larger sizes" not in (one.generated / "abstract.tex").read_text()
