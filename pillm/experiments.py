@@ -53,10 +53,10 @@ REGISTRY = PACKAGE / "experiments.yaml"
 KERNEL = "pillm"
 # Modules that do not change what a run computes (they may change without invalidating runs).
 _NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "report.py", "bench.py"}
-#: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
-_OWN_KEY_MODULES = {"adapt.py", "firstlayer.py"}
 #: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
 _OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec")}
+#: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
+_OWN_KEY_MODULES = {f"{module}.py" for module, _ in _OTHER_SPECS.values()}
 
 @functools.cache
 def _field_names(cls) -> frozenset[str]:

@@ -1603,11 +1603,12 @@ class Report:
         if not e.available or not {"domain", "how"} <= set(e.df.columns):
             self._no_table("adaptation", TABLE_TITLES["adaptation"], ["adaptation"])
             return
+        shared = concurrency(e) > 1  # timed beside other runs
         cols = [Col("before_new_test_ppl", r"Before $\downarrow$", fmt_ppl, None),
                 Col("test_ppl", r"After $\downarrow$", fmt_ppl, "lower"),
                 Col("before_wiki_test_ppl", r"WikiText-2 before", fmt_ppl, None),
                 Col("wiki_test_ppl", r"WikiText-2 after $\downarrow$", fmt_ppl, "lower"),
-                Col("adapt_s", "Seconds", fmt_seconds, None if concurrency(e) > 1 else "lower"),  # shared GPUs: no claim
+                Col("adapt_s", "Seconds", fmt_seconds, None if shared else "lower"),  # shared GPUs: no claim
                 Col("optimizer_steps", "Steps", fmt_count, None, std=False)]
         self.tables["adaptation"] = generic_table(
             e, "adaptation", "Adaptation of WikiText-2 models to a new domain, read with the pretraining vocabulary: "
@@ -1650,7 +1651,7 @@ class Report:
                                   "resolve_slowest": len(rows) > 1 and seconds[-1] == "resolve",
                                   "least_forgetting": forgets[0], "most_forgetting": forgets[-1],
                                   "best_forgets_most": len(rows) > 1 and forgets[-1] == best,
-                                  "concurrent": concurrency(e) > 1})
+                                  "concurrent": shared})
 
     def first_layer(self) -> None:
         """Data-dependent first layers (``first_layer`` notebook): attention→PIL checkpoints re-solved
