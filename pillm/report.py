@@ -85,7 +85,9 @@ OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "
                   "lambada_acc", "lambada_word_ppl", "lambada_oov_rate", "concurrent_runs",
                   # adaptation: measured per run (the pretrained model differs per seed)
                   "wiki_test_ppl", "adapt_s", "trained_params", "before_new_valid_ppl", "before_new_test_ppl",
-                  "before_wiki_test_ppl")
+                  "before_wiki_test_ppl",
+                  # first_layer: the checkpoint's own perplexities, per seed
+                  "before_valid_ppl", "before_test_ppl")
 NOT_KEYS = ("seed", "name", "experiment")
 LOWER_BETTER = {"valid_ppl", "test_ppl", "word_ppl", "total_s", "train_s", "pil_s"}
 HIGHER_BETTER = {"test_acc", "valid_acc", "acc"}
@@ -536,6 +538,19 @@ def spread_verdict(a: dict, b: dict, col: str = "test_ppl") -> str:
     if not beyond_seed_spread(a, b, col):
         return "within"
     return "better" if float(a[col]) < float(b[col]) else "worse"
+
+
+def paired_differences(df, key: str, a: str, b: str, where: dict, col: str = "test_ppl") -> list[float]:
+    """``col`` of the run with ``key == a`` minus that of the run with ``key == b``, per seed, among the
+    runs matching ``where``; seeds that lack either run are left out."""
+    if df is None or not {key, "seed", col} <= set(df.columns):
+        return []
+    rows = df
+    for k, v in where.items():
+        rows = rows[rows[k] == v]
+    by = {kind: rows[rows[key].astype(str) == kind].set_index("seed")[col] for kind in (a, b)}
+    seeds = sorted(set(by[a].index) & set(by[b].index))
+    return [float(by[a][sd]) - float(by[b][sd]) for sd in seeds]
 
 
 def log_gap_share(worse: float, better: float, x: float) -> float | None:
@@ -1665,10 +1680,10 @@ class Report:
         cols = [Col("before_test_ppl", "Checkpoint", fmt_ppl, None), *PPL_COLS,
                 Col("n_features", "Features", fmt_count, None, std=False), COND_COL]
         self.tables["first_layer"] = generic_table(
-            e, "first_layer", "Attention$\rightarrow$PIL models whose FFN readouts are re-solved in closed form "
+            e, "first_layer", r"Attention$\rightarrow$PIL models whose FFN readouts are re-solved in closed form "
             "with other first layers (projections per layer drawn from its own inputs after the layers below are "
             "re-solved), at the hybrids' width and wider; embeddings and attention are the checkpoint's, no "
-            "optimizer step. \texttt{same}: the checkpoint's own projections (a control)",
+            r"optimizer step. \texttt{same}: the checkpoint's own projections (a control)",
             ["projection"], cols, hide=("bipil", "method"), blocks_by=("expansion",))
         recs = _records(e.agg()[0])
         fl = self.c["first_layer"] = {"widths": [], "control": None}
@@ -1695,7 +1710,17 @@ class Report:
                      b["test_ppl"])
             self.add(f"FirstLayer{tag}RandomPPL", fmt_ppl(rnd["test_ppl"]), e, f"mean test_ppl, projection=random, {where}",
                      rnd["test_ppl"])
-            fl["widths"].append({"tag": tag, "vs_random": spread_verdict(b, rnd)})
+            # The seeds' checkpoints differ more than the projections do: compare per checkpoint as well
+            diffs = paired_differences(e.df, "projection", best, "random", {"expansion": x})
+            paired = None
+            if diffs:
+                mean = sum(diffs) / len(diffs)
+                self.add(f"FirstLayer{tag}PairedDiff", ("+" if mean >= 0 else "-") + fmt_fixed(abs(mean), 2), e,
+                         f"mean over seeds of test_ppl(projection={best}) - test_ppl(projection=random), {where}", mean)
+                self.add(f"FirstLayer{tag}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
+                         f"seeds where projection={best} has the lower test_ppl than random, {where}")
+                paired = "lower" if mean < 0 else "higher"
+            fl["widths"].append({"tag": tag, "vs_random": spread_verdict(b, rnd), "paired": paired})
 
     def tuning(self) -> None:
         """Fair tuning (``tuning`` notebook): the same lr × dropout grid per gradient-trained method,

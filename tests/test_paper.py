@@ -221,11 +221,13 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
         rows = []
         for sd in (0, 1):
             same = _row("first_layer", "attn_then_pil", sd, rng, ppl=150.0, projection="same", expansion=4.0)
-            rows.append(same | {"before_test_ppl": same["test_ppl"]})
+            # every run of a seed re-solves that seed's checkpoint: its perplexities come with each row
+            before = {"before_test_ppl": same["test_ppl"], "before_valid_ppl": same["valid_ppl"]}
+            rows.append(same | before)
             for x in (4.0, 16.0):
                 for kind, p in (("random", 152.0), ("landmarks", 140.0), ("whitened", 156.0)):
                     rows.append(_row("first_layer", "attn_then_pil", sd, rng, ppl=p * (0.95 if x == 16 else 1.0),
-                                     projection=kind, expansion=x, before_test_ppl=same["test_ppl"]))
+                                     projection=kind, expansion=x, **before))
         for r in rows:
             r["name"] = f"{r['projection']},x{r['expansion']:g},seed={r['seed']}"
         _write_exp(root, profile, "first_layer", rows, runs=False)
@@ -681,7 +683,24 @@ def test_first_layers_are_compared_with_fresh_random_ones_per_width(synthetic):
     numbers = parse_numbers(synthetic["dirs"].tables / "numbers.tex")
     assert numbers["FirstLayerABest"]["value"] == "landmarks" and numbers["FirstLayerBBest"]["value"] == "landmarks"
     assert numbers["FirstLayerABestPPL"]["note"].endswith("expansion=4")
-    assert "first_layer" in (synthetic["dirs"].tables / "first_layer.tex").read_text()
+    # paired by checkpoint: landmarks (140) below random (152) on both seeds
+    assert numbers["FirstLayerAPairedLower"]["value"] == "2 of 2" and numbers["FirstLayerAPairedDiff"]["value"].startswith("-")
+    assert r"is lower on \FirstLayerAPairedLower{} seeds" in text
+    table = (synthetic["dirs"].tables / "first_layer.tex").read_text()
+    body = table[table.index(r"\midrule"):table.index(r"\bottomrule")]
+    # one row per kind and width, averaged over the seeds (the checkpoints' perplexities are measurements,
+    # not keys that would split the rows per seed)
+    assert sum(line.startswith("landmarks &") for line in body.splitlines()) == 2
+    assert "before" not in table and r"$\pm$ std over 2 seeds" in table
+
+
+def test_generated_tex_has_no_control_characters(synthetic):
+    """A "\t" or "\r" in a non-raw Python string becomes a tab or carriage return, and LaTeX then
+    prints "exttt" or "ightarrow"."""
+    for d in (synthetic["dirs"].tables, synthetic["dirs"].generated):
+        for f in d.glob("*.tex"):
+            bad = {c for c in f.read_text() if ord(c) < 32 and c != "\n"}
+            assert not bad, f"{f.name}: control characters {sorted(map(ord, bad))}"
 
 
 def test_sliding_window_protocol_is_reported_beside_the_ngram(synthetic):
