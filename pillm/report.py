@@ -1857,6 +1857,16 @@ class Report:
         sl, sel = primary_slice(agg, keys, "method")
         return {str(r["method"]): r for r in _records(sl)}, sl, sel, ", ".join(f"{k}={v}" for k, v in sel.items())
 
+    def _bench_main_runs(self, e: Experiment) -> tuple[list[dict], dict]:
+        """The ``result.json`` of the benchmark's main configuration (the primary slice of
+        :meth:`_bench_rows`) and that configuration's key values."""
+        _, _, primary, _ = self._bench_rows(e)
+        main = e.df
+        for k, v in primary.items():
+            main = main[main[k].astype(str) == str(v)]
+        names = set(main["name"])
+        return [r for r in e.runs() if r.get("name") in names], primary
+
     def closing(self) -> None:
         """Issue-7 diagnostics: where the gap to the baseline comes from (benchmark runs' curves and
         solves, the PIL ablations) and, when it was run, the ``gap`` experiment against its goals."""
@@ -1866,9 +1876,12 @@ class Report:
         if e.available:
             runs = e.runs()
 
+            # the main configuration's runs only: other sizes and budgets would mix perplexity levels
+            main_runs, primary = self._bench_main_runs(e)
+
             def curve_pairs(method):  # (valid ppl just before the last closed-form phase, just after)
                 out = []
-                for r in runs:
+                for r in main_runs:
                     pts = r.get("curve") or []
                     if r.get("method") != method or len(pts) < 2 or pts[-1].get("phase") != "pil":
                         continue
@@ -1878,7 +1891,8 @@ class Report:
             pairs = curve_pairs("attn_then_pil")
             if pairs:
                 before, after = st.mean(p[0] for p in pairs), st.mean(p[1] for p in pairs)
-                src = "attn_then_pil runs' curve: mean valid_ppl of the last AdamW epoch / after the solve"
+                src = ("attn_then_pil runs' curve, " + ", ".join(f"{k}={v}" for k, v in primary.items())
+                       + ": mean valid_ppl of the last AdamW epoch / after the solve")
                 self.add("SolveAfterAttnBefore", fmt_ppl(before), e, src + " (before)", before)
                 self.add("SolveAfterAttnAfter", fmt_ppl(after), e, src + " (after)", after)
                 self.add("SolveAfterAttnGainPct", fmt_pct(100 * (1 - after / before)), e,
@@ -2242,7 +2256,7 @@ class Report:
             self._no_table("datasets", "Corpora and token counts", ["benchmark"])
         # hyper-parameters of the main benchmark
         b = self.R.exp("benchmark")
-        bruns = b.runs() if b.available else []
+        bruns = self._bench_main_runs(b)[0] if b.available else []  # not another budget's or size's settings
         keys = ("epochs", "batch_size", "lr", "min_lr_ratio", "warmup_frac", "weight_decay", "grad_clip", "lam",
                 "target", "iterations", "search_tokens", "max_train_tokens", "max_eval_tokens")
         hrows = []

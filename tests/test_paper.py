@@ -842,3 +842,25 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     report.render("smoke", write_fake_results(tmp_path / "r1", only=("benchmark",)), one, with_figures=False)
     assert "With larger models" not in (one.generated / "conclusion.tex").read_text()
     assert "At larger sizes" not in (one.generated / "abstract.tex").read_text()
+
+
+def test_main_configuration_numbers_leave_out_other_budgets(tmp_path):
+    """The gain of attention→PIL's final solve is quoted beside the main table: runs of another epoch
+    budget (or size) must not enter its means."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    for epochs, (before, after) in ((2, (150.0, 148.5)), (1, (400.0, 300.0))):
+        for seed in (0, 1):
+            p = root / "smoke" / "benchmark" / "runs" / f"attn_then_pil,size=tiny,epochs={epochs},seed={seed}" / "result.json"
+            result = json.loads(p.read_text())
+            result["curve"] = result["curve"] + [{"epoch": epochs, "valid_ppl": before, "phase": "adamw"},
+                                                 {"epoch": epochs, "valid_ppl": after, "phase": "pil"}]
+            result["train_config"]["warmup_frac"] = 0.05 if epochs == 2 else 0.25
+            p.write_text(json.dumps(result))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert (numbers["SolveAfterAttnBefore"]["value"], numbers["SolveAfterAttnAfter"]["value"]) == ("150.0", "148.5")
+    assert "epochs=2" in numbers["SolveAfterAttnBefore"]["note"]
+    # the hyper-parameter table lists the main configuration's settings, not another budget's
+    hparams = (dirs.tables / "hparams.tex").read_text()
+    assert "0.05" in hparams and "0.25" not in hparams
