@@ -92,6 +92,8 @@ NOT_KEYS = ("seed", "name", "experiment")
 LOWER_BETTER = {"valid_ppl", "test_ppl", "word_ppl", "total_s", "train_s", "pil_s"}
 HIGHER_BETTER = {"test_acc", "valid_acc", "acc"}
 
+#: first_layer's projection kinds, controls first (pillm.firstlayer.KINDS; not imported: it needs torch)
+PROJECTION_ORDER = ("same", "random", "landmarks", "whitened", "pca", "autoencoder", "mixed")
 METHOD_ORDER = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil",
                 "alternating")
 PIL_METHODS = ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
@@ -278,6 +280,8 @@ def _natural_key(v):
             return (1, METHOD_ORDER.index(s), s)
         if s in SIZE_ORDER:
             return (1, SIZE_ORDER.index(s), s)
+        if s in PROJECTION_ORDER:
+            return (1, PROJECTION_ORDER.index(s), s)
         # labels with numbers in them sort by the numbers ("RF 4x" before "RF 16x")
         return (2, 0, tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)))
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pillm import experiments as ex
-from pillm.firstlayer import FirstLayerSpec, execute, layer_inputs, projections
+from pillm.firstlayer import KINDS, FirstLayerSpec, execute, layer_inputs, projections
 from pillm.run import RunSpec
 from pillm.run import execute as train_run
 from pillm.train import TrainConfig
@@ -181,3 +181,9 @@ def test_first_layer_keys_carry_their_own_module_only(tmp_path):
     assert ex.run_key(ex.run_spec(ex.make_first_layer_run("d", checkpoint=str(run))), package) != by_dir
     narrow = ex.run_spec(ex.make_first_layer_run("c", checkpoint=str(tmp_path / "ckpt"), projection="pca"))
     assert ex.expected_cost(spec) > ex.expected_cost(narrow)  # the 16x runs start first
+
+
+def test_the_report_orders_projections_as_the_module_lists_them():
+    from pillm import report
+
+    assert report.PROJECTION_ORDER == KINDS
