@@ -1714,7 +1714,7 @@ class Report:
                      b["test_ppl"])
             self.add(f"FirstLayer{tag}RandomPPL", fmt_ppl(rnd["test_ppl"]), e, f"mean test_ppl, projection=random, {where}",
                      rnd["test_ppl"])
-            # The seeds' checkpoints differ more than the projections do: compare per checkpoint as well
+            # each seed re-solves its own checkpoint: compare the kinds on the same checkpoint as well
             diffs = paired_differences(e.df, "projection", best, "random", {"expansion": x})
             paired = None
             if diffs:
