@@ -628,3 +628,42 @@ def test_workers_stay_on_the_gpus_their_grid_was_given(monkeypatch):
     assert ex.visible_gpus(2) == ["0", "1"]
     assert pinned(ex.visible_gpus(2)) == ["0", "1", "0"]
     assert ex.visible_gpus(0) == []  # no GPU: workers are not pinned
+
+
+def test_unpack_results_takes_only_the_experiments_the_call_ran(tmp_path):
+    """tools/unpack_results.sh: a call's tar holds all of results/ as the call's copy of the tree had it.
+    Only the experiments its log names as run are unpacked (another experiment's newer files here stay),
+    and their own files that the call deleted are deleted here."""
+    import subprocess
+    import tarfile
+
+    call, here = tmp_path / "call", tmp_path / "here"
+    for root in (call, here):
+        (root / "results/paper/a/runs/r0").mkdir(parents=True)
+        (root / "results/paper/b").mkdir(parents=True)
+    # the call's copy: it ran `a` (finished its grid: partial.json gone), and had an older `b`
+    (call / "results/paper/a/summary.csv").write_text("new a\n")
+    (call / "results/paper/a/runs/r0/result.json").write_text("{}")
+    (call / "results/paper/a.ipynb").write_text("executed a")
+    (call / "results/paper/b/summary.csv").write_text("old b\n")
+    # here: a's partial state, and b's newer results from a call unpacked since
+    (here / "results/paper/a/summary.csv").write_text("old a\n")
+    (here / "results/paper/a/partial.json").write_text("{}")
+    (here / "results/paper/b/summary.csv").write_text("newer b\n")
+    (here / "results/paper/b/partial.json").write_text("{}")
+    dev = tmp_path / "device"
+    dev.mkdir()
+    with tarfile.open(dev / "results.tar", "w") as t:
+        t.add(call / "results", arcname="results")
+    (dev / "log0.txt").write_text("[1/1] a: running notebooks/a.ipynb\n[first_layer] 3 runs\n")
+    script = Path(__file__).resolve().parents[1] / "tools" / "unpack_results.sh"
+    out = subprocess.run(["bash", str(script), str(dev / "results.tar")], cwd=here, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (here / "results/paper/a/summary.csv").read_text() == "new a\n"
+    assert (here / "results/paper/a/runs/r0/result.json").exists() and (here / "results/paper/a.ipynb").exists()
+    assert not (here / "results/paper/a/partial.json").exists()  # deleted by the call
+    assert (here / "results/paper/b/summary.csv").read_text() == "newer b\n"  # not run by the call: untouched
+    assert (here / "results/paper/b/partial.json").exists()
+    (dev / "log0.txt").write_text("nothing ran\n")  # no experiment named: nothing unpacked, and it says so
+    out = subprocess.run(["bash", str(script), str(dev / "results.tar")], cwd=here, capture_output=True, text=True)
+    assert out.returncode == 2 and "nothing unpacked" in out.stderr
