@@ -544,14 +544,20 @@ def spread_verdict(a: dict, b: dict, col: str = "test_ppl") -> str:
     return "better" if float(a[col]) < float(b[col]) else "worse"
 
 
+def rows_where(df, where: dict):
+    """The rows of ``df`` whose column ``k`` equals ``v`` for every item of ``where``, compared as text
+    (summary.csv gives back numbers and labels alike)."""
+    for k, v in where.items():
+        df = df[df[k].astype(str) == str(v)]
+    return df
+
+
 def paired_differences(df, key: str, a: str, b: str, where: dict, col: str = "test_ppl") -> list[float]:
     """``col`` of the run with ``key == a`` minus that of the run with ``key == b``, per seed, among the
     runs matching ``where``; seeds that lack either run are left out."""
     if df is None or not {key, "seed", col} <= set(df.columns):
         return []
-    rows = df
-    for k, v in where.items():
-        rows = rows[rows[k] == v]
+    rows = rows_where(df, where)
     by = {kind: rows[rows[key].astype(str) == kind].set_index("seed")[col] for kind in (a, b)}
     seeds = sorted(set(by[a].index) & set(by[b].index))
     return [float(by[a][sd]) - float(by[b][sd]) for sd in seeds]
@@ -1865,10 +1871,7 @@ class Report:
         """The ``result.json`` of the benchmark's main configuration (the primary slice of
         :meth:`_bench_rows`) and that configuration's key values."""
         _, _, primary, _ = self._bench_rows(e)
-        main = e.df
-        for k, v in primary.items():
-            main = main[main[k].astype(str) == str(v)]
-        names = set(main["name"])
+        names = set(rows_where(e.df, primary)["name"])
         return [r for r in e.runs() if r.get("name") in names], primary
 
     def closing(self) -> None:
@@ -2749,12 +2752,8 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
                "trained MLP (baseline); dashed lines mark attention only and the baseline")
         if e.available and "method" in e.df.columns:
             agg, keys = e.agg()
-            sl, _ = primary_slice(agg, keys, "method")
-            sl = sl[sl["method"].isin(METHOD_ORDER)]
-            raw = e.df.copy()
-            for k in keys:
-                if k != "method" and k in sl.columns and len(sl):
-                    raw = raw[raw[k].astype(str) == str(sl[k].iloc[0])]
+            _, primary = primary_slice(agg, keys, "method")
+            raw = rows_where(e.df, primary)
             if len(raw):
                 order = [m for m in ("attn_only", "rf_adamw", "lora", "pil_pure", "pil_then_attn", "attn_then_pil",
                                      "alternating", "baseline") if m in set(raw["method"])]
