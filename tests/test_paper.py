@@ -836,12 +836,31 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     assert "DivergedBSize" not in numbers  # the other runs' curves end at their best
     text = (dirs.generated / "results_main.tex").read_text()
     assert r"\paragraph{Other budgets and model sizes.}" in text and "One run diverged" in text
-    assert "With larger models, the hybrids trained there" in (dirs.generated / "conclusion.tex").read_text()
+    assert "With larger models, the hybrid best on validation" in (dirs.generated / "conclusion.tex").read_text()
     # one seed per method is not enough for the conclusion or the abstract to speak of larger models
     one = report.default_dirs("smoke", tmp_path / "one")
     report.render("smoke", write_fake_results(tmp_path / "r1", only=("benchmark",)), one, with_figures=False)
     assert "With larger models" not in (one.generated / "conclusion.tex").read_text()
     assert "At larger sizes" not in (one.generated / "abstract.tex").read_text()
+
+
+def test_larger_sizes_sentence_gives_one_verdict_or_one_per_size():
+    """Abstract and conclusion share one sentence on the larger sizes: when every size agrees it states
+    the verdict once; when they differ, each size carries its own (none is left unqualified)."""
+    sizes = report.jinja_env().get_template("_sizes.tex.j2")
+    n = {f"BenchGroup{t}{k}": f"{t}{k}" for t in "AB" for k in ("Label", "PILMethod", "PILPPL", "AttnOnlyPPL")}
+
+    def sentence(*verdicts):
+        sz = [{"tag": t, "pil_vs_attn": v} for t, v in zip("AB", verdicts)]
+        return " ".join(str(sizes.make_module({"n": n}).sizes_vs_attn(sz, "Lead")).split())
+
+    assert sentence("within", "within") == ("Lead the hybrid best on validation stays within the seed spread of "
+                                            "attention only (ALabel: APILMethod APILPPL against AAttnOnlyPPL; "
+                                            "BLabel: BPILMethod BPILPPL against BAttnOnlyPPL).")
+    assert "stays behind attention only" in sentence("worse", "worse")
+    mixed = sentence("worse", "better")
+    assert "compares with attention only" in mixed
+    assert "AAttnOnlyPPL, worse;" in mixed and "BAttnOnlyPPL, better)." in mixed
 
 
 def test_main_configuration_numbers_leave_out_other_budgets(tmp_path):
