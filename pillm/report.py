@@ -1211,7 +1211,30 @@ class Report:
                 self.add(f"Diverged{tag}Solves", str(len(searched)), e, f"searched solves of run {r['name']}",
                          len(searched))
                 d["eta"] = True
+                d.update(self._seeds_by_step(e, r, tag))
             out.append(d)
+
+    def _seeds_by_step(self, e: Experiment, diverged: dict, tag: str) -> dict:
+        """The diverged run's configuration over all its seeds: each seed's median searched step η and test
+        perplexity, so the text can say whether larger steps went with worse models (an observation over a
+        few seeds, not a controlled test). Empty when fewer than two seeds have searched solves."""
+        def config(r):  # the run's spec without its seed
+            spec = json.loads(json.dumps(r.get("spec") or {}))
+            spec.get("train", {}).pop("seed", None)
+            return spec
+
+        same = [r for r in e.runs() if config(r) == config(diverged) and _searched(r) and _finite(r.get("test_ppl"))]
+        if len(same) < 2:
+            return {}
+        same.sort(key=lambda r: int(r.get("seed", 0)))
+        steps = {int(r["seed"]): st.median(x["eta"] for x in _searched(r)) for r in same}
+        ppl = {int(r["seed"]): float(r["test_ppl"]) for r in same}
+        text = "; ".join(f"seed {k}: {fmt_pow10(steps[k])}, {fmt_ppl(ppl[k])}" for k in steps)
+        self.add(f"Diverged{tag}SeedSteps", text, e, "per seed of run " + diverged["name"].replace(
+            f"seed={diverged.get('seed')}", "seed=*") + ": median eta of its searched solves, test_ppl")
+        by_step = [ppl[k] for k in sorted(steps, key=steps.get)]
+        rising = len(set(steps.values())) == len(steps) and all(a < b for a, b in zip(by_step, by_step[1:]))
+        return {"seed_steps": len(same), "steps_order": "rising" if rising else "mixed"}
 
     # -------------------------------------------------------------- LAMBADA
     def lambada(self) -> None:

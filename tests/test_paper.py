@@ -844,6 +844,37 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     assert "At larger sizes" not in (one.generated / "abstract.tex").read_text()
 
 
+@pytest.mark.parametrize("ppl_by_seed, rising", [((130.0, 2000.0, 120.0), True), ((110.0, 2000.0, 120.0), False)])
+def test_diverged_run_is_set_beside_its_other_seeds_steps(tmp_path, ppl_by_seed, rising):
+    """A diverged run's configuration is listed over its seeds (median searched step, test perplexity);
+    "the larger the steps, the worse" is said only when the test perplexity rises with the step."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    runs = root / "smoke" / "benchmark" / "runs"
+    src = runs / "pil_then_attn,size=small,epochs=2,seed=0"
+    result = json.loads((src / "result.json").read_text())
+    result["spec"] = {"method": "pil_then_attn", "size": "small", "train": {"epochs": 2}}
+    for seed, (eta, ppl) in enumerate(zip((1e5, 1e6, 1e3), ppl_by_seed)):
+        grid = [{"eta": x, "valid_loss": 1.0 / x} for x in (1e3, 1e5, 1e6)]
+        r = json.loads(json.dumps(result)) | {"seed": seed, "test_ppl": ppl,
+                                              "name": f"pil_then_attn,size=small,epochs=2,seed={seed}"}
+        r["spec"]["train"]["seed"] = seed
+        r["solves"] = [{"layer": i, "eta": eta, "eta_at_edge": eta == 1e6, "search": grid} for i in range(2)]
+        if seed == 1:  # this one diverges
+            r["curve"][-1]["valid_ppl"] = 5 * min(p["valid_ppl"] for p in r["curve"])
+        d = runs / r["name"]
+        d.mkdir(exist_ok=True)
+        (d / "result.json").write_text(json.dumps(r))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert numbers["DivergedASeed"]["value"] == "1" and "DivergedBSeed" not in numbers
+    steps = numbers["DivergedASeedSteps"]["value"]
+    assert steps.startswith(r"seed 0: \ensuremath{10^{5}}, ") and r"seed 2: \ensuremath{10^{3}}, 120.0" in steps
+    text = (dirs.generated / "results_main.tex").read_text()
+    assert r"\DivergedASeedSteps{}" in text
+    assert ("the larger the steps, the worse the model" in text) == rising
+
+
 def test_larger_sizes_sentence_gives_one_verdict_or_one_per_size():
     """Abstract and conclusion share one sentence on the larger sizes: when every size agrees it states
     the verdict once; when they differ, each size carries its own (none is left unqualified)."""
