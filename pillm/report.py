@@ -267,6 +267,21 @@ def method_tex(m: Any) -> str:
     return METHOD_TEX.get(str(m), tex_escape(m))
 
 
+#: How a ``gap`` variant's "+modifier" reads in prose (its table keeps the registry's label).
+VARIANT_MOD_TEX = {"resolve": "a final re-solve", "head": "a solved output head", "global": "global targets",
+                   "next_embedding": "next-embedding targets", "landmarks": "landmark keys",
+                   "ppmi": "PPMI embeddings and a solved output head"}
+
+
+def variant_tex(name: Any) -> str:
+    """A registry variant label ("attn_then_pil+global") in words ("attention→PIL with global targets");
+    labels of another form are escaped as they are."""
+    base, *mods = str(name).split("+")
+    if base not in METHOD_TEX or any(m not in VARIANT_MOD_TEX for m in mods):
+        return tex_escape(name)
+    return METHOD_TEX[base] + (" with " + " and ".join(VARIANT_MOD_TEX[m] for m in mods) if mods else "")
+
+
 def dataset_tex(d: Any) -> str:
     return DATASET_TEX.get(str(d), tex_escape(d))
 
@@ -1515,7 +1530,7 @@ class Report:
             if _finite(data.get(k)):
                 self.add(macro, fmt_ppl(float(data[k])), path, f"{k} in gap/summary.json", float(data[k]))
         if data.get("best_hybrid_name"):
-            self.add("GapHybridMethod", method_tex(data["best_hybrid_name"]), path, "best_hybrid_name in gap/summary.json")
+            self.add("GapHybridMethod", variant_tex(data["best_hybrid_name"]), path, "best_hybrid_name in gap/summary.json")
         if _finite(data.get("kn5_test_ppl")):
             kn = float(data["kn5_test_ppl"])
             if _finite(data.get("pure_pil_test_ppl")):
@@ -2002,7 +2017,7 @@ class Report:
             if _finite(gap.get("pure_pil_test_ppl")) and _finite(gap.get("kn5_test_ppl")):
                 cl["pure_goal"] = float(gap["pure_pil_test_ppl"]) < float(gap["kn5_test_ppl"])
             if gap.get("pure_pil_name"):
-                self.add("GapPureMethod", tex_escape(gap["pure_pil_name"]), path, "pure_pil_name in gap/summary.json")
+                self.add("GapPureMethod", variant_tex(gap["pure_pil_name"]), path, "pure_pil_name in gap/summary.json")
 
     def bench(self) -> None:
         """GPU micro-benchmarks (``pillm bench``): headline ratios merged over the files of one device

@@ -875,6 +875,21 @@ def test_diverged_run_is_set_beside_its_other_seeds_steps(tmp_path, ppl_by_seed,
     assert ("the larger the steps, the worse the model" in text) == rising
 
 
+def test_every_gap_variant_reads_in_words():
+    """The prose names the best gap variants in words: every variant of the registry must have them (a new
+    "+modifier" without a wording would print its raw label, underscores and all)."""
+    from pillm import experiments as ex
+
+    gap = ex.load_registry()["gap"]["parameters"]
+    names = {v for profile in gap.values() for v in profile["variants"]}
+    assert {"attn_then_pil+global", "pil_pure+ppmi"} <= names
+    for name in names:
+        words = report.variant_tex(name)
+        assert "_" not in words and "+" not in words, (name, words)
+    assert report.variant_tex("attn_then_pil+global") == r"attention$\rightarrow$PIL with global targets"
+    assert report.variant_tex("unknown+thing") == "unknown+thing"
+
+
 def test_larger_sizes_sentence_gives_one_verdict_or_one_per_size():
     """Abstract and conclusion share one sentence on the larger sizes: when every size agrees it states
     the verdict once; when they differ, each size carries its own (none is left unqualified)."""
