@@ -1285,6 +1285,14 @@ class Report:
         if oov:
             self.add("LambadaOOV", fmt_pct(100 * max(oov)), e, f"100*max oov_rate, {where}")
         lam["all_low"] = bool(by) and all(_finite(r.get("acc")) and r["acc"] < LAMBADA_LOW for r in by.values())
+        # Near zero, a relative comparison of accuracies compares a handful of passages: give the counts.
+        passages = {m: float(r["lambada_n"]) for m, r in by.items() if _finite(r.get("lambada_n"))}
+        if lam["all_low"] and "baseline" in passages and lam.get("best") in passages:
+            for m, macro in (("baseline", "LambadaBaselineHits"), (lam["best"], "LambadaPILHits")):
+                hits = float(by[m]["acc"]) * passages[m]
+                self.add(macro, fmt_fixed(hits, 1), e, f"mean acc*lambada_n of {m} (passages predicted), {where}", hits)
+            self.add("LambadaPassages", fmt_count(passages["baseline"]), e, f"lambada_n, {where}", passages["baseline"])
+            lam["counts"] = True
 
     # -------------------------------------------------------------- ablations
     def _ablation(self, name: str, key: str, caption: str, extra_cols: list[Col] | None = None):

@@ -465,6 +465,32 @@ def test_wording_follows_the_measurements(tmp_path, hybrid, expected):
         assert "competitive" not in (dirs.generated / "abstract.tex").read_text()
 
 
+def test_lambada_near_zero_is_reported_as_passage_counts(tmp_path):
+    """When every accuracy is below the floor, a relative verdict ("does not match the baseline") would
+    compare a handful of passages: the text gives the counts instead. Above the floor, the verdict stays."""
+    def render(acc_baseline, acc_pil, name):
+        root = write_fake_results(tmp_path / name, only=("lambada",))
+        path = root / "smoke" / "lambada" / "lambada.csv"
+        rows = list(csv.DictReader(path.open()))
+        for r in rows:
+            r["lambada_acc"] = acc_baseline if r["method"] == "baseline" else acc_pil
+            r["lambada_n"] = 5000
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        dirs = report.default_dirs("smoke", tmp_path / f"out-{name}")
+        report.render("smoke", root, dirs, with_figures=False)
+        return (dirs.generated / "results_lambada.tex").read_text(), parse_numbers(dirs.tables / "numbers.tex")
+
+    text, numbers = render(0.0012, 0.001, "low")
+    assert "passages, against" in text and "does not match" not in text and "does not separate" in text
+    assert (numbers["LambadaBaselineHits"]["value"], numbers["LambadaPILHits"]["value"]) == ("6.0", "5.0")
+    assert numbers["LambadaPassages"]["value"] == r"5\,000"
+    text, numbers = render(0.30, 0.20, "high")
+    assert "does not match the baseline" in text and "LambadaPILHits" not in numbers
+
+
 def test_lambada_scores_from_summary_or_lambada_csv(tmp_path):
     root = write_fake_results(tmp_path / "results", only=("lambada",))
     e = report.Results(root, "smoke").exp("lambada")
@@ -555,6 +581,20 @@ def test_smoke_pdf_from_repository_results(tmp_path):
     numbers = parse_numbers(s["dirs"].tables / "numbers.tex")
     for name, n in numbers.items():
         assert (REPO / n["source"]).is_file(), f"\\{name}: {n['source']}"
+
+
+@pytest.mark.skipif(not (REPO / "results" / "paper").is_dir(), reason="no results/paper in this checkout")
+def test_committed_paper_is_what_the_committed_results_render(tmp_path):
+    """The committed prose, tables and figure captions are exactly what the committed paper results render
+    to, with no part failing to render: a report or template change that was not regenerated, or a result
+    that no longer renders (the report only warns and builds without it), fails here."""
+    dirs = report.default_dirs("paper", tmp_path)
+    rendered = report.render("paper", REPO / "results", dirs)
+    assert rendered.report.errors == []
+    committed = {"generated": REPO / "paper" / "generated", "tables": REPO / "tables", "figures": REPO / "figures"}
+    stale = [f"{kind}/{p.name}" for kind, ref in committed.items() for p in sorted(getattr(dirs, kind).glob("*.tex"))
+             if not (ref / p.name).is_file() or (ref / p.name).read_text() != p.read_text()]
+    assert stale == [], f"run `make paper` and commit: {stale}"
 
 
 def test_differences_within_the_seed_spread_are_not_effects():
