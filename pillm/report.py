@@ -1136,6 +1136,8 @@ class Report:
                 self.add("Retention", fmt_pct(abs(ret) if ret <= 0 else ret), e,
                          f"100*(ln ppl[attn_only]-ln ppl[{b['hybrid']}])/(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
                 b["ffn_helps_baseline"] = ppl["baseline"] < ppl["attn_only"]
+                # a share of a gap can be an artefact of seeds: say when the hybrid is within attention only's spread
+                b["hybrid_vs_attn"] = spread_verdict(by[b["hybrid"]], by["attn_only"])
         if "rf_adamw" in ppl and hyb:
             b["closed_vs_grad"] = verdict(hyb[b["hybrid"]], ppl["rf_adamw"])
         if "attn_only" in ppl and pil:
@@ -1873,6 +1875,10 @@ class Report:
             if "baseline" in by:
                 ratio = pil[m]["test_ppl"] / by["baseline"]["test_ppl"]
                 self.add("TunedRatio", fmt_fixed(ratio, 2), path, f"test_ppl {m} / baseline in tuned.csv", ratio)
+            if "attn_only" in by:  # the FFN's contribution at each method's own setting
+                self.add("TunedAttnOnlyPPL", fmt_ppl(by["attn_only"]["test_ppl"]), path,
+                         "mean test_ppl of attn_only in tuned.csv", by["attn_only"]["test_ppl"])
+                t["tuned_pil_vs_attn"] = spread_verdict(pil[m], by["attn_only"])
         counts = tuned.df.groupby("method")["seed"].nunique()
         lo, hi = int(counts.min()), int(counts.max())
         t["tuned_seeds_vary"] = lo != hi
