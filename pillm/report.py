@@ -1203,6 +1203,7 @@ class Report:
         """Runs whose validation perplexity rose far above its best during training (``curve``), with
         how many of their searched solves stopped at the top of the step-size grid."""
         self.c["bench"]["diverged"] = out = []
+        diverged = []
         for r in e.runs():
             pts = [p for p in r.get("curve") or [] if _finite(p.get("valid_ppl"))]
             if len(pts) < 2:
@@ -1212,6 +1213,7 @@ class Report:
             if last <= self.DIVERGED_RATIO * best:
                 continue
             tag = _TAGS[len(out)]
+            diverged.append(r)
             src = f"curve of run {r['name']}"
             self.add(f"Diverged{tag}Method", method_tex(r.get("method")), e, f"method of run {r['name']}")
             self.add(f"Diverged{tag}Size", tex_escape(str(r.get("size", ""))), e, f"size of run {r['name']}")
@@ -1230,6 +1232,14 @@ class Report:
                 d["eta"] = True
                 d.update(self._seeds_by_step(e, r, tag))
             out.append(d)
+        t = self.tables.get("benchmark")
+        if out and t is not None:  # a mean over seeds that includes a diverged run says so under the table
+            runs = "; ".join(f"{method_tex(r.get('method'))}, {tex_escape(str(r.get('size', '')))}, seed {r.get('seed')}"
+                             for r in diverged)
+            one = len(diverged) == 1
+            t.note = ((t.note + " ") if t.note else "") + (
+                f"{'One run' if one else f'{len(diverged)} runs'} diverged and {'is' if one else 'are'} kept in the "
+                f"mean of {'its row' if one else 'their rows'}: {runs} (Section~\\ref{{sec:main}}).")
 
     def _seeds_by_step(self, e: Experiment, diverged: dict, tag: str) -> dict:
         """The diverged run's configuration over all its seeds: each seed's median searched step η and test

@@ -913,6 +913,9 @@ def test_diverged_run_is_set_beside_its_other_seeds_steps(tmp_path, ppl_by_seed,
     text = (dirs.generated / "results_main.tex").read_text()
     assert r"\DivergedASeedSteps{}" in text
     assert ("the larger the steps, the worse the model" in text) == rising
+    table = " ".join((dirs.tables / "benchmark.tex").read_text().split())
+    assert (r"One run diverged and is kept in the mean of its row: PIL$\rightarrow$attention, small, seed 1"
+            in table)
 
 
 def test_every_gap_variant_reads_in_words():
