@@ -567,6 +567,12 @@ def rows_where(df, where: dict):
     return df
 
 
+def _runs_where(e: "Experiment", where: dict) -> list[dict]:
+    """The ``result.json`` of the runs whose summary rows match ``where`` (:func:`rows_where`)."""
+    names = set(rows_where(e.df, where)["name"])
+    return [r for r in e.runs() if r.get("name") in names]
+
+
 def paired_differences(df, key: str, a: str, b: str, where: dict, col: str = "test_ppl") -> list[float]:
     """``col`` of the run with ``key == a`` minus that of the run with ``key == b``, per seed, among the
     runs matching ``where``; seeds that lack either run are left out."""
@@ -1932,9 +1938,8 @@ class Report:
     def _bench_main_runs(self, e: Experiment) -> tuple[list[dict], dict]:
         """The ``result.json`` of the benchmark's main configuration (the primary slice of
         :meth:`_bench_rows`) and that configuration's key values."""
-        _, _, primary, _ = self._bench_rows(e)
-        names = set(rows_where(e.df, primary)["name"])
-        return [r for r in e.runs() if r.get("name") in names], primary
+        primary = self._bench_rows(e)[2]
+        return _runs_where(e, primary), primary
 
     def closing(self) -> None:
         """Issue-7 diagnostics: where the gap to the baseline comes from (benchmark runs' curves and
@@ -1943,10 +1948,9 @@ class Report:
         c["closing"] = cl = {}
         e = self.R.exp("benchmark")
         if e.available:
-            runs = e.runs()
-
-            # the main configuration's runs only: other sizes and budgets would mix perplexity levels
-            main_runs, primary = self._bench_main_runs(e)
+            # the main configuration's runs only: other sizes and budgets would mix perplexity levels and steps
+            by, _, primary, where = self._bench_rows(e)
+            main_runs = _runs_where(e, primary)
 
             def curve_pairs(method):  # (valid ppl just before the last closed-form phase, just after)
                 out = []
@@ -1967,20 +1971,19 @@ class Report:
                 self.add("SolveAfterAttnGainPct", fmt_pct(100 * (1 - after / before)), e,
                          "100*(1-after/before) of the above", 100 * (1 - after / before))
                 cl["solve_gain"] = True
-            init = [s_["eta"] for r in runs if r.get("method") == "pil_then_attn" for s_ in r.get("solves", [])
+            init = [s_["eta"] for r in main_runs if r.get("method") == "pil_then_attn" for s_ in r.get("solves", [])
                     if s_.get("phase") == "pil" and _finite(s_.get("eta"))]
-            trained = [s_["eta"] for r in runs for s_ in r.get("solves", [])
+            trained = [s_["eta"] for r in main_runs for s_ in r.get("solves", [])
                        if (r.get("method") == "attn_then_pil" and s_.get("phase") == "pil")
                        or (r.get("method") == "alternating" and str(s_.get("phase", "")).startswith("resolve"))
                        if _finite(s_.get("eta"))]
             if init and trained:
                 mi, mt = st.median(init), st.median(trained)
                 self.add("EtaInitMedian", fmt_pow10(mi), e, f"median eta of {len(init)} solves of pil_then_attn "
-                         "(untrained model)", mi)
+                         f"(untrained model), {where}", mi)
                 self.add("EtaTrainedMedian", fmt_pow10(mt), e, f"median eta of {len(trained)} solves after AdamW "
-                         "(attn_then_pil, alternating re-solves)", mt)
+                         f"(attn_then_pil, alternating re-solves), {where}", mt)
                 cl["eta"] = mt < mi
-            by, _, _, where = self._bench_rows(e)
             if {"pil_then_attn", "attn_only"} <= set(by):
                 pv, av = float(by["pil_then_attn"]["valid_ppl"]), float(by["attn_only"]["valid_ppl"])
                 self.add("PilThenAttnValid", fmt_ppl(pv), e, f"mean valid_ppl of pil_then_attn, {where}", pv)

@@ -990,8 +990,8 @@ def test_larger_sizes_sentence_gives_one_verdict_or_one_per_size():
 
 
 def test_main_configuration_numbers_leave_out_other_budgets(tmp_path):
-    """The gain of attention→PIL's final solve is quoted beside the main table: runs of another epoch
-    budget (or size) must not enter its means."""
+    """The gain of attention→PIL's final solve, and the step sizes chosen before and after AdamW, are quoted
+    beside the main table: runs of another epoch budget (or size) must not enter their means or medians."""
     root = write_fake_results(tmp_path / "r", only=("benchmark",))
     for epochs, (before, after) in ((2, (150.0, 148.5)), (1, (400.0, 300.0))):
         for seed in (0, 1):
@@ -1000,12 +1000,20 @@ def test_main_configuration_numbers_leave_out_other_budgets(tmp_path):
             result["curve"] = result["curve"] + [{"epoch": epochs, "valid_ppl": before, "phase": "adamw"},
                                                  {"epoch": epochs, "valid_ppl": after, "phase": "pil"}]
             result["train_config"]["warmup_frac"] = 0.05 if epochs == 2 else 0.25
+            result["solves"] = [{"layer": i, "phase": "pil", "eta": 10.0 if epochs == 2 else 1e5} for i in range(4)]
+            p.write_text(json.dumps(result))
+            p = p.parents[1] / f"pil_then_attn,size=tiny,epochs={epochs},seed={seed}" / "result.json"
+            result = json.loads(p.read_text())
+            result["solves"] = [{"layer": i, "phase": "pil", "eta": 1e3 if epochs == 2 else 1e6} for i in range(4)]
             p.write_text(json.dumps(result))
     dirs = report.default_dirs("smoke", tmp_path / "out")
     report.render("smoke", root, dirs, with_figures=False)
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert (numbers["SolveAfterAttnBefore"]["value"], numbers["SolveAfterAttnAfter"]["value"]) == ("150.0", "148.5")
     assert "epochs=2" in numbers["SolveAfterAttnBefore"]["note"]
+    # the step sizes before and after AdamW, quoted beside it, come from the same runs
+    assert (numbers["EtaInitMedian"]["value"], numbers["EtaTrainedMedian"]["value"]) == (
+        r"\ensuremath{10^{3}}", r"\ensuremath{10^{1}}")
     # the hyper-parameter table lists the main configuration's settings, not another budget's
     hparams = (dirs.tables / "hparams.tex").read_text()
     assert "0.05" in hparams and "0.25" not in hparams
