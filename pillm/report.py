@@ -125,7 +125,7 @@ FIT_MIN_R2 = 0.9
 #: LAMBADA accuracies below this are called low for every method.
 LAMBADA_LOW = 0.05
 
-FIGURES = ("curves", "lambda", "expansion", "complexity", "bench", "kappa", "contribution")
+FIGURES = ("curves", "lambda", "expansion", "complexity", "bench", "kappa", "contribution", "sizes")
 TABLE_TITLES = {
     "ngram": "Kneser--Ney $n$-gram baseline",
     "benchmark": "Main results", "lambada": "LAMBADA", "ablation_bipil": "Bi-PIL versus a single projection",
@@ -142,11 +142,13 @@ TABLE_TITLES = {
     "models": "Model configurations", "datasets": "Corpora and token counts",
     "hparams": "Training hyper-parameters of the main benchmark", "hardware": "Hardware and provenance"}
 FIGURE_SOURCE = {"curves": "training_curves", "lambda": "ablation_lambda", "expansion": "ablation_expansion",
-                 "complexity": "complexity", "bench": "bench", "kappa": "benchmark", "contribution": "benchmark"}
+                 "complexity": "complexity", "bench": "bench", "kappa": "benchmark", "contribution": "benchmark",
+                 "sizes": "benchmark"}
 FIGURE_TITLES = {"bench": "Gram accumulation rate and solve time on the GPU",
                  "curves": "Training curves", "lambda": r"Sensitivity to $\lambda$ and $\kappa$",
                  "expansion": "Random-feature width", "complexity": "Scaling of the closed-form phase",
-                 "kappa": r"Condition number $\kappa$ per layer", "contribution": "What the FFN layers contribute"}
+                 "kappa": r"Condition number $\kappa$ per layer", "contribution": "What the FFN layers contribute",
+                 "sizes": "Test perplexity against model size"}
 
 
 class ReportError(RuntimeError):
@@ -2843,6 +2845,52 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
         else:
             missing("contribution", cap, ["benchmark"])
 
+    def _fig_sizes():
+        # 7. the main configuration's budget over model sizes: means over seeds and every seed
+        e = R.exp("benchmark")
+        cap = ("Test perplexity against model size at the main configuration's epoch budget, for the methods run at "
+               "every size: lines join the medians over seeds, dots are single seeds")
+        if not (e.available and {"method", "size"} <= set(e.df.columns)):
+            missing("sizes", cap, ["benchmark"])
+            return
+        agg, keys = e.agg()
+        _, primary = primary_slice(agg, keys, "method")
+        raw = rows_where(e.df, {k: v for k, v in primary.items() if k != "size"})
+        sizes = [z for z in SIZE_ORDER if z in set(raw["size"].astype(str))]
+        per_method = raw.groupby("method")["size"].nunique()
+        methods = [m for m in METHOD_ORDER if per_method.get(m, 0) == len(sizes)]
+        if len(sizes) < 2 or not methods:
+            missing("sizes", cap, ["benchmark"])
+            return
+        raw = raw[raw["method"].isin(methods)].assign(
+            label=lambda d: d["method"].map(lambda m: METHOD_PLAIN.get(m, m)), size=lambda d: d["size"].astype(str))
+        order = [METHOD_PLAIN.get(m, m) for m in methods]
+        # a diverged seed (far above its configuration's median) would flatten the others: it is drawn at
+        # the top edge, with its value, instead of stretching the axis
+        median = raw.groupby(["method", "size"])["test_ppl"].transform("median")
+        far = raw["test_ppl"] > 2 * median
+        top = 1.08 * float(raw.loc[~far, "test_ppl"].max())
+        fig, ax = plt.subplots(figsize=(4.6, 2.6))
+        sns.pointplot(raw, x="size", y="test_ppl", hue="label", order=sizes, hue_order=order, estimator="median",
+                      errorbar=None, markersize=4, linewidth=1.2, ax=ax)
+        sns.stripplot(raw[~far], x="size", y="test_ppl", hue="label", order=sizes, hue_order=order, jitter=False,
+                      size=3, alpha=0.5, legend=False, ax=ax)
+        colors = dict(zip(order, sns.color_palette(n_colors=len(order))))
+        for _, r in raw[far].iterrows():
+            x = sizes.index(r["size"])
+            ax.plot([x], [top], marker="^", ms=4, color=colors[r["label"]], clip_on=False)
+            ax.annotate(f"{fmt_ppl(r['test_ppl']).replace(chr(92) + ',', ' ')} (seed {r['seed']})", (x, top),
+                        xytext=(-5, -3), textcoords="offset points", fontsize=6, ha="right", color=colors[r["label"]])
+        ax.set_ylim(top=top)
+        ax.set_xlabel("model size")
+        ax.set_ylabel("test PPL")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        _save(fig, out / "sizes.pdf")
+        if far.any():
+            cap += "; a triangle at the top edge marks a seed more than twice its configuration's median, with its value"
+        res["sizes"] = {"caption": cap, "sources": [e]}
+
     def _fig_bench():
         # 5. GPU micro-benchmarks of the solver (pillm bench): Gram rate and solve time against D
         cap = (r"Closed-form solver on the GPU against the number of features $D$: throughput of the streamed Gram "
@@ -2884,7 +2932,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
 
     for name, fn in (("curves", _fig_curves), ("lambda", _fig_lambda), ("expansion", _fig_expansion),
                      ("complexity", _fig_complexity), ("bench", _fig_bench), ("kappa", _fig_kappa),
-                     ("contribution", _fig_contribution)):
+                     ("contribution", _fig_contribution), ("sizes", _fig_sizes)):
         try:
             fn()
         except Exception as err:  # a malformed results file must not stop the paper build

@@ -970,6 +970,41 @@ def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_p
     assert r"attention only reaches \TunedAttnOnlyPPL{}" in text["appendix_tuning"]
 
 
+def test_sizes_figure_draws_a_diverged_seed_at_the_edge(tmp_path):
+    """The model-size figure joins the medians over seeds of the methods run at every size; a seed far above
+    its configuration's median is drawn at the top edge with its value (named in the caption), so that it
+    does not flatten the others."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs)
+    fig = (dirs.figures / "sizes.tex").read_text()
+    assert (dirs.figures / "sizes.pdf").is_file() and "medians over seeds" in fig and "triangle" not in fig
+    assert r"Figure~\ref{fig:sizes}" in (dirs.generated / "results_main.tex").read_text()
+    summary = root / "smoke" / "benchmark" / "summary.csv"
+    rows = list(csv.DictReader(summary.open()))
+    extra = [r | {"seed": str(s), "name": r["name"].replace("seed=0", f"seed={s}"),
+                  "test_ppl": str(float(r["test_ppl"]) * (20 if s == 2 else 1.01))}
+             for r in rows if r["size"] == "small" and r["method"] == "pil_then_attn" for s in (1, 2)]
+    with summary.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + extra)
+    report.render("smoke", root, dirs)
+    assert "a triangle at the top edge marks a seed" in (dirs.figures / "sizes.tex").read_text()
+    # with one size only there is nothing to draw
+    one = write_fake_results(tmp_path / "one", only=("benchmark",))
+    summary = one / "smoke" / "benchmark" / "summary.csv"
+    rows = [r for r in csv.DictReader(summary.open()) if r["size"] != "small"]
+    with summary.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    single = report.default_dirs("smoke", tmp_path / "single")
+    report.render("smoke", one, single)
+    assert not (single.figures / "sizes.pdf").exists()
+    assert "fig:sizes" not in (single.generated / "results_main.tex").read_text()
+
+
 def test_larger_sizes_sentence_gives_one_verdict_or_one_per_size():
     """Abstract and conclusion share one sentence on the larger sizes: when every size agrees it states
     the verdict once; when they differ, each size carries its own (none is left unqualified)."""
