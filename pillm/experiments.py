@@ -338,6 +338,22 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
     return result
 
 
+#: Where a parallel grid's workers write each run's progress (tqdm bars, warnings, its last line):
+#: ``<experiment dir>/logs/<run name>.log`` (git-ignored). A run killed by a time limit leaves its log,
+#: which says how far it got.
+RUN_LOGS = "logs"
+
+
+def _execute_logged(experiment: str, run: dict, rdir: Path, key: str, log: Path) -> dict:
+    """:func:`_execute_run` in a worker process, its output (progress bars included) written to ``log``."""
+    import contextlib
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TQDM_MININTERVAL", "5")  # a bar update every few seconds keeps the file small
+    with open(log, "w", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        return _execute_run(experiment, run, rdir, key, True)
+
+
 def visible_gpus(count: int) -> list[str]:
     """The GPUs a grid's workers share: the entries of the caller's ``CUDA_VISIBLE_DEVICES`` when it
     is set (so that one grid can be kept to some GPUs while another uses the rest), else 0…count-1."""
@@ -481,8 +497,11 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                 # Longest first, so that a time-limited call is not left waiting for one slow run
                 # started last; a stable sort keeps the grid's order among equals.
                 order = sorted(pending, key=lambda i: -expected_cost(specs[i]))
-                futures = {pool.submit(_execute_run, experiment, runs[i], dirs[i], keys[i], False): i
-                           for i in order}
+                logs = exp_dir / RUN_LOGS
+                if progress:
+                    print(f"[{experiment}] {jobs} runs at a time; the progress of each: {_show(logs)}/", flush=True)
+                futures = {pool.submit(_execute_logged, experiment, runs[i], dirs[i], keys[i],
+                                       logs / f"{runs[i]['name']}.log"): i for i in order}
                 for fut in as_completed(futures):  # report each run when it finishes
                     i = futures[fut]
                     results[i] = fut.result()

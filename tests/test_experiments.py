@@ -517,6 +517,25 @@ def test_finished_only_summarizes_what_finished_and_runs_nothing(tmp_path, fake_
     assert fake_execute == [0, 1, 2] and len(df) == 3 and not partial.exists()
 
 
+@pytest.mark.slow
+def test_parallel_runs_write_their_progress_to_a_log_each(tmp_path, monkeypatch, capsys):
+    """With PILLM_JOBS > 1 the runs execute in worker processes, out of sight of the notebook: each writes
+    its progress bars and last line to ``logs/<run name>.log``, so that a run stopped by a time limit says
+    how far it got. Real (tiny, CPU) runs: the workers are spawned processes."""
+    monkeypatch.setenv("PILLM_JOBS", "2")
+    base = {"size": "tiny", "save_checkpoint": False,
+            "train": {"epochs": 1, "batch_size": 16, "max_train_tokens": 2048, "max_eval_tokens": 1024,
+                      "search_tokens": 128, "eval_every_epoch": False, "device": "cpu"}}
+    runs = ex.expand(base, method=["baseline", "pil_then_attn"], seed=[0])
+    df = ex.run_grid("par", runs, profile="smoke", results_root=tmp_path, progress=True)
+    assert sorted(df["name"]) == sorted(r["name"] for r in runs) and df["test_ppl"].notna().all()
+    logs = tmp_path / "smoke" / "par" / ex.RUN_LOGS
+    assert str(logs) in capsys.readouterr().out
+    for run, bar in zip(runs, ("adamw epoch 1", "attn epoch 1")):
+        text = (logs / f"{run['name']}.log").read_text()
+        assert bar in text and f"[par] {run['name']}: test ppl" in text
+
+
 def test_match_runs_only_the_selected_runs_and_leaves_the_grid_incomplete(tmp_path, fake_execute, monkeypatch):
     """``--match`` (PILLM_MATCH) fits a call's time limit: only matching pending runs execute, the
     summary holds them and the finished ones, and a later full run completes the grid."""
