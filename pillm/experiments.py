@@ -349,7 +349,6 @@ def _execute_logged(experiment: str, run: dict, rdir: Path, key: str, log: Path)
     import contextlib
 
     log.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TQDM_MININTERVAL", "5")  # a bar update every few seconds keeps the file small
     with open(log, "w", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         return _execute_run(experiment, run, rdir, key, True)
 
@@ -487,10 +486,14 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
 
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
-        previous = os.environ.get("PILLM_CONCURRENT_RUNS")
         # Inherited by the (spawned) workers. PILLM_OTHER_RUNS: runs that other processes execute on
         # the same machine at the same time (tools/device_experiments.sh runs several grids at once).
-        os.environ["PILLM_CONCURRENT_RUNS"] = str(jobs + int(os.environ.get("PILLM_OTHER_RUNS", "0")))
+        # TQDM_MININTERVAL: tqdm reads it when imported, so it must be in a worker's environment from the
+        # start; a bar update every few seconds keeps the run logs small.
+        worker_env = {"PILLM_CONCURRENT_RUNS": str(jobs + int(os.environ.get("PILLM_OTHER_RUNS", "0"))),
+                      "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5")}
+        previous = {k: os.environ.get(k) for k in worker_env}
+        os.environ.update(worker_env)
         try:
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                      initargs=(counter, visible_gpus(torch.cuda.device_count()))) as pool:
@@ -508,10 +511,11 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
         finally:  # a later sequential grid in the same kernel must not record concurrent runs
-            if previous is None:
-                os.environ.pop("PILLM_CONCURRENT_RUNS", None)
-            else:
-                os.environ["PILLM_CONCURRENT_RUNS"] = previous
+            for k, v in previous.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     else:
         for n, i in enumerate(pending, 1):
             if progress:
