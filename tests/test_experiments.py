@@ -523,6 +523,8 @@ def test_parallel_runs_write_their_progress_to_a_log_each(tmp_path, monkeypatch,
     its progress bars and last line to ``logs/<run name>.log``, so that a run stopped by a time limit says
     how far it got. Real (tiny, CPU) runs: the workers are spawned processes."""
     monkeypatch.setenv("PILLM_JOBS", "2")
+    for name in ("PILLM_CONCURRENT_RUNS", "TQDM_MININTERVAL"):
+        monkeypatch.delenv(name, raising=False)
     base = {"size": "tiny", "save_checkpoint": False,
             "train": {"epochs": 1, "batch_size": 16, "max_train_tokens": 2048, "max_eval_tokens": 1024,
                       "search_tokens": 128, "eval_every_epoch": False, "device": "cpu"}}
@@ -534,6 +536,10 @@ def test_parallel_runs_write_their_progress_to_a_log_each(tmp_path, monkeypatch,
     for run, bar in zip(runs, ("adamw epoch 1", "attn epoch 1")):
         text = (logs / f"{run['name']}.log").read_text()
         assert bar in text and f"[par] {run['name']}: test ppl" in text
+    # the workers' settings do not outlive the pool (a later sequential grid would record them)
+    assert "PILLM_CONCURRENT_RUNS" not in os.environ and "TQDM_MININTERVAL" not in os.environ
+    assert all(r["environment"]["concurrent_runs"] == 2 for r in
+               (json.loads((tmp_path / "smoke" / "par" / "runs" / x["name"] / "result.json").read_text()) for x in runs))
 
 
 def test_match_runs_only_the_selected_runs_and_leaves_the_grid_incomplete(tmp_path, fake_execute, monkeypatch):
