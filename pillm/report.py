@@ -1850,20 +1850,23 @@ class Report:
         self.add("TuneMaxGainPct", fmt_pct(float(gain[i])), src,
                  "max over methods of 100*(1-valid_ppl/default_valid_ppl)", float(gain[i]))
         self.add("TuneMaxGainMethod", method_tex(df["method"][i]), src, "method with that largest gain")
-        # A choice at the end of a grid of three or more values: the grid, not the data, stopped it.
+        # A choice at the end of a grid of three or more values: the grid, not the data, stopped it. With two
+        # values every choice is at an end; it is said only when every method chose the same end.
         t["edges"] = []
         for param in ("lr", "dropout"):
             grid = sorted({float(v) for v in e.df.get(param, []) if _finite(v)}) if e.available else []
-            if len(grid) < 3:
+            if len(grid) < 2:
                 continue
             for end, value in (("largest", grid[-1]), ("smallest", grid[0])):
                 at = [method_tex(m) for m, v in zip(df["method"], df[param]) if math.isclose(float(v), value)]
-                if at:
+                every = len(df) > 1 and len(at) == len(df)
+                if at and (len(grid) >= 3 or every):
                     tag = f"{'LR' if param == 'lr' else 'Dropout'}{'Top' if end == 'largest' else 'Bottom'}"
                     self.add(f"TuneEdge{tag}", fmt_sci(value) if param == "lr" else fmt_fixed(value, 2), e,
                              f"the {end} {param} of the tuning grid (summary.csv)", value)
                     t["edges"].append({"param": "learning rate" if param == "lr" else "dropout", "end": end,
-                                       "macro": f"TuneEdge{tag}", "methods": at})
+                                       "macro": f"TuneEdge{tag}", "methods": ["every method"] if every else at,
+                                       "every": every})
         self._tuned(e)
 
     def _tuned(self, e: Experiment) -> None:

@@ -800,6 +800,13 @@ def test_tuning_choices_at_the_end_of_the_grid_are_reported(tmp_path):
     # chosen.csv: baseline at lr 2e-3 (the top), pil_then_attn at 1e-3 (inside)
     assert "For Baseline (MLP FFN), the chosen learning rate is the largest of the grid" in text
     assert parse_numbers(dirs.tables / "numbers.tex")["TuneEdgeLRTop"]["source"].endswith("tuning/summary.csv")
+    # a two-value grid (dropout 0.1, 0.2) is named only when every method chose the same end (both chose 0.1)
+    assert "For every method, the chosen dropout is the smallest of the grid" in " ".join(text.split())
+    assert "suit them better" in text.split("every method")[1]
+    chosen = root / "smoke" / "tuning" / "chosen.csv"
+    chosen.write_text(chosen.read_text().replace("pil_then_attn,4,0.001,0.1,", "pil_then_attn,4,0.001,0.2,"))
+    report.render("smoke", root, dirs, with_figures=False)
+    assert "chosen dropout" not in (dirs.generated / "appendix_tuning.tex").read_text()
 
 
 def test_results_of_an_earlier_registry_configuration_say_so(tmp_path):
