@@ -2824,6 +2824,15 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
             agg, keys = e.agg()
             _, primary = primary_slice(agg, keys, "method")
             raw = rows_where(e.df, primary)
+            means = raw.groupby("method")["test_ppl"].mean()
+            # A method far off the others' scale (pure PIL) would flatten every bar on a log axis: it is
+            # left out of the plot and its value given in the caption instead.
+            ref = means.get("attn_only", means.median()) if len(means) else math.nan
+            off = {m: float(v) for m, v in means.items() if _finite(ref) and v > 3 * ref}
+            raw = raw[~raw["method"].isin(off)]
+            if off:
+                cap += ("; off this scale and left out: " + ", ".join(
+                    f"{METHOD_TEX.get(m, tex_escape(m))} ({fmt_ppl(v)})" for m, v in off.items()))
             if len(raw):
                 order = [m for m in ("attn_only", "rf_adamw", "lora", "pil_pure", "pil_then_attn", "attn_then_pil",
                                      "alternating", "baseline") if m in set(raw["method"])]

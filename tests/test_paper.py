@@ -977,6 +977,27 @@ def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_p
     assert r"attention only reaches \TunedAttnOnlyPPL{}" in text["appendix_tuning"]
 
 
+def test_contribution_figure_leaves_out_a_method_off_the_scale_and_says_so(tmp_path):
+    """Pure PIL's perplexity, far above the others, would flatten every bar: it is left out of the figure
+    and its value given in the caption; a method on the others' scale stays in."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs)
+    cap = (dirs.figures / "contribution.tex").read_text()
+    assert "off this scale and left out: Pure PIL (" in cap  # fake: 900 against attention only's 260
+    summary = root / "smoke" / "benchmark" / "summary.csv"
+    rows = list(csv.DictReader(summary.open()))
+    for r in rows:
+        if r["method"] == "pil_pure":
+            r["test_ppl"] = "500"
+    with summary.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    report.render("smoke", root, dirs)
+    assert "left out" not in (dirs.figures / "contribution.tex").read_text()
+
+
 def test_sizes_figure_draws_a_diverged_seed_at_the_edge(tmp_path):
     """The model-size figure joins the medians over seeds of the methods run at every size; a seed far above
     its configuration's median is drawn at the top edge with its value (named in the caption), so that it
