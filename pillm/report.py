@@ -2657,8 +2657,18 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
                          errorbar="sd", ax=axes[0])
             sns.lineplot(df, x="wall_s", y="valid PPL", hue="method", hue_order=order, units="seed", estimator=None,
                          marker="o", markersize=3, ax=axes[1], legend=False)
+            # the untrained models (epoch 0, ~vocabulary-size perplexity) would compress every trained epoch
+            # into the bottom of a log axis: the range then ends just above the worst trained point
+            trained = df.loc[df["epoch"] >= 1, "valid PPL"]
+            clip = len(trained) and float(df["valid PPL"].max()) > 2 * float(trained.max())
             for ax in axes:
-                ax.set_yscale("log")
+                if clip:
+                    ax.set_ylim(0.95 * float(df["valid PPL"].min()), 1.15 * float(trained.max()))
+                else:
+                    ax.set_yscale("log")
+            if clip:
+                cap += ("; the untrained models' perplexities (epoch 0, up to "
+                        f"{fmt_ppl(float(df['valid PPL'].max()))}) lie above the plotted range")
             axes[1].set_xlabel("wall-clock (s)")
             axes[0].legend(fontsize=6, ncol=2)
             fig.tight_layout()

@@ -977,6 +977,13 @@ def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_p
     assert r"attention only reaches \TunedAttnOnlyPPL{}" in text["appendix_tuning"]
 
 
+def test_curves_figure_shows_the_trained_range_and_says_what_it_cuts(synthetic):
+    """The untrained models' perplexity (epoch 0, ~30,000 in the fake curves) is left above the plotted
+    range, so that the trained epochs are not compressed into the bottom of the axis; the caption says so."""
+    cap = (synthetic["dirs"].figures / "curves.tex").read_text()
+    assert r"the untrained models' perplexities (epoch 0, up to 30\,000) lie above the plotted range" in cap
+
+
 def test_contribution_figure_leaves_out_a_method_off_the_scale_and_says_so(tmp_path):
     """Pure PIL's perplexity, far above the others, would flatten every bar: it is left out of the figure
     and its value given in the caption; a method on the others' scale stays in."""
