@@ -2624,6 +2624,34 @@ def _hue_order(values) -> list:
     return sorted({str(v) for v in values}, key=_natural_key)
 
 
+def kappa_per_layer(R: Results) -> tuple[list[dict], "Experiment | None", str]:
+    """κ of the last solve of every layer, one row per (run, layer), the experiment the rows come from, and
+    the caption's words for which runs: the benchmark's main configuration (one depth, one budget), else
+    the λ sweep, labelled by λ."""
+    for name in ("benchmark", "ablation_lambda"):
+        e = R.exp(name)
+        if not e.available:
+            continue
+        runs, which = e.runs(), " (λ sweep)" if name == "ablation_lambda" else ""
+        if name == "benchmark" and "method" in e.df.columns:
+            agg, keys = e.agg()
+            runs, which = _runs_where(e, primary_slice(agg, keys, "method")[1]), ", in the main configuration's runs"
+        rows = []
+        for r in runs:
+            last: dict[int, float] = {}
+            for s in r.get("solves") or []:
+                if isinstance(s.get("layer"), int) and _finite(s.get("cond")):
+                    last[s["layer"]] = float(s["cond"])
+            label = METHOD_PLAIN.get(str(r.get("method")), str(r.get("method")))
+            if name == "ablation_lambda":
+                lam = (r.get("train_config") or {}).get("lam")
+                label = f"λ={lam:g}" if isinstance(lam, (int, float)) else label
+            rows += [{"layer": layer, "κ": cond, "run": label, "seed": r.get("seed", 0)} for layer, cond in last.items()]
+        if rows:
+            return rows, e, which
+    return [], None, ""
+
+
 def figures(rep: Report, out: Path) -> dict[str, dict]:
     """Render every figure; returns ``name → {"path", "caption", "sources"}`` or a missing stub."""
     import pandas as pd
@@ -2792,25 +2820,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
         # 5. per-layer κ
         cap = (r"Condition number $\kappa$ of the regularised Gram matrix per layer (final solve of each layer), "
                r"for every closed-form method")
-        krows, ksrc = [], []
-        for name in ("benchmark", "ablation_lambda"):
-            e = R.exp(name)
-            if not e.available:
-                continue
-            for r in e.runs():
-                last: dict[int, float] = {}
-                for s in r.get("solves") or []:
-                    if isinstance(s.get("layer"), int) and _finite(s.get("cond")):
-                        last[s["layer"]] = float(s["cond"])
-                for layer, cond in last.items():
-                    label = METHOD_PLAIN.get(str(r.get("method")), str(r.get("method")))
-                    if name == "ablation_lambda":
-                        lam = (r.get("train_config") or {}).get("lam")
-                        label = f"λ={lam:g}" if isinstance(lam, (int, float)) else label
-                    krows.append({"layer": layer, "κ": cond, "run": label, "seed": r.get("seed", 0)})
-            if krows:
-                ksrc = [e]
-                break
+        krows, e, which = kappa_per_layer(R)
         if krows:
             df = pd.DataFrame(krows)
             fig, ax = plt.subplots(figsize=(4.6, 2.6))
@@ -2820,7 +2830,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
             ax.legend(fontsize=6)
             fig.tight_layout()
             _save(fig, out / "kappa.pdf")
-            res["kappa"] = {"caption": cap + (" (λ sweep)" if ksrc[0].name == "ablation_lambda" else ""), "sources": ksrc}
+            res["kappa"] = {"caption": cap + which, "sources": [e]}
         else:
             missing("kappa", cap, ["benchmark"])
 

@@ -984,6 +984,19 @@ def test_curves_figure_shows_the_trained_range_and_says_what_it_cuts(synthetic):
     assert r"the untrained models' perplexities (epoch 0, up to 30\,000) lie above the plotted range" in cap
 
 
+def test_kappa_figure_uses_the_main_configuration(tmp_path):
+    """κ per layer comes from the main configuration's runs: a deeper model of another size would add
+    layers (and a budget other solves) that the main configuration does not have."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    d = root / "smoke" / "benchmark" / "runs" / "pil_then_attn,size=small,epochs=2,seed=0"
+    result = json.loads((d / "result.json").read_text())
+    result["solves"] = [{"layer": i, "cond": 1e5, "solver": "cholesky"} for i in range(8)]  # 8 layers
+    (d / "result.json").write_text(json.dumps(result))
+    rows, e, which = report.kappa_per_layer(report.Results(root, "smoke"))
+    assert e.name == "benchmark" and which == ", in the main configuration's runs"
+    assert max(r["layer"] for r in rows) == 3 and {r["run"] for r in rows} >= {"PIL→attn", "Alternating"}
+
+
 def test_contribution_figure_leaves_out_a_method_off_the_scale_and_says_so(tmp_path):
     """Pure PIL's perplexity, far above the others, would flatten every bar: it is left out of the figure
     and its value given in the caption; a method on the others' scale stays in."""
