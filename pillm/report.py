@@ -2513,6 +2513,13 @@ def _complexity_fit(e: Experiment) -> tuple[Any, Path | None]:
     return None, None
 
 
+def complexity_model_seconds(fit: dict, n, d):
+    """Seconds per layer that the fitted cost model predicts for ``n`` tokens and ``d`` features: every term
+    the fit has, streaming ``e + c·n + a·n·d²`` plus solve ``s + b·d³`` (a one-part fit has only ``a``, ``b``)."""
+    t = {k: float(fit[k]) if _finite(fit.get(k)) else 0.0 for k in ("a", "b", "c", "e", "s")}
+    return t["e"] + t["c"] * n + t["a"] * n * d ** 2 + t["s"] + t["b"] * d ** 3
+
+
 def _complexity_solves(e: Experiment):
     p = e.path / "solves.csv"
     if not p.is_file():
@@ -2758,7 +2765,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
         model = ("the fitted cost model, streaming $e + cN + aND^2$ plus solve $s + bD^3$ (Table~\\ref{tab:complexity_fit})"
                  if (rep.c.get("complexity") or {}).get("two_part") else "the least-squares fit $t \\approx a N D^2 + b D^3$")
         cap = ("Measured time of the closed-form phase per layer against the number of training tokens $N$, for each "
-               f"number of features $D$ (log--log); dashed: {model}")
+               f"number of features $D$ (log--log; points: medians over layers); dashed: {model}")
         x = rep.c.get("complexity") and rep.c["complexity"].get("x")
         tcol = next((c for c in ("seconds_total", "seconds") if solves is not None and c in solves.columns), None)
         if solves is not None and tcol and {"tokens", "n_features"} <= set(solves.columns):
@@ -2766,17 +2773,23 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
             df["D"] = df["n_features"].map(lambda d: f"D={int(d)}")
             order = [f"D={int(d)}" for d in sorted(df["n_features"].unique())]
             fig, ax = plt.subplots(figsize=(4.6, 2.8))
-            sns.lineplot(df, x="tokens", y=tcol, hue="D", hue_order=order, marker="o", errorbar="sd", ax=ax)
+            # medians over layers, as the fit uses them (the first layer's solve also pays the warm-up)
+            sns.lineplot(df, x="tokens", y=tcol, hue="D", hue_order=order, marker="o", estimator="median",
+                         errorbar=None, ax=ax)
             if isinstance(fit, dict) and _finite(fit.get("a")) and _finite(fit.get("b")):
                 import numpy as np
 
                 pal = dict(zip(order, sns.color_palette(n_colors=len(order))))
                 ns = np.geomspace(float(df["tokens"].min()), float(df["tokens"].max()), 50)
                 for d in sorted(df["n_features"].unique()):
-                    ax.plot(ns, float(fit["a"]) * ns * d ** 2 + float(fit["b"]) * d ** 3, ls="--", lw=0.8,
-                            color=pal[f"D={int(d)}"])
+                    ax.plot(ns, complexity_model_seconds(fit, ns, d), ls="--", lw=0.8, color=pal[f"D={int(d)}"])
             ax.set_xscale("log")
             ax.set_yscale("log")
+            from matplotlib.ticker import NullFormatter
+
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (2x10^5, 3x10^5, ...) overlap
+            ticks = sorted(float(t) for t in df["tokens"].unique())  # the measured N, readable
+            ax.set_xticks(ticks, [f"{t / 1e6:.1f}M" if t >= 1e6 else f"{t / 1e3:.0f}k" for t in ticks])
             ax.set_xlabel("training tokens N")
             ax.set_ylabel("seconds per layer")
             ax.legend(fontsize=6)

@@ -984,6 +984,21 @@ def test_curves_figure_shows_the_trained_range_and_says_what_it_cuts(synthetic):
     assert r"the untrained models' perplexities (epoch 0, up to 30\,000) lie above the plotted range" in cap
 
 
+@pytest.mark.skipif(not (REPO / "results" / "paper" / "complexity" / "fit.csv").is_file(),
+                    reason="no results/paper/complexity in this checkout")
+def test_complexity_figure_draws_the_model_the_notebook_fitted():
+    """The dashed lines of the complexity figure are the whole fitted model (its caption says streaming
+    e + cN + aND^2 plus solve s + bD^3): they reproduce the notebook's own fitted values, row by row.
+    (They once drew a·N·D² + b·D³ only, far below the points, while the caption named the full model.)"""
+    import pandas as pd
+
+    fit = pd.read_csv(REPO / "results" / "paper" / "complexity" / "fit.csv").iloc[0].to_dict()
+    solves = pd.read_csv(REPO / "results" / "paper" / "complexity" / "solves.csv")
+    drawn = report.complexity_model_seconds(fit, solves["tokens"].astype(float), solves["n_features"].astype(float))
+    assert ((drawn - solves["fitted_s"]).abs() <= 1e-9 + 1e-6 * solves["fitted_s"].abs()).all()
+    assert report.complexity_model_seconds({"a": 1e-12, "b": 1e-9}, 1e6, 100) == pytest.approx(1e-12 * 1e6 * 1e4 + 1e-3)
+
+
 def test_kappa_figure_uses_the_main_configuration(tmp_path):
     """κ per layer comes from the main configuration's runs: a deeper model of another size would add
     layers (and a budget other solves) that the main configuration does not have."""
