@@ -999,6 +999,23 @@ def test_complexity_figure_draws_the_model_the_notebook_fitted():
     assert report.complexity_model_seconds({"a": 1e-12, "b": 1e-9}, 1e6, 100) == pytest.approx(1e-12 * 1e6 * 1e4 + 1e-3)
 
 
+def test_expansion_figure_says_when_its_times_were_shared(tmp_path):
+    """The expansion figure plots the closed-form phase's time; measured beside other runs, that time is not
+    the cost of width, and the caption says so (as the main table's note does); timed alone, it does not."""
+    root = write_fake_results(tmp_path / "r", only=("ablation_expansion",))
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs)
+    assert "sharing the GPUs" not in (dirs.figures / "expansion.tex").read_text()
+    summary = root / "smoke" / "ablation_expansion" / "summary.csv"
+    rows = [r | {"concurrent_runs": "4"} for r in csv.DictReader(summary.open())]
+    with summary.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    report.render("smoke", root, dirs)
+    assert "measured with up to 4 runs sharing the GPUs" in (dirs.figures / "expansion.tex").read_text()
+
+
 def test_kappa_figure_uses_the_main_configuration(tmp_path):
     """κ per layer comes from the main configuration's runs: a deeper model of another size would add
     layers (and a budget other solves) that the main configuration does not have."""
