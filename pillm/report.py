@@ -888,6 +888,8 @@ def key_cells(r: dict, keys: list[str]) -> list[str]:
             out.append(TARGET_TEX.get(str(v), tex_escape(v)))
         elif k == "lam":
             out.append(fmt_pow10(float(v)) if _finite(v) else fmt_plain(v))
+        elif k == "variant" and isinstance(v, str):
+            out.append(variant_tex(v))  # registry labels ("attn_then_pil+global") in words; others as they are
         else:
             out.append(fmt_plain(v))
     return out
@@ -2037,7 +2039,10 @@ class Report:
         if g.available and "variant" in g.df.columns:
             self.tables["gap"] = generic_table(g, "gap", "Closing the gap: every variant of the gap experiment "
                                                "(best hybrid and best pure variant chosen on validation)",
-                                               ["variant"], PPL_COLS + [Col("total_s", r"Total (s)", fmt_seconds, None)])
+                                               ["variant"], PPL_COLS + [Col("total_s", r"Total (s)", fmt_seconds, None)],
+                                               # the variant's name says its method and options in words
+                                               hide=("bipil", "method", "final_resolve", "solve_head", "target",
+                                                     "proj_init", "embed_init"))
         else:
             self._no_table("gap", TABLE_TITLES["gap"], ["gap"])
         if isinstance(gap, dict):

@@ -940,6 +940,15 @@ def test_every_gap_variant_reads_in_words():
     assert report.variant_tex("unknown+thing") == "unknown+thing"
 
 
+def test_gap_table_names_its_variants_in_words(synthetic):
+    """The gap table's rows are the variants in words; their method and options, which the words say, are not
+    repeated as mostly empty columns (they shrank the table to an unreadable size)."""
+    table = (synthetic["dirs"].tables / "gap.tex").read_text()
+    assert "Pure PIL with a solved output head &" in table and r"pil\_pure" not in table
+    header = next(line for line in table.splitlines() if line.startswith("Variant &"))
+    assert "solve" not in header and "Method" not in header
+
+
 @pytest.mark.parametrize("attn_ppl, within", [(260.0, False), (None, True)])
 def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_ppl, within):
     """"Recovers k% of the gap" must say when the hybrid is within attention only's seed spread, in the
