@@ -77,14 +77,19 @@ def _result(row: dict, curve_epochs: int = 3) -> dict:
             "train_tokens": 200000, "test_tokens": 245569, "curve": curve, "solves": solves, "complete": True}
 
 
+def _write_csv(path: Path, rows: list[dict], fieldnames=None) -> None:
+    """Write ``rows`` as a CSV file (columns: ``fieldnames``, else the first row's keys)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fieldnames or list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _write_exp(root: Path, profile: str, exp: str, rows: list[dict], runs: bool = True) -> Path:
     d = root / profile / exp
     d.mkdir(parents=True, exist_ok=True)
     cols = list(COLUMNS) + [k for k in rows[0] if k not in COLUMNS]
-    with open(d / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(d / "summary.csv", rows, cols)
     (d / "provenance.json").write_text(json.dumps({
         "experiment": exp, "profile": profile, "hash": "abc", "notebook": f"notebooks/{exp}.ipynb",
         "git_commit": "0123456789abcdef", "wall_s": 123.4, "started": "2025-01-01T00:00:00+00:00",
@@ -165,10 +170,7 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
                                    "n_features": 64 * x, "seconds": t * 0.9, "seconds_total": t,
                                    "max_train_tokens": tokens, "expansion": x, "seed": 0, "fitted_s": t})
         d = _write_exp(root, profile, "complexity", rows, runs=False)
-        with open(d / "solves.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(layers[0]))
-            w.writeheader()
-            w.writerows(layers)
+        _write_csv(d / "solves.csv", layers)
         # like pillm.experiments.fit_complexity: streaming e + c·N + a·N·D², solve s + b·D³
         (d / "fit.csv").write_text(f"a,b,c,e,s,r2_stream,r2_solve,r2,cells\n{a},{b},1e-5,0.001,0.001,0.991,0.987,0.987,6\n")
     if want("tuning"):  # like notebooks/tuning.ipynb: a grid per method and chosen.csv
@@ -180,10 +182,7 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
                                       "pil_then_attn,4,0.001,0.1,210.0,205.0,210.0,True\n")
         tuned = [_row("tuning", m, sd, rng, lr=lr, dropout=0.1, ppl=pp)
                  for m, lr, pp in (("baseline", 0.002, 181.0), ("pil_then_attn", 0.001, 205.0)) for sd in (0, 1, 2)]
-        with open(d / "tuned.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(tuned[0]))
-            w.writeheader()
-            w.writerows(tuned)
+        _write_csv(d / "tuned.csv", tuned)
     if want("gap"):
         d = _write_exp(root, profile, "gap", [_row("gap", m, s, rng, variant=v, ppl=p)
                                               for m, v, p in (("baseline", "baseline", 180.0),
@@ -199,10 +198,7 @@ def write_fake_results(root: Path, profile: str = "smoke", only: tuple[str, ...]
                                                   for v, p, x in (("no FFN", 300.0, 128), ("RF 4x", 230.0, 128),
                                                                   ("RF 8x", 220.0, 512)) for s in (0, 1)], runs=False)
         teachers = [_row("teacher", "baseline", s, rng, variant="teacher", ppl=180.0) for s in (0, 1)]
-        with open(d / "teachers.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(teachers[0]))
-            w.writeheader()
-            w.writerows(teachers)
+        _write_csv(d / "teachers.csv", teachers)
         (d / "summary.json").write_text(json.dumps({
             "teacher_test_ppl": 180.0, "no_ffn_test_ppl": 300.0, "seeds": 2,
             "fits": {"RF 4x": {"test_ppl": 230.0, "retention_pct": 51.8}, "RF 8x": {"test_ppl": 220.0, "retention_pct": 60.7}}}))
@@ -453,10 +449,7 @@ def test_wording_follows_the_measurements(tmp_path, hybrid, expected):
             r["test_ppl"] = "180.0"
         elif r["method"] in ("pil_then_attn", "attn_then_pil", "alternating"):
             r["test_ppl"] = str(hybrid)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(path, rows)
     dirs = report.default_dirs("smoke", tmp_path / "out")
     report.render("smoke", root, dirs, with_figures=False)
     text = (dirs.generated / "results_main.tex").read_text()
@@ -475,10 +468,7 @@ def test_lambada_near_zero_is_reported_as_passage_counts(tmp_path):
         for r in rows:
             r["lambada_acc"] = acc_baseline if r["method"] == "baseline" else acc_pil
             r["lambada_n"] = 5000
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        _write_csv(path, rows)
         dirs = report.default_dirs("smoke", tmp_path / f"out-{name}")
         report.render("smoke", root, dirs, with_figures=False)
         return (dirs.generated / "results_lambada.tex").read_text(), parse_numbers(dirs.tables / "numbers.tex")
@@ -612,10 +602,7 @@ def test_contended_timings_make_no_speed_claim(tmp_path):
         root = write_fake_results(tmp_path / f"r{concurrent}", only=("benchmark",))
         path = root / "smoke" / "benchmark" / "summary.csv"
         rows = list(csv.DictReader(path.open()))
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["concurrent_runs"])
-            w.writeheader()
-            w.writerows([r | {"concurrent_runs": concurrent} for r in rows])
+        _write_csv(path, [r | {"concurrent_runs": concurrent} for r in rows])
         dirs = report.default_dirs("smoke", tmp_path / f"out{concurrent}")
         report.render("smoke", root, dirs, with_figures=False)
         return ((dirs.generated / "results_main.tex").read_text(), (dirs.generated / "abstract.tex").read_text(),
@@ -790,10 +777,7 @@ def test_tuning_choices_at_the_end_of_the_grid_are_reported(tmp_path):
     summary = root / "smoke" / "tuning" / "summary.csv"
     rows = list(csv.DictReader(summary.open()))
     extra = [r | {"lr": "0.0005", "name": r["name"] + "_low"} for r in rows if r["lr"] == "0.001"]
-    with summary.open("w", newline="") as f:  # a three-value learning-rate grid: 5e-4, 1e-3, 2e-3
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows + extra)
+    _write_csv(summary, rows + extra)  # a three-value learning-rate grid: 5e-4, 1e-3, 2e-3
     dirs = report.default_dirs("smoke", tmp_path / "out")
     report.render("smoke", root, dirs, with_figures=False)
     text = (dirs.generated / "appendix_tuning.tex").read_text()
@@ -860,10 +844,7 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     summary = root / "smoke" / "benchmark" / "summary.csv"
     rows = list(csv.DictReader(summary.open()))
     second = [r | {"seed": "1", "name": r["name"].replace("seed=0", "seed=1")} for r in rows if r["size"] == "small"]
-    with summary.open("w", newline="") as f:  # a second seed for the small model: its sentences may generalize
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows + second)
+    _write_csv(summary, rows + second)  # a second seed for the small model: its sentences may generalize
     d = root / "smoke" / "benchmark" / "runs" / "pil_then_attn,size=small,epochs=2,seed=0"
     result = json.loads((d / "result.json").read_text())
     result["curve"][-1]["valid_ppl"] = 5 * min(p["valid_ppl"] for p in result["curve"])
@@ -963,18 +944,12 @@ def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_p
         if r["method"] == "attn_only":
             ppl = attn_ppl or (sum(hybrid) / len(hybrid)) * 1.004  # a hair worse: a share of the gap, within the spread
             r["test_ppl"], r["valid_ppl"] = ppl, ppl * 1.06
-    with bench.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(bench, rows)
     tuned = root / "smoke" / "tuning" / "tuned.csv"
     rows = list(csv.DictReader(tuned.open()))
     extra = [r | {"method": "attn_only", "test_ppl": str(float(r["test_ppl"]) * (0.995 if within else 1.3))}
              for r in rows if r["method"] == "pil_then_attn"]
-    with tuned.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows + extra)
+    _write_csv(tuned, rows + extra)
     dirs = report.default_dirs("smoke", tmp_path / "out")
     report.render("smoke", root, dirs, with_figures=False)
     text = {name: " ".join((dirs.generated / f"{name}.tex").read_text().split())
@@ -1017,10 +992,7 @@ def test_expansion_figure_says_when_its_times_were_shared(tmp_path):
     assert "sharing the GPUs" not in (dirs.figures / "expansion.tex").read_text()
     summary = root / "smoke" / "ablation_expansion" / "summary.csv"
     rows = [r | {"concurrent_runs": "4"} for r in csv.DictReader(summary.open())]
-    with summary.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(summary, rows)
     report.render("smoke", root, dirs)
     assert "measured with up to 4 runs sharing the GPUs" in (dirs.figures / "expansion.tex").read_text()
 
@@ -1051,10 +1023,7 @@ def test_contribution_figure_leaves_out_a_method_off_the_scale_and_says_so(tmp_p
     for r in rows:
         if r["method"] == "pil_pure":
             r["test_ppl"] = "500"
-    with summary.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(summary, rows)
     report.render("smoke", root, dirs)
     assert "left out" not in (dirs.figures / "contribution.tex").read_text()
 
@@ -1074,20 +1043,14 @@ def test_sizes_figure_draws_a_diverged_seed_at_the_edge(tmp_path):
     extra = [r | {"seed": str(s), "name": r["name"].replace("seed=0", f"seed={s}"),
                   "test_ppl": str(float(r["test_ppl"]) * (20 if s == 2 else 1.01))}
              for r in rows if r["size"] == "small" and r["method"] == "pil_then_attn" for s in (1, 2)]
-    with summary.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows + extra)
+    _write_csv(summary, rows + extra)
     report.render("smoke", root, dirs)
     assert "a triangle at the top edge marks a seed" in (dirs.figures / "sizes.tex").read_text()
     # with one size only there is nothing to draw
     one = write_fake_results(tmp_path / "one", only=("benchmark",))
     summary = one / "smoke" / "benchmark" / "summary.csv"
     rows = [r for r in csv.DictReader(summary.open()) if r["size"] != "small"]
-    with summary.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(summary, rows)
     single = report.default_dirs("smoke", tmp_path / "single")
     report.render("smoke", one, single)
     assert not (single.figures / "sizes.pdf").exists()
