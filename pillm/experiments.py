@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import log_gap_share
+from .report import complexity_model_seconds, log_gap_share
 from .report import rel as _show  # a path relative to the repository when inside it
 from .run import REPO, RunSpec, environment, execute, load, write_atomic, write_json_atomic
 
@@ -733,10 +733,10 @@ def fit_complexity(df: pd.DataFrame, n: str = "tokens", d: str = "n_features", s
     nn, dd = cells[n].to_numpy(float), cells[d].to_numpy(float)
     (e, c, a), r2_stream, _ = _lstsq([np.ones_like(nn), nn, nn * dd ** 2], cells["_stream"])
     (s, b), r2_solve, _ = _lstsq([np.ones_like(dd), dd ** 3], cells[solve])
-    rn, rd = df[n].to_numpy(float), df[d].to_numpy(float)
-    fitted = e + c * rn + a * rn * rd ** 2 + s + b * rd ** 3
-    return {"a": a, "b": b, "c": c, "e": e, "s": s, "r2_stream": r2_stream, "r2_solve": r2_solve,
-            "r2": min(r2_stream, r2_solve), "cells": len(cells), "fitted": fitted}
+    terms = {"a": a, "b": b, "c": c, "e": e, "s": s}
+    fitted = complexity_model_seconds(terms, df[n].to_numpy(float), df[d].to_numpy(float))
+    return {**terms, "r2_stream": r2_stream, "r2_solve": r2_solve, "r2": min(r2_stream, r2_solve),
+            "cells": len(cells), "fitted": fitted}
 
 
 def samples(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:

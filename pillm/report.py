@@ -569,6 +569,13 @@ def rows_where(df, where: dict):
     return df
 
 
+def _main_configuration(e: "Experiment") -> dict:
+    """The key values (size, budget, dataset) of an experiment's main configuration: its primary slice by
+    method (:func:`primary_slice`)."""
+    agg, keys = e.agg()
+    return primary_slice(agg, keys, "method")[1]
+
+
 def _runs_where(e: "Experiment", where: dict) -> list[dict]:
     """The ``result.json`` of the runs whose summary rows match ``where`` (:func:`rows_where`)."""
     names = set(rows_where(e.df, where)["name"])
@@ -1942,12 +1949,6 @@ class Report:
         sl, sel = primary_slice(agg, keys, "method")
         return {str(r["method"]): r for r in _records(sl)}, sl, sel, ", ".join(f"{k}={v}" for k, v in sel.items())
 
-    def _bench_main_runs(self, e: Experiment) -> tuple[list[dict], dict]:
-        """The ``result.json`` of the benchmark's main configuration (the primary slice of
-        :meth:`_bench_rows`) and that configuration's key values."""
-        primary = self._bench_rows(e)[2]
-        return _runs_where(e, primary), primary
-
     def closing(self) -> None:
         """Issue-7 diagnostics: where the gap to the baseline comes from (benchmark runs' curves and
         solves, the PIL ablations) and, when it was run, the ``gap`` experiment against its goals."""
@@ -2338,7 +2339,7 @@ class Report:
             self._no_table("datasets", "Corpora and token counts", ["benchmark"])
         # hyper-parameters of the main benchmark
         b = self.R.exp("benchmark")
-        bruns = self._bench_main_runs(b)[0] if b.available else []  # not another budget's or size's settings
+        bruns = _runs_where(b, _main_configuration(b)) if b.available else []  # not another budget's or size's
         keys = ("epochs", "batch_size", "lr", "min_lr_ratio", "warmup_frac", "weight_decay", "grad_clip", "lam",
                 "target", "iterations", "search_tokens", "max_train_tokens", "max_eval_tokens")
         hrows = []
@@ -2646,8 +2647,7 @@ def kappa_per_layer(R: Results) -> tuple[list[dict], "Experiment | None", str]:
             continue
         runs, which = e.runs(), " (λ sweep)" if name == "ablation_lambda" else ""
         if name == "benchmark" and "method" in e.df.columns:
-            agg, keys = e.agg()
-            runs, which = _runs_where(e, primary_slice(agg, keys, "method")[1]), ", in the main configuration's runs"
+            runs, which = _runs_where(e, _main_configuration(e)), ", in the main configuration's runs"
         rows = []
         for r in runs:
             last: dict[int, float] = {}
@@ -2863,9 +2863,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
                "random-feature FFNs whose readout is trained (RF + AdamW, LoRA) or solved (PIL methods), and with a "
                "trained MLP (baseline); dashed lines mark attention only and the baseline")
         if e.available and "method" in e.df.columns:
-            agg, keys = e.agg()
-            _, primary = primary_slice(agg, keys, "method")
-            raw = rows_where(e.df, primary)
+            raw = rows_where(e.df, _main_configuration(e))
             means = raw.groupby("method")["test_ppl"].mean()
             # A method far off the others' scale (pure PIL) would flatten every bar on a log axis: it is
             # left out of the plot and its value given in the caption instead.
@@ -2907,9 +2905,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
         if not (e.available and {"method", "size"} <= set(e.df.columns)):
             missing("sizes", cap, ["benchmark"])
             return
-        agg, keys = e.agg()
-        _, primary = primary_slice(agg, keys, "method")
-        raw = rows_where(e.df, {k: v for k, v in primary.items() if k != "size"})
+        raw = rows_where(e.df, {k: v for k, v in _main_configuration(e).items() if k != "size"})
         sizes = [z for z in SIZE_ORDER if z in set(raw["size"].astype(str))]
         per_method = raw.groupby("method")["size"].nunique()
         methods = [m for m in METHOD_ORDER if per_method.get(m, 0) == len(sizes)]
