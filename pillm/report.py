@@ -1798,14 +1798,17 @@ class Report:
             # each seed re-solves its own checkpoint: compare the kinds on the same checkpoint as well
             diffs = paired_differences(e.df, "projection", best, "random", {"expansion": x})
             paired = None
-            if diffs:
+            if len(diffs) > 1:  # one seed's difference is the sentence's own two numbers
                 mean = sum(diffs) / len(diffs)
                 self.add(f"FirstLayer{tag}PairedDiff", ("+" if mean >= 0 else "-") + fmt_fixed(abs(mean), 2), e,
                          f"mean over seeds of test_ppl(projection={best}) - test_ppl(projection=random), {where}", mean)
                 self.add(f"FirstLayer{tag}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
                          f"seeds where projection={best} has the lower test_ppl than random, {where}")
                 paired = "lower" if mean < 0 else "higher"
-            fl["widths"].append({"tag": tag, "vs_random": spread_verdict(b, rnd), "paired": paired})
+            # with one seed there is no spread to be within: the sentence says "one seed so far" instead
+            one_seed = min(int(b.get("n", 1)), int(rnd.get("n", 1))) == 1
+            fl["widths"].append({"tag": tag, "vs_random": spread_verdict(b, rnd), "paired": paired,
+                                 "one_seed": one_seed})
 
     def tuning(self) -> None:
         """Fair tuning (``tuning`` notebook): the same lr × dropout grid per gradient-trained method,

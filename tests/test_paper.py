@@ -721,6 +721,24 @@ def test_first_layers_are_compared_with_fresh_random_ones_per_width(synthetic):
     assert "before" not in table and r"$\pm$ std over 2 seeds" in table
 
 
+def test_a_first_layer_width_with_one_seed_says_so(tmp_path):
+    """With one seed of a width there is no spread over seeds to be within, and a paired "average" is that
+    one seed: the sentence says "one seed so far" instead, while the width with every seed keeps both."""
+    root = write_fake_results(tmp_path / "r", only=("first_layer",))
+    summary = root / "smoke" / "first_layer" / "summary.csv"
+    rows = [r for r in csv.DictReader(summary.open()) if not (r["expansion"] == "16.0" and r["seed"] == "1")]
+    _write_csv(summary, rows)
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    text = " ".join((dirs.generated / "closing.tex").read_text().split())
+    widths = text[text.index(r"With \FirstLayerAFeatures{}"):text.index("Solving the FFNs")] \
+        if "Solving the FFNs" in text else text[text.index(r"With \FirstLayerAFeatures{}"):]
+    first, second = widths.split(r"With \FirstLayerBFeatures{}")[:2]
+    assert "one seed so far" not in first and r"\FirstLayerAPairedLower{}" in first
+    assert "(one seed so far)" in second and "spread over seeds" not in second
+    assert r"\FirstLayerBPairedLower{}" not in second
+
+
 def test_generated_tex_has_no_control_characters(synthetic):
     """A "\t" or "\r" in a non-raw Python string becomes a tab or carriage return, and LaTeX then
     prints "exttt" or "ightarrow"."""
