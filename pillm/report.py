@@ -553,6 +553,11 @@ def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
     return True
 
 
+def and_join(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c`` (empty for no items)."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
 def spread_verdict(a: dict, b: dict, col: str = "test_ppl") -> str:
     """``within`` the seed spread of ``b`` (:func:`beyond_seed_spread`), else ``better`` or ``worse``
     (lower perplexity is better)."""
@@ -1477,15 +1482,29 @@ class Report:
                      f"method of the highest mean valid_ppl, {where}")
         self.add("StrategyWorstPPL", fmt_ppl(worst["test_ppl"]), e, f"mean test_ppl of the highest mean valid_ppl, {where}")
         same_method = [r for r in recs if r.get("method") == best.get("method")]
-        per_target = {str(r["target"]): r["test_ppl"] for r in same_method}
+        rows_by_target = {str(r["target"]): r for r in same_method}
+        per_target = {t: r["test_ppl"] for t, r in rows_by_target.items()}
         if "local" in per_target and "global" in per_target:
-            st["local_vs_global"] = ("similar" if similar(per_target["local"], per_target["global"]) else
-                                     "local" if per_target["local"] < per_target["global"] else "global")
+            v = spread_verdict(rows_by_target["local"], rows_by_target["global"])
+            st["local_vs_global"] = {"within": "similar", "better": "local", "worse": "global"}[v]
+            st["local_vs_global_method"] = method_tex(best["method"]) if "method" in best else None
             self.add("StrategyLocalPPL", fmt_ppl(per_target["local"]), e, f"mean test_ppl target=local, method={best.get('method')}, {where}")
             self.add("StrategyGlobalPPL", fmt_ppl(per_target["global"]), e, f"mean test_ppl target=global, method={best.get('method')}, {where}")
         if "zero" in per_target:
             self.add("StrategyZeroPPL", fmt_ppl(per_target["zero"]), e, f"mean test_ppl target=zero, method={best.get('method')}, {where}")
             st["zero"] = True
+            # every other target against the zero target of its own method: the reference, read for the reader
+            zero_of = {str(r.get("method")): r for r in recs if str(r.get("target")) == "zero"}
+            vs_zero: dict[str, dict[str, list[str]]] = {"better": {}, "within": {}, "worse": {}}
+            for r in recs:
+                z = zero_of.get(str(r.get("method")))
+                if z is not None and r is not z:
+                    by_method = vs_zero[spread_verdict(r, z)]
+                    by_method.setdefault(method_tex(r["method"]) if "method" in r else "", []).append(tt(r))
+            # "PIL→attention with the global and local targets", one group per method
+            st["vs_zero"] = {k: and_join([f"{m} with the " * bool(m) + f"{and_join(ts)} target" + "s" * (len(ts) > 1)
+                                          for m, ts in v.items()]) for k, v in vs_zero.items()}
+            st["vs_zero_n"] = {k: sum(map(len, v.values())) for k, v in vs_zero.items()}
         if "teacher" in per_target:
             self.add("StrategyTeacherPPL", fmt_ppl(per_target["teacher"]), e, f"mean test_ppl target=teacher, method={best.get('method')}, {where}")
             st["teacher"] = True

@@ -739,6 +739,26 @@ def test_a_first_layer_width_with_one_seed_says_so(tmp_path):
     assert r"\FirstLayerBPairedLower{}" not in second
 
 
+def test_every_target_is_read_against_the_zero_target_of_its_method(tmp_path):
+    """The zero target reproduces attention-only training: the paper says which targets beat it, which are
+    within its seed spread and which are worse (the solves then hurt), and names the method its local/global
+    comparison holds for (it once said "the global target beats the local one" where that held for one
+    method only)."""
+    rng = random.Random(0)
+    ppl = {("attn_then_pil", "zero"): 147.0, ("attn_then_pil", "global"): 140.0, ("attn_then_pil", "local"): 146.5,
+           ("pil_then_attn", "zero"): 147.0, ("pil_then_attn", "global"): 161.0, ("pil_then_attn", "local"): 160.0}
+    rows = [_row("training_strategy", m, sd, rng, target=t, ppl=p + sd) for (m, t), p in ppl.items() for sd in (0, 1)]
+    root = tmp_path / "r"
+    _write_exp(root, "smoke", "training_strategy", rows, runs=False)
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=False)
+    text = " ".join((dirs.generated / "ablations.tex").read_text().split())
+    assert r"With attention$\rightarrow$PIL, the global target" in text
+    assert (r"Beyond the spread over seeds, only attention$\rightarrow$PIL with the global target beats it, and "
+            r"PIL$\rightarrow$attention with the global and local targets are worse than it") in text
+    assert r"attention$\rightarrow$PIL with the local target is within its spread." in text
+
+
 def test_generated_tex_has_no_control_characters(synthetic):
     """A "\t" or "\r" in a non-raw Python string becomes a tab or carriage return, and LaTeX then
     prints "exttt" or "ightarrow"."""
