@@ -3031,13 +3031,15 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
 def jinja_env(templates: Path = TEMPLATES):
     import jinja2
 
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
         block_start_string=r"\BLOCK{", block_end_string="}",
         variable_start_string=r"\VAR{", variable_end_string="}",
         comment_start_string=r"\#{", comment_end_string="}",
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined, autoescape=False)
+    env.filters["and_join"] = and_join  # "a, b and c"
+    return env
 
 
 def _write_if_changed(path: Path, data: bytes | str) -> None:

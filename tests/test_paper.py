@@ -731,9 +731,8 @@ def test_a_first_layer_width_with_one_seed_says_so(tmp_path):
     dirs = report.default_dirs("smoke", tmp_path / "out")
     report.render("smoke", root, dirs, with_figures=False)
     text = " ".join((dirs.generated / "closing.tex").read_text().split())
-    widths = text[text.index(r"With \FirstLayerAFeatures{}"):text.index("Solving the FFNs")] \
-        if "Solving the FFNs" in text else text[text.index(r"With \FirstLayerAFeatures{}"):]
-    first, second = widths.split(r"With \FirstLayerBFeatures{}")[:2]
+    widths = text[text.index(r"With \FirstLayerAFeatures{}"):].split("Solving the FFNs")[0]
+    first, second = widths.split(r"With \FirstLayerBFeatures{}")
     assert "one seed so far" not in first and r"\FirstLayerAPairedLower{}" in first
     assert "(one seed so far)" in second and "spread over seeds" not in second
     assert r"\FirstLayerBPairedLower{}" not in second
