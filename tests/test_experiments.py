@@ -689,6 +689,19 @@ def test_unpack_results_takes_only_the_experiments_the_call_ran(tmp_path):
     assert not (here / "results/paper/a/partial.json").exists()  # deleted by the call
     assert (here / "results/paper/b/summary.csv").read_text() == "newer b\n"  # not run by the call: untouched
     assert (here / "results/paper/b/partial.json").exists()
+    # a second call finished another run of `b`, while its summary still lists the first one as missing
+    (call / "results/paper/b/runs/r1").mkdir(parents=True)
+    (call / "results/paper/b/runs/r1/result.json").write_text("{}")
+    (call / "results/paper/b/partial.json").write_text('{"missing": ["r0", "r2"]}')
+    (here / "results/paper/b/runs/r0").mkdir(parents=True)
+    (here / "results/paper/b/runs/r0/result.json").write_text("{}")  # unpacked from the first call
+    with tarfile.open(dev / "results.tar", "w") as t:
+        t.add(call / "results", arcname="results")
+    (dev / "log0.txt").write_text("[1/1] b: running notebooks/b.ipynb\n")
+    out = subprocess.run(["bash", str(script), str(dev / "results.tar")], cwd=here, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ("b: partial.json lists 1 missing run(s) that have finished here (r0); collect the summary: "
+            ".venv/bin/python -m pillm experiments --profile paper --only b --finished-only") in out.stdout
     (dev / "log0.txt").write_text("nothing ran\n")  # no experiment named: nothing unpacked, and it says so
     out = subprocess.run(["bash", str(script), str(dev / "results.tar")], cwd=here, capture_output=True, text=True)
     assert out.returncode == 2 and "nothing unpacked" in out.stderr

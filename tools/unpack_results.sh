@@ -29,4 +29,18 @@ for e in $ran; do
       grep -qxF "$f" "$listed" || { echo "deleted by the call: $f"; rm -f "$f"; }
     done
   done
+  # a run the call's summary lists as missing may have finished here meanwhile (another call's tar): say how to
+  # collect the summary over both without running anything
+  for d in $(grep -E "^results/[^/]+/$e$" "$listed"); do
+    python3 - "$d" <<'PY'
+import json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+for p in sorted(d.glob("*partial.json")):
+    done = [m for m in json.loads(p.read_text()).get("missing", []) if (d / "runs" / m / "result.json").is_file()]
+    if done:
+        print(f"{d.name}: {p.name} lists {len(done)} missing run(s) that have finished here ({', '.join(done)}); "
+              f"collect the summary: .venv/bin/python -m pillm experiments --profile {d.parent.name} "
+              f"--only {d.name} --finished-only")
+PY
+  done
 done
