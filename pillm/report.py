@@ -555,7 +555,9 @@ def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
 
 def and_join(items: list[str]) -> str:
     """``a``, ``a and b``, ``a, b and c`` (empty for no items)."""
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+    if len(items) < 2:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def spread_verdict(a: dict, b: dict, col: str = "test_ppl") -> str:

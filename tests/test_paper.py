@@ -313,6 +313,10 @@ def synthetic_pdf(synthetic):
 # ------------------------------------------------------------------------------------------------
 
 
+def test_and_join():
+    assert [report.and_join(x) for x in ([], ["a"], ["a", "b"], ["a", "b", "c"])] == ["", "a", "a and b", "a, b and c"]
+
+
 def test_verdict_rules():
     assert report.verdict(100, 100) == "on_par"
     assert report.verdict(98, 100) == "better"
