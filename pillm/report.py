@@ -1270,11 +1270,11 @@ class Report:
         perplexity, so the text can say whether larger steps went with worse models (an observation over a
         few seeds, not a controlled test). Empty when fewer than two seeds have searched solves."""
         def config(r):  # the run's spec without its seed
-            spec = json.loads(json.dumps(r.get("spec") or {}))
-            spec.get("train", {}).pop("seed", None)
-            return spec
+            spec = r.get("spec") or {}
+            return {**spec, "train": {k: v for k, v in (spec.get("train") or {}).items() if k != "seed"}}
 
-        same = [r for r in e.runs() if config(r) == config(diverged) and _searched(r) and _finite(r.get("test_ppl"))]
+        want = config(diverged)
+        same = [r for r in e.runs() if config(r) == want and _searched(r) and _finite(r.get("test_ppl"))]
         if len(same) < 2:
             return {}
         same.sort(key=lambda r: int(r.get("seed", 0)))
@@ -1503,9 +1503,11 @@ class Report:
                 if z is not None and r is not z:
                     by_method = vs_zero[spread_verdict(r, z)]
                     by_method.setdefault(method_tex(r["method"]) if "method" in r else "", []).append(tt(r))
-            # "PIL→attention with the global and local targets", one group per method
-            st["vs_zero"] = {k: and_join([f"{m} with the " * bool(m) + f"{and_join(ts)} target" + "s" * (len(ts) > 1)
-                                          for m, ts in v.items()]) for k, v in vs_zero.items()}
+            def group(m: str, targets: list[str]) -> str:  # "PIL→attention with the global and local targets"
+                words = f"{and_join(targets)} target{'s' if len(targets) > 1 else ''}"
+                return f"{m} with the {words}" if m else words
+
+            st["vs_zero"] = {k: and_join([group(m, ts) for m, ts in v.items()]) for k, v in vs_zero.items()}
             st["vs_zero_n"] = {k: sum(map(len, v.values())) for k, v in vs_zero.items()}
         if "teacher" in per_target:
             self.add("StrategyTeacherPPL", fmt_ppl(per_target["teacher"]), e, f"mean test_ppl target=teacher, method={best.get('method')}, {where}")
@@ -2896,7 +2898,7 @@ def figures(rep: Report, out: Path) -> dict[str, dict]:
             raw = raw[~raw["method"].isin(off)]
             if off:
                 cap += ("; off this scale and left out: " + ", ".join(
-                    f"{METHOD_TEX.get(m, tex_escape(m))} ({fmt_ppl(v)})" for m, v in off.items()))
+                    f"{method_tex(m)} ({fmt_ppl(v)})" for m, v in off.items()))
             if len(raw):
                 order = [m for m in ("attn_only", "rf_adamw", "lora", "pil_pure", "pil_then_attn", "attn_then_pil",
                                      "alternating", "baseline") if m in set(raw["method"])]

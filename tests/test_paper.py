@@ -284,6 +284,18 @@ def placeholders(text: str) -> list[str]:
     return PLACEHOLDERS.findall(text)
 
 
+def _render(root: Path, tmp_path: Path, figures: bool = False):
+    """Render the smoke paper sources of the results tree ``root`` into ``tmp_path/out``; its dirs."""
+    dirs = report.default_dirs("smoke", tmp_path / "out")
+    report.render("smoke", root, dirs, with_figures=figures)
+    return dirs
+
+
+def _prose(dirs, name: str) -> str:
+    """The generated ``name``.tex with its line breaks and runs of spaces read as single spaces."""
+    return " ".join((dirs.generated / f"{name}.tex").read_text().split())
+
+
 def build(tmp_path: Path, results: Path, profile: str = "smoke", name: str = "build") -> dict:
     return report.build_paper(profile, results_root=results, out=tmp_path / name, run_missing=False, log=lambda *a: None)
 
@@ -405,8 +417,7 @@ def test_captions_name_notebook_profile_and_hash(synthetic):
 def test_repo_url_links_notebooks(tmp_path, monkeypatch):
     monkeypatch.setenv("PILLM_REPO_URL", "https://example.org/pillm")
     root = write_fake_results(tmp_path / "results", only=("ablation_fusion",))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     text = (dirs.tables / "ablation_fusion.tex").read_text()
     assert "\\href{https://example.org/pillm/blob/0123456789abcdef/notebooks/ablation_fusion.ipynb}" in text
 
@@ -454,8 +465,7 @@ def test_wording_follows_the_measurements(tmp_path, hybrid, expected):
         elif r["method"] in ("pil_then_attn", "attn_then_pil", "alternating"):
             r["test_ppl"] = str(hybrid)
     _write_csv(path, rows)
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     text = (dirs.generated / "results_main.tex").read_text()
     assert expected in text
     if expected != "competitive with the baseline":
@@ -649,8 +659,7 @@ def test_an_experiment_with_a_partial_second_grid_is_listed_as_partial(tmp_path)
     root = write_fake_results(tmp_path / "results", only=("benchmark", "tuning"))
     d = root / "smoke" / "tuning"
     (d / "tuned.partial.json").write_text(json.dumps({"runs": 6, "finished": 4, "missing": ["a", "b"]}))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     assert r"\texttt{tuning} (\texttt{tuned.csv}: 4 of 6 runs)" in (dirs.generated / "status.tex").read_text()
 
 
@@ -686,9 +695,8 @@ def test_shared_gpu_adaptation_timings_are_qualified_once(tmp_path):
     rows = [r | {"concurrent_runs": "4", "adapt_s": "60.0" if r["how"] == "resolve" else r["adapt_s"]}
             for r in csv.DictReader(summary.open())]
     _write_csv(summary, rows)
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
-    text = " ".join((dirs.generated / "closing.tex").read_text().split())
+    dirs = _render(root, tmp_path)
+    text = _prose(dirs, "closing")
     assert text.count("The closed-form re-solve is not the fast way to adapt here: it took the longest.") == 2
     assert "shared-GPU" not in text
     assert text.count("These runs shared the GPUs with others") == 1
@@ -748,9 +756,8 @@ def test_a_first_layer_width_with_one_seed_says_so(tmp_path):
     summary = root / "smoke" / "first_layer" / "summary.csv"
     rows = [r for r in csv.DictReader(summary.open()) if not (r["expansion"] == "16.0" and r["seed"] == "1")]
     _write_csv(summary, rows)
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
-    text = " ".join((dirs.generated / "closing.tex").read_text().split())
+    dirs = _render(root, tmp_path)
+    text = _prose(dirs, "closing")
     widths = text[text.index(r"With \FirstLayerAFeatures{}"):].split("Solving the FFNs")[0]
     first, second = widths.split(r"With \FirstLayerBFeatures{}")
     assert "one seed so far" not in first and r"\FirstLayerAPairedLower{}" in first
@@ -769,9 +776,8 @@ def test_every_target_is_read_against_the_zero_target_of_its_method(tmp_path):
     rows = [_row("training_strategy", m, sd, rng, target=t, ppl=p + sd) for (m, t), p in ppl.items() for sd in (0, 1)]
     root = tmp_path / "r"
     _write_exp(root, "smoke", "training_strategy", rows, runs=False)
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
-    text = " ".join((dirs.generated / "ablations.tex").read_text().split())
+    dirs = _render(root, tmp_path)
+    text = _prose(dirs, "ablations")
     assert r"With attention$\rightarrow$PIL, the global target" in text
     assert (r"Beyond the spread over seeds, only attention$\rightarrow$PIL with the global target beats it, and "
             r"PIL$\rightarrow$attention with the global and local targets are worse than it") in text
@@ -804,8 +810,7 @@ def test_head_calibration_at_the_grid_edge_is_reported(tmp_path):
         d.mkdir(parents=True)
         (d / "result.json").write_text(json.dumps({"method": "pil_pure", "solves": [
             {"phase": "head", "layer": "head", "temperature": 2.0, "mix": mix, "search": grid}]}))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert (numbers["HeadMixRuns"]["value"], numbers["HeadMixEdgeRuns"]["value"], numbers["HeadMixMax"]["value"]) \
         == ("2", "1", "0.30")
@@ -821,8 +826,7 @@ def test_step_sizes_at_the_top_of_their_grid_are_reported(tmp_path):
                          "phase": "pil"} for i in range(4)] + [{"layer": 0, "eta": 1e-4, "eta_at_edge": True,
                                                                  "search": grid, "phase": "pil"}]  # bottom edge
     (d / "result.json").write_text(json.dumps(result))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert (numbers["EtaTopASolves"]["value"], numbers["EtaTopAOf"]["value"]) == ("3", "5")
     assert numbers["EtaTopASolves"]["source"].endswith("tinystories/summary.csv")
@@ -835,8 +839,7 @@ def test_tuning_choices_at_the_end_of_the_grid_are_reported(tmp_path):
     rows = list(csv.DictReader(summary.open()))
     extra = [r | {"lr": "0.0005", "name": r["name"] + "_low"} for r in rows if r["lr"] == "0.001"]
     _write_csv(summary, rows + extra)  # a three-value learning-rate grid: 5e-4, 1e-3, 2e-3
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     text = (dirs.generated / "appendix_tuning.tex").read_text()
     # chosen.csv: baseline at lr 2e-3 (the top), pil_then_attn at 1e-3 (inside)
     assert "For Baseline (MLP FFN), the chosen learning rate is the largest of the grid" in text
@@ -856,8 +859,7 @@ def test_results_of_an_earlier_registry_configuration_say_so(tmp_path):
     root = write_fake_results(tmp_path / "r", only=("benchmark",))
     prov = root / "smoke" / "benchmark" / "provenance.json"
     prov.write_text(json.dumps(json.loads(prov.read_text()) | {"parameters": {"profile": "smoke", "budgets": [7]}}))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     status = (dirs.generated / "status.tex").read_text()
     assert r"\textbf{Earlier configuration.}" in status and r"\texttt{benchmark} (budgets [7], now [1])" in status
     assert "ran with budgets [7] (now [1])" in (dirs.tables / "benchmark.tex").read_text()
@@ -909,8 +911,7 @@ def test_other_budgets_sizes_and_diverged_runs_are_reported(tmp_path):
     result["solves"] = [{"layer": i, "eta": 1.0 if i else 1e-2, "eta_at_edge": bool(i), "search": grid}
                         for i in range(4)]
     (d / "result.json").write_text(json.dumps(result))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     # the primary group is tiny at 2 epochs; the others: the small model (a subset), then 1 epoch
     assert numbers["BenchGroupALabel"]["value"] == "the small model"
@@ -949,8 +950,7 @@ def test_diverged_run_is_set_beside_its_other_seeds_steps(tmp_path, ppl_by_seed,
         d = runs / r["name"]
         d.mkdir(exist_ok=True)
         (d / "result.json").write_text(json.dumps(r))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert numbers["DivergedASeed"]["value"] == "1" and "DivergedBSeed" not in numbers
     steps = numbers["DivergedASeedSteps"]["value"]
@@ -1007,9 +1007,8 @@ def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_p
     extra = [r | {"method": "attn_only", "test_ppl": str(float(r["test_ppl"]) * (0.995 if within else 1.3))}
              for r in rows if r["method"] == "pil_then_attn"]
     _write_csv(tuned, rows + extra)
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
-    text = {name: " ".join((dirs.generated / f"{name}.tex").read_text().split())
+    dirs = _render(root, tmp_path)
+    text = {name: _prose(dirs, name)
             for name in ("results_main", "abstract", "conclusion", "appendix_tuning")}
     assert ("not distinguishable from none" in text["results_main"]) == within
     assert ("within the spread over seeds" in text["abstract"]) == within
@@ -1044,8 +1043,7 @@ def test_expansion_figure_says_when_its_times_were_shared(tmp_path):
     """The expansion figure plots the closed-form phase's time; measured beside other runs, that time is not
     the cost of width, and the caption says so (as the main table's note does); timed alone, it does not."""
     root = write_fake_results(tmp_path / "r", only=("ablation_expansion",))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs)
+    dirs = _render(root, tmp_path, figures=True)
     assert "sharing the GPUs" not in (dirs.figures / "expansion.tex").read_text()
     summary = root / "smoke" / "ablation_expansion" / "summary.csv"
     rows = [r | {"concurrent_runs": "4"} for r in csv.DictReader(summary.open())]
@@ -1071,8 +1069,7 @@ def test_contribution_figure_leaves_out_a_method_off_the_scale_and_says_so(tmp_p
     """Pure PIL's perplexity, far above the others, would flatten every bar: it is left out of the figure
     and its value given in the caption; a method on the others' scale stays in."""
     root = write_fake_results(tmp_path / "r", only=("benchmark",))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs)
+    dirs = _render(root, tmp_path, figures=True)
     cap = (dirs.figures / "contribution.tex").read_text()
     assert "off this scale and left out: Pure PIL (" in cap  # fake: 900 against attention only's 260
     summary = root / "smoke" / "benchmark" / "summary.csv"
@@ -1090,8 +1087,7 @@ def test_sizes_figure_draws_a_diverged_seed_at_the_edge(tmp_path):
     its configuration's median is drawn at the top edge with its value (named in the caption), so that it
     does not flatten the others."""
     root = write_fake_results(tmp_path / "r", only=("benchmark",))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs)
+    dirs = _render(root, tmp_path, figures=True)
     fig = (dirs.figures / "sizes.tex").read_text()
     assert (dirs.figures / "sizes.pdf").is_file() and "medians over seeds" in fig and "triangle" not in fig
     assert r"Figure~\ref{fig:sizes}" in (dirs.generated / "results_main.tex").read_text()
@@ -1150,8 +1146,7 @@ def test_main_configuration_numbers_leave_out_other_budgets(tmp_path):
             result = json.loads(p.read_text())
             result["solves"] = [{"layer": i, "phase": "pil", "eta": 1e3 if epochs == 2 else 1e6} for i in range(4)]
             p.write_text(json.dumps(result))
-    dirs = report.default_dirs("smoke", tmp_path / "out")
-    report.render("smoke", root, dirs, with_figures=False)
+    dirs = _render(root, tmp_path)
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert (numbers["SolveAfterAttnBefore"]["value"], numbers["SolveAfterAttnAfter"]["value"]) == ("150.0", "148.5")
     assert "epochs=2" in numbers["SolveAfterAttnBefore"]["note"]

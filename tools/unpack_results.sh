@@ -28,10 +28,8 @@ for e in $ran; do
     find "$d" -maxdepth 1 -type f | while read -r f; do
       grep -qxF "$f" "$listed" || { echo "deleted by the call: $f"; rm -f "$f"; }
     done
-  done
-  # a run the call's summary lists as missing may have finished here meanwhile (another call's tar): say how to
-  # collect the summary over both without running anything
-  for d in $(grep -E "^results/[^/]+/$e$" "$listed"); do
+    # a run the call's summary lists as missing may have finished here meanwhile (another call's tar): say how
+    # to collect the summary over both without running anything
     python3 - "$d" <<'PY'
 import json, pathlib, sys
 d = pathlib.Path(sys.argv[1])
