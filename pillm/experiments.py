@@ -51,8 +51,9 @@ from .run import REPO, RunSpec, environment, execute, load, write_atomic, write_
 PACKAGE = Path(__file__).resolve().parent
 REGISTRY = PACKAGE / "experiments.yaml"
 KERNEL = "pillm"
-# Modules that do not change what a run computes (they may change without invalidating runs).
-_NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "report.py", "bench.py"}
+# Modules that do not change what a run computes (they may change without invalidating runs). Only the
+# top-level modules are hashed: the report package (pillm/report/) is outside every run key too.
+_NOT_RESULT_CODE = {"experiments.py", "cli.py", "__main__.py", "bench.py"}
 #: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
 _OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec")}
 #: Modules that only some runs execute: hashed into those runs' keys, not into every run's.

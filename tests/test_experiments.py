@@ -290,6 +290,9 @@ def test_run_key_depends_on_spec_and_result_code_only(tmp_path):
     with open(pkg / "experiments.py", "a") as f:  # the runner and the CLI do not change results
         f.write("\n# edited\n")
     assert ex.run_key(a, pkg) == k
+    (pkg / "report").mkdir()  # nor does the paper build, a subpackage
+    (pkg / "report" / "sections.py").write_text("# the paper's prose\n")
+    assert ex.run_key(a, pkg) == k
     with open(pkg / "solver.py", "a") as f:
         f.write("\n# edited\n")
     assert ex.run_key(a, pkg) != k

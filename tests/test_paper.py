@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pillm import report
+from pillm.report.analysis import _lambada_scores
 
 REPO = Path(__file__).resolve().parent.parent
 needs_tex = pytest.mark.skipif(not report.tex_available(), reason="latexmk/pdflatex not installed (make tex)")
@@ -329,6 +330,13 @@ def test_and_join():
     assert [report.and_join(x) for x in ([], ["a"], ["a", "b"], ["a", "b", "c"])] == ["", "a", "a and b", "a, b and c"]
 
 
+def test_perplexities_group_thousands_with_a_thin_space_in_tex_and_a_space_in_figures():
+    from pillm.report.fmt import fmt_ppl
+
+    assert [fmt_ppl(x) for x in (1.234, 146.08, 1082.4, 13408.2)] == ["1.23", "146.1", r"1\,082", r"13\,408"]
+    assert fmt_ppl(13408.2, sep=" ") == "13 408"
+
+
 def test_verdict_rules():
     assert report.verdict(100, 100) == "on_par"
     assert report.verdict(98, 100) == "better"
@@ -498,11 +506,11 @@ def test_lambada_near_zero_is_reported_as_passage_counts(tmp_path):
 def test_lambada_scores_from_summary_or_lambada_csv(tmp_path):
     root = write_fake_results(tmp_path / "results", only=("lambada",))
     e = report.Results(root, "smoke").exp("lambada")
-    scored = report._lambada_scores(e)
+    scored = _lambada_scores(e)
     assert scored.source.name == "lambada.csv" and {"acc", "word_ppl", "oov_rate"} <= set(scored.df.columns)
     df = scored.df.assign(experiment="lambada")
     df.to_csv(e.path / "summary.csv", index=False)  # the brief's format: acc columns in summary.csv
-    again = report._lambada_scores(report.Results(root, "smoke").exp("lambada"))
+    again = _lambada_scores(report.Results(root, "smoke").exp("lambada"))
     assert again.source.name == "summary.csv" and "acc" in again.df.columns
 
 
