@@ -56,7 +56,9 @@ Modules, in the order they import each other
 ``results``   :class:`Experiment` / :class:`Results` and the aggregation and comparison helpers
 ``tables``    table specifications and the generic mean ± std table
 ``analysis``  LAMBADA scores, generation samples and the complexity fits, shared by sections and figures
-``sections``  :class:`Report`: every number, claim and table, section by section
+``results_main``, ``ablations``, ``closing``, ``performance``, ``setup_tables``
+              one function per paper section, each filling the :class:`Report`'s numbers, tables and claims
+``sections``  :class:`Report`: what the sections fill, and :meth:`Report.compute`, which runs every section
 ``figures``   the seaborn figures
 ``build``     Jinja2 rendering, staging, latexmk, the arXiv bundle and the ``pillm paper``/``arxiv`` commands
 

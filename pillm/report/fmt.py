@@ -31,7 +31,7 @@ def _finite(x) -> bool:
 
 
 def group_digits(n: int, sep: str = r"\,") -> str:
-    """``12\,345``: thousands separated by a TeX thin space (``sep``; plain text such as a figure label
+    r"""``12\,345``: thousands separated by a TeX thin space (``sep``; plain text such as a figure label
     passes ``" "``)."""
     s = f"{abs(int(n)):,}".replace(",", sep)
     return ("-" if n < 0 else "") + s
