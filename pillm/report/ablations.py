@@ -61,13 +61,13 @@ def ablation_bipil(rep: Report) -> None:
                 rep.add("BiPILPPL", fmt_ppl(ppl[bv]), e, f"mean test_ppl of variant={bv}, {where}")
                 rep.add("SinglePILPPL", fmt_ppl(ppl[sv]), e, f"mean test_ppl of variant={sv}, {where}")
                 rep.add("BiVsSinglePct", fmt_pct(abs(100 * (ppl[bv] / ppl[sv] - 1))), e,
-                         f"|100*(ppl[{bv}]/ppl[{sv}]-1)|, {where}")
+                        f"|100*(ppl[{bv}]/ppl[{sv}]-1)|, {where}")
                 if wide:
                     wv = min(wide, key=ppl.get)
                     bp["compare_wide"] = cmp(ppl[bv], ppl[wv])
                     rep.add("SingleWidePPL", fmt_ppl(ppl[wv]), e, f"mean test_ppl of variant={wv}, {where}")
                     rep.add("BiVsWidePct", fmt_pct(abs(100 * (ppl[bv] / ppl[wv] - 1))), e,
-                             f"|100*(ppl[{bv}]/ppl[{wv}]-1)|, {where}")
+                            f"|100*(ppl[{bv}]/ppl[{wv}]-1)|, {where}")
 
 
 def ablation_lambda(rep: Report) -> None:
@@ -104,7 +104,7 @@ def ablation_lambda(rep: Report) -> None:
             lm["fallback"] = bool(fb)
             if fb:
                 rep.add("LambdaFallbackMax", fmt_pow10(max(float(r["lam"]) for r in fb)), e,
-                         f"largest lam with any solver fallback, {where}")
+                        f"largest lam with any solver fallback, {where}")
 
 
 def ablation_expansion(rep: Report) -> None:
@@ -157,7 +157,7 @@ def strategy(rep: Report) -> None:
         rep._no_table("training_strategy", cap, ["training_strategy"])
         return
     rep.tables["training_strategy"] = generic_table(e, "training_strategy", cap, ["method", "target"],
-                                                     PPL_COLS + [ACC_COL, PIL_S_COL])
+                                                    PPL_COLS + [ACC_COL, PIL_S_COL])
     agg, keys = e.agg()
     main = [k for k in ("method", "target") if k in keys]
     sl, sel = primary_slice(agg, keys, main)
@@ -176,7 +176,7 @@ def strategy(rep: Report) -> None:
     rep.add("StrategyWorstTarget", tt(worst), e, f"target of the highest mean valid_ppl, {where}")
     if "method" in worst:
         rep.add("StrategyWorstMethod", method_tex(worst["method"]), e,
-                 f"method of the highest mean valid_ppl, {where}")
+                f"method of the highest mean valid_ppl, {where}")
     rep.add("StrategyWorstPPL", fmt_ppl(worst["test_ppl"]), e, f"mean test_ppl of the highest mean valid_ppl, {where}")
     same_method = [r for r in recs if r.get("method") == best.get("method")]
     rows_by_target = {str(r["target"]): r for r in same_method}
@@ -219,8 +219,8 @@ def tinystories(rep: Report) -> None:
         rep.c["samples"] = None
         return
     rep.tables["tinystories"] = generic_table(e, "tinystories", cap, ["method"],
-                                               PPL_COLS + [ACC_COL, PIL_S_COL,
-                                                           Col("total_s", r"Total (s) $\downarrow$", fmt_seconds, "lower")])
+                                              PPL_COLS + [ACC_COL, PIL_S_COL,
+                                                          Col("total_s", r"Total (s) $\downarrow$", fmt_seconds, "lower")])
     agg, keys = e.agg()
     sl, sel = primary_slice(agg, keys, "method") if "method" in keys else (agg, {})
     where = ", ".join(f"{k}={v}" for k, v in sel.items()) or "all rows"
@@ -235,7 +235,7 @@ def tinystories(rep: Report) -> None:
     if hyb:
         h = min(hyb, key=lambda m: val.get(m, hyb[m]))  # chosen on validation
         rep.add("TinyPILPPL", fmt_ppl(hyb[h]), e, f"mean test_ppl of the PIL method with the lowest mean "
-                 f"valid_ppl ({h}), {where}")
+                f"valid_ppl ({h}), {where}")
         rep.add("TinyPILMethod", method_tex(h), e, f"PIL method with the lowest mean valid_ppl, {where}")
         if "baseline" in ppl:
             ty["verdict"] = verdict(hyb[h], ppl["baseline"])
@@ -292,7 +292,7 @@ def tuning(rep: Report) -> None:
     rep.add("TuneMethods", str(len(df)), src, "complete rows of tuning/chosen.csv", len(df))
     rep.add("TuneDefaultCount", str(n_default), src, "complete rows with chosen_is_default", n_default)
     rep.add("TuneMaxGainPct", fmt_pct(float(gain[i])), src,
-             "max over methods of 100*(1-valid_ppl/default_valid_ppl)", float(gain[i]))
+            "max over methods of 100*(1-valid_ppl/default_valid_ppl)", float(gain[i]))
     rep.add("TuneMaxGainMethod", method_tex(df["method"][i]), src, "method with that largest gain")
     # A choice at the end of a grid of three or more values: the grid, not the data, stopped it. With two
     # values every choice is at an end; it is said only when every method chose the same end.
@@ -307,7 +307,7 @@ def tuning(rep: Report) -> None:
             if at and (len(grid) >= 3 or every):
                 tag = f"{'LR' if param == 'lr' else 'Dropout'}{'Top' if end == 'largest' else 'Bottom'}"
                 rep.add(f"TuneEdge{tag}", fmt_sci(value) if param == "lr" else fmt_fixed(value, 2), e,
-                         f"the {end} {param} of the tuning grid (summary.csv)", value)
+                        f"the {end} {param} of the tuning grid (summary.csv)", value)
                 t["edges"].append({"param": "learning rate" if param == "lr" else "dropout", "end": end,
                                    "macro": f"TuneEdge{tag}", "methods": ["every method"] if every else at,
                                    "every": every})
@@ -330,20 +330,20 @@ def _tuned(rep: Report, e: Experiment) -> None:
     t = rep.c["tuning"]
     if "baseline" in by:
         rep.add("TunedBaselinePPL", fmt_ppl(by["baseline"]["test_ppl"]), path,
-                 "mean test_ppl of baseline in tuning/tuned.csv", by["baseline"]["test_ppl"])
+                "mean test_ppl of baseline in tuning/tuned.csv", by["baseline"]["test_ppl"])
     pil = {m: r for m, r in by.items() if m in PIL_METHODS}
     if pil:  # the best PIL-LM hybrid at its own setting, chosen on validation
         m = min(pil, key=lambda k: pil[k]["valid_ppl"])
         t["tuned_pil"] = m
         rep.add("TunedPILMethod", method_tex(m), path, "PIL method with the lowest mean valid_ppl in tuned.csv")
         rep.add("TunedPILPPL", fmt_ppl(pil[m]["test_ppl"]), path, f"mean test_ppl of {m} in tuned.csv",
-                 pil[m]["test_ppl"])
+                pil[m]["test_ppl"])
         if "baseline" in by:
             ratio = pil[m]["test_ppl"] / by["baseline"]["test_ppl"]
             rep.add("TunedRatio", fmt_fixed(ratio, 2), path, f"test_ppl {m} / baseline in tuned.csv", ratio)
         if "attn_only" in by:  # the FFN's contribution at each method's own setting
             rep.add("TunedAttnOnlyPPL", fmt_ppl(by["attn_only"]["test_ppl"]), path,
-                     "mean test_ppl of attn_only in tuned.csv", by["attn_only"]["test_ppl"])
+                    "mean test_ppl of attn_only in tuned.csv", by["attn_only"]["test_ppl"])
             t["tuned_pil_vs_attn"] = spread_verdict(pil[m], by["attn_only"])
     counts = tuned.df.groupby("method")["seed"].nunique()
     lo, hi = int(counts.min()), int(counts.max())

@@ -35,8 +35,8 @@ def ngram(rep: Report) -> None:
     df = e.df.sort_values("order")
     rows = [[str(int(r.order)), fmt_ppl(r.valid_ppl), fmt_ppl(r.test_ppl)] for r in df.itertuples()]
     rep.tables["ngram"] = TableSpec(name="ngram", caption=cap, label="tab:ngram",
-                                     header=["Order", "Valid PPL", "Test PPL"], rows=rows, align="rrr",
-                                     sources=[e])
+                                    header=["Order", "Valid PPL", "Test PPL"], rows=rows, align="rrr",
+                                    sources=[e])
     top = df.iloc[-1]
     rep.c["ngram"] = {"order": int(top.order)}
     rep.add("KNOrder", str(int(top.order)), e, "highest order in ngram/summary.csv")
@@ -90,7 +90,7 @@ def _head_calibration(rep: Report, e: Experiment) -> None:
     top = max(tops)
     rep.add("HeadMixRuns", str(len(chosen)), e, "runs with a solved head (solves: phase=head)", len(chosen))
     rep.add("HeadMixEdgeRuns", str(sum(chosen)), e, "of those, runs whose chosen mix is the grid's largest",
-             sum(chosen))
+            sum(chosen))
     rep.add("HeadMixMax", fmt_fixed(top, 2), e, "largest mix in the heads' search grid", top)
     rep.c["gap"]["head_mix_edge"] = sum(chosen)
 
@@ -114,9 +114,9 @@ def teacher(rep: Report) -> None:
         "readout solved to the teacher's FFN output (embeddings and attention kept, no gradient step)",
         ["variant"], PPL_COLS, df=both, hide=("bipil", "method"))  # the students are not pure PIL-LMs
     rep.add("TeacherPPL", fmt_ppl(data["teacher_test_ppl"]), path, "teacher_test_ppl in teacher/summary.json",
-             data["teacher_test_ppl"])
+            data["teacher_test_ppl"])
     rep.add("TeacherNoFFNPPL", fmt_ppl(data["no_ffn_test_ppl"]), path, "no_ffn_test_ppl in teacher/summary.json",
-             data["no_ffn_test_ppl"])
+            data["no_ffn_test_ppl"])
     # Each closed-form fit by its width (features per layer), narrowest first.
     agg = {str(r["variant"]): r for r in _records(e.agg()[0])}
     fits = sorted(((v, agg[v]) for v in (data.get("fits") or {}) if v in agg and _finite(agg[v].get("n_features"))
@@ -127,7 +127,7 @@ def teacher(rep: Report) -> None:
     for tag, (v, r) in zip(_TAGS, fits):
         rep.add(f"TeacherFit{tag}PPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v}", r["test_ppl"])
         rep.add(f"TeacherFit{tag}Features", fmt_count(r["n_features"]), e, f"n_features, variant={v}",
-                 r["n_features"])
+                r["n_features"])
         te["fits"].append({"tag": tag, "variant": tex_escape(v)})
     by_width = {int(float(r["n_features"])): (v, r) for v, r in fits}
     # PIL-LM's own width: the features per layer of the gap experiment's best hybrid.
@@ -146,7 +146,7 @@ def teacher(rep: Report) -> None:
                           if beyond_seed_spread(r, hrow) else "on_par",
                           "vs_teacher": verdict(float(r["test_ppl"]), float(data["teacher_test_ppl"]))}
             rep.add("TeacherSamePPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v} (the width of {hyb})",
-                     r["test_ppl"])
+                    r["test_ppl"])
             rep.add("TeacherSameFeatures", fmt_count(r["n_features"]), g, f"n_features of {hyb}", r["n_features"])
     # As many random features with a readout trained by AdamW jointly with attention (benchmark).
     b = rep.R.exp("benchmark")
@@ -193,7 +193,7 @@ def protocol(rep: Report) -> None:
     for m, tag in pairs:
         for kind, stride in (("Slide", slide), ("Block", block)):
             rep.add(f"Proto{tag}{kind}", fmt_ppl(agg[m, stride]), path, f"mean ppl {m}, stride {stride}",
-                     agg[m, stride])
+                    agg[m, stride])
 
 
 def adaptation(rep: Report) -> None:
@@ -229,20 +229,20 @@ def adaptation(rep: Report) -> None:
             continue
         first = next(iter(rows.values()))
         rep.add(f"Adapt{dtag}Before", fmt_ppl(first["before_new_test_ppl"]), e,
-                 f"mean before_new_test_ppl, domain={d}", first["before_new_test_ppl"])
+                f"mean before_new_test_ppl, domain={d}", first["before_new_test_ppl"])
         if _finite(first.get("oov_rate")):
             rep.add(f"Adapt{dtag}OOV", fmt_pct(100 * first["oov_rate"]), e, f"100*oov_rate, domain={d}",
-                     100 * first["oov_rate"])
+                    100 * first["oov_rate"])
         for h, htag in hows.items():
             if h not in rows:
                 continue
             r = rows[h]
             rep.add(f"Adapt{dtag}{htag}", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, domain={d}, how={h}",
-                     r["test_ppl"])
+                    r["test_ppl"])
             rep.add(f"Adapt{dtag}{htag}Wiki", fmt_ppl(r["wiki_test_ppl"]), e,
-                     f"mean wiki_test_ppl, domain={d}, how={h}", r["wiki_test_ppl"])
+                    f"mean wiki_test_ppl, domain={d}, how={h}", r["wiki_test_ppl"])
             rep.add(f"Adapt{dtag}{htag}Sec", fmt_seconds(r["adapt_s"]), e, f"mean adapt_s, domain={d}, how={h}",
-                     r["adapt_s"])
+                    r["adapt_s"])
         best = min(rows, key=lambda h: rows[h]["valid_ppl"])  # chosen on the new domain's validation split
         seconds = sorted(rows, key=lambda h: rows[h]["adapt_s"])
         forgets = sorted(rows, key=lambda h: rows[h]["wiki_test_ppl"])  # WikiText-2 after: least forgetting first
@@ -277,9 +277,9 @@ def first_layer(rep: Report) -> None:
     same = next((r for r in recs if str(r.get("projection")) == "same"), None)
     if same is not None and _finite(same.get("test_ppl")) and _finite(same.get("before_test_ppl")):
         rep.add("FirstLayerSamePPL", fmt_ppl(same["test_ppl"]), e, "mean test_ppl, projection=same",
-                 same["test_ppl"])
+                same["test_ppl"])
         rep.add("FirstLayerCheckpointPPL", fmt_ppl(same["before_test_ppl"]), e,
-                 "mean before_test_ppl (the checkpoints), projection=same", same["before_test_ppl"])
+                "mean before_test_ppl (the checkpoints), projection=same", same["before_test_ppl"])
         fl["control"] = "reproduces" if similar(float(same["test_ppl"]), float(same["before_test_ppl"])) else "differs"
     widths = sorted({float(r["expansion"]) for r in recs if _finite(r.get("expansion"))})
     for tag, x in zip(_TAGS, widths):
@@ -292,20 +292,20 @@ def first_layer(rep: Report) -> None:
         where = f"expansion={x:g}"
         rep.add(f"FirstLayer{tag}Features", fmt_count(b["n_features"]), e, f"n_features, {where}", b["n_features"])
         rep.add(f"FirstLayer{tag}Best", tex_escape(best), e, f"projection (not random) with the lowest mean "
-                 f"valid_ppl, {where}")
+                f"valid_ppl, {where}")
         rep.add(f"FirstLayer{tag}BestPPL", fmt_ppl(b["test_ppl"]), e, f"mean test_ppl, projection={best}, {where}",
-                 b["test_ppl"])
+                b["test_ppl"])
         rep.add(f"FirstLayer{tag}RandomPPL", fmt_ppl(rnd["test_ppl"]), e, f"mean test_ppl, projection=random, {where}",
-                 rnd["test_ppl"])
+                rnd["test_ppl"])
         # each seed re-solves its own checkpoint: compare the kinds on the same checkpoint as well
         diffs = paired_differences(e.df, "projection", best, "random", {"expansion": x})
         paired = None
         if len(diffs) > 1:  # one seed's difference is the sentence's own two numbers
             mean = sum(diffs) / len(diffs)
             rep.add(f"FirstLayer{tag}PairedDiff", ("+" if mean >= 0 else "-") + fmt_fixed(abs(mean), 2), e,
-                     f"mean over seeds of test_ppl(projection={best}) - test_ppl(projection=random), {where}", mean)
+                    f"mean over seeds of test_ppl(projection={best}) - test_ppl(projection=random), {where}", mean)
             rep.add(f"FirstLayer{tag}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
-                     f"seeds where projection={best} has the lower test_ppl than random, {where}")
+                    f"seeds where projection={best} has the lower test_ppl than random, {where}")
             paired = "lower" if mean < 0 else "higher"
         # with one seed there is no spread to be within: the sentence says "one seed so far" instead
         one_seed = min(int(b.get("n", 1)), int(rnd.get("n", 1))) == 1
@@ -361,7 +361,7 @@ def closing(rep: Report) -> None:
             rep.add("SolveAfterAttnBefore", fmt_ppl(before), e, src + " (before)", before)
             rep.add("SolveAfterAttnAfter", fmt_ppl(after), e, src + " (after)", after)
             rep.add("SolveAfterAttnGainPct", fmt_pct(100 * (1 - after / before)), e,
-                     "100*(1-after/before) of the above", 100 * (1 - after / before))
+                    "100*(1-after/before) of the above", 100 * (1 - after / before))
             cl["solve_gain"] = True
         init = [s_["eta"] for r in main_runs if r.get("method") == "pil_then_attn" for s_ in r.get("solves", [])
                 if s_.get("phase") == "pil" and _finite(s_.get("eta"))]
@@ -372,9 +372,9 @@ def closing(rep: Report) -> None:
         if init and trained:
             mi, mt = st.median(init), st.median(trained)
             rep.add("EtaInitMedian", fmt_pow10(mi), e, f"median eta of {len(init)} solves of pil_then_attn "
-                     f"(untrained model), {where}", mi)
+                    f"(untrained model), {where}", mi)
             rep.add("EtaTrainedMedian", fmt_pow10(mt), e, f"median eta of {len(trained)} solves after AdamW "
-                     f"(attn_then_pil, alternating re-solves), {where}", mt)
+                    f"(attn_then_pil, alternating re-solves), {where}", mt)
             cl["eta"] = mt < mi
         if {"pil_then_attn", "attn_only"} <= set(by):
             pv, av = float(by["pil_then_attn"]["valid_ppl"]), float(by["attn_only"]["valid_ppl"])
@@ -386,7 +386,7 @@ def closing(rep: Report) -> None:
             ret = gap_recovered_pct(ppl, "rf_adamw")
             if ret is not None:
                 rep.add("RFRetention", fmt_pct(ret), e, "100*(ln ppl[attn_only]-ln ppl[rf_adamw])/"
-                         f"(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
+                        f"(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
                 cl["rf_retention"] = ret
                 hyb = (c.get("bench") or {}).get("hybrid")
                 rf_d = _rf_width(rep, e)
@@ -423,18 +423,18 @@ def closing(rep: Report) -> None:
     gap, path = g.json("summary.json")
     if g.available and "variant" in g.df.columns:
         rep.tables["gap"] = generic_table(g, "gap", "Closing the gap: every variant of the gap experiment "
-                                           "(best hybrid and best pure variant chosen on validation)",
-                                           ["variant"], PPL_COLS + [Col("total_s", r"Total (s)", fmt_seconds, None)],
+                                          "(best hybrid and best pure variant chosen on validation)",
+                                          ["variant"], PPL_COLS + [Col("total_s", r"Total (s)", fmt_seconds, None)],
                                            # the variant's name says its method and options in words
-                                           hide=("bipil", "method", "final_resolve", "solve_head", "target",
-                                                 "proj_init", "embed_init"))
+                                          hide=("bipil", "method", "final_resolve", "solve_head", "target",
+                                                "proj_init", "embed_init"))
     else:
         rep._no_table("gap", TABLE_TITLES["gap"], ["gap"])
     if isinstance(gap, dict):
         ratio = gap.get("hybrid_over_baseline")
         if _finite(ratio):
             rep.add("GapRatio", fmt_fixed(float(ratio), 2), path, "hybrid_over_baseline in gap/summary.json",
-                     float(ratio))
+                    float(ratio))
             cl["hybrid_goal"] = float(ratio) <= GAP_GOAL
         if _finite(gap.get("pure_pil_test_ppl")) and _finite(gap.get("kn5_test_ppl")):
             cl["pure_goal"] = float(gap["pure_pil_test_ppl"]) < float(gap["kn5_test_ppl"])

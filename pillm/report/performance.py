@@ -75,7 +75,7 @@ def complexity(rep: Report) -> None:
         return
     solves, solves_path = _complexity_solves(e)
     cx = rep.c["complexity"] = {"x": _complexity_x(e.df, fit if isinstance(fit, dict) else None),
-                                 "two_part": two_part}
+                                "two_part": two_part}
     a, b = (fit or {}).get("a") if isinstance(fit, dict) else None, (fit or {}).get("b") if isinstance(fit, dict) else None
     if _finite(a) and _finite(b):
         a, b = float(a), float(b)
@@ -103,9 +103,9 @@ def complexity(rep: Report) -> None:
             if a > 0 and c > 0:
                 d_star = math.sqrt(c / a)
                 rep.add("ComplexityStreamD", fmt_count(d_star), fit_path,
-                         "sqrt(c/a): the HtH term a*N*D^2 exceeds the D-independent c*N for D above it", d_star)
+                        "sqrt(c/a): the HtH term a*N*D^2 exceeds the D-independent c*N for D above it", d_star)
                 rep.add("ComplexityGramTFLOPS", fmt_fixed(2 / a / 1e12, 0), fit_path,
-                         "2/a / 1e12: 2*N*D^2 flops of HtH per a*N*D^2 seconds", 2 / a / 1e12)
+                        "2/a / 1e12: 2*N*D^2 flops of HtH per a*N*D^2 seconds", 2 / a / 1e12)
                 rows += [[r"$\sqrt{c/a}$ ($a N D^2 > c N$ above this $D$)", fmt_count(d_star)],
                          [r"$2/a$ (TFLOP/s of the $H^\top H$ update)", fmt_fixed(2 / a / 1e12, 0)]]
                 cx["stream_d"] = d_star
@@ -119,7 +119,7 @@ def complexity(rep: Report) -> None:
             return
         ratio = b / a
         rep.add("ComplexityCrossRatio", fmt_sci(ratio, 1) if ratio >= 1e4 or ratio < 1 else fmt_fixed(ratio, 1),
-                 fit_path, "b/a: the accumulation term a*N*D^2 exceeds the solve term b*D^3 for N > (b/a)*D")
+                fit_path, "b/a: the accumulation term a*N*D^2 exceeds the solve term b*D^3 for N > (b/a)*D")
         rows.append([r"$b/a$ (crossover $N^\ast = (b/a)\,D$)", fmt_fixed(ratio, 1) if 1 <= ratio < 1e4 else fmt_sci(ratio)])
         dcol = solves if solves is not None and "n_features" in solves.columns else e.df
         dmax = float(dcol["n_features"].max()) if "n_features" in dcol.columns and _finite(dcol["n_features"].max()) else None
@@ -130,7 +130,7 @@ def complexity(rep: Report) -> None:
             if cx.get("stream_d"):
                 cx["stream_dominates"] = dmax < cx["stream_d"]
             rep.add("ComplexityCrossTokens", fmt_count(cross), fit_path,
-                     f"(b/a)*D at the largest D={dmax:g} (D from {rel(dsrc)})")
+                    f"(b/a)*D at the largest D={dmax:g} (D from {rel(dsrc)})")
             rows.append([f"$N^\\ast$ at $D={group_digits(int(dmax))}$", fmt_count(cross)])
             tcol = solves if solves is not None and "tokens" in solves.columns else None
             if tcol is not None and _finite(tcol["tokens"].max()):
@@ -155,7 +155,7 @@ def complexity(rep: Report) -> None:
         cx["pil_cheaper_above"] = fits[0][1] < fits[1][1]
     if crossover is not None and _finite(crossover[0]) and x:
         rep.add("ComplexityCrossover", fmt_count(crossover[0]) if crossover[0] >= 100 else fmt_sci(crossover[0]),
-                 crossover[1], f"crossover ({crossover[2]})")
+                crossover[1], f"crossover ({crossover[2]})")
         rep.add("ComplexityVariable", r"\texttt{" + tex_escape(x) + "}", e, "varied parameter of complexity/summary.csv")
         cx["crossover_x"] = True
     for k, v in leaves.items():

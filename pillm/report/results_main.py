@@ -66,7 +66,7 @@ def benchmark(rep: Report) -> None:
     if s:
         rep.add("BenchSize", tex_escape(s), e, f"model size of the primary group ({where})")
     rep.add("BenchSeeds", str(int(sl["n"].max())), e, "max number of seeds per method in the primary group",
-             int(sl["n"].max()))
+            int(sl["n"].max()))
     macros = {"baseline": "BaselinePPL", "attn_only": "AttnOnlyPPL", "pil_pure": "PILPurePPL",
               "rf_adamw": "RFAdamWPPL", "lora": "LoRAPPL"}
     for m, macro in macros.items():
@@ -80,24 +80,24 @@ def benchmark(rep: Report) -> None:
         m = min(pil, key=on_valid)
         b["pil_best"] = m
         rep.add("PILBestPPL", fmt_ppl(pil[m]), e, f"mean test_ppl of the PIL method with the lowest mean "
-                 f"valid_ppl ({m}), {where}", pil[m])
+                f"valid_ppl ({m}), {where}", pil[m])
         rep.add("PILBestMethod", method_tex(m), e, f"PIL method with the lowest mean valid_ppl, {where}")
     if hyb:
         h = min(hyb, key=on_valid)
         b["hybrid"] = h
         rep.add("HybridBestPPL", fmt_ppl(hyb[h]), e, f"mean test_ppl of the hybrid with the lowest mean "
-                 f"valid_ppl ({h}), {where}", hyb[h])
+                f"valid_ppl ({h}), {where}", hyb[h])
         rep.add("HybridBestMethod", method_tex(h), e, f"hybrid method with the lowest mean valid_ppl, {where}")
         hr = by[h]
         if _finite(hr.get("pil_s")) and _finite(hr.get("total_s")) and hr["total_s"] > 0:
             rep.add("HybridPILSeconds", fmt_seconds(hr["pil_s"]), e, f"mean pil_s of {h}, {where}")
             rep.add("HybridPILShare", fmt_pct(100 * hr["pil_s"] / hr["total_s"]), e,
-                     f"100*pil_s/total_s of {h}, {where}")
+                    f"100*pil_s/total_s of {h}, {where}")
         if _finite(hr["params_solved"]) and _finite(hr.get("params_total")):
             rep.add("HybridSolvedParams", fmt_params(hr["params_solved"]), e,
-                     f"params_ffn_solved+params_head_solved of {h}, {where}")
+                    f"params_ffn_solved+params_head_solved of {h}, {where}")
             rep.add("HybridSolvedShare", fmt_pct(100 * hr["params_solved"] / hr["params_total"]), e,
-                     f"100*solved/params_total of {h}, {where}")
+                    f"100*solved/params_total of {h}, {where}")
     if "baseline" in ppl and hyb:
         h, base = b["hybrid"], by["baseline"]
         b["verdict"] = verdict(hyb[h], ppl["baseline"])
@@ -110,7 +110,7 @@ def benchmark(rep: Report) -> None:
             r = base["total_s"] / hr["total_s"]
             b["speed"] = "faster" if r >= 1 else "slower"
             rep.add("HybridSpeedup", fmt_ratio(max(r, 1 / r)), e,
-                     f"total_s[baseline]/total_s[{h}] (or its inverse when <1), {where}", r)
+                    f"total_s[baseline]/total_s[{h}] (or its inverse when <1), {where}", r)
         if _finite(base.get("optimizer_steps")) and _finite(hr.get("optimizer_steps")):
             rep.add("BaselineSteps", fmt_count(base["optimizer_steps"]), e, f"optimizer_steps of baseline, {where}")
             rep.add("HybridSteps", fmt_count(hr["optimizer_steps"]), e, f"optimizer_steps of {h}, {where}")
@@ -126,7 +126,7 @@ def benchmark(rep: Report) -> None:
         if ret is not None:
             b["retention"] = "none" if ret <= 0 else ("full" if ret >= 100 else "partial")
             rep.add("Retention", fmt_pct(abs(ret) if ret <= 0 else ret), e,
-                     f"100*(ln ppl[attn_only]-ln ppl[{b['hybrid']}])/(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
+                    f"100*(ln ppl[attn_only]-ln ppl[{b['hybrid']}])/(ln ppl[attn_only]-ln ppl[baseline]), {where}", ret)
             b["ffn_helps_baseline"] = ppl["baseline"] < ppl["attn_only"]
             # a share of a gap can be an artefact of seeds: say when the hybrid is within attention only's spread
             b["hybrid_vs_attn"] = spread_verdict(by[b["hybrid"]], by["attn_only"])
@@ -174,7 +174,7 @@ def _bench_groups(rep: Report, e: Experiment, primary: dict) -> None:
         for m, name in (("baseline", "Baseline"), ("attn_only", "AttnOnly")):
             if m in by and _finite(by[m].get("test_ppl")):
                 rep.add(f"BenchGroup{tag}{name}PPL", fmt_ppl(by[m]["test_ppl"]), e,
-                         f"mean test_ppl, method={m}, {where}", by[m]["test_ppl"])
+                        f"mean test_ppl, method={m}, {where}", by[m]["test_ppl"])
                 g[m] = True
         pil = [m for m in by if m in HYBRID_METHODS and _finite(by[m].get("valid_ppl")) and _finite(by[m].get("test_ppl"))]
         if pil:
@@ -182,7 +182,7 @@ def _bench_groups(rep: Report, e: Experiment, primary: dict) -> None:
             r = by[m]
             rep.add(f"BenchGroup{tag}PILMethod", method_tex(m), e, f"hybrid with the lowest mean valid_ppl, {where}")
             rep.add(f"BenchGroup{tag}PILPPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, method={m}, {where}",
-                     r["test_ppl"])
+                    r["test_ppl"])
             g["pil_seeds_one"], g["hybrids"] = int(r["n"]) == 1, len(pil)
             a = by.get("attn_only")
             if a is not None and _finite(a.get("test_ppl")):
@@ -211,7 +211,7 @@ def _diverged(rep: Report, e: Experiment) -> None:
         rep.add(f"Diverged{tag}Seed", str(r.get("seed")), e, f"seed of run {r['name']}", r.get("seed"))
         rep.add(f"Diverged{tag}Best", fmt_ppl(best), e, f"lowest valid_ppl on the {src}", best)
         rep.add(f"Diverged{tag}BestEpoch", str(pts[i].get("epoch")), e, f"epoch of the lowest valid_ppl, {src}",
-                 pts[i].get("epoch"))
+                pts[i].get("epoch"))
         rep.add(f"Diverged{tag}Final", fmt_ppl(last), e, f"last valid_ppl on the {src}", last)
         d = {"tag": tag}
         searched = _searched(r)
@@ -219,7 +219,7 @@ def _diverged(rep: Report, e: Experiment) -> None:
             top = sum(map(_eta_at_top, searched))
             rep.add(f"Diverged{tag}EtaTop", str(top), e, f"solves of run {r['name']} at the top of eta_grid", top)
             rep.add(f"Diverged{tag}Solves", str(len(searched)), e, f"searched solves of run {r['name']}",
-                     len(searched))
+                    len(searched))
             d["eta"] = True
             d.update(_seeds_by_step(rep, e, r, tag))
         out.append(d)
@@ -269,7 +269,7 @@ def _rf_width(rep: Report, e: Experiment) -> int | None:
     width = _rf_features(e)
     if width and not rep.n.has("RFFeatures"):
         rep.add("RFFeatures", fmt_count(width), e, "features per layer of rf_adamw "
-                 "(params_ffn_frozen_random / (n_layer * n_embd))", width)
+                "(params_ffn_frozen_random / (n_layer * n_embd))", width)
     return width
 
 
@@ -357,14 +357,14 @@ def curves(rep: Report) -> None:
         rep.add("CurvesTimeToBaseline", fmt_seconds(t), e, f"mean first wall_s at which {m} reaches the baseline's final valid_ppl")
         ratio = bwall / t if t > 0 else math.inf
         rep.add("CurvesTimeRatio", fmt_ratio(max(ratio, 1 / ratio)) if t > 0 else r"\ensuremath{\infty}", e,
-                 f"baseline final wall_s / time-to-baseline of {m} (or its inverse when <1)", ratio)
+                f"baseline final wall_s / time-to-baseline of {m} (or its inverse when <1)", ratio)
     solved = [p for r in runs if str(r.get("method")) == m for p in r["curve"]
               if p.get("phase") == "pil" and _finite(p.get("valid_ppl"))]
     init = [p for r in runs if str(r.get("method")) == m for p in r["curve"]
             if p.get("phase") == "init" and _finite(p.get("valid_ppl"))]
     if solved and init:
         rep.add("CurvesInitPPL", fmt_ppl(mean([float(p["valid_ppl"]) for p in init])), e,
-                 f"mean valid_ppl of {m} at initialisation (phase=init)")
+                f"mean valid_ppl of {m} at initialisation (phase=init)")
         rep.add("CurvesSolvedPPL", fmt_ppl(mean([float(p["valid_ppl"]) for p in solved])), e,
-                 f"mean valid_ppl of {m} right after its closed-form phase (phase=pil)")
+                f"mean valid_ppl of {m} right after its closed-form phase (phase=pil)")
         cv["solve_point"] = True
