@@ -808,6 +808,21 @@ def test_sliding_window_protocol_is_reported_beside_the_ngram(synthetic):
     assert numbers["ProtoStride"]["value"] == "16" and numbers["ProtoContext"]["value"] == "48"
 
 
+def test_main_table_ends_with_the_kneser_ney_anchor_only_when_it_was_computed(tmp_path):
+    """Issue 7: the n-gram model is the main table's gradient-free anchor, from ngram/summary.csv."""
+    with_kn = _render(write_fake_results(tmp_path / "a", only=("benchmark", "ngram")), tmp_path / "a")
+    table = (with_kn.tables / "benchmark.tex").read_text()
+    kn_row = next(line for line in table.splitlines() if line.startswith("Kneser--Ney"))
+    cells = [c.strip() for c in kn_row.rstrip(" \\").split("&")]
+    # the highest order's row (order, valid_ppl, test_ppl in columns 2-4): its perplexities, no gradient step
+    top = (tmp_path / "a" / "smoke" / "ngram" / "summary.csv").read_text().splitlines()[-1].split(",")
+    assert cells[0] == f"Kneser--Ney {top[2]}-gram" and cells[1] == f"{float(top[4]):.1f}" \
+        and cells[2] == f"{float(top[3]):.1f}" and cells[4:6] == ["0", "0"]
+    assert r"\emph{gradient-free anchor}" in table and "ngram.ipynb" in table and r"\ref{tab:ngram}" in table
+    without = _render(write_fake_results(tmp_path / "b", only=("benchmark",)), tmp_path / "b")
+    assert "Kneser--Ney" not in (without.tables / "benchmark.tex").read_text()
+
+
 def test_head_calibration_at_the_grid_edge_is_reported(tmp_path):
     """Runs with a solved head record the (temperature, mix) search; a chosen mix at the grid's
     largest value is reported as the grid stopping the calibration."""

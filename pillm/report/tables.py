@@ -36,6 +36,7 @@ class TableSpec:
     note: str = ""
     sources: list = field(default_factory=list)
     star: bool = False
+    metrics: list[str] = field(default_factory=list)  # the metric columns' keys (generic_table), after the keys
 
     @property
     def ncols(self) -> int:
@@ -204,4 +205,5 @@ def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], 
     cap += f" Mean{pm} over {span} seed{'s' if several else ''} per row."
     header = [KEY_HEADERS.get(k, tex_escape(k)) for k in show] + [c.header for c in cols]
     return TableSpec(name=name, caption=cap, label=label or f"tab:{name}", header=header, rows=rows,
-                     blocks=blocks, align="l" * len(show) + "r" * len(cols), sources=[e])
+                     blocks=blocks, align="l" * len(show) + "r" * len(cols), sources=[e],
+                     metrics=[c.key for c in cols])
