@@ -227,15 +227,13 @@ def compress_runs(names: list[str]) -> str:
 
 
 def beyond_seed_spread(a: dict, b: dict, col: str = "test_ppl") -> bool:
-    """Whether two aggregated rows differ by more than their error bars (mean ± std over seeds)
-    together, and by more than the "similar" tolerance; with one seed only the tolerance counts."""
+    """Whether two aggregated rows differ by more than their error bars (mean ± std over seeds) together;
+    with one seed (no std), whether they differ by more than the "similar" tolerance."""
     ma, mb = float(a[col]), float(b[col])
     sa, sb = a.get(f"{col}_std"), b.get(f"{col}_std")
-    if similar(ma, mb):
-        return False
     if _finite(sa) and _finite(sb):
         return abs(ma - mb) > float(sa) + float(sb)
-    return True
+    return not similar(ma, mb)
 
 
 def and_join(items: list[str]) -> str:
