@@ -620,6 +620,11 @@ def test_differences_within_the_seed_spread_are_not_effects():
     assert report.beyond_seed_spread({"test_ppl": 131.5, "test_ppl_std": 0.02}, {"test_ppl": 132.4, "test_ppl_std": 0.58})
 
 
+def test_largest_condition_number_is_the_largest_of_any_run_not_of_a_seed_mean(tmp_path):
+    dirs = _render(write_fake_results(tmp_path / "r", only=("benchmark",)), tmp_path)  # max_cond 3e5, 6e5 by seed
+    assert parse_numbers(dirs.tables / "numbers.tex")["BenchMaxCond"]["value"] == r"\ensuremath{6.0\times 10^{5}}"
+
+
 def test_contended_timings_make_no_speed_claim(tmp_path):
     """Runs timed while sharing the GPUs (environment.concurrent_runs > 1) keep their times in the
     table, flagged, but the text draws no speed comparison from them."""
