@@ -251,8 +251,14 @@ def adaptation(rep: Report) -> None:
                               "resolve_fastest": seconds[0] == "resolve",
                               "resolve_slowest": len(rows) > 1 and seconds[-1] == "resolve",
                               "least_forgetting": forgets[0], "most_forgetting": forgets[-1],
+                              "next_forgetting": forgets[1] if len(rows) > 1 else None,
+                              "least_forgetting_clear": len(rows) == 1 or beyond_seed_spread(
+                                  rows[forgets[0]], rows[forgets[1]], "wiki_test_ppl"),
                               "best_forgets_most": len(rows) > 1 and forgets[-1] == best,
                               "concurrent": shared})
+    # the same verdicts on every domain are stated once, after the numbers of each
+    verdicts = {tuple(v for k, v in dom.items() if k not in ("tag", "name", "hows")) for dom in ad["domains"]}
+    ad["same_verdicts"] = len(ad["domains"]) > 1 and len(verdicts) == 1
 
 
 def first_layer(rep: Report) -> None:
