@@ -620,6 +620,25 @@ def test_differences_within_the_seed_spread_are_not_effects():
     assert report.beyond_seed_spread({"test_ppl": 131.5, "test_ppl_std": 0.02}, {"test_ppl": 132.4, "test_ppl_std": 0.58})
 
 
+@pytest.mark.parametrize("ppl, expected", [
+    # results/paper/ablation_expansion: the ends differ beyond the spread, neighbouring widths do not
+    ({1: (161.0, 166.0), 2: (159.5, 161.9), 4: (158.6, 162.6), 8: (158.5, 159.5)},
+     "falls with the width of the random features"),
+    ({1: (160.8, 165.7), 8: (155.0, 154.0)}, "falls with the width of the random features"),
+    ({1: (160.8, 165.7), 8: (158.9, 166.3)}, "Width makes no difference beyond the spread over seeds"),
+])
+def test_width_trend_is_read_against_the_seed_spread(tmp_path, ppl, expected):
+    rng = random.Random(0)
+    root = tmp_path / "r"
+    rows = [_row("ablation_expansion", "pil_then_attn", s, rng, expansion=x) | {"test_ppl": v, "valid_ppl": v}
+            for x, vs in ppl.items() for s, v in enumerate(vs)]
+    _write_exp(root, "smoke", "ablation_expansion", rows)
+    text = _prose(_render(root, tmp_path), "ablations")
+    assert expected in text
+    steps_within = "each step between neighbouring widths is within the spread"
+    assert (steps_within in text) == (len(ppl) > 2), text
+
+
 def test_largest_condition_number_is_the_largest_of_any_run_not_of_a_seed_mean(tmp_path):
     dirs = _render(write_fake_results(tmp_path / "r", only=("benchmark",)), tmp_path)  # max_cond 3e5, 6e5 by seed
     assert parse_numbers(dirs.tables / "numbers.tex")["BenchMaxCond"]["value"] == r"\ensuremath{6.0\times 10^{5}}"

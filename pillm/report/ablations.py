@@ -122,6 +122,8 @@ def ablation_expansion(rep: Report) -> None:
                                                                 else "irregular" if xb == pts[-1][0] else "smallest")}
             by_x = {float(r["expansion"]): r for r in recs if _finite(r.get("expansion"))}
             c["expansion"]["within_spread"] = not beyond_seed_spread(by_x[pts[0][0]], by_x[pts[-1][0]])
+            c["expansion"]["steps_within"] = not any(beyond_seed_spread(by_x[a], by_x[b_])
+                                                     for (a, _), (b_, _) in zip(pts, pts[1:]))
             rep.add("ExpansionBest", fmt_plain(xb), e, f"expansion with the lowest mean test_ppl, {where}")
             rep.add("ExpansionBestPPL", fmt_ppl(pb), e, f"mean test_ppl at the best expansion, {where}")
             rep.add("ExpansionMin", fmt_plain(pts[0][0]), e, f"smallest expansion tested, {where}")
