@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .config import TARGET_TEX
@@ -11,7 +11,11 @@ from .fmt import (
     _finite, _natural_key, dataset_tex, fmt_pct, fmt_plain, fmt_pow10, fmt_ppl, fmt_sci, fmt_seconds, method_tex,
     tex_escape, variant_tex,
 )
-from .results import aggregate, dependent_keys, Experiment, varying
+from .results import aggregate, concurrency, dependent_keys, Experiment, varying
+
+
+#: Wall-clock columns: ranked (bold) only when every run was timed alone.
+TIME_COLUMNS = {"train_s", "pil_s", "total_s", "adapt_s"}
 
 
 @dataclass
@@ -167,6 +171,11 @@ def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], 
     (dataset, size and epoch budget); columns in ``hide`` are not shown when they vary with the main keys."""
     agg, keys = e.agg() if df is None else aggregate(df)
     cols = [c for c in cols if c.key in agg.columns or c.key.startswith("params_")]
+    shared, note = concurrency(e), ""
+    if shared > 1 and any(c.key in TIME_COLUMNS for c in cols):  # contended timings: shown, never ranked
+        cols = [replace(c, better=None) if c.key in TIME_COLUMNS else c for c in cols]
+        note = (f"Times were measured with up to {shared} runs sharing the machine's GPUs: they are indicative "
+                "only and are not compared.")
     vary = varying(agg, keys)
     block_keys = [k for k in blocks_by if k in vary and k not in main_keys]
     dep = dependent_keys(agg, main_keys, keys)
@@ -205,5 +214,5 @@ def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], 
     cap += f" Mean{pm} over {span} seed{'s' if several else ''} per row."
     header = [KEY_HEADERS.get(k, tex_escape(k)) for k in show] + [c.header for c in cols]
     return TableSpec(name=name, caption=cap, label=label or f"tab:{name}", header=header, rows=rows,
-                     blocks=blocks, align="l" * len(show) + "r" * len(cols), sources=[e],
+                     blocks=blocks, align="l" * len(show) + "r" * len(cols), note=note, sources=[e],
                      metrics=[c.key for c in cols])
