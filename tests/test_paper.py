@@ -1083,6 +1083,22 @@ def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_p
     assert r"attention only reaches \TunedAttnOnlyPPL{}" in text["appendix_tuning"]
 
 
+def test_conclusion_states_the_closed_form_cost_it_measured(synthetic):
+    text = (synthetic["dirs"].generated / "conclusion.tex").read_text()
+    assert r"takes \GPUPILOverBaselinePct{}\% of the" in text and "cheap" not in text
+
+
+def test_curves_of_runs_that_shared_the_gpus_make_no_time_claim(tmp_path):
+    root = write_fake_results(tmp_path / "r", only=("training_curves",))
+    alone = _prose(_render(root, tmp_path / "alone"), "appendix_curves")
+    assert "indicative only" not in alone
+    summary = root / "smoke" / "training_curves" / "summary.csv"
+    _write_csv(summary, [r | {"concurrent_runs": "4"} for r in csv.DictReader(summary.open())])
+    shared = _prose(_render(root, tmp_path / "shared"), "appendix_curves")
+    assert r"up to \CurvesShared{} at a time: the time axis is indicative only" in shared
+    assert "sooner" not in shared and "later than" not in shared
+
+
 def test_curves_figure_shows_the_trained_range_and_says_what_it_cuts(synthetic):
     """The untrained models' perplexity (epoch 0, ~30,000 in the fake curves) is left above the plotted
     range, so that the trained epochs are not compressed into the bottom of the axis; the caption says so."""

@@ -360,7 +360,10 @@ def curves(rep: Report) -> None:
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     bppl = mean([p for p, _ in final["baseline"]])
     bwall = mean([w for _, w in final["baseline"]])
-    cv = rep.c["curves"] = {}
+    cv = rep.c["curves"] = {"shared": concurrency(e)}  # > 1: wall-clock of runs that shared the GPUs
+    if cv["shared"] > 1:
+        rep.add("CurvesShared", str(cv["shared"]), e, "max environment.concurrent_runs over the curves' runs",
+                cv["shared"])
     rep.add("CurvesBaselinePPL", fmt_ppl(bppl), e, "mean final valid_ppl of the baseline curves (result.json)")
     if _finite(bwall):
         rep.add("CurvesBaselineWall", fmt_seconds(bwall), e, "mean final wall_s of the baseline curves (result.json)")
@@ -380,7 +383,7 @@ def curves(rep: Report) -> None:
                and float(p["valid_ppl"]) <= bppl]
         hits.append(min(hit) if hit else None)
     cv["reaches"] = bool(hits) and all(h is not None for h in hits)
-    if cv["reaches"] and _finite(bwall):
+    if cv["reaches"] and _finite(bwall) and cv["shared"] == 1:  # a speed claim only from runs timed alone
         t = mean(hits)
         rep.add("CurvesTimeToBaseline", fmt_seconds(t), e, f"mean first wall_s at which {m} reaches the baseline's final valid_ppl")
         ratio = bwall / t if t > 0 else math.inf
