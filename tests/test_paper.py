@@ -1083,6 +1083,19 @@ def test_a_share_of_the_gap_within_the_seed_spread_is_called_so(tmp_path, attn_p
     assert r"attention only reaches \TunedAttnOnlyPPL{}" in text["appendix_tuning"]
 
 
+@pytest.mark.parametrize("pure, above_unigram", [(1082.0, True), (500.0, False)])
+def test_best_pure_variant_is_also_compared_with_the_unigram(tmp_path, pure, above_unigram):
+    """results/paper: the best gradient-free variant (1,082) is above the 5-gram and the unigram (911.7)."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark", "gap", "ngram"))
+    path = root / "smoke" / "gap" / "summary.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"pure_pil_test_ppl": pure}))
+    dirs = _render(root, tmp_path)
+    assert ("still above the unigram model" in _prose(dirs, "abstract")) == above_unigram
+    closing = _prose(dirs, "closing")
+    assert (r"above the unigram model's \KNUnigramPPL{}" in closing) == above_unigram
+    assert (r"below the unigram model's \KNUnigramPPL{}" in closing) == (not above_unigram)
+
+
 def test_conclusion_states_the_closed_form_cost_it_measured(synthetic):
     text = (synthetic["dirs"].generated / "conclusion.tex").read_text()
     assert r"takes \GPUPILOverBaselinePct{}\% of the" in text and "cheap" not in text

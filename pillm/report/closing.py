@@ -49,6 +49,9 @@ def ngram(rep: Report) -> None:
         if pure is not None:
             rep.c["ngram"]["pure_vs_unigram"] = "better" if pure < uni else "worse"
             rep.c["ngram"]["pure_vs_top"] = "better" if pure < float(top.test_ppl) else "worse"
+        gap_pure = (rep.c.get("gap") or {}).get("pure_ppl")  # the best gradient-free variant of the gap section
+        if gap_pure is not None:
+            rep.c["ngram"]["gap_pure_vs_unigram"] = "better" if gap_pure < uni else "worse"
 
 
 def gap(rep: Report) -> None:
@@ -73,6 +76,8 @@ def gap(rep: Report) -> None:
             g["hybrid_vs_kn"] = "better" if float(data["best_hybrid_test_ppl"]) < kn else "worse"
         if _finite(data.get("baseline_test_ppl")):
             g["baseline_vs_kn"] = "better" if float(data["baseline_test_ppl"]) < kn else "worse"
+    if _finite(data.get("pure_pil_test_ppl")):
+        g["pure_ppl"] = float(data["pure_pil_test_ppl"])  # compared with the unigram model by ngram()
     _head_calibration(rep, e)
 
 
