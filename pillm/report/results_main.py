@@ -69,6 +69,9 @@ def benchmark(rep: Report) -> None:
     c["bench"] = b = {"methods": sorted(ppl, key=_natural_key),
                       "groups": int(agg.groupby(others).ngroups) if others else 1, "concurrent": conc,
                       "kn_anchor": anchored}
+    if b["groups"] > 1:
+        rep.add("BenchOtherGroups", str(b["groups"] - 1), e, "configurations (size, epochs) of the benchmark other "
+                f"than the primary group ({where})", b["groups"] - 1)
     if conc > 1:
         rep.add("BenchConcurrent", str(conc), e, "max environment.concurrent_runs over the benchmark runs", conc)
     if d:
