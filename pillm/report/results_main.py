@@ -47,11 +47,9 @@ def benchmark(rep: Report) -> None:
                       "form (Solved), time of the closed-form phases (PIL) and total training time",
                       ["method"], cols)
     t.star = True
-    notes = []
+    notes = [t.note] if t.note else []  # generic_table's note on contended timings
     if conc > 1:  # contended timings: shown, but no speed claim is made from them
-        notes.append(f"Times were measured with up to {conc} runs sharing the machine's GPUs, so they are slower "
-                     "and noisier than runs alone and are not used for speed comparisons; "
-                     "Section~\\ref{sec:complexity} gives timings measured alone.")
+        notes.append("Section~\\ref{sec:complexity} gives timings measured alone.")
     anchored = _kn_anchor(rep, e, t)
     if anchored:
         notes.append("The Kneser--Ney row is the highest-order count-based model of Table~\\ref{tab:ngram} (no "
