@@ -503,6 +503,32 @@ def test_lambada_near_zero_is_reported_as_passage_counts(tmp_path):
     assert "does not match the baseline" in text and "LambadaPILHits" not in numbers
 
 
+def test_lambada_pil_method_is_chosen_on_validation_not_on_lambada(tmp_path):
+    """alternating has the lower WikiText-2 validation perplexity in the fake results (198 against 205):
+    it is the one quoted even when pil_then_attn scores higher on LAMBADA itself."""
+    root = write_fake_results(tmp_path / "r", only=("lambada",))
+    (root / "smoke" / "lambada" / "lambada.csv").unlink()  # the scores in summary.csv, beside valid_ppl
+    path = root / "smoke" / "lambada" / "summary.csv"
+    rows = [r | {"acc": 0.3 if r["method"] == "pil_then_attn" else 0.2, "word_ppl": 900.0, "oov_rate": 0.03}
+            for r in csv.DictReader(path.open())]
+    _write_csv(path, rows)
+    dirs = _render(root, tmp_path)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert numbers["LambadaPILMethod"]["value"] == "Alternating" and numbers["LambadaPILAcc"]["value"] == "20.0"
+    assert "the one best on WikiText-2 validation" in _prose(dirs, "results_lambada")
+
+
+def test_diagnosis_splits_the_gap_into_the_first_layer_and_the_closed_form_readout(synthetic):
+    """What the random first layer leaves open (100 - RF retention) and what the closed-form readout leaves
+    open beyond it (RF retention - the better of the main table's and the gap section's best hybrid)."""
+    numbers = parse_numbers(synthetic["dirs"].tables / "numbers.tex")
+    val = lambda k: float(numbers[k]["value"])  # noqa: E731
+    assert abs(val("LayerShare") - (100 - val("RFRetention"))) < 0.11
+    assert abs(val("ReadoutShare") - (val("RFRetention") - max(val("Retention"), val("GapRetention")))) < 0.11
+    text = (synthetic["dirs"].generated / "closing.tex").read_text()
+    assert r"leaves a further \ReadoutShare{}\% open" in text and r"\GapRetention{}\%" in text
+
+
 def test_lambada_scores_from_summary_or_lambada_csv(tmp_path):
     root = write_fake_results(tmp_path / "results", only=("lambada",))
     e = report.Results(root, "smoke").exp("lambada")

@@ -3,6 +3,7 @@ adaptation, data-dependent first layers, and the section's summary."""
 
 from __future__ import annotations
 
+import math
 import statistics as st
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,8 @@ from .fmt import (
 )
 from .numbers import similar, verdict
 from .results import (
-    _runs_where, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct, paired_differences, spread_verdict,
+    _runs_where, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct, log_gap_share, paired_differences,
+    spread_verdict,
 )
 from .tables import _eta_at_top, _records, _searched, Col, COND_COL, generic_table, PPL_COLS, TableSpec
 from .results_main import _bench_rows, _rf_width
@@ -78,6 +80,13 @@ def gap(rep: Report) -> None:
             g["baseline_vs_kn"] = "better" if float(data["baseline_test_ppl"]) < kn else "worse"
     if _finite(data.get("pure_pil_test_ppl")):
         g["pure_ppl"] = float(data["pure_pil_test_ppl"])  # compared with the unigram model by ngram()
+    keys = ("attn_only_test_ppl", "baseline_test_ppl", "best_hybrid_test_ppl")
+    if all(_finite(data.get(k)) for k in keys):
+        ret = log_gap_share(*(float(data[k]) for k in keys))
+        if ret is not None:
+            g["retention"] = ret
+            rep.add("GapRetention", fmt_pct(ret), path, "100*(ln attn_only_test_ppl-ln best_hybrid_test_ppl)/"
+                    "(ln attn_only_test_ppl-ln baseline_test_ppl) in gap/summary.json", ret)
     _head_calibration(rep, e)
 
 
@@ -406,8 +415,13 @@ def closing(rep: Report) -> None:
                     rep.add("HybridFeatures", fmt_count(hyb_d), e, f"n_features of {hyb}, {where}", hyb_d)
                     cl["rf_same_width"] = int(rf_d) == int(float(hyb_d))
                 if hyb in by:
-                    cl["readout_share"] = ret - gap_recovered_pct(ppl, hyb)  # lost by the closed-form readout
+                    # the best closed-form hybrid: the main table's, or the gap section's if that recovers more
+                    best = max(gap_recovered_pct(ppl, hyb), (c.get("gap") or {}).get("retention", -math.inf))
+                    cl["readout_share"] = ret - best  # lost by obtaining the readout in closed form
                     cl["layer_share"] = 100 - ret  # lost by the frozen random first layer
+                    rep.add("ReadoutShare", fmt_pct(cl["readout_share"]), e, "RFRetention minus the larger of "
+                            "Retention and GapRetention", cl["readout_share"])
+                    rep.add("LayerShare", fmt_pct(cl["layer_share"]), e, "100 - RFRetention", cl["layer_share"])
     _eta_grid_top(rep)
     # the closed-form knobs: spread of every PIL ablation cell against the spread over seeds
     cells, stds, sources = [], [], []

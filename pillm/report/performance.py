@@ -46,6 +46,15 @@ def bench(rep: Report) -> None:
         g["gram"] = float(d["gram_rate_ratio"])
         if _finite(d.get("gram_rate_ratio_D")):
             rep.add("GPUGramD", fmt_count(d["gram_rate_ratio_D"]), p, "gram_rate_ratio_D")
+        # the headline ratio is measured at the largest width; the smallest measured width goes with it
+        sizes = [r for r in ((d.get("gram") or {}).get("per_size") or [])
+                 if _finite(r.get("D")) and _finite(r.get("gram_rate_ratio"))]
+        low = min(sizes, key=lambda r: r["D"]) if sizes else None
+        if low and low["D"] != d.get("gram_rate_ratio_D"):
+            rep.add("GPUGramRatioLow", fmt_ratio(float(low["gram_rate_ratio"])), p,
+                    f"gram.per_size gram_rate_ratio at the smallest D ({low['D']})", float(low["gram_rate_ratio"]))
+            rep.add("GPUGramDLow", fmt_count(low["D"]), p, "smallest D of gram.per_size", low["D"])
+            g["gram_rising"] = float(low["gram_rate_ratio"]) < g["gram"]
     p, d = first("pil_phase_over_baseline_train")
     if p:
         v = float(d["pil_phase_over_baseline_train"])

@@ -175,7 +175,7 @@ def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], 
     if shared > 1 and any(c.key in TIME_COLUMNS for c in cols):  # contended timings: shown, never ranked
         cols = [replace(c, better=None) if c.key in TIME_COLUMNS else c for c in cols]
         note = (f"Times were measured with up to {shared} runs sharing the machine's GPUs: they are indicative "
-                "only and are not compared.")
+                "only, and no time column is ranked.")
     vary = varying(agg, keys)
     block_keys = [k for k in blocks_by if k in vary and k not in main_keys]
     dep = dependent_keys(agg, main_keys, keys)
