@@ -335,6 +335,9 @@ def test_perplexities_group_thousands_with_a_thin_space_in_tex_and_a_space_in_fi
 
     assert [fmt_ppl(x) for x in (1.234, 146.08, 1082.4, 13408.2)] == ["1.23", "146.1", r"1\,082", r"13\,408"]
     assert fmt_ppl(13408.2, sep=" ") == "13 408"
+    from pillm.report.fmt import fmt_sci  # condition numbers: four digits grouped too, larger in powers of ten
+
+    assert [fmt_sci(x) for x in (977.2, 8192.2, 3.4e5)] == ["977", r"8\,192", r"\ensuremath{3.4\times 10^{5}}"]
 
 
 def test_verdict_rules():

@@ -71,7 +71,9 @@ def fmt_sci(x: float, digits: int = 1) -> str:
     if x == 0:
         return "0"
     e = int(math.floor(math.log10(abs(x))))
-    if -2 <= e <= 3:
+    if e == 3:  # grouped like every other four-digit number of the paper (8\,192)
+        return group_digits(round(x))
+    if -2 <= e <= 2:
         return fmt_fixed(x, max(0, digits - e)) if e < 1 else fmt_fixed(x, 0 if e >= 2 else 1)
     m = x / 10 ** e
     if round(m, digits) >= 10:
