@@ -19,6 +19,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from pillm import experiments as ex
+from pillm.experiments import grid
 
 REPO = Path(__file__).resolve().parent.parent
 INJECTED = {"profile", "results_root", "progress"}
@@ -79,7 +80,7 @@ def fake_execute(monkeypatch):
         ex.write_json_atomic(Path(out) / "result.json", result)
         return result, None
 
-    monkeypatch.setattr(ex, "execute", execute)
+    monkeypatch.setattr(grid, "execute", execute)  # what run_grid calls
     return calls
 
 
@@ -105,7 +106,7 @@ def test_run_grid_writes_summary_and_resumes(tmp_path, fake_execute, monkeypatch
     runs[1]["train"]["lr"] = 0.5
     ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     assert fake_execute == [0, 1, 0, 1]
-    monkeypatch.setattr(ex, "code_hash", lambda package=None: "other code")
+    monkeypatch.setattr(grid, "code_hash", lambda package=None: "other code")
     ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     assert fake_execute == [0, 1, 0, 1, 0, 1]
 
@@ -275,7 +276,7 @@ def test_staleness_hash(tmp_path):
     nbformat.write(nb, str(nb_path))
     assert h() != h1
     h2 = h()
-    for name in ("train.py", "experiments.py", "experiments.yaml"):
+    for name in ("train.py", "experiments.yaml"):
         with open(pkg / name, "a") as f:
             f.write("\n# edited\n")
         assert h() != h2, name
@@ -287,12 +288,13 @@ def test_run_key_depends_on_spec_and_result_code_only(tmp_path):
     a, b = (ex.run_spec(r) for r in ex.expand({"size": "tiny"}, seed=[0, 1]))
     k = ex.run_key(a, pkg)
     assert k == ex.run_key(ex.run_spec(ex.make_run({"size": "tiny"}, seed=0)), pkg) and k != ex.run_key(b, pkg)
-    with open(pkg / "experiments.py", "a") as f:  # the runner and the CLI do not change results
+    with open(pkg / "cli.py", "a") as f:  # the command line does not change results
         f.write("\n# edited\n")
     assert ex.run_key(a, pkg) == k
-    (pkg / "report").mkdir()  # nor does the paper build, a subpackage
-    (pkg / "report" / "sections.py").write_text("# the paper's prose\n")
-    assert ex.run_key(a, pkg) == k
+    for sub in ("report", "experiments"):  # nor do the paper build and the runner, subpackages
+        (pkg / sub).mkdir()
+        (pkg / sub / "edited.py").write_text("# edited\n")
+        assert ex.run_key(a, pkg) == k, sub
     with open(pkg / "solver.py", "a") as f:
         f.write("\n# edited\n")
     assert ex.run_key(a, pkg) != k
@@ -614,7 +616,7 @@ def test_teacher_checkpoint_enters_the_key_by_repository_path_and_run_key(tmp_pa
         ckpt.mkdir(parents=True)
         base = {"size": "tiny", "method": "pil_pure"}
         spec = ex.run_spec(ex.make_run(base | {"teacher": str(ckpt)}, target="teacher"))
-        ident = ex._teacher_identity(spec.teacher)
+        ident = grid._teacher_identity(spec.teacher)
         assert ident == {"path": "results/_test_teacher_key/runs/teacher,seed=0/checkpoint", "key": None}
         before = ex.run_key(spec, code="c")
         (ckpt.parent / "run.json").write_text(json.dumps({"key": "teacher-key"}))
@@ -647,7 +649,7 @@ def test_workers_stay_on_the_gpus_their_grid_was_given(monkeypatch):
 
     def pinned(gpus, workers=3):  # what each of the pool's workers sets, in start order
         counter = mp.Value("i", 0)
-        return [ex._worker_init(counter, gpus) or os.environ["CUDA_VISIBLE_DEVICES"] for _ in range(workers)]
+        return [grid._worker_init(counter, gpus) or os.environ["CUDA_VISIBLE_DEVICES"] for _ in range(workers)]
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert ex.visible_gpus(1) == ["1"]  # torch counts the one visible GPU

@@ -79,11 +79,11 @@ class Experiment:
         """``(parameter, value it ran with, value the registry gives now)`` for every parameter of this
         profile's registry entry that the recorded run (``provenance.json``) had with another value:
         the results answer an earlier configuration, and what was added since has not run."""
-        from .. import experiments
+        from ..experiments.registry import _entry
 
         if self._outdated is None:
             try:
-                _, now = experiments._entry(_registry(), self.name, self.profile)
+                _, now = _entry(_registry(), self.name, self.profile)
             except (ValueError, KeyError, OSError):  # not in the registry, or no such profile: nothing to compare
                 now = {}
             ran = self.provenance.get("parameters") or {}

@@ -1,0 +1,59 @@
+"""Experiments: grids of runs with resume, tidy summaries, and notebooks executed with provenance.
+
+    from pillm import experiments as ex
+    runs = ex.expand({"size": "tiny", "train": {"epochs": 1}}, method=["baseline", "pil_then_attn"], seed=[0, 1])
+    df = ex.run_grid("benchmark", runs, profile="smoke")     # results/smoke/benchmark/{runs/,summary.csv}
+
+    pillm experiments --profile smoke [--only NAME ...] [--force] [--results-dir DIR]
+
+Layout under ``<root>/<profile>/`` (``<root>``: ``--results-dir``, ``$PILLM_RESULTS_DIR`` or
+``<repo>/results``)::
+
+    <experiment>/runs/<name>/result.json   one run (pillm.run.execute), + checkpoint/ if kept
+    <experiment>/runs/<name>/run.json      name, varied parameters, run key (written last)
+    <experiment>/summary.csv               one row per run (+ other tables / figure data)
+    <experiment>/provenance.json           staleness hash, git commit, environment, wall time
+    <experiment>/.complete                 the staleness hash; written last, atomically
+    <experiment>.ipynb, <experiment>.html  the executed notebook and its HTML export (not committed)
+
+A run counts as done when its ``run.json`` holds the current *run key* (the spec plus the
+library sources that produce results), so an interrupted grid resumes and a library change
+recomputes. A notebook counts as done when ``.complete`` holds its *staleness hash* (notebook
+source without outputs, parameters, ``pillm/*.py``, ``pillm/experiments.yaml``, data checksums).
+
+Modules: ``files`` (where results live, atomic writes, hashes) · ``grid`` (run dicts, run keys, reuse,
+parallel execution of a grid) · ``summaries`` (choices on validation, headline summaries, finished runs
+loaded back) · ``notebook`` (display and plotting helpers) · ``registry`` (experiments.yaml, staleness,
+notebooks executed with provenance, the ``pillm experiments`` command). Notebooks use the names below
+(``ex.run_grid``, ``ex.rounded``, ...). The package is outside every run key (``code_hash`` reads the
+top-level modules of ``pillm/`` only).
+"""
+
+from ..run import write_json_atomic
+from .files import PACKAGE, REGISTRY, experiment_dir, root_dir, write_csv_atomic, write_text_atomic
+from .grid import (
+    FINISHED_ONLY, MATCH, PARTIAL, RUN_LOGS, code_hash, expand, expected_cost, finished_only, make_adapt_run,
+    make_first_layer_run, make_run, partial_allowed, run_filter, run_grid, run_key, run_spec, summarize, visible_gpus,
+)
+from .notebook import (
+    barplot, curves, fit_complexity, heatmap, lineplot, mean_std, plot_curves, rounded, samples, setup_notebook,
+    solves, summary_table,
+)
+from .registry import (
+    KERNEL, add_arguments, check_kernel, load_registry, main, notebook_parameters, notebook_source_hash,
+    run_experiments, run_one, run_provenance, staleness_hash,
+)
+from .summaries import (
+    choose_on_validation, evaluate_checkpoint, gap_summary, load_model, load_result, run_dir, teacher_summary,
+)
+
+__all__ = [
+    "FINISHED_ONLY", "KERNEL", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "RUN_LOGS", "add_arguments", "barplot",
+    "check_kernel", "choose_on_validation", "code_hash", "curves", "evaluate_checkpoint", "expand", "expected_cost",
+    "experiment_dir", "finished_only", "fit_complexity", "gap_summary", "heatmap", "lineplot", "load_model",
+    "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run", "make_run", "mean_std",
+    "notebook_parameters", "notebook_source_hash", "partial_allowed", "plot_curves", "root_dir", "rounded",
+    "run_dir", "run_experiments", "run_filter", "run_grid", "run_key", "run_one", "run_provenance", "run_spec",
+    "samples", "setup_notebook", "solves", "staleness_hash", "summarize", "summary_table", "teacher_summary",
+    "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
+]

@@ -1,0 +1,56 @@
+"""Where results live, atomic writes, and the hashes of sources and specs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ..run import REPO, write_atomic
+
+
+PACKAGE = Path(__file__).resolve().parents[1]  # pillm/
+
+
+REGISTRY = PACKAGE / "experiments.yaml"
+
+
+def _read_json(path: Path):
+    """The parsed JSON file, or None when it is missing or unreadable (an interrupted write)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _source_parts(files) -> list[bytes]:
+    """Name and contents of each file, for the code and staleness hashes."""
+    return [p.name.encode() + b"\0" + p.read_bytes() for p in files]
+
+
+def root_dir(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$PILLM_RESULTS_DIR``, else ``<repo>/results``."""
+    return Path(root or os.environ.get("PILLM_RESULTS_DIR") or REPO / "results").expanduser().resolve()
+
+
+def experiment_dir(experiment: str, profile: str, root=None) -> Path:
+    return root_dir(root) / profile / experiment
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text))
+
+
+def write_csv_atomic(df: pd.DataFrame, path) -> None:
+    write_atomic(path, lambda f: df.to_csv(f, index=False))
+
+
+def _sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()
