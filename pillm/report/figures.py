@@ -36,6 +36,8 @@ def _no_minor_labels(axis) -> None:
 
 
 def _save(fig, path: Path) -> None:
+    """Lay out, write as a reproducible PDF (no dates or producer) unless unchanged, and close."""
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None,
@@ -120,7 +122,6 @@ def _fig_curves(rep: Report, out: Path, res: dict, plt, sns) -> None:
                     f"{fmt_ppl(float(df['valid PPL'].max()))}) lie above the plotted range")
         axes[1].set_xlabel("wall-clock (s)")
         axes[0].legend(fontsize=6, ncol=2)
-        fig.tight_layout()
         _save(fig, out / "curves.pdf")
         res["curves"] = {"caption": cap, "sources": [e]}
     else:
@@ -146,7 +147,6 @@ def _fig_lambda(rep: Report, out: Path, res: dict, plt, sns) -> None:
             ax.set_xscale("log")
             ax.set_xlabel(r"relative $\lambda$")
         axes[0].set_ylabel("test PPL")
-        fig.tight_layout()
         _save(fig, out / "lambda.pdf")
         res["lambda"] = {"caption": cap, "sources": [e]}
     else:
@@ -167,7 +167,6 @@ def _fig_expansion(rep: Report, out: Path, res: dict, plt, sns) -> None:
             sns.lineplot(df, x="expansion", y="pil_s", hue=hue, marker="s", errorbar="sd", ax=axes[1], legend=False)
         axes[0].set_ylabel("test PPL")
         axes[1].set_ylabel("PIL phase (s)")
-        fig.tight_layout()
         _save(fig, out / "expansion.pdf")
         conc = concurrency(e)
         if conc > 1:  # as in the main table: shared-GPU times are shown, not read as costs
@@ -214,7 +213,6 @@ def _fig_complexity(rep: Report, out: Path, res: dict, plt, sns) -> None:
         ax.set_xlabel("training tokens N")
         ax.set_ylabel("seconds per layer")
         ax.legend(fontsize=6)
-        fig.tight_layout()
         _save(fig, out / "complexity.pdf")
         res["complexity"] = {"caption": cap, "sources": [Experiment("complexity", e.profile, e.path, None,
                                                                     e.path / "solves.csv", e.provenance)]}
@@ -242,7 +240,6 @@ def _fig_complexity(rep: Report, out: Path, res: dict, plt, sns) -> None:
             if _finite(xv):
                 ax.axvline(float(xv), ls=":", color="k", lw=1)
             ax.legend(fontsize=6)
-            fig.tight_layout()
             _save(fig, out / "complexity.pdf")
             res["complexity"] = {"caption": cap, "sources": [e]}
         else:
@@ -265,7 +262,6 @@ def _fig_kappa(rep: Report, out: Path, res: dict, plt, sns) -> None:
         ax.set_yscale("log")
         ax.set_xticks(sorted(df["layer"].unique()))
         ax.legend(fontsize=6)
-        fig.tight_layout()
         _save(fig, out / "kappa.pdf")
         res["kappa"] = {"caption": cap + which, "sources": [e]}
     else:
@@ -305,7 +301,6 @@ def _fig_contribution(rep: Report, out: Path, res: dict, plt, sns) -> None:
             ax.set_xlabel("")
             ax.set_ylabel("test PPL")
             ax.tick_params(axis="x", rotation=30, labelsize=7)
-            fig.tight_layout()
             _save(fig, out / "contribution.pdf")
             res["contribution"] = {"caption": cap, "sources": [e]}
         else:
@@ -352,7 +347,6 @@ def _fig_sizes(rep: Report, out: Path, res: dict, plt, sns) -> None:
     ax.set_xlabel("model size")
     ax.set_ylabel("test PPL")
     ax.legend(fontsize=6)
-    fig.tight_layout()
     _save(fig, out / "sizes.pdf")
     if far.any():
         cap += "; a triangle at the top edge marks a seed more than twice its configuration's median, with its value"
@@ -397,7 +391,6 @@ def _fig_bench(rep: Report, out: Path, res: dict, plt, sns) -> None:
     ticks = [v * 10.0 ** k for k in range(-4, 3) for v in (1, 2, 5) if lo <= v * 10.0 ** k <= hi]
     axes[1].set_yticks(ticks, [f"{t:g}" for t in ticks])
     axes[0].set_ylim(bottom=0)
-    fig.tight_layout()
     _save(fig, out / "bench.pdf")
     device = tex_escape(str(d.get("device_name") or path.stem))
     res["bench"] = {"caption": cap + f" ({device})", "sources": [],
