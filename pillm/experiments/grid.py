@@ -27,22 +27,14 @@ from .files import _read_json, _sha, _source_parts, experiment_dir, PACKAGE, wri
 # every run key too.
 _NOT_RESULT_CODE = {"cli.py", "__main__.py", "bench.py"}
 
-
 #: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
-
-
 _OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec")}
 
-
 #: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
-
-
 _OWN_KEY_MODULES = {f"{module}.py" for module, _ in _OTHER_SPECS.values()}
 
 
 @functools.cache
-
-
 def _field_names(cls) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls))
 
@@ -144,11 +136,7 @@ def code_hash(package: Path = PACKAGE) -> str:
 
 
 # Relative cost of the training procedures (10-epoch `small` runs on an H200, results/paper):
-
-
 # `alternating` re-solves every FFN ten times; a final re-solve or a solved head adds passes.
-
-
 _METHOD_COST = {"alternating": 4.0, "pil_pure": 1.5}
 
 
@@ -279,14 +267,8 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
 
 
 #: Where a parallel grid's workers write each run's progress (tqdm bars, warnings, its last line):
-
-
 #: ``<experiment dir>/logs/<run name>.log`` (git-ignored). A run killed by a time limit leaves its log,
-
-
 #: which says how far it got.
-
-
 RUN_LOGS = "logs"
 
 
@@ -324,26 +306,14 @@ def _parallel_jobs() -> int:
 
 
 #: Set to 1 (``pillm experiments --finished-only``) to summarize only the runs that have finished and
-
-
 #: run none: ``partial.json`` then lists the missing ones, and the experiment is not marked complete.
-
-
 FINISHED_ONLY = "PILLM_FINISHED_ONLY"
-
 
 PARTIAL = "partial.json"
 
-
 #: A regular expression (``pillm experiments --match``): only the pending runs whose name it matches
-
-
 #: (``re.search``) run; the summary leaves the other unfinished runs out and the experiment stays
-
-
 #: incomplete, as with ``PILLM_FINISHED_ONLY``. For fitting a call's time limit, e.g. ``epochs=5``.
-
-
 MATCH = "PILLM_MATCH"
 
 
