@@ -121,7 +121,7 @@ def method_tex(m: Any) -> str:
 #: How a ``gap`` variant's "+modifier" reads in prose (its table keeps the registry's label).
 VARIANT_MOD_TEX = {"resolve": "a final re-solve", "head": "a solved output head", "global": "global targets",
                    "next_embedding": "next-embedding targets", "landmarks": "landmark keys",
-                   "ppmi": "PPMI embeddings and a solved output head"}
+                   "ppmi": "PPMI embeddings and a solved output head", "iter2": "two solve sweeps"}
 
 
 def variant_tex(name: Any) -> str:
