@@ -1071,6 +1071,9 @@ def test_every_gap_variant_reads_in_words():
         assert "_" not in words and "+" not in words, (name, words)
     assert report.variant_tex("attn_then_pil+global") == r"attention$\rightarrow$PIL with global targets"
     assert report.variant_tex("unknown+thing") == "unknown+thing"
+    assert report.variant_tex("attn_then_pil+global+iter3") == (r"attention$\rightarrow$PIL with global targets "
+                                                                "and three solve sweeps")
+    assert report.variant_tex("attn_then_pil+iter1") == r"attn\_then\_pil+iter1"  # one sweep is no modifier
 
 
 def test_gap_table_names_its_variants_in_words(synthetic):
@@ -1282,3 +1285,31 @@ def test_main_configuration_numbers_leave_out_other_budgets(tmp_path):
     # the hyper-parameter table lists the main configuration's settings, not another budget's
     hparams = (dirs.tables / "hparams.tex").read_text()
     assert "0.05" in hparams and "0.25" not in hparams
+
+
+@pytest.mark.parametrize("iterated, verdict, lower", [((141.2, 140.7, 142.4), "within", "3 of 3"),
+                                                      ((130.0, 131.0, 129.5), "an improvement beyond", "3 of 3"),
+                                                      ((143.5, 141.5, 144.0), "within", "1 of 3")])
+def test_iterated_solves_are_compared_with_one_sweep_seed_by_seed(tmp_path, iterated, verdict, lower):
+    """A ``+iterN`` gap variant is read against the same variant with one sweep, by the seed spread and seed by
+    seed (results/paper: attn_then_pil+global 143.0 ± 0.82, with two sweeps 141.4 ± 0.87: within, 3 of 3 lower)."""
+    root = write_fake_results(tmp_path / "r", only=("gap", "ngram"))
+    path = root / "smoke" / "gap" / "summary.csv"
+    rows = list(csv.DictReader(path.open()))
+    rng = random.Random(0)
+    for v, ppls in (("attn_then_pil+global", (143.0, 142.1, 143.8)), ("attn_then_pil+global+iter2", iterated)):
+        for seed, ppl in enumerate(ppls):
+            r = _row("gap", "attn_then_pil", seed, rng, variant=v, iterations=2 if "iter" in v else "")
+            r.update(name=f"{v},seed={seed}", test_ppl=ppl, valid_ppl=ppl * 1.06)
+            rows.append({k: r.get(k, "") for k in rows[0]} | {"iterations": r["iterations"]})
+    _write_csv(path, rows, fieldnames=list(rows[-1]))
+    dirs = _render(root, tmp_path)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert numbers["GapIterASweeps"]["value"] == "2"
+    assert numbers["GapIterAPairedLower"]["value"] == lower
+    mean_diff = sum(i - b for i, b in zip(iterated, (143.0, 142.1, 143.8))) / 3
+    assert float(numbers["GapIterAPairedDiff"]["value"]) == pytest.approx(mean_diff, abs=0.01)
+    closing = _prose(dirs, "closing")
+    assert (r"takes \GapIterAMethod{} from \GapIterABasePPL{} to \GapIterAPPL{}, " + verdict) in closing
+    assert numbers["GapIterAMethod"]["value"] == r"attention$\rightarrow$PIL with global targets"
+    assert "iter" not in (dirs.tables / "gap.tex").read_text().split(r"\midrule")[0]  # no iterations column

@@ -88,6 +88,42 @@ def gap(rep: Report) -> None:
             rep.add("GapRetention", fmt_pct(ret), path, "100*(ln attn_only_test_ppl-ln best_hybrid_test_ppl)/"
                     "(ln attn_only_test_ppl-ln baseline_test_ppl) in gap/summary.json", ret)
     _head_calibration(rep, e)
+    _iterated_solves(rep, e)
+
+
+def _iterated_solves(rep: Report, e: Experiment) -> None:
+    """Each ``+iterN`` gap variant (N bottom-up sweeps per closed-form phase) against the same variant
+    with one sweep, when both ran: ``c["gap"]["iterated"]``, one entry per pair, macros GapIter<Tag>*."""
+    import re
+
+    if not e.available or "variant" not in e.df.columns:
+        return
+    rows = {str(r["variant"]): r for r in _records(e.agg()[0])}
+    pairs = []
+    for v in sorted(rows):
+        mods = v.split("+")
+        sweeps = [int(m[4:]) for m in mods if re.fullmatch(r"iter\d+", m)]
+        base = "+".join(m for m in mods if not re.fullmatch(r"iter\d+", m))
+        if len(sweeps) == 1 and sweeps[0] > 1 and base in rows:
+            pairs.append((v, base, sweeps[0]))
+    out = rep.c["gap"]["iterated"] = []
+    for tag, (v, base, n) in zip(_TAGS, pairs):
+        r, b = rows[v], rows[base]
+        rep.add(f"GapIter{tag}Method", variant_tex(base), e, f"the variant {base} (one sweep)")
+        rep.add(f"GapIter{tag}Sweeps", str(n), e, f"iterations of the variant {v}", n)
+        rep.add(f"GapIter{tag}PPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v}", r["test_ppl"])
+        rep.add(f"GapIter{tag}BasePPL", fmt_ppl(b["test_ppl"]), e, f"mean test_ppl, variant={base}", b["test_ppl"])
+        item = {"tag": tag, "vs_base": spread_verdict(r, b), "paired": None}
+        # same seed, same data order and initialisation: compare the two seed by seed as well
+        diffs = paired_differences(e.df, "variant", v, base, {})
+        if len(diffs) > 1:
+            mean = sum(diffs) / len(diffs)
+            rep.add(f"GapIter{tag}PairedDiff", ("+" if mean >= 0 else "-") + fmt_fixed(abs(mean), 2), e,
+                    f"mean over seeds of test_ppl(variant={v}) - test_ppl(variant={base})", mean)
+            rep.add(f"GapIter{tag}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
+                    f"seeds where variant={v} has the lower test_ppl than variant={base}")
+            item["paired"] = True
+        out.append(item)
 
 
 def _head_calibration(rep: Report, e: Experiment) -> None:

@@ -121,16 +121,27 @@ def method_tex(m: Any) -> str:
 #: How a ``gap`` variant's "+modifier" reads in prose (its table keeps the registry's label).
 VARIANT_MOD_TEX = {"resolve": "a final re-solve", "head": "a solved output head", "global": "global targets",
                    "next_embedding": "next-embedding targets", "landmarks": "landmark keys",
-                   "ppmi": "PPMI embeddings and a solved output head", "iter2": "two solve sweeps"}
+                   "ppmi": "PPMI embeddings and a solved output head"}
+_SWEEPS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def _variant_mod_tex(mod: str) -> str | None:
+    """One "+modifier" in words; ``iterN`` (the variant's ``iterations``) reads "N solve sweeps"."""
+    m = re.fullmatch(r"iter(\d+)", mod)
+    if m:
+        n = int(m.group(1))
+        return f"{_SWEEPS.get(n, n)} solve sweeps" if n > 1 else None
+    return VARIANT_MOD_TEX.get(mod)
 
 
 def variant_tex(name: Any) -> str:
     """A registry variant label ("attn_then_pil+global") in words ("attention→PIL with global targets");
     labels of another form are escaped as they are."""
     base, *mods = str(name).split("+")
-    if base not in METHOD_TEX or any(m not in VARIANT_MOD_TEX for m in mods):
+    words = [_variant_mod_tex(m) for m in mods]
+    if base not in METHOD_TEX or None in words:
         return tex_escape(name)
-    return METHOD_TEX[base] + (" with " + " and ".join(VARIANT_MOD_TEX[m] for m in mods) if mods else "")
+    return METHOD_TEX[base] + (" with " + " and ".join(words) if words else "")
 
 
 def dataset_tex(d: Any) -> str:
