@@ -1074,6 +1074,10 @@ def test_every_gap_variant_reads_in_words():
     assert report.variant_tex("attn_then_pil+global+iter3") == (r"attention$\rightarrow$PIL with global targets "
                                                                 "and three solve sweeps")
     assert report.variant_tex("attn_then_pil+iter1") == r"attn\_then\_pil+iter1"  # one sweep is no modifier
+    assert report.variant_tex("attn_then_pil+global+scale0.5") == (r"attention$\rightarrow$PIL with global targets "
+                                                                   "and projection scale 0.5")
+    assert report.variant_tex("attn_then_pil+global+lam0.1") == (r"attention$\rightarrow$PIL with global targets "
+                                                                  r"and $\lambda = 0.1$")
 
 
 def test_gap_table_names_its_variants_in_words(synthetic):

@@ -488,7 +488,8 @@ def closing(rep: Report) -> None:
                                           ["variant"], PPL_COLS + [Col("total_s", r"Total (s)", fmt_seconds, None)],
                                            # the variant's name says its method and options in words
                                           hide=("bipil", "method", "final_resolve", "solve_head", "target",
-                                                "proj_init", "embed_init", "iterations"))
+                                                "proj_init", "embed_init", "iterations", "proj_scale",
+                                                "lam"))
     else:
         rep._no_table("gap", TABLE_TITLES["gap"], ["gap"])
     if isinstance(gap, dict):

@@ -126,11 +126,18 @@ _SWEEPS = {2: "two", 3: "three", 4: "four", 5: "five"}
 
 
 def _variant_mod_tex(mod: str) -> str | None:
-    """One "+modifier" in words; ``iterN`` (the variant's ``iterations``) reads "N solve sweeps"."""
+    """One "+modifier" in words; ``iterN`` (the variant's ``iterations``) reads "N solve sweeps", ``scaleX``
+    (its ``proj_scale``) "projection scale X", ``lamX`` (its ridge ``lam``) "λ = X"."""
     m = re.fullmatch(r"iter(\d+)", mod)
     if m:
         n = int(m.group(1))
         return f"{_SWEEPS.get(n, n)} solve sweeps" if n > 1 else None
+    m = re.fullmatch(r"scale(\d+(?:\.\d+)?)", mod)
+    if m:
+        return f"projection scale {m.group(1)}"
+    m = re.fullmatch(r"lam(\d+(?:\.\d+)?(?:e-?\d+)?)", mod)
+    if m:
+        return rf"$\lambda = {m.group(1)}$"
     return VARIANT_MOD_TEX.get(mod)
 
 
