@@ -710,3 +710,25 @@ def test_unpack_results_takes_only_the_experiments_the_call_ran(tmp_path):
     (dev / "log0.txt").write_text("nothing ran\n")  # no experiment named: nothing unpacked, and it says so
     out = subprocess.run(["bash", str(script), str(dev / "results.tar")], cwd=here, capture_output=True, text=True)
     assert out.returncode == 2 and "nothing unpacked" in out.stderr
+
+
+def test_a_sequential_grid_records_the_runs_of_other_processes(tmp_path, monkeypatch):
+    """tools/device_experiments.sh runs several grids side by side and tells each how many runs the others
+    execute (PILLM_OTHER_RUNS): a grid that runs its runs one at a time (PILLM_JOBS=1, or one pending run)
+    shared the GPU all the same, and its runs must say so (they recorded 1 before)."""
+    seen = []
+
+    def execute(spec, out=None, progress=True):
+        seen.append(os.environ.get("PILLM_CONCURRENT_RUNS"))
+        result = _fake_result(spec) | {"environment": {"concurrent_runs": int(os.environ["PILLM_CONCURRENT_RUNS"])}}
+        ex.write_json_atomic(Path(out) / "result.json", result)
+        return result, None
+
+    monkeypatch.setattr(grid, "execute", execute)
+    monkeypatch.setenv("PILLM_JOBS", "1")
+    monkeypatch.setenv("PILLM_OTHER_RUNS", "7")
+    monkeypatch.delenv("PILLM_CONCURRENT_RUNS", raising=False)
+    df = ex.run_grid("seq", ex.expand({"size": "tiny"}, method=["baseline"], seed=[0, 1]), profile="smoke",
+                     results_root=tmp_path, progress=False)
+    assert seen == ["8", "8"] and list(df["concurrent_runs"]) == [8, 8]
+    assert "PILLM_CONCURRENT_RUNS" not in os.environ  # restored for a later grid in the same kernel

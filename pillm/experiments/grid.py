@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import itertools
@@ -272,10 +273,24 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
 RUN_LOGS = "logs"
 
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """Set environment variables for the block (the runs read them), then restore them: a later grid in the
+    same kernel must not record this one's concurrent runs."""
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _execute_logged(experiment: str, run: dict, rdir: Path, key: str, log: Path) -> dict:
     """:func:`_execute_run` in a worker process, its output (progress bars included) written to ``log``."""
-    import contextlib
-
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         return _execute_run(experiment, run, rdir, key, True)
@@ -406,6 +421,9 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     else:
         partial.unlink(missing_ok=True)
     jobs = min(_parallel_jobs(), len(pending))
+    # PILLM_OTHER_RUNS: runs that other processes execute on the same machine at the same time
+    # (tools/device_experiments.sh runs several grids at once); recorded with each run either way.
+    others = int(os.environ.get("PILLM_OTHER_RUNS", "0"))
     if jobs > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -414,15 +432,11 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
 
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
-        # Inherited by the (spawned) workers. PILLM_OTHER_RUNS: runs that other processes execute on
-        # the same machine at the same time (tools/device_experiments.sh runs several grids at once).
-        # TQDM_MININTERVAL: tqdm reads it when imported, so it must be in a worker's environment from the
-        # start; a bar update every few seconds keeps the run logs small.
-        worker_env = {"PILLM_CONCURRENT_RUNS": str(jobs + int(os.environ.get("PILLM_OTHER_RUNS", "0"))),
+        # Inherited by the (spawned) workers. TQDM_MININTERVAL: tqdm reads it when imported, so it must be
+        # in a worker's environment from the start; a bar update every few seconds keeps the run logs small.
+        worker_env = {"PILLM_CONCURRENT_RUNS": str(jobs + others),
                       "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5")}
-        previous = {k: os.environ.get(k) for k in worker_env}
-        os.environ.update(worker_env)
-        try:
+        with _environ(worker_env):
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                      initargs=(counter, visible_gpus(torch.cuda.device_count()))) as pool:
                 # Longest first, so that a time-limited call is not left waiting for one slow run
@@ -438,17 +452,12 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                     results[i] = fut.result()
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
-        finally:  # a later sequential grid in the same kernel must not record concurrent runs
-            for k, v in previous.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     else:
-        for n, i in enumerate(pending, 1):
-            if progress:
-                print(f"[{experiment}] run {n}/{len(pending)}: {runs[i]['name']}", flush=True)
-            results[i] = _execute_run(experiment, runs[i], dirs[i], keys[i], progress)
+        with _environ({"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time, beside the other processes' runs
+            for n, i in enumerate(pending, 1):
+                if progress:
+                    print(f"[{experiment}] run {n}/{len(pending)}: {runs[i]['name']}", flush=True)
+                results[i] = _execute_run(experiment, runs[i], dirs[i], keys[i], progress)
     rows = []
     for run, rdir, result in zip(runs, dirs, results):
         # Warnings are recorded with the run and shown the same way whether it ran now or before.

@@ -329,7 +329,10 @@ def aggregate(df, metrics: Iterable[str] | None = None):
     mean = g[metrics].mean()
     std = g[metrics].std(ddof=1).add_suffix("_std")
     n = g.size().rename("n")
-    agg = pd.concat([mean, std, n], axis=1).reset_index()
+    parts = [mean, std, n]
+    if "concurrent_runs" in metrics:  # timings of a row are as contended as its most shared run
+        parts.append(g["concurrent_runs"].max().rename("concurrent_runs_max"))
+    agg = pd.concat(parts, axis=1).reset_index()
     agg = agg.iloc[sorted(range(len(agg)), key=lambda i: tuple(_natural_key(agg.iloc[i][k]) for k in keys))]
     return agg.reset_index(drop=True), [k for k in keys if k != "_all"]
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .config import TARGET_TEX
 from .fmt import (
-    _finite, _natural_key, dataset_tex, fmt_pct, fmt_plain, fmt_pow10, fmt_ppl, fmt_sci, fmt_seconds, method_tex,
+    _finite, _natural_key, dataset_tex, fmt_count, fmt_pct, fmt_plain, fmt_pow10, fmt_ppl, fmt_sci, fmt_seconds, method_tex,
     tex_escape, variant_tex,
 )
 from .results import aggregate, concurrency, dependent_keys, Experiment, varying
@@ -176,6 +176,11 @@ def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], 
         cols = [replace(c, better=None) if c.key in TIME_COLUMNS else c for c in cols]
         note = (f"Times were measured with up to {shared} runs sharing the machine's GPUs: they are indicative "
                 "only, and no time column is ranked.")
+        if "concurrent_runs_max" in agg.columns and agg["concurrent_runs_max"].nunique() > 1:
+            # rows timed under different contention: say how shared each row was, so none is read as faster
+            cols = cols + [Col("concurrent_runs_max", "Shared", lambda v: fmt_count(v) if _finite(v) else "--", None)]
+            note += (" Shared: the most runs that shared the GPUs while a run of the row was timed; rows with "
+                     "different values are not comparable in time.")
     vary = varying(agg, keys)
     block_keys = [k for k in blocks_by if k in vary and k not in main_keys]
     dep = dependent_keys(agg, main_keys, keys)
