@@ -311,7 +311,9 @@ def tuning(rep: Report) -> None:
                 rep.add(f"TuneEdge{tag}", fmt_sci(value) if param == "lr" else fmt_fixed(value, 2), e,
                         f"the {end} {param} of the tuning grid (summary.csv)", value)
                 t["edges"].append({"param": "learning rate" if param == "lr" else "dropout", "end": end,
-                                   "macro": f"TuneEdge{tag}", "methods": ["every method"] if every else at,
+                                   "macro": f"TuneEdge{tag}",
+                                   "methods": [("every method with a complete grid" if t["incomplete"] else
+                                                "every method")] if every else at,
                                    "every": every})
     _tuned(rep, e)
 

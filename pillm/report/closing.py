@@ -14,7 +14,7 @@ from .fmt import (
 from .numbers import similar, verdict
 from .results import (
     _runs_where, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct, log_gap_share, paired_differences,
-    spread_verdict,
+    rows_where, spread_verdict,
 )
 from .tables import _eta_at_top, _records, _searched, Col, COND_COL, generic_table, PPL_COLS, TableSpec
 from .results_main import _bench_rows, _rf_width
@@ -69,6 +69,7 @@ def gap(rep: Report) -> None:
         if _finite(data.get(k)):
             rep.add(macro, fmt_ppl(float(data[k])), path, f"{k} in gap/summary.json", float(data[k]))
     if data.get("best_hybrid_name"):
+        g["hybrid_name"] = str(data["best_hybrid_name"])
         rep.add("GapHybridMethod", variant_tex(data["best_hybrid_name"]), path, "best_hybrid_name in gap/summary.json")
     if _finite(data.get("kn5_test_ppl")):
         kn = float(data["kn5_test_ppl"])
@@ -124,6 +125,19 @@ def _iterated_solves(rep: Report, e: Experiment) -> None:
                     f"seeds where variant={v} has the lower test_ppl than variant={base}")
             item["paired"] = True
         out.append(item)
+
+
+def _seed_retention(df, key: str, name: str | None, where: dict) -> dict[int, float]:
+    """Per seed, the share (%) of the log-perplexity gap from attention only to the baseline that the row
+    ``key == name`` recovers, each seed against the baseline and attention only of the same seed."""
+    if df is None or not name or not {key, "seed", "test_ppl"} <= set(df.columns):
+        return {}
+    rows = rows_where(df, where)
+    by = {m: rows[rows[key].astype(str) == m].set_index("seed")["test_ppl"] for m in ("attn_only", "baseline", name)}
+    seeds = set.intersection(*(set(s.index) for s in by.values()))
+    out = {sd: log_gap_share(float(by["attn_only"][sd]), float(by["baseline"][sd]), float(by[name][sd]))
+           for sd in sorted(seeds)}
+    return {sd: v for sd, v in out.items() if v is not None}
 
 
 def _head_calibration(rep: Report, e: Experiment) -> None:
@@ -452,9 +466,25 @@ def closing(rep: Report) -> None:
                     cl["rf_same_width"] = int(rf_d) == int(float(hyb_d))
                 if hyb in by:
                     # the best closed-form hybrid: the main table's, or the gap section's if that recovers more
-                    best = max(gap_recovered_pct(ppl, hyb), (c.get("gap") or {}).get("retention", -math.inf))
+                    main_ret = gap_recovered_pct(ppl, hyb)
+                    best = max(main_ret, (c.get("gap") or {}).get("retention", -math.inf))
                     cl["readout_share"] = ret - best  # lost by obtaining the readout in closed form
                     cl["layer_share"] = 100 - ret  # lost by the frozen random first layer
+                    # the two shares seed by seed: which is larger only when beyond their spread over seeds
+                    rf_s = _seed_retention(e.df, "method", "rf_adamw", primary)
+                    if best == main_ret:
+                        best_s = _seed_retention(e.df, "method", hyb, primary)
+                    else:
+                        g = rep.R.exp("gap")
+                        best_s = _seed_retention(g.df, "variant", (c.get("gap") or {}).get("hybrid_name"), {})
+                    seeds = sorted(set(rf_s) & set(best_s))
+                    cl["shares"] = "readout" if cl["readout_share"] > cl["layer_share"] else "layer"
+                    if len(seeds) > 1:
+                        readout = [rf_s[sd] - best_s[sd] for sd in seeds]
+                        layer = [100 - rf_s[sd] for sd in seeds]
+                        if not beyond_seed_spread({"x": st.mean(readout), "x_std": st.stdev(readout)},
+                                                  {"x": st.mean(layer), "x_std": st.stdev(layer)}, "x"):
+                            cl["shares"] = "within"
                     rep.add("ReadoutShare", fmt_pct(cl["readout_share"]), e, "RFRetention minus the larger of "
                             "Retention and GapRetention", cl["readout_share"])
                     rep.add("LayerShare", fmt_pct(cl["layer_share"]), e, "100 - RFRetention", cl["layer_share"])

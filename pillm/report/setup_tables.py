@@ -83,7 +83,7 @@ def setup_tables(rep: Report) -> None:
     # hyper-parameters of the main benchmark
     b = rep.R.exp("benchmark")
     bruns = _runs_where(b, _main_configuration(b)) if b.available else []  # not another budget's or size's
-    keys = ("epochs", "batch_size", "lr", "min_lr_ratio", "warmup_frac", "weight_decay", "grad_clip", "lam",
+    keys = ("epochs", "batch_size", "lr", "dropout", "min_lr_ratio", "warmup_frac", "weight_decay", "grad_clip", "lam",
             "target", "iterations", "search_tokens", "max_train_tokens", "max_eval_tokens")
     hrows = []
     methods = []
@@ -92,7 +92,9 @@ def setup_tables(rep: Report) -> None:
             methods.append(r["method"])
     methods.sort(key=_natural_key)
     if methods:
-        cfgs = {m: next(r["train_config"] for r in bruns if r.get("method") == m and r.get("train_config"))
+        # train_config, and the model's dropout (tuned with the learning rate: the appendix's common setting)
+        cfgs = {m: next(r["train_config"] | {"dropout": (r.get("model_config") or {}).get("dropout")}
+                        for r in bruns if r.get("method") == m and r.get("train_config"))
                 for m in methods}
         for k in keys:
             vals = [cfgs[m].get(k) for m in methods]
@@ -107,8 +109,8 @@ def setup_tables(rep: Report) -> None:
                 .replace("→", r"$\rightarrow$") for v in uniq)
             hrows.append([r"\texttt{" + tex_escape(k) + "}", cell if cell != "None" else "--"])
         rep.tables["hparams"] = TableSpec(
-            "hparams", "Training hyper-parameters of the main benchmark runs (\\texttt{train\\_config} in each "
-            "\\texttt{result.json}); where methods differ, the methods are named", "tab:hparams",
+            "hparams", "Training hyper-parameters of the main benchmark runs (\\texttt{train\\_config} and the "
+            "model's dropout in each \\texttt{result.json}); where methods differ, the methods are named", "tab:hparams",
             ["Setting", "Value"], hrows, align="lp{0.6\\linewidth}", sources=[b])
     else:
         rep._no_table("hparams", "Training hyper-parameters of the main benchmark", ["benchmark"])
