@@ -1332,18 +1332,19 @@ def test_iterated_solves_are_compared_with_one_sweep_seed_by_seed(tmp_path, iter
     assert "iter" not in (dirs.tables / "gap.tex").read_text().split(r"\midrule")[0]  # no iterations column
 
 
-@pytest.mark.parametrize("rf, hybrid, words, abstract_words", [
-    ((55.0, 45.0), (5.0, 0.0), "is about as large a part of the problem", "about as much as"),  # 47.5±3.5, 50±7.1
+@pytest.mark.parametrize("rf, hybrid, words, abstract_words, conclusion_words", [
+    ((55.0, 45.0), (5.0, 0.0), "is about as large a part of the problem", "about as much as",  # 47.5±3.5, 50±7.1
+     r"What limits it at this scale is, about equally (\S\ref{sec:gap}), the frozen random first layer and that"),
     ((70.0, 72.0), (5.0, 6.0), "is a larger part of the problem at this scale than the random first layer",
-     "limit PIL-LM more than the random first layer"),
+     "limit PIL-LM more than the random first layer", "What limits it at this scale is that each readout"),
     ((20.0, 22.0), (5.0, 6.0), "the random first layer is the larger part of the problem",
-     "the random first layer is the main limit")])
+     "the random first layer is the main limit", "Its limits are the expressiveness of fixed random features")])
 def test_first_layer_and_readout_shares_are_compared_by_their_seed_spread(tmp_path, rf, hybrid, words,
-                                                                          abstract_words):
+                                                                          abstract_words, conclusion_words):
     """Which of the two parts of the gap is larger (what the random first layer leaves open, 100 − RF retention,
     and what the closed-form readout leaves beyond it) is said only beyond their spread over seeds (review of
     results/paper: 42.5% against 41.5%, larger on 2 of 3 seeds, was called "at least as large")."""
-    root = write_fake_results(tmp_path / "r", only=("benchmark", "gap", "ngram"))
+    root = write_fake_results(tmp_path / "r", only=("benchmark", "gap", "ngram", "teacher"))
     path = root / "smoke" / "gap" / "summary.json"  # the main table's hybrid is the best of either section
     path.write_text(json.dumps(json.loads(path.read_text()) | {"best_hybrid_test_ppl": 259.0}))
     bench = root / "smoke" / "benchmark" / "summary.csv"
@@ -1363,3 +1364,4 @@ def test_first_layer_and_readout_shares_are_compared_by_their_seed_spread(tmp_pa
     _write_csv(bench, rows)
     dirs = _render(root, tmp_path)
     assert words in _prose(dirs, "closing") and abstract_words in _prose(dirs, "abstract")
+    assert conclusion_words in _prose(dirs, "conclusion")
