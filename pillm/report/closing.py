@@ -4,6 +4,7 @@ adaptation, data-dependent first layers, and the section's summary."""
 from __future__ import annotations
 
 import math
+import re
 import statistics as st
 from typing import TYPE_CHECKING
 
@@ -95,8 +96,6 @@ def gap(rep: Report) -> None:
 def _iterated_solves(rep: Report, e: Experiment) -> None:
     """Each ``+iterN`` gap variant (N bottom-up sweeps per closed-form phase) against the same variant
     with one sweep, when both ran: ``c["gap"]["iterated"]``, one entry per pair, macros GapIter<Tag>*."""
-    import re
-
     if not e.available or "variant" not in e.df.columns:
         return
     rows = {str(r["variant"]): r for r in _records(e.agg()[0])}
@@ -138,6 +137,20 @@ def _seed_retention(df, key: str, name: str | None, where: dict) -> dict[int, fl
     out = {sd: log_gap_share(float(by["attn_only"][sd]), float(by["baseline"][sd]), float(by[name][sd]))
            for sd in sorted(seeds)}
     return {sd: v for sd, v in out.items() if v is not None}
+
+
+def _larger_share(rf: dict[int, float], best: dict[int, float], readout_larger: bool) -> str:
+    """Which part of the gap is larger, by the seed-spread rule over the seeds of both retentions (per seed:
+    readout share = RF retention − best hybrid's, first-layer share = 100 − RF retention): ``within`` their
+    spread, else ``readout`` or ``layer`` (from the means when fewer than two seeds pair up)."""
+    seeds = sorted(set(rf) & set(best))
+    if len(seeds) > 1:
+        readout = [rf[sd] - best[sd] for sd in seeds]
+        layer = [100 - rf[sd] for sd in seeds]
+        if not beyond_seed_spread({"x": st.mean(readout), "x_std": st.stdev(readout)},
+                                  {"x": st.mean(layer), "x_std": st.stdev(layer)}, "x"):
+            return "within"
+    return "readout" if readout_larger else "layer"
 
 
 def _head_calibration(rep: Report, e: Experiment) -> None:
@@ -470,21 +483,11 @@ def closing(rep: Report) -> None:
                     best = max(main_ret, (c.get("gap") or {}).get("retention", -math.inf))
                     cl["readout_share"] = ret - best  # lost by obtaining the readout in closed form
                     cl["layer_share"] = 100 - ret  # lost by the frozen random first layer
-                    # the two shares seed by seed: which is larger only when beyond their spread over seeds
                     rf_s = _seed_retention(e.df, "method", "rf_adamw", primary)
-                    if best == main_ret:
-                        best_s = _seed_retention(e.df, "method", hyb, primary)
-                    else:
-                        g = rep.R.exp("gap")
-                        best_s = _seed_retention(g.df, "variant", (c.get("gap") or {}).get("hybrid_name"), {})
-                    seeds = sorted(set(rf_s) & set(best_s))
-                    cl["shares"] = "readout" if cl["readout_share"] > cl["layer_share"] else "layer"
-                    if len(seeds) > 1:
-                        readout = [rf_s[sd] - best_s[sd] for sd in seeds]
-                        layer = [100 - rf_s[sd] for sd in seeds]
-                        if not beyond_seed_spread({"x": st.mean(readout), "x_std": st.stdev(readout)},
-                                                  {"x": st.mean(layer), "x_std": st.stdev(layer)}, "x"):
-                            cl["shares"] = "within"
+                    gap_best = (c.get("gap") or {}).get("hybrid_name")
+                    best_s = (_seed_retention(e.df, "method", hyb, primary) if best == main_ret else
+                              _seed_retention(rep.R.exp("gap").df, "variant", gap_best, {}))
+                    cl["shares"] = _larger_share(rf_s, best_s, cl["readout_share"] > cl["layer_share"])
                     rep.add("ReadoutShare", fmt_pct(cl["readout_share"]), e, "RFRetention minus the larger of "
                             "Retention and GapRetention", cl["readout_share"])
                     rep.add("LayerShare", fmt_pct(cl["layer_share"]), e, "100 - RFRetention", cl["layer_share"])
