@@ -89,6 +89,11 @@ def gap(rep: Report) -> None:
             g["retention"] = ret
             rep.add("GapRetention", fmt_pct(ret), path, "100*(ln attn_only_test_ppl-ln best_hybrid_test_ppl)/"
                     "(ln attn_only_test_ppl-ln baseline_test_ppl) in gap/summary.json", ret)
+    # the best hybrid against attention only, by the seed spread (the gap's own runs)
+    if data.get("best_hybrid_name") and e.available and "variant" in e.df.columns:
+        rows = {str(r["variant"]): r for r in _records(e.agg()[0])}
+        if {"attn_only", data["best_hybrid_name"]} <= set(rows):
+            g["hybrid_vs_attn"] = spread_verdict(rows[data["best_hybrid_name"]], rows["attn_only"])
     _head_calibration(rep, e)
     _iterated_solves(rep, e)
 

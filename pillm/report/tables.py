@@ -173,7 +173,8 @@ def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], 
     cols = [c for c in cols if c.key in agg.columns or c.key.startswith("params_")]
     shared, note = concurrency(e), ""
     if shared > 1 and any(c.key in TIME_COLUMNS for c in cols):  # contended timings: shown, never ranked
-        cols = [replace(c, better=None) if c.key in TIME_COLUMNS else c for c in cols]
+        cols = [replace(c, better=None, header=c.header.replace(r" $\downarrow$", "")) if c.key in TIME_COLUMNS
+                else c for c in cols]  # nor does its header say which way is better
         note = (f"Times were measured with up to {shared} runs sharing the machine's GPUs: they are indicative "
                 "only, and no time column is ranked.")
         if "concurrent_runs_max" in agg.columns and agg["concurrent_runs_max"].nunique() > 1:
