@@ -1388,3 +1388,18 @@ def test_conclusion_reads_the_gap_sections_best_hybrid_against_attention_only(tm
     assert (r"The best hybrid of \S\ref{sec:gap} (\GapHybridMethod{}) reaches \GapHybridPPL{} against attention "
             r"only's \GapAttnOnlyPPL{}, " + words) in _prose(dirs, "conclusion")
     assert ("better than attention only beyond the seed spread" in _prose(dirs, "abstract")) == words.startswith("better")
+
+
+def test_curves_caption_names_the_sharing_when_runs_were_timed_under_different_contention(tmp_path):
+    """results/paper/training_curves: PIL→attention ran with 9 runs on the GPUs, the other curves with 16; the
+    wall-clock panel must not read as a comparison, and the caption says which run shared with how many."""
+    root = write_fake_results(tmp_path / "r", only=("training_curves",))
+    runs = sorted((root / "smoke" / "training_curves" / "runs").glob("*/result.json"))
+    for i, p in enumerate(runs):
+        p.write_text(json.dumps(json.loads(p.read_text()) | {"environment": {"concurrent_runs": 9 if i == 0 else 16}}))
+    caption = (_render(root, tmp_path, figures=True).figures / "curves.tex").read_text()
+    assert "timed with different numbers of runs sharing the GPUs, so the wall-clock axis does not compare them" \
+        in caption and ": 9;" in caption and caption.count("seed 0") == 2 * len(runs)  # short and long caption
+    for p in runs:
+        p.write_text(json.dumps(json.loads(p.read_text()) | {"environment": {"concurrent_runs": 16}}))
+    assert "different numbers" not in (_render(root, tmp_path / "b", figures=True).figures / "curves.tex").read_text()
