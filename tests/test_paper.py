@@ -697,6 +697,24 @@ def test_contended_timings_make_no_speed_claim(tmp_path):
         return any(r"\textbf" in line.rsplit("&", 1)[-1] for line in table.splitlines() if line.endswith(r"\\"))
 
     assert fastest_marked(table_alone) and not fastest_marked(table_shared)
+    # the direction arrow of an unranked time column goes too; one sharing for every row needs no column
+    assert r"Total (s) $\downarrow$" in table_alone and r"Total (s) $\downarrow$" not in table_shared
+    assert "Shared" not in table_shared
+
+
+def test_rows_timed_under_different_sharing_show_it(tmp_path):
+    """A row whose runs shared the GPUs with 3 others and one whose runs shared with 12 are not comparable in time:
+    the table gives each row's sharing (the most over its seeds) in a Shared column (the gap table showed two solve
+    sweeps at half the time of one)."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark",))
+    path = root / "smoke" / "benchmark" / "summary.csv"
+    rows = list(csv.DictReader(path.open()))
+    _write_csv(path, [r | {"concurrent_runs": 3 if r["method"] == "baseline" and r["seed"] == "0" else
+                           (12 if r["method"] == "baseline" else 6)} for r in rows])
+    table = (_render(root, tmp_path).tables / "benchmark.tex").read_text()
+    assert "& Shared" in table and "rows with different values are not comparable in time" in table
+    baseline = [line for line in table.splitlines() if line.startswith("Baseline")]
+    assert baseline and all(line.rstrip(" \\").endswith("& 12") for line in baseline)  # the max over its seeds
 
 
 def test_partial_and_failed_experiments_say_so(tmp_path):
