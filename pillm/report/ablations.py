@@ -100,6 +100,15 @@ def ablation_lambda(rep: Report) -> None:
                 rep.add("LambdaCondAtMin", fmt_sci(conds[0][1]), e, f"mean max_cond at the smallest lam, {where}")
                 rep.add("LambdaCondAtMax", fmt_sci(conds[-1][1]), e, f"mean max_cond at the largest lam, {where}")
                 lm["cond_decreasing"] = all(a[1] >= b_[1] for a, b_ in zip(conds, conds[1:]))
+            # the λ every closed-form method of the main comparison solves with (not tuned per method)
+            b = rep.R.exp("benchmark")
+            main = {float(r["train_config"]["lam"]) for r in (b.runs() if b.available else [])
+                    if r.get("method") in PIL_METHODS and _finite((r.get("train_config") or {}).get("lam"))}
+            if len(main) == 1:
+                (lam_main,) = main
+                rep.add("LambdaMain", fmt_pow10(lam_main), b, "train_config.lam of every closed-form benchmark run",
+                        lam_main)
+                lm["main_is_best"] = math.isclose(lam_main, lb)
             fb = [r for r in recs if _finite(r.get("any_fallback")) and float(r["any_fallback"]) > 0]
             lm["fallback"] = bool(fb)
             if fb:
