@@ -4,13 +4,12 @@ adaptation, data-dependent first layers, and the section's summary."""
 from __future__ import annotations
 
 import math
-import re
 import statistics as st
 from typing import TYPE_CHECKING
 
 from .config import _TAGS, GAP_GOAL, PAPER_EXPERIMENTS, PIL_METHODS, TABLE_TITLES
 from .fmt import (
-    _finite, fmt_count, fmt_fixed, fmt_pct, fmt_pow10, fmt_ppl, fmt_seconds, method_tex, tex_escape, variant_tex,
+    _finite, ITER_MOD, fmt_count, fmt_fixed, fmt_pct, fmt_pow10, fmt_ppl, fmt_seconds, method_tex, tex_escape, variant_tex,
 )
 from .numbers import similar, verdict
 from .results import (
@@ -89,26 +88,29 @@ def gap(rep: Report) -> None:
             g["retention"] = ret
             rep.add("GapRetention", fmt_pct(ret), path, "100*(ln attn_only_test_ppl-ln best_hybrid_test_ppl)/"
                     "(ln attn_only_test_ppl-ln baseline_test_ppl) in gap/summary.json", ret)
+    rows = _by_variant(e)
     # the best hybrid against attention only, by the seed spread (the gap's own runs)
-    if data.get("best_hybrid_name") and e.available and "variant" in e.df.columns:
-        rows = {str(r["variant"]): r for r in _records(e.agg()[0])}
-        if {"attn_only", data["best_hybrid_name"]} <= set(rows):
-            g["hybrid_vs_attn"] = spread_verdict(rows[data["best_hybrid_name"]], rows["attn_only"])
+    if {"attn_only", data.get("best_hybrid_name")} <= set(rows):
+        g["hybrid_vs_attn"] = spread_verdict(rows[data["best_hybrid_name"]], rows["attn_only"])
     _head_calibration(rep, e)
-    _iterated_solves(rep, e)
+    _iterated_solves(rep, e, rows)
 
 
-def _iterated_solves(rep: Report, e: Experiment) -> None:
-    """Each ``+iterN`` gap variant (N bottom-up sweeps per closed-form phase) against the same variant
-    with one sweep, when both ran: ``c["gap"]["iterated"]``, one entry per pair, macros GapIter<Tag>*."""
+def _by_variant(e: Experiment) -> dict[str, dict]:
+    """The experiment's aggregated rows (mean ± std over seeds) by ``variant``; empty without that column."""
     if not e.available or "variant" not in e.df.columns:
-        return
-    rows = {str(r["variant"]): r for r in _records(e.agg()[0])}
+        return {}
+    return {str(r["variant"]): r for r in _records(e.agg()[0])}
+
+
+def _iterated_solves(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
+    """Each ``+iterN`` gap variant (N bottom-up sweeps per closed-form phase; ``rows`` by variant) against the
+    same variant with one sweep, when both ran: ``c["gap"]["iterated"]``, one entry per pair, macros GapIter<Tag>*."""
     pairs = []
     for v in sorted(rows):
         mods = v.split("+")
-        sweeps = [int(m[4:]) for m in mods if re.fullmatch(r"iter\d+", m)]
-        base = "+".join(m for m in mods if not re.fullmatch(r"iter\d+", m))
+        sweeps = [int(m.group(1)) for m in map(ITER_MOD.fullmatch, mods) if m]
+        base = "+".join(m for m in mods if not ITER_MOD.fullmatch(m))
         if len(sweeps) == 1 and sweeps[0] > 1 and base in rows:
             pairs.append((v, base, sweeps[0]))
     out = rep.c["gap"]["iterated"] = []
@@ -200,7 +202,7 @@ def teacher(rep: Report) -> None:
     rep.add("TeacherNoFFNPPL", fmt_ppl(data["no_ffn_test_ppl"]), path, "no_ffn_test_ppl in teacher/summary.json",
             data["no_ffn_test_ppl"])
     # Each closed-form fit by its width (features per layer), narrowest first.
-    agg = {str(r["variant"]): r for r in _records(e.agg()[0])}
+    agg = _by_variant(e)
     fits = sorted(((v, agg[v]) for v in (data.get("fits") or {}) if v in agg and _finite(agg[v].get("n_features"))
                    and _finite(agg[v].get("test_ppl"))), key=lambda vr: float(vr[1]["n_features"]))
     if not fits:
@@ -216,9 +218,7 @@ def teacher(rep: Report) -> None:
     g = rep.R.exp("gap")
     gap, _ = g.json("summary.json")
     hyb = gap.get("best_hybrid_name") if isinstance(gap, dict) else None
-    hrow = None
-    if hyb and g.available:
-        hrow = next((h for h in _records(g.agg()[0]) if str(h.get("variant")) == hyb), None)
+    hrow = _by_variant(g).get(hyb) if hyb else None
     if hrow is not None and _finite(hrow.get("n_features")) and _finite(hrow.get("test_ppl")):
         same = by_width.get(int(float(hrow["n_features"])))
         if same:

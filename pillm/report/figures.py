@@ -93,17 +93,16 @@ def _fig_curves(rep: Report, out: Path, res: dict, plt, sns) -> None:
 
     e = rep.R.exp("training_curves")
     rows = []
+    shared: dict[int, list[str]] = {}  # runs sharing the GPUs -> the runs timed so
     for r in (e.runs() if e.available else []):
         for p in r.get("curve") or []:
             if _finite(p.get("valid_ppl")):
                 rows.append({"method": METHOD_PLAIN.get(str(r.get("method")), str(r.get("method"))),
                              "seed": r.get("seed", 0), "epoch": float(p.get("epoch", 0)),
                              "wall_s": float(p.get("wall_s", math.nan)), "valid PPL": float(p["valid_ppl"])})
-    cap = "Validation perplexity during training against epochs (left) and wall-clock seconds (right)"
-    shared: dict[int, list[str]] = {}  # runs sharing the GPUs -> the runs timed so
-    for r in (e.runs() if e.available else []):
         n = int((r.get("environment") or {}).get("concurrent_runs", 1))
         shared.setdefault(n, []).append(f"{method_tex(r.get('method'))} seed {r.get('seed', 0)}")
+    cap = "Validation perplexity during training against epochs (left) and wall-clock seconds (right)"
     if len(shared) > 1:  # the wall-clock axis would compare runs slowed by different contention
         cap += ("; the runs were timed with different numbers of runs sharing the GPUs, so the wall-clock axis "
                 "does not compare them (" + "; ".join(f"{', '.join(sorted(names))}: {n}"

@@ -123,12 +123,14 @@ VARIANT_MOD_TEX = {"resolve": "a final re-solve", "head": "a solved output head"
                    "next_embedding": "next-embedding targets", "landmarks": "landmark keys",
                    "ppmi": "PPMI embeddings and a solved output head"}
 _SWEEPS = {2: "two", 3: "three", 4: "four", 5: "five"}
+#: A variant's "+iterN" modifier: N bottom-up solve sweeps (its ``iterations``)
+ITER_MOD = re.compile(r"iter(\d+)")
 
 
 def _variant_mod_tex(mod: str) -> str | None:
     """One "+modifier" in words; ``iterN`` (the variant's ``iterations``) reads "N solve sweeps", ``scaleX``
     (its ``proj_scale``) "projection scale X", ``lamX`` (its ridge ``lam``) "λ = X"."""
-    m = re.fullmatch(r"iter(\d+)", mod)
+    m = ITER_MOD.fullmatch(mod)
     if m:
         n = int(m.group(1))
         return f"{_SWEEPS.get(n, n)} solve sweeps" if n > 1 else None
