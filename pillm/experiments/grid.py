@@ -29,7 +29,8 @@ from .files import _read_json, _sha, _source_parts, experiment_dir, PACKAGE, wri
 _NOT_RESULT_CODE = {"cli.py", "__main__.py", "bench.py"}
 
 #: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
-_OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec")}
+_OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec"),
+                "lambda_path": ("lampath", "LambdaPathSpec")}
 
 #: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
 _OWN_KEY_MODULES = {f"{module}.py" for module, _ in _OTHER_SPECS.values()}
@@ -95,12 +96,12 @@ def expand(base: dict, **grid) -> list[dict]:
 
 
 def _spec_module(kind: str):
-    return importlib.import_module(f"..{_OTHER_SPECS[kind][0]}", __package__)  # pillm.adapt, pillm.firstlayer
+    return importlib.import_module(f"..{_OTHER_SPECS[kind][0]}", __package__)  # pillm.adapt, .firstlayer, .lampath
 
 
 def run_spec(run: dict):
-    """The spec of a run dict: a :class:`RunSpec`, an ``AdaptSpec`` for ``{"adapt": {...}}`` or a
-    ``FirstLayerSpec`` for ``{"first_layer": {...}}``."""
+    """The spec of a run dict: a :class:`RunSpec`, an ``AdaptSpec`` for ``{"adapt": {...}}``, a
+    ``FirstLayerSpec`` for ``{"first_layer": {...}}`` or a ``LambdaPathSpec`` for ``{"lambda_path": {...}}``."""
     for kind, (_, cls) in _OTHER_SPECS.items():
         if kind in run:
             return getattr(_spec_module(kind), cls)(**run[kind])
@@ -123,8 +124,13 @@ def make_first_layer_run(name: str, labels: dict | None = None, **fields) -> dic
     return _other_run("first_layer", name, labels, fields)
 
 
+def make_lambda_path_run(name: str, labels: dict | None = None, **fields) -> dict:
+    """A run dict for :func:`pillm.lampath.execute` (``LambdaPathSpec`` fields)."""
+    return _other_run("lambda_path", name, labels, fields)
+
+
 def _kind_of(spec) -> str:
-    """``adapt`` or ``first_layer``: the run-dict key of a spec that is not a RunSpec."""
+    """``adapt``, ``first_layer`` or ``lambda_path``: the run-dict key of a spec that is not a RunSpec."""
     return next(k for k, (_, cls) in _OTHER_SPECS.items() if type(spec).__name__ == cls)
 
 
@@ -143,10 +149,13 @@ _METHOD_COST = {"alternating": 4.0, "pil_pure": 1.5}
 
 def expected_cost(spec: RunSpec) -> float:
     """A rough relative run time, only used to start the slowest runs first."""
-    if not isinstance(spec, RunSpec):  # an adaptation (a few epochs or one solve) or a first-layer re-solve
-        if _kind_of(spec) == "adapt":
+    if not isinstance(spec, RunSpec):  # an adaptation (a few epochs or one solve), or one re-solve per layer
+        kind = _kind_of(spec)
+        if kind == "adapt":
             return float(max(1, spec.config().epochs))
-        return (spec.expansion or 4.0) / 4.0  # one solve per layer; the Gram grows with the width
+        if kind == "lambda_path":
+            return 1.0  # one pass per layer; the extra λ cost validation passes only
+        return (spec.expansion or 4.0) / 4.0  # first layer: the Gram grows with the width
     mcfg, tcfg = spec.configs(vocab_size=1)
     cost = _METHOD_COST.get(spec.method, 1.0) * max(1, tcfg.epochs)
     cost *= mcfg.n_layer * mcfg.n_embd ** 2 / (4 * 256 ** 2)
@@ -158,7 +167,7 @@ def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) 
     spell the same run differently, e.g. with or without an explicit default, share one key),
     the other spec fields, and the library code (``code``: a precomputed ``code_hash(package)``)."""
     code = code if code is not None else code_hash(package)
-    if not isinstance(spec, RunSpec):  # an adaptation or a first-layer run: its own module joins the key
+    if not isinstance(spec, RunSpec):  # adaptation, first-layer or λ-path run: its own module joins the key
         canonical = asdict(spec) | {"checkpoint": _teacher_identity(spec.checkpoint),
                                     "train": spec.config().to_dict()}
         module = _OTHER_SPECS[_kind_of(spec)][0]
