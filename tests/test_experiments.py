@@ -439,7 +439,8 @@ def test_finished_only_leaves_the_experiment_incomplete(tmp_path):
                    "(out / 'summary.csv').write_text('value\\n%d\\n' % value)\n"
                    "(out / 'match.txt').write_text(ex.run_filter().pattern if ex.run_filter() else '')\n"
                    "if ex.finished_only():\n"
-                   "    (out / 'partial.json').write_text(json.dumps({'runs': 2, 'finished': 1, 'missing': ['b']}))")
+                   "    (out / 'partial.json').write_text(json.dumps({'runs': 2, 'finished': 1, 'missing': ['b']}))\n"
+                   "else:\n    (out / 'partial.json').unlink(missing_ok=True)  # as run_grid does with a full summary")
     registry = tmp_path / "registry.yaml"
     registry.write_text(json.dumps({"experiments": {"part": {"notebook": str(nb), "parameters": {"smoke": {"value": 1}}}}}))
     exp = root / "smoke" / "part"
@@ -447,9 +448,12 @@ def test_finished_only_leaves_the_experiment_incomplete(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (exp / ".complete").exists() and (exp / "partial.json").exists()
     assert json.loads((exp / "provenance.json").read_text())["partial"]["missing"] == ["b"]
+    (exp / "old.partial.json").write_text("{}")  # a grid this notebook no longer leaves partial
+    os.utime(exp / "old.partial.json", (time.time() - 60, time.time() - 60))
     r = _cli("--registry", str(registry), "--results-dir", str(root))
     assert r.returncode == 0 and "1 ran, 0 skipped" in r.stdout, r.stdout + r.stderr
     assert (exp / ".complete").exists() and not (exp / "partial.json").exists()
+    assert not (exp / "old.partial.json").exists()  # older than this execution: a leftover, removed
     assert (exp / "match.txt").read_text() == ""
     # --match reaches the notebook's kernel the same way (its environment)
     r = _cli("--registry", str(registry), "--results-dir", str(root), "--force", "--match", "seed=1$")
@@ -562,8 +566,15 @@ def test_match_runs_only_the_selected_runs_and_leaves_the_grid_incomplete(tmp_pa
     with pytest.raises(ValueError, match="not a regular expression"):
         ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     monkeypatch.delenv(ex.MATCH)
+    # A call that dies running the last missing run (a time limit; here an error) leaves the old partial summary
+    # marked partial: partial.json goes only with the summary that replaces it.
+    runs[1]["train"]["lr"] = FAIL_LR
+    with pytest.raises(RuntimeError, match="injected"):
+        ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
+    assert partial.exists() and len(pd.read_csv(partial.parent / "summary.csv")) == 2
+    del runs[1]["train"]["lr"]
     df = ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
-    assert fake_execute == [0, 2, 1] and list(df["seed"]) == [0, 1, 2] and not partial.exists()
+    assert fake_execute == [0, 2, 1, 1] and list(df["seed"]) == [0, 1, 2] and not partial.exists()
 
 
 def test_cli_match_that_is_not_a_regex_says_so(tmp_path):

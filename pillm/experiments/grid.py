@@ -427,8 +427,6 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         keep = _finished_subset(experiment, runs, missing, partial)
         pending = [keep.index(i) for i in pending]
         runs, dirs, keys, specs, results = ([xs[i] for i in keep] for xs in (runs, dirs, keys, specs, results))
-    else:
-        partial.unlink(missing_ok=True)
     jobs = min(_parallel_jobs(), len(pending))
     # PILLM_OTHER_RUNS: runs that other processes execute on the same machine at the same time
     # (tools/device_experiments.sh runs several grids at once); recorded with each run either way.
@@ -475,4 +473,8 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         rows.append(summarize(experiment, run, result))
     df = pd.DataFrame(rows)
     write_csv_atomic(df, exp_dir / summary)
+    if not missing:
+        # Only now: until this summary replaced the last one, a partial.json still describes it, and a run
+        # killed by a time limit must not leave an old partial summary that no partial.json names.
+        partial.unlink(missing_ok=True)
     return df

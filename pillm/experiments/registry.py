@@ -110,13 +110,15 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     if force and exp_dir.exists():
         shutil.rmtree(exp_dir)  # --force recomputes every run, not only the notebook
     exp_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (".complete", "provenance.json", "failed.json", *exp_dir.glob(f"*{PARTIAL}")):
+    # Not done until it finishes again. A summary's partial.json stays: run_grid replaces or removes it with its
+    # summary, so a notebook killed midway leaves the old partial summary marked partial (and its provenance).
+    for stale in (".complete", "failed.json"):
         (exp_dir / stale).unlink(missing_ok=True)
     out_nb = root / profile / f"{name}.ipynb"
     injected = params | {"profile": profile, "results_root": str(root)}
     if "progress" in declared:
         injected["progress"] = True
-    started, t0 = _now(), time.perf_counter()
+    started, t0, wall_start = _now(), time.perf_counter(), time.time()
     error = None
     try:
         papermill.execute_notebook(str(notebook), str(out_nb), parameters=injected, kernel_name=KERNEL,
@@ -142,6 +144,9 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
         print(f"{name}: FAILED{where}: {error['ename']}: {error['evalue']}\n  executed notebook kept: {out_nb}",
               file=sys.stderr)
         return 1
+    for leftover in exp_dir.glob(f"*{PARTIAL}"):  # of a grid this notebook no longer runs (or no longer leaves partial)
+        if leftover.stat().st_mtime < wall_start - 2:  # 2 s: file systems with coarse timestamps
+            leftover.unlink()
     env = environment()  # runs git twice: once is enough
     partial = next(filter(None, map(_read_json, sorted(exp_dir.glob(f"*{PARTIAL}")))), None)
     write_json_atomic(exp_dir / "provenance.json", {
