@@ -120,7 +120,9 @@ def _iterated_solves(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
         rep.add(f"GapIter{tag}Sweeps", str(n), e, f"iterations of the variant {v}", n)
         rep.add(f"GapIter{tag}PPL", fmt_ppl(r["test_ppl"]), e, f"mean test_ppl, variant={v}", r["test_ppl"])
         rep.add(f"GapIter{tag}BasePPL", fmt_ppl(b["test_ppl"]), e, f"mean test_ppl, variant={base}", b["test_ppl"])
-        item = {"tag": tag, "vs_base": spread_verdict(r, b), "paired": None}
+        # the pairs of one base are consecutive (sorted by name): the first one introduces the base
+        first = not out or out[-1]["base"] != base
+        item = {"tag": tag, "base": base, "first_of_base": first, "vs_base": spread_verdict(r, b), "paired": None}
         # same seed, same data order and initialisation: compare the two seed by seed as well
         diffs = paired_differences(e.df, "variant", v, base, {})
         if len(diffs) > 1:
