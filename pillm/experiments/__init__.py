@@ -33,8 +33,8 @@ from ..run import write_json_atomic
 from .files import PACKAGE, REGISTRY, experiment_dir, root_dir, write_csv_atomic, write_text_atomic
 from .grid import (
     FINISHED_ONLY, MATCH, PARTIAL, RUN_LOGS, code_hash, expand, expected_cost, finished_only, make_adapt_run,
-    make_first_layer_run, make_lambda_path_run, make_run, partial_allowed, run_filter, run_grid, run_key, run_spec,
-    summarize, visible_gpus,
+    make_first_layer_run, make_fixed_attention_run, make_lambda_path_run, make_run, partial_allowed, run_filter,
+    run_grid, run_key, run_spec, summarize, visible_gpus,
 )
 from .notebook import (
     barplot, curves, fit_complexity, heatmap, lambda_search, lineplot, mean_std, plot_curves, rounded, samples,
@@ -52,7 +52,7 @@ __all__ = [
     "FINISHED_ONLY", "KERNEL", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "RUN_LOGS", "add_arguments", "barplot",
     "check_kernel", "choose_on_validation", "code_hash", "curves", "evaluate_checkpoint", "expand", "expected_cost",
     "experiment_dir", "finished_only", "fit_complexity", "gap_summary", "heatmap", "lambda_search", "lineplot",
-    "load_model", "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run",
+    "load_model", "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run",
     "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters", "notebook_source_hash",
     "partial_allowed", "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid",
     "run_key", "run_one", "run_provenance", "run_spec", "samples", "setup_notebook", "solves", "staleness_hash",

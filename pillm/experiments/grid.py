@@ -30,7 +30,7 @@ _NOT_RESULT_CODE = {"cli.py", "__main__.py", "bench.py"}
 
 #: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
 _OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec"),
-                "lambda_path": ("lampath", "LambdaPathSpec")}
+                "lambda_path": ("lampath", "LambdaPathSpec"), "fixed_attention": ("fixedattn", "FixedAttentionSpec")}
 
 #: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
 _OWN_KEY_MODULES = {f"{module}.py" for module, _ in _OTHER_SPECS.values()}
@@ -96,12 +96,13 @@ def expand(base: dict, **grid) -> list[dict]:
 
 
 def _spec_module(kind: str):
-    return importlib.import_module(f"..{_OTHER_SPECS[kind][0]}", __package__)  # pillm.adapt, .firstlayer, .lampath
+    return importlib.import_module(f"..{_OTHER_SPECS[kind][0]}", __package__)  # pillm.adapt, .firstlayer, …
 
 
 def run_spec(run: dict):
     """The spec of a run dict: a :class:`RunSpec`, an ``AdaptSpec`` for ``{"adapt": {...}}``, a
-    ``FirstLayerSpec`` for ``{"first_layer": {...}}`` or a ``LambdaPathSpec`` for ``{"lambda_path": {...}}``."""
+    ``FirstLayerSpec`` for ``{"first_layer": {...}}``, a ``LambdaPathSpec`` for ``{"lambda_path": {...}}`` or a
+    ``FixedAttentionSpec`` for ``{"fixed_attention": {...}}``."""
     for kind, (_, cls) in _OTHER_SPECS.items():
         if kind in run:
             return getattr(_spec_module(kind), cls)(**run[kind])
@@ -129,8 +130,13 @@ def make_lambda_path_run(name: str, labels: dict | None = None, **fields) -> dic
     return _other_run("lambda_path", name, labels, fields)
 
 
+def make_fixed_attention_run(name: str, labels: dict | None = None, **fields) -> dict:
+    """A run dict for :func:`pillm.fixedattn.execute` (``FixedAttentionSpec`` fields)."""
+    return _other_run("fixed_attention", name, labels, fields)
+
+
 def _kind_of(spec) -> str:
-    """``adapt``, ``first_layer`` or ``lambda_path``: the run-dict key of a spec that is not a RunSpec."""
+    """The run-dict key (``adapt``, ``first_layer``, …) of a spec that is not a RunSpec."""
     return next(k for k, (_, cls) in _OTHER_SPECS.items() if type(spec).__name__ == cls)
 
 
@@ -155,6 +161,8 @@ def expected_cost(spec: RunSpec) -> float:
             return float(max(1, spec.config().epochs))
         if kind == "lambda_path":
             return 1.0  # one pass per layer; the extra λ cost validation passes only
+        if kind == "fixed_attention":
+            return _METHOD_COST["pil_pure"]  # a pure-PIL run
         return (spec.expansion or 4.0) / 4.0  # first layer: the Gram grows with the width
     mcfg, tcfg = spec.configs(vocab_size=1)
     cost = _METHOD_COST.get(spec.method, 1.0) * max(1, tcfg.epochs)
@@ -167,9 +175,10 @@ def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) 
     spell the same run differently, e.g. with or without an explicit default, share one key),
     the other spec fields, and the library code (``code``: a precomputed ``code_hash(package)``)."""
     code = code if code is not None else code_hash(package)
-    if not isinstance(spec, RunSpec):  # adaptation, first-layer or λ-path run: its own module joins the key
-        canonical = asdict(spec) | {"checkpoint": _teacher_identity(spec.checkpoint),
-                                    "train": spec.config().to_dict()}
+    if not isinstance(spec, RunSpec):  # adaptation, first-layer, λ-path, fixed-attention run: its own module joins
+        canonical = asdict(spec) | {"train": spec.config().to_dict()}
+        if getattr(spec, "checkpoint", None) is not None:  # the run that wrote it, however the path is spelled
+            canonical["checkpoint"] = _teacher_identity(spec.checkpoint)
         module = _OTHER_SPECS[_kind_of(spec)][0]
         return _sha(canonical, code, *_source_parts([Path(package) / f"{module}.py"]))
     mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
