@@ -135,8 +135,10 @@ def fix_attention(model: PILLM, heads: tuple, sharpness: float, generator: torch
             # value: the token coordinates through a fixed random map (variance-preserving)
             qkv[2 * c + h * d:2 * c + (h + 1) * d, p:] = (
                 torch.randn(d, c - p, generator=generator, dtype=torch.float64) / math.sqrt(c - p))
-            # output: into the token coordinates only, so the position code stays clean for the layers above
-            proj[p:, rows] = torch.randn(c - p, d, generator=generator, dtype=torch.float64) / math.sqrt(c)
+            # output: into the token coordinates only, so the position code stays clean for the layers above, and
+            # at the stream's own scale (the values read LN₁'s unit-variance output; the stream has RMS `rms`),
+            # so that the context joins the current token's embedding instead of drowning it
+            proj[p:, rows] = torch.randn(c - p, d, generator=generator, dtype=torch.float64) * (rms / math.sqrt(c))
         attn.qkv.weight.copy_(qkv.to(attn.qkv.weight.dtype))
         attn.qkv.bias.zero_()
         attn.proj.weight.copy_(proj.to(attn.proj.weight.dtype))
