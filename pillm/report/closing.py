@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from .config import _TAGS, GAP_GOAL, PAPER_EXPERIMENTS, PIL_METHODS, TABLE_TITLES
 from .fmt import (
-    _finite, ITER_MOD, fmt_count, fmt_fixed, fmt_pct, fmt_pow10, fmt_ppl, fmt_seconds, method_tex, tex_escape, variant_tex,
+    _finite, ITER_MOD, SWEEP_WORDS, fmt_count, fmt_fixed, fmt_pct, fmt_pow10, fmt_ppl, fmt_seconds, method_tex,
+    tex_escape, variant_tex,
 )
 from .numbers import similar, verdict
 from .results import (
@@ -69,7 +70,11 @@ def gap(rep: Report) -> None:
         if _finite(data.get(k)):
             rep.add(macro, fmt_ppl(float(data[k])), path, f"{k} in gap/summary.json", float(data[k]))
     if data.get("best_hybrid_name"):
-        g["hybrid_name"] = str(data["best_hybrid_name"])
+        g["hybrid_name"] = name = str(data["best_hybrid_name"])
+        # what its closed-form phase costs beside the baseline's training (the paper's time half of the goal)
+        sweeps = [int(m.group(1)) for m in map(ITER_MOD.fullmatch, name.split("+")) if m]
+        g["hybrid_sweeps"] = SWEEP_WORDS.get(sweeps[0] if sweeps else 1, str(sweeps[0] if sweeps else 1))
+        g["hybrid_attn_first"] = name.split("+")[0] == "attn_then_pil"
         rep.add("GapHybridMethod", variant_tex(data["best_hybrid_name"]), path, "best_hybrid_name in gap/summary.json")
     if _finite(data.get("kn5_test_ppl")):
         kn = float(data["kn5_test_ppl"])

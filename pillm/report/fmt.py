@@ -122,7 +122,7 @@ def method_tex(m: Any) -> str:
 VARIANT_MOD_TEX = {"resolve": "a final re-solve", "head": "a solved output head", "global": "global targets",
                    "next_embedding": "next-embedding targets", "landmarks": "landmark keys",
                    "ppmi": "PPMI embeddings and a solved output head"}
-_SWEEPS = {2: "two", 3: "three", 4: "four", 5: "five"}
+SWEEP_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}  # a count of solve sweeps in words
 #: A variant's "+iterN" modifier: N bottom-up solve sweeps (its ``iterations``)
 ITER_MOD = re.compile(r"iter(\d+)")
 
@@ -133,7 +133,7 @@ def _variant_mod_tex(mod: str) -> str | None:
     m = ITER_MOD.fullmatch(mod)
     if m:
         n = int(m.group(1))
-        return f"{_SWEEPS.get(n, n)} solve sweeps" if n > 1 else None
+        return f"{SWEEP_WORDS.get(n, n)} solve sweeps" if n > 1 else None
     m = re.fullmatch(r"scale(\d+(?:\.\d+)?)", mod)
     if m:
         return f"projection scale {m.group(1)}"
