@@ -9,9 +9,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pillm import data
+
+#: A tiny run's TrainConfig overrides: one epoch over a 2,048-token slice of WikiText-2, on the CPU.
+TINY_TRAIN = {"epochs": 1, "batch_size": 16, "max_train_tokens": 2048, "max_eval_tokens": 1024, "search_tokens": 128,
+              "eval_every_epoch": False, "device": "cpu"}
+
+
+def attn_then_pil_checkpoint(tmp_path_factory, **train) -> Path:
+    """The checkpoint of a tiny attention→PIL model (Bi-PIL, expansion 4) trained on a WikiText-2 slice, with
+    ``train`` overriding :data:`TINY_TRAIN` (e.g. ``target="global"``): what the re-solving modules read."""
+    import torch
+
+    from pillm.run import RunSpec
+    from pillm.run import execute as train_run
+
+    out = tmp_path_factory.mktemp("pretrain")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    train_run(RunSpec(method="attn_then_pil", size="tiny", train=TINY_TRAIN | train), out=out, progress=False)
+    return out / "checkpoint"
 
 
 @pytest.fixture(scope="session", autouse=True)

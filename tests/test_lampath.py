@@ -15,23 +15,18 @@ import torch
 from pillm import experiments as ex
 from pillm.data import TokenStream, load_tokenized
 from pillm.lampath import LambdaPathSpec, execute, solve_layer_path
-from pillm.run import RunSpec, load
-from pillm.run import execute as train_run
+from pillm.run import load
 from pillm.train import TrainConfig, _search_windows, solve_layer
+from conftest import TINY_TRAIN, attn_then_pil_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
-TRAIN = {"epochs": 1, "batch_size": 16, "max_train_tokens": 2048, "max_eval_tokens": 1024, "search_tokens": 128,
-         "eval_every_epoch": False, "device": "cpu"}
+TRAIN = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny attention→PIL model (Bi-PIL, global targets) trained on a WikiText-2 slice."""
-    out = tmp_path_factory.mktemp("pretrain")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    train_run(RunSpec(method="attn_then_pil", size="tiny", train=TRAIN | {"target": "global"}), out=out,
-              progress=False)
-    return out / "checkpoint"
+    return attn_then_pil_checkpoint(tmp_path_factory, target="global")
 
 
 def _streams():
