@@ -113,11 +113,11 @@ def fix_attention(model: PILLM, heads: tuple, sharpness: float, generator: torch
                          f"and token coordinates; choose n_head ≥ 2 with n_embd / n_head even")
     codes, omega = position_codes(cfg.block_size, p, generator)
     tok = model.tok_emb.weight
+    tok[:, :p] = 0  # the position coordinates hold the code alone
     # the position code as large as a token embedding, so that LN₁ weighs both alike
     amplitude = float(tok.norm(dim=1).mean()) / math.sqrt(p / 2)
     model.pos_emb.weight.zero_()
     model.pos_emb.weight[:, :p] = (amplitude * codes).to(tok.dtype)
-    tok[:, :p] = 0
     # LN₁ at init: x̂ = (x − mean) / std, so the code's coordinates reach q, k scaled by 1 / std
     rms = math.sqrt((tok.norm(dim=1).pow(2).mean() + (amplitude ** 2) * p / 2) / c)
     code_sq = (amplitude / rms) ** 2  # |x̂_P|² per unit of Σ_f cos(·), i.e. the logit scale before s
