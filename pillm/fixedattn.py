@@ -9,8 +9,9 @@ closed-form output head) on top. Still zero gradient steps anywhere.
 Layout of the residual stream ``[C]``: the first ``P = C / n_head`` coordinates hold a position code, the
 other ``C − P`` the token embedding (random, or closed-form PPMI vectors). Positions are coded by sinusoids
 of ``P / 2`` random frequencies ``ω_f ∈ (0.1, π)``, ``p_t = (cos ω_f t, sin ω_f t)_f``: a rotation ``R_k``
-(angle ``−k ω_f`` per pair) maps ``p_t`` to ``p_{t−k}`` exactly, and ``p_{i−k} · p_j = Σ_f cos ω_f (i−k−j)``
-is ``P / 2`` at ``j = i − k`` and of order ``√(P/4)`` elsewhere (incommensurate frequencies: no aliasing).
+(angle ``−k ω_f`` per pair) maps ``p_t`` to ``p_{t−k}`` exactly, and
+``p_{i−k} · p_j = Σ_f cos ω_f (i−k−j)`` is ``P / 2`` at ``j = i − k`` and of order ``√(P/4)`` elsewhere
+(incommensurate frequencies: no aliasing).
 
 Head kinds (each head of every layer; ``heads`` lists one per head):
 

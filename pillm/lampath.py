@@ -117,7 +117,8 @@ def solve_layer_path(model: PILLM, layer: int, train: TokenStream, search: tuple
     ffn.set_solution(w, b)
     lam_at_edge = len(lams) > 1 and lam in (lams[0], lams[-1])
     eta_at_edge = len(etas) > 1 and eta in (min(etas), max(etas))
-    for name, value, grid, at_edge in (("λ", lam, "lams", lam_at_edge), ("step size η", eta, "eta_grid", eta_at_edge)):
+    edges = (("λ", lam, "lams", lam_at_edge), ("step size η", eta, "eta_grid", eta_at_edge))
+    for name, value, grid, at_edge in edges:
         if at_edge:
             warnings.warn(f"layer {layer}: the best {name}={value:g} is at the edge of {grid}; widen the grid",
                           RuntimeWarning, stacklevel=2)
@@ -143,7 +144,8 @@ def execute(spec: LambdaPathSpec, out: str | Path | None = None, *, progress: bo
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model, _ = load(spec.checkpoint, device=str(device))
-    layers = [i for i, b in enumerate(model.blocks) if isinstance(b.ffn, SolvedFFN) and not b.ffn.out_weight.requires_grad]
+    layers = [i for i, b in enumerate(model.blocks)
+              if isinstance(b.ffn, SolvedFFN) and not b.ffn.out_weight.requires_grad]
     if not layers:
         raise ValueError(f"{spec.checkpoint}: no closed-form FFN to re-solve (ffn={model.config.ffn!r}); "
                          "pretrain with a PIL method such as attn_then_pil")
