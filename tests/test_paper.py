@@ -1450,9 +1450,9 @@ def test_the_appendix_says_lambda_is_not_tuned_per_method(synthetic, tmp_path):
 
 
 @pytest.mark.parametrize("best, words", [
-    ("alternating", "hybrid runs one of its own besides training attention"),
+    ("alternating", "hybrid runs one such sweep besides training attention"),
     ("attn_then_pil+global+iter3",
-     "hybrid runs three of its own after training attention for as many epochs as the baseline")])
+     "hybrid runs three such sweeps after training attention for as many epochs as the baseline")])
 def test_the_time_half_of_the_gap_goal_is_said_to_be_unassessed(tmp_path, best, words):
     """Issue 7's goal bounds the best hybrid's wall-clock time by the baseline's; its runs shared the GPU, so the
     paper gives the measured cost of one sweep alone and how many sweeps the hybrid runs, and does not judge it."""
