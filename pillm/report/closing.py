@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from .config import _TAGS, GAP_GOAL, PAPER_EXPERIMENTS, PIL_METHODS, TABLE_TITLES
 from .fmt import (
-    _finite, ITER_MOD, SWEEP_WORDS, fmt_count, fmt_fixed, fmt_pct, fmt_pow10, fmt_ppl, fmt_seconds, method_tex,
-    tex_escape, variant_tex,
+    _finite, SWEEP_WORDS, fmt_count, fmt_fixed, fmt_pct, fmt_pow10, fmt_ppl, fmt_seconds, method_tex, tex_escape,
+    variant_sweeps, variant_tex,
 )
 from .numbers import similar, verdict
 from .results import (
@@ -72,8 +72,8 @@ def gap(rep: Report) -> None:
     if data.get("best_hybrid_name"):
         g["hybrid_name"] = name = str(data["best_hybrid_name"])
         # what its closed-form phase costs beside the baseline's training (the paper's time half of the goal)
-        sweeps = [int(m.group(1)) for m in map(ITER_MOD.fullmatch, name.split("+")) if m]
-        g["hybrid_sweeps"] = SWEEP_WORDS.get(sweeps[0] if sweeps else 1, str(sweeps[0] if sweeps else 1))
+        sweeps = variant_sweeps(name)[1]
+        g["hybrid_sweeps"] = SWEEP_WORDS.get(sweeps, str(sweeps)) if sweeps else None
         g["hybrid_attn_first"] = name.split("+")[0] == "attn_then_pil"
         rep.add("GapHybridMethod", variant_tex(data["best_hybrid_name"]), path, "best_hybrid_name in gap/summary.json")
     if _finite(data.get("kn5_test_ppl")):
@@ -113,11 +113,9 @@ def _iterated_solves(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
     same variant with one sweep, when both ran: ``c["gap"]["iterated"]``, one entry per pair, macros GapIter<Tag>*."""
     pairs = []
     for v in sorted(rows):
-        mods = v.split("+")
-        sweeps = [int(m.group(1)) for m in map(ITER_MOD.fullmatch, mods) if m]
-        base = "+".join(m for m in mods if not ITER_MOD.fullmatch(m))
-        if len(sweeps) == 1 and sweeps[0] > 1 and base in rows:
-            pairs.append((v, base, sweeps[0]))
+        base, sweeps = variant_sweeps(v)
+        if sweeps and sweeps > 1 and base in rows:
+            pairs.append((v, base, sweeps))
     out = rep.c["gap"]["iterated"] = []
     for tag, (v, base, n) in zip(_TAGS, pairs):
         r, b = rows[v], rows[base]

@@ -127,6 +127,15 @@ SWEEP_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}  # a count 
 ITER_MOD = re.compile(r"iter(\d+)")
 
 
+def variant_sweeps(name: Any) -> tuple[str, int | None]:
+    """A variant label split into the label without its ``+iterN`` modifier and N: 1 without one, None with
+    more than one (the count is then ambiguous)."""
+    mods = str(name).split("+")
+    sweeps = [int(m.group(1)) for m in map(ITER_MOD.fullmatch, mods) if m]
+    base = "+".join(m for m in mods if not ITER_MOD.fullmatch(m))
+    return base, (sweeps[0] if len(sweeps) == 1 else None if sweeps else 1)
+
+
 def _variant_mod_tex(mod: str) -> str | None:
     """One "+modifier" in words; ``iterN`` (the variant's ``iterations``) reads "N solve sweeps", ``scaleX``
     (its ``proj_scale``) "projection scale X", ``lamX`` (its ridge ``lam``) "λ = X"."""
