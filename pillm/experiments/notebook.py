@@ -33,26 +33,29 @@ def curves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -
     return pd.DataFrame(rows)
 
 
+def _run_solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None):
+    """``(run columns, solve record)`` for every per-layer solve of every run in ``df``."""
+    for rec in df[_run_columns(df)].to_dict("records"):
+        for s in load_result(experiment, rec["name"], profile, results_root)["solves"]:
+            yield rec, s
+
+
 def solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """Per-layer solver records (κ, R², fallback, λ, η, tokens, seconds) of every run in ``df``."""
     keep = ("phase", "layer", "sweep", "solver", "fallback", "reason", "cond", "r2", "lam", "lam_abs", "lam_at_edge",
             "eta", "eta_at_edge", "tokens", "n_features", "seconds", "seconds_total")
-    rows = []
-    for rec in df[_run_columns(df)].to_dict("records"):
-        for s in load_result(experiment, rec["name"], profile, results_root)["solves"]:
-            rows.append(rec | {k: s.get(k) for k in keep if k in s})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([rec | {k: s.get(k) for k in keep if k in s}
+                         for rec, s in _run_solves(experiment, df, profile, results_root)])
 
 
 def lambda_search(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """The λ path of every layer of the λ-path runs in ``df`` (pillm.lampath): for each λ of the grid, the
     lowest validation-search loss over η, and whether the layer kept that λ."""
     rows = []
-    for rec in df[_run_columns(df)].to_dict("records"):
-        for s in load_result(experiment, rec["name"], profile, results_root)["solves"]:
-            for lam in dict.fromkeys(r["lam"] for r in s.get("search", []) if "lam" in r):
-                loss = min(r["valid_loss"] for r in s["search"] if r["lam"] == lam)
-                rows.append(rec | {"layer": s["layer"], "lam": lam, "search_loss": loss, "chosen": lam == s["lam"]})
+    for rec, s in _run_solves(experiment, df, profile, results_root):
+        for lam in dict.fromkeys(r["lam"] for r in s.get("search", []) if "lam" in r):
+            loss = min(r["valid_loss"] for r in s["search"] if r["lam"] == lam)
+            rows.append(rec | {"layer": s["layer"], "lam": lam, "search_loss": loss, "chosen": lam == s["lam"]})
     return pd.DataFrame(rows)
 
 
