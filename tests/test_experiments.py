@@ -743,3 +743,30 @@ def test_a_sequential_grid_records_the_runs_of_other_processes(tmp_path, monkeyp
                      results_root=tmp_path, progress=False)
     assert seen == ["8", "8"] and list(df["concurrent_runs"]) == [8, 8]
     assert "PILLM_CONCURRENT_RUNS" not in os.environ  # restored for a later grid in the same kernel
+
+
+#: One run of each kind that is not a RunSpec (grid._OTHER_SPECS): every kind must have one here.
+OTHER_KIND_RUNS = {
+    "adapt": dict(checkpoint="ckpt", domain="ptb", how="resolve"),
+    "first_layer": dict(checkpoint="ckpt", projection="pca", expansion=16),
+    "lambda_path": dict(checkpoint="ckpt", lams=[1e-4, 1e-1]),
+    "fixed_attention": dict(heads=["prev1", "prev2", "prev3", "avg"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_KIND_RUNS))
+def test_each_other_kind_is_keyed_by_its_own_module_only(tmp_path, kind):
+    """Editing the module of one kind of run (adapt.py, firstlayer.py, lampath.py, fixedattn.py) makes that
+    kind's runs stale, and no other run: not the core's (code_hash), not another kind's."""
+    assert set(OTHER_KIND_RUNS) == set(grid._OTHER_SPECS)
+    package = tmp_path / "pillm"
+    shutil.copytree(REPO / "pillm", package)
+    specs = {k: grid.run_spec(grid._other_run(k, "r", None, dict(fields, **(
+        {"checkpoint": str(tmp_path / fields["checkpoint"])} if "checkpoint" in fields else {}))))
+        for k, fields in OTHER_KIND_RUNS.items()}
+    assert all(type(spec).__name__ == grid._OTHER_SPECS[k][1] for k, spec in specs.items())
+    core, keys = ex.code_hash(package), {k: ex.run_key(spec, package) for k, spec in specs.items()}
+    module = package / f"{grid._OTHER_SPECS[kind][0]}.py"
+    module.write_text(module.read_text() + "\n# edited\n")
+    assert ex.code_hash(package) == core
+    assert {k: ex.run_key(spec, package) != keys[k] for k, spec in specs.items()} == {k: k == kind for k in specs}
