@@ -7,7 +7,7 @@ import math
 import statistics as st
 from typing import TYPE_CHECKING
 
-from .config import _TAGS, GAP_GOAL, PAPER_EXPERIMENTS, PIL_METHODS, TABLE_TITLES
+from .config import _TAGS, GAP_GOAL, PAPER_EXPERIMENTS, PIL_METHODS, SIMILAR_TOL, TABLE_TITLES
 from .fmt import (
     _finite, SWEEP_WORDS, fmt_count, fmt_fixed, fmt_pct, fmt_pow10, fmt_ppl, fmt_seconds, method_tex, tex_escape,
     variant_sweeps, variant_tex,
@@ -55,11 +55,14 @@ def ngram(rep: Report) -> None:
         gap_pure = (rep.c.get("gap") or {}).get("pure_ppl")  # the best gradient-free variant of the gap section
         if gap_pure is not None:
             rep.c["ngram"]["gap_pure_vs_unigram"] = "better" if gap_pure < uni else "worse"
+        if rep.c.get("pure_best"):  # the best of every gradient-free variant (gap and pure_attention)
+            rep.c["pure_best"]["vs_unigram"] = "better" if rep.c["pure_best"]["ppl"] < uni else "worse"
 
 
 def gap(rep: Report) -> None:
     e = rep.R.exp("gap")
     rep.c["gap"] = None
+    rep._no_table("gap_changes", TABLE_TITLES["gap_changes"], ["gap"])  # until _single_changes makes it
     data, path = e.json("summary.json")
     if not isinstance(data, dict):
         return
@@ -99,13 +102,12 @@ def gap(rep: Report) -> None:
         g["hybrid_vs_attn"] = spread_verdict(rows[data["best_hybrid_name"]], rows["attn_only"])
     _head_calibration(rep, e)
     _iterated_solves(rep, e, rows)
+    _single_changes(rep, e, rows)
 
 
 def _by_variant(e: Experiment) -> dict[str, dict]:
     """The experiment's aggregated rows (mean ± std over seeds) by ``variant``; empty without that column."""
-    if not e.available or "variant" not in e.df.columns:
-        return {}
-    return {str(r["variant"]): r for r in _records(e.agg()[0])}
+    return _by_key(e, "variant")
 
 
 def _iterated_solves(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
@@ -127,15 +129,79 @@ def _iterated_solves(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
         first = not out or out[-1]["base"] != base
         item = {"tag": tag, "base": base, "first_of_base": first, "vs_base": spread_verdict(r, b), "paired": None}
         # same seed, same data order and initialisation: compare the two seed by seed as well
-        diffs = paired_differences(e.df, "variant", v, base, {})
-        if len(diffs) > 1:
-            mean = sum(diffs) / len(diffs)
-            rep.add(f"GapIter{tag}PairedDiff", ("+" if mean >= 0 else "-") + fmt_fixed(abs(mean), 2), e,
-                    f"mean over seeds of test_ppl(variant={v}) - test_ppl(variant={base})", mean)
-            rep.add(f"GapIter{tag}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
-                    f"seeds where variant={v} has the lower test_ppl than variant={base}")
-            item["paired"] = True
+        item["paired"] = _paired(rep, e, f"GapIter{tag}", "variant", v, base) is not None
         out.append(item)
+
+
+def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
+    """Every gap variant whose registry spec is another variant's plus one option, against that variant
+    (same seeds): the table ``gap_changes`` and ``c["gap"]["changes"]`` (how many, which are better beyond
+    the seed spread)."""
+    specs = (e.provenance.get("parameters") or {}).get("variants") or {}
+    pairs = []
+    for v, sv in specs.items():
+        for u, su in specs.items():
+            extra = {k: x for k, x in sv.items() if k not in su}
+            if (v in rows and u in rows and u != v and len(extra) == 1 and len(sv) == len(su) + 1
+                    and all(sv.get(k) == x for k, x in su.items())):
+                pairs.append((u, v, *next(iter(extra.items()))))
+    g = rep.c["gap"]
+    g["changes"] = None
+    if not pairs:
+        return
+    pairs.sort(key=lambda p: (p[0], p[1]))
+    body, better = [], []
+    for u, v, k, x in pairs:
+        r, b = rows[v], rows[u]
+        diffs = paired_differences(e.df, "variant", v, u, {})
+        vd = spread_verdict(r, b)
+        if vd == "better":
+            better.append(variant_tex(v))
+        body.append([variant_tex(u), rf"\texttt{{{tex_escape(f'{k}={x}')}}}", fmt_ppl(b["test_ppl"]),
+                     fmt_ppl(r["test_ppl"]) + (rf" $\pm$ {fmt_fixed(r['test_ppl_std'], 1)}"
+                                               if _finite(r.get("test_ppl_std")) else ""),
+                     _signed(st.mean(diffs)) if diffs else "--",
+                     f"{sum(d < 0 for d in diffs)} of {len(diffs)}" if diffs else "--",
+                     {"better": "lower", "worse": "higher", "within": "within"}[vd]])
+    rep.tables["gap_changes"] = TableSpec(
+        name="gap_changes", label="tab:gap_changes", sources=[e], align="llrrrrl",
+        caption=r"One option at a time: each variant of Table~\ref{tab:gap} that is another variant plus one "
+                r"option, against that variant (test PPL, mean over seeds). $\Delta$: the mean over seeds of the "
+                r"per-seed difference (same data order and initialisation); lower on: on how many seeds the "
+                r"option lowers test PPL; spread: the difference against the two rows' standard deviations "
+                r"over seeds together",
+        header=["Variant", "Option added", "Without", "With", r"$\Delta$", "Lower on", "Spread"], rows=body)
+    rep.add("GapChangesN", str(len(pairs)), e, "variants that add one option to another variant (provenance "
+            "parameters.variants), each compared with it", len(pairs))
+    rep.add("GapChangesBetter", str(len(better)), e, "of those, lower mean test_ppl beyond the seed spread",
+            len(better))
+    g["changes"] = {"better": better}
+
+
+def _signed(x: float) -> str:
+    """A difference of perplexities with its sign: two decimals below 100, whole numbers above."""
+    if round(abs(x), 2) == 0:  # no sign on a difference that rounds to nothing
+        return fmt_fixed(0.0, 2)
+    return ("+" if x >= 0 else "-") + (fmt_fixed(abs(x), 2) if abs(x) < 100 else fmt_ppl(abs(x)))
+
+
+def _paired(rep: Report, e: Experiment, prefix: str, key: str, a: str, b: str, where: dict | None = None,
+            label: str = "") -> float | None:
+    """Seed by seed (each seed's runs share data order and initialisation, or re-solve the same checkpoint):
+    the mean over seeds of test_ppl(``key`` = a) − test_ppl(``key`` = b) among the runs matching ``where``,
+    as macros ``<prefix>PairedDiff`` and ``<prefix>PairedLower`` (on how many seeds a is lower); None (no
+    macro) with fewer than two seeds, where the difference is the sentence's own two numbers."""
+    where = where or {}
+    diffs = paired_differences(e.df, key, a, b, where)
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    at = "".join(f", {k}={v}" for k, v in where.items()) + label
+    rep.add(f"{prefix}PairedDiff", _signed(mean), e,
+            f"mean over seeds of test_ppl({key}={a}) - test_ppl({key}={b}){at}", mean)
+    rep.add(f"{prefix}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
+            f"seeds where {key}={a} has the lower test_ppl than {key}={b}{at}")
+    return mean
 
 
 def _seed_retention(df, key: str, name: str | None, where: dict) -> dict[int, float]:
@@ -391,19 +457,134 @@ def first_layer(rep: Report) -> None:
         rep.add(f"FirstLayer{tag}RandomPPL", fmt_ppl(rnd["test_ppl"]), e, f"mean test_ppl, projection=random, {where}",
                 rnd["test_ppl"])
         # each seed re-solves its own checkpoint: compare the kinds on the same checkpoint as well
-        diffs = paired_differences(e.df, "projection", best, "random", {"expansion": x})
-        paired = None
-        if len(diffs) > 1:  # one seed's difference is the sentence's own two numbers
-            mean = sum(diffs) / len(diffs)
-            rep.add(f"FirstLayer{tag}PairedDiff", ("+" if mean >= 0 else "-") + fmt_fixed(abs(mean), 2), e,
-                    f"mean over seeds of test_ppl(projection={best}) - test_ppl(projection=random), {where}", mean)
-            rep.add(f"FirstLayer{tag}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
-                    f"seeds where projection={best} has the lower test_ppl than random, {where}")
-            paired = "lower" if mean < 0 else "higher"
+        mean = _paired(rep, e, f"FirstLayer{tag}", "projection", best, "random", {"expansion": x})
+        paired = None if mean is None else "lower" if mean < 0 else "higher"
         # with one seed there is no spread to be within: the sentence says "one seed so far" instead
         one_seed = min(int(b.get("n", 1)), int(rnd.get("n", 1))) == 1
         fl["widths"].append({"tag": tag, "vs_random": spread_verdict(b, rnd), "paired": paired,
                              "one_seed": one_seed})
+
+
+def lambda_path(rep: Report) -> None:
+    """λ chosen per layer on validation (``lambda_path`` notebook): attention→PIL checkpoints re-solved
+    bottom-up with each layer's ridge λ (and step η) chosen on the validation search windows, against a
+    control re-solved at the checkpoint's own λ; and which λ each layer chose (``lambda_search.csv``)."""
+    import pandas as pd
+
+    e = rep.R.exp("lambda_path")
+    rep.c["lambda_path"] = None
+    if not e.available or "variant" not in e.df.columns:
+        rep._no_table("lambda_path", TABLE_TITLES["lambda_path"], ["lambda_path"])
+        return
+    cols = [Col("before_test_ppl", "Checkpoint", fmt_ppl, None), *PPL_COLS, COND_COL]
+    rep.tables["lambda_path"] = generic_table(
+        e, "lambda_path", r"Attention$\rightarrow$PIL models whose FFN readouts are re-solved bottom-up with each "
+        r"layer's ridge $\lambda$ chosen on the validation search windows (\texttt{path}; one accumulation of "
+        r"$H^\top H$ per layer serves every $\lambda$ of the grid), against a re-solve at the checkpoint's own "
+        r"$\lambda$ (\texttt{control}); embeddings and attention are the checkpoint's, no optimizer step",
+        ["variant"], cols, hide=("method", "before_lam"))
+    rows = _by_variant(e)
+    lp = rep.c["lambda_path"] = {"control": None, "vs_control": None, "paired": False, "edges": None}
+    ctl, path = rows.get("control"), rows.get("path")
+    if ctl is not None and _finite(ctl.get("before_test_ppl")):
+        rep.add("LamPathControlPPL", fmt_ppl(ctl["test_ppl"]), e, "mean test_ppl, variant=control", ctl["test_ppl"])
+        rep.add("LamPathCheckpointPPL", fmt_ppl(ctl["before_test_ppl"]), e,
+                "mean before_test_ppl (the checkpoints), variant=control", ctl["before_test_ppl"])
+        lp["control"] = "reproduces" if similar(float(ctl["test_ppl"]), float(ctl["before_test_ppl"])) else "differs"
+    if ctl is not None and path is not None:
+        rep.add("LamPathPPL", fmt_ppl(path["test_ppl"]), e, "mean test_ppl, variant=path", path["test_ppl"])
+        lp["vs_control"] = spread_verdict(path, ctl)
+        lp["paired"] = _paired(rep, e, "LamPath", "variant", "path", "control") is not None
+    src = e.path / "lambda_search.csv"
+    if not src.is_file():
+        return
+    df = pd.read_csv(src)
+    if not {"name", "layer", "lam", "search_loss", "chosen"} <= set(df.columns) or df.empty:
+        return
+    lo, hi = float(df["lam"].min()), float(df["lam"].max())
+    chosen = df[df["chosen"].astype(bool)]
+    n = len(chosen)
+    low, high = int((chosen["lam"] <= lo).sum()), int((chosen["lam"] >= hi).sum())
+    # how much λ matters at all: per solve (run, layer), the search loss's range over the grid
+    spread = df.groupby(["name", "layer"])["search_loss"].agg(lambda x: float(x.max() - x.min()))
+    rep.add("LamPathSolves", str(n), src, "rows with chosen=True (one per run and layer)", n)
+    rep.add("LamPathGridLow", fmt_pow10(lo), src, "the smallest lam of the grid", lo)
+    rep.add("LamPathGridHigh", fmt_pow10(hi), src, "the largest lam of the grid", hi)
+    rep.add("LamPathAtLow", str(low), src, "chosen rows whose lam is the grid's smallest", low)
+    rep.add("LamPathAtHigh", str(high), src, "chosen rows whose lam is the grid's largest", high)
+    rep.add("LamPathLossRange", fmt_fixed(float(spread.max()), 4), src,
+            "largest over runs and layers of max(search_loss) - min(search_loss) over the lam grid (nats)",
+            float(spread.max()))
+    lp["edges"] = {"low": low, "high": high, "n": n}
+    # flat: no layer's choice of λ moves its search loss by more than the "similar" perplexity tolerance
+    lp["flat"] = float(spread.max()) < math.log1p(SIMILAR_TOL)
+
+
+def pure_attention(rep: Report) -> None:
+    """Fixed attention for pure PIL (``pure_attention`` notebook): previous-token and causal-averaging heads
+    against random attention (the gap experiment's ``pil_pure+ppmi`` runs), all with zero gradient steps; the
+    best of them on validation against the gap experiment's best pure variant and the 5-gram."""
+    e = rep.R.exp("pure_attention")
+    rep.c["pure_attention"] = rep.c["pure_best"] = None
+    if not e.available or "heads" not in e.df.columns:
+        rep._no_table("pure_attention", TABLE_TITLES["pure_attention"], ["pure_attention"])
+        _best_pure(rep)
+        return
+    rep.tables["pure_attention"] = generic_table(
+        e, "pure_attention", r"Pure PIL (PPMI embeddings, closed-form FFNs and output head, no gradient step "
+        r"anywhere) with fixed attention: per layer one head's pattern, \texttt{prevK} attending $K$ tokens back "
+        r"and \texttt{avg} averaging the causal context, over a sinusoidal position code; \texttt{random}: "
+        r"random attention (the gap experiment's runs)", ["heads"], [*PPL_COLS, COND_COL],
+        hide=("method", "solve_head", "embed_init"))
+    rows = {k: r for k, r in _by_key(e, "heads").items() if _finite(r.get("valid_ppl"))}
+    fixed = [k for k in rows if k != "random"]
+    if "random" not in rows or not fixed:
+        _best_pure(rep)
+        return
+    best = min(fixed, key=lambda k: float(rows[k]["valid_ppl"]))
+    b, rnd = rows[best], rows["random"]
+    rep.add("PureAttnBest", tex_escape(best), e, "heads (not random) with the lowest mean valid_ppl")
+    rep.add("PureAttnBestPPL", fmt_ppl(b["test_ppl"]), e, f"mean test_ppl, heads={best}", b["test_ppl"])
+    rep.add("PureAttnRandomPPL", fmt_ppl(rnd["test_ppl"]), e, "mean test_ppl, heads=random", rnd["test_ppl"])
+    pa = rep.c["pure_attention"] = {"vs_random": spread_verdict(b, rnd), "n_fixed": len(fixed),
+                                    "n_fixed_words": SWEEP_WORDS.get(len(fixed), str(len(fixed))),
+                                    "paired": _paired(rep, e, "PureAttn", "heads", best, "random") is not None}
+    # the best pure variant on validation across this experiment and the gap experiment's candidates
+    g, _ = rep.R.exp("gap").json("summary.json")
+    if isinstance(g, dict) and _finite(g.get("pure_pil_valid_ppl")):
+        pa["beats_gap_pure"] = float(b["valid_ppl"]) < float(g["pure_pil_valid_ppl"])
+    if pa.get("beats_gap_pure"):
+        _best_pure(rep, b, rf"Pure PIL with fixed attention (\texttt{{{tex_escape(best)}}})", e, f"heads={best}")
+    else:
+        _best_pure(rep)
+    pa["best_vs_kn"] = (rep.c.get("pure_best") or {}).get("vs_kn")
+
+
+def _best_pure(rep: Report, row: dict | None = None, name_tex: str = "", e: Experiment | None = None,
+               where: str = "") -> None:
+    """Macros ``PureBestPPL``/``PureBestMethod`` and ``c["pure_best"]``: the best gradient-free variant on
+    validation, the gap experiment's (gap/summary.json) unless ``row`` (of ``e``, at ``where``) replaces it."""
+    g, path = rep.R.exp("gap").json("summary.json")
+    kn = float(g["kn5_test_ppl"]) if isinstance(g, dict) and _finite(g.get("kn5_test_ppl")) else None
+    if row is not None and e is not None:
+        ppl = float(row["test_ppl"])
+        rep.add("PureBestPPL", fmt_ppl(ppl), e, f"mean test_ppl, {where} (lower valid_ppl than gap's "
+                "pure_pil_valid_ppl)", ppl)
+        rep.add("PureBestMethod", name_tex, e, f"{where}: the lowest mean valid_ppl of the fixed-attention patterns")
+    elif isinstance(g, dict) and _finite(g.get("pure_pil_test_ppl")) and g.get("pure_pil_name"):
+        ppl = float(g["pure_pil_test_ppl"])
+        rep.add("PureBestPPL", fmt_ppl(ppl), path, "pure_pil_test_ppl in gap/summary.json", ppl)
+        rep.add("PureBestMethod", variant_tex(g["pure_pil_name"]), path, "pure_pil_name in gap/summary.json")
+    else:
+        return
+    rep.c["pure_best"] = {"ppl": ppl, "vs_kn": None if kn is None else "better" if ppl < kn else "worse"}
+
+
+def _by_key(e: Experiment, key: str) -> dict[str, dict]:
+    """The experiment's aggregated rows (mean ± std over seeds) by ``key``; empty without that column."""
+    if not e.available or key not in e.df.columns:
+        return {}
+    return {str(r[key]): r for r in _records(e.agg()[0])}
 
 
 def _eta_grid_top(rep: Report) -> None:

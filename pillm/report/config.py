@@ -13,7 +13,8 @@ TEMPLATES = PAPER / "templates"
 #: Experiments the paper uses (registry keys of :mod:`pillm.experiments`).
 PAPER_EXPERIMENTS = ("benchmark", "lambada", "ablation_bipil", "ablation_lambda", "ablation_expansion",
                      "ablation_fusion", "training_strategy", "tinystories", "complexity", "training_curves",
-                     "gap", "ngram", "tuning", "teacher", "adaptation", "protocol", "first_layer")
+                     "gap", "ngram", "tuning", "teacher", "adaptation", "protocol", "first_layer",
+                     "lambda_path", "pure_attention")
 #: Columns of summary.csv that are outcomes, not parameters (never grouping keys).
 OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "pil_s", "total_s",
                   "optimizer_steps", "params_embedding", "params_attention", "params_norm",
@@ -24,7 +25,9 @@ OUTPUT_COLUMNS = ("valid_ppl", "test_ppl", "test_acc", "valid_acc", "train_s", "
                   "wiki_test_ppl", "adapt_s", "trained_params", "before_new_valid_ppl", "before_new_test_ppl",
                   "before_wiki_test_ppl",
                   # first_layer: the checkpoint's own perplexities, per seed
-                  "before_valid_ppl", "before_test_ppl")
+                  "before_valid_ppl", "before_test_ppl",
+                  # lambda_path: the λ the checkpoint was solved with (per run)
+                  "before_lam")
 NOT_KEYS = ("seed", "name", "experiment")
 LOWER_BETTER = {"valid_ppl", "test_ppl", "word_ppl", "total_s", "train_s", "pil_s"}
 HIGHER_BETTER = {"test_acc", "valid_acc", "acc"}
@@ -71,9 +74,12 @@ TABLE_TITLES = {
     "tinystories": "TinyStories", "tuning": "Learning rate and dropout chosen on validation",
     "tuned": "Every method at its own chosen setting",
     "gap": "Closing the gap: every variant of the gap experiment",
+    "gap_changes": "One option at a time",
     "teacher": "Trained FFNs refitted by random features",
     "adaptation": "Adaptation to a new domain",
     "first_layer": "Data-dependent first layers, re-solved in closed form",
+    "lambda_path": r"Ridge $\lambda$ chosen per layer on validation",
+    "pure_attention": "Fixed attention for pure PIL",
     "protocol": "Test perplexity with sliding windows",
     "complexity_fit": "Fit of the measured time of the closed-form phase",
     "models": "Model configurations", "datasets": "Corpora and token counts",

@@ -144,7 +144,7 @@ def key_cells(r: dict, keys: list[str]) -> list[str]:
 KEY_HEADERS = {"method": "Method", "dataset": "Dataset", "size": "Size", "lam": r"$\lambda$", "epochs": "Epochs",
                "max_train_tokens": "Train tokens", "bipil": "Bi-PIL", "lambada_n": "Passages",
                "expansion": "Expansion", "fusion": "Fusion", "variant": "Variant", "target": "Target",
-               "domain": "New domain", "how": "Adapted by"}
+               "domain": "New domain", "how": "Adapted by", "heads": "Heads"}
 
 PPL_COLS = [Col("test_ppl", r"Test PPL $\downarrow$", fmt_ppl, "lower"),
             Col("valid_ppl", r"Valid PPL $\downarrow$", fmt_ppl, "lower")]
