@@ -511,6 +511,40 @@ def test_choose_on_validation_leaves_incomplete_grids_out_of_a_partial_summary(m
     assert chosen["lr"].iloc[0] == 2e-3 and chosen["trials"].iloc[1] == 1 and math.isnan(chosen["lr"].iloc[1])
 
 
+def test_lambda_is_searched_per_closed_form_method_at_its_chosen_setting():
+    """Issue 8: λ of the closed-form methods that train is chosen on validation like lr and dropout, at each
+    method's chosen setting; the trial at the common λ is the chosen run itself (the same run key)."""
+    base = {"size": "tiny", "train": {"lam": 1e-4}}
+    chosen = pd.DataFrame([{"method": "baseline", "lr": 2e-3, "dropout": 0.1, "complete": True},
+                           {"method": "pil_then_attn", "lr": 4e-3, "dropout": 0.2, "complete": True},
+                           {"method": "alternating", "lr": math.nan, "dropout": math.nan, "complete": False}])
+    trials = ex.lambda_trials(base, chosen, [1e-4, 1e-2], [0])
+    assert [r["name"] for r in trials] == ["method=pil_then_attn,lr=0.004,dropout=0.2,lam=0.0001,seed=0",
+                                           "method=pil_then_attn,lr=0.004,dropout=0.2,lam=0.01,seed=0"]
+    plain = ex.make_run(base, method="pil_then_attn", lr=4e-3, dropout=0.2, seed=0)
+    assert ex.run_key(ex.run_spec(trials[0])) == ex.run_key(ex.run_spec(plain))  # the chosen run: reused
+    assert ex.lambda_trials(base, chosen, [], [0]) == []
+    for bad in ([0.0], [-1e-4], [True], [1e-4, 1e-4]):
+        with pytest.raises(ValueError, match="lams"):
+            ex.lambda_trials(base, chosen, bad, [0])
+    # chosen on validation (1e-2), not on test (where 1e-4 is lower)
+    df = pd.DataFrame([{"method": "pil_then_attn", "lam": 1e-4, "valid_ppl": 150.0, "test_ppl": 140.0},
+                       {"method": "pil_then_attn", "lam": 1e-2, "valid_ppl": 149.0, "test_ppl": 141.0}])
+    lambdas = ex.choose_lambda(df, base)
+    assert lambdas["lam"].iloc[0] == 1e-2 and lambdas["default_valid_ppl"].iloc[0] == 150.0
+    confirm = ex.confirmation_runs(base, chosen, [0, 1], lambdas)
+    assert [r["name"] for r in confirm] == [
+        "method=baseline,lr=0.002,dropout=0.1,seed=0", "method=baseline,lr=0.002,dropout=0.1,seed=1",
+        "method=pil_then_attn,lr=0.004,dropout=0.2,lam=0.01,seed=0",  # lambda_trials' run of that λ
+        "method=pil_then_attn,lr=0.004,dropout=0.2,lam=0.01,seed=1"]
+    assert confirm[2]["train"]["lam"] == 1e-2 and confirm[0]["train"]["lam"] == 1e-4  # the base's common λ
+    # a method whose λ search is incomplete (a partial grid) is not confirmed yet; without λ choices, as before
+    waiting = lambdas.assign(complete=False)
+    assert [r["method"] for r in ex.confirmation_runs(base, chosen, [0], waiting)] == ["baseline"]
+    assert [r["name"] for r in ex.confirmation_runs(base, chosen, [0])] == [
+        "method=baseline,lr=0.002,dropout=0.1,seed=0", "method=pil_then_attn,lr=0.004,dropout=0.2,seed=0"]
+
+
 def test_finished_only_summarizes_what_finished_and_runs_nothing(tmp_path, fake_execute, monkeypatch):
     runs = ex.expand({"size": "tiny"}, method=["baseline"], seed=[0, 1, 2])
     ex.run_grid("exp", runs[:1], profile="smoke", results_root=tmp_path, progress=False)

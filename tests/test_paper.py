@@ -1576,3 +1576,28 @@ def test_signed_differences_drop_the_sign_of_nothing():
 
     assert (_signed(-0.001), _signed(0.004), _signed(-1.234), _signed(2.0), _signed(-12090.8)) == (
         "0.00", "0.00", "-1.23", "+2.00", "-12\\,091")
+
+
+def test_lambda_chosen_per_method_in_tuning_is_reported_in_the_appendix(tmp_path):
+    """tuning's λ search (chosen_lam.csv, lambda.csv): the appendix names each closed-form method's λ chosen on
+    validation, and no longer says that they have none."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark", "tuning", "lambda_path"))
+    d = root / "smoke" / "tuning"
+    closing_free = _prose(_render(root, tmp_path / "a"), "appendix_tuning")
+    assert "The other closed-form methods have not had" in closing_free and "then had $\\lambda$" not in closing_free
+    _write_csv(d / "lambda.csv", [{"method": "pil_then_attn", "lam": lam, "seed": 0, "valid_ppl": v, "test_ppl": v}
+                                  for lam, v in ((1e-4, 210.0), (1e-2, 205.0), (1.0, 208.0))])
+    (d / "chosen_lam.csv").write_text("method,trials,complete,lam,valid_ppl,test_ppl,default_valid_ppl,chosen_is_default\n"
+                                      "pil_then_attn,3,True,0.01,205.0,200.0,210.0,False\n"
+                                      "alternating,1,False,,,,,\n")
+    dirs = _render(root, tmp_path / "b")
+    text = _prose(dirs, "appendix_tuning")
+    assert r"\TunedLamAMethod{} chose \TunedLamA{}" in text
+    assert "The other closed-form methods have not had" not in text and "value. The closed-form methods that also train" in text
+    assert "the search of Alternating is incomplete" in text
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert numbers["TunedLamA"]["value"] == r"\ensuremath{10^{-2}}"
+    assert numbers["TunedLamAMethod"]["source"].endswith("tuning/chosen_lam.csv")
+    assert (numbers["TunedLamGridLow"]["value"], numbers["TunedLamGridHigh"]["value"]) == (
+        r"\ensuremath{10^{-4}}", r"\ensuremath{10^{0}}")
+    assert "TunedLamB" not in numbers  # the incomplete search chose nothing

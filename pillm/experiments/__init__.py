@@ -45,13 +45,14 @@ from .registry import (
     run_experiments, run_one, run_provenance, staleness_hash,
 )
 from .summaries import (
-    choose_on_validation, evaluate_checkpoint, gap_summary, load_model, load_result, run_dir, teacher_summary,
+    LAMBDA_TUNED, choose_lambda, choose_on_validation, confirmation_runs, evaluate_checkpoint, gap_summary,
+    lambda_trials, load_model, load_result, run_dir, teacher_summary,
 )
 
 __all__ = [
-    "FINISHED_ONLY", "KERNEL", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "RUN_LOGS", "add_arguments", "barplot",
-    "check_kernel", "choose_on_validation", "code_hash", "curves", "evaluate_checkpoint", "expand", "expected_cost",
-    "experiment_dir", "finished_only", "fit_complexity", "gap_summary", "heatmap", "lambda_search", "lineplot",
+    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "RUN_LOGS", "add_arguments", "barplot",
+    "check_kernel", "choose_lambda", "choose_on_validation", "code_hash", "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost",
+    "experiment_dir", "finished_only", "fit_complexity", "gap_summary", "heatmap", "lambda_search", "lambda_trials", "lineplot",
     "load_model", "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run",
     "make_fixed_attention_run", "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters",
     "notebook_source_hash", "partial_allowed", "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments",

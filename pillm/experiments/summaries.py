@@ -11,7 +11,11 @@ import pandas as pd
 from ..report import log_gap_share
 from ..run import load
 from .files import experiment_dir
-from .grid import partial_allowed
+from .grid import make_run, partial_allowed
+
+#: Methods that solve FFNs in closed form and also take optimizer steps: their ridge λ is searched per
+#: method, at each one's chosen learning rate and dropout (pure PIL takes no step: it has no lr to tune).
+LAMBDA_TUNED = ("pil_then_attn", "attn_then_pil", "alternating")
 
 
 def teacher_summary(teachers: pd.DataFrame, students: pd.DataFrame) -> dict:
@@ -111,6 +115,49 @@ def choose_on_validation(df: pd.DataFrame, by: str, params: list[str], default: 
             row["chosen_is_default"] = bool(len(d)) and all(best[p] == v for p, v in default.items())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def lambda_trials(base: dict, chosen: pd.DataFrame, lams: list[float], seeds: list[int]) -> list[dict]:
+    """The ridge-λ search, the same way as the learning-rate × dropout search: for each method of
+    ``chosen`` (:func:`choose_on_validation`'s rows) in :data:`LAMBDA_TUNED` whose setting was chosen, one run
+    per λ of ``lams`` and seed at that setting. The trial at the common λ is the chosen run itself (same run
+    key: reused, not rerun). Empty when ``lams`` is."""
+    bad = [x for x in lams if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0]
+    if bad:
+        raise ValueError(f"lams must be positive relative ridge values (e.g. [1e-4, 1e-2, 1.0]), got {bad}")
+    if len(set(lams)) != len(lams):
+        raise ValueError(f"lams has repeated values: {lams}")
+    done = chosen[chosen["method"].isin(LAMBDA_TUNED) & chosen["complete"].astype(bool)]
+    return [make_run(base, method=r.method, lr=float(r.lr), dropout=float(r.dropout), lam=float(lam), seed=seed)
+            for r in done.itertuples() for lam in lams for seed in seeds]
+
+
+def choose_lambda(trials: pd.DataFrame, base: dict) -> pd.DataFrame:
+    """Per method, the λ of :func:`lambda_trials` with the lowest mean validation perplexity (rows as
+    :func:`choose_on_validation`'s, beside the common λ: ``train.lam`` of ``base``, else TrainConfig's)."""
+    from ..train import TrainConfig
+
+    common = float(base.get("train", {}).get("lam", TrainConfig.lam))
+    return choose_on_validation(trials, "method", ["lam"], default={"lam": common})
+
+
+def confirmation_runs(base: dict, chosen: pd.DataFrame, seeds: list[int],
+                      lambdas: pd.DataFrame | None = None) -> list[dict]:
+    """Every method at its own chosen setting (``chosen``: lr and dropout; ``lambdas``: :func:`choose_lambda`'s
+    λ, for the methods it has) on each of ``seeds``. A method whose choice is incomplete (a partial grid) gets
+    no runs; λ enters a run only where it differs from the common λ, so those runs keep their names."""
+    lam_of, waiting = {}, set()
+    if lambdas is not None:
+        for r in lambdas.itertuples():
+            if not bool(r.complete):
+                waiting.add(r.method)
+            elif not bool(r.chosen_is_default):
+                lam_of[r.method] = float(r.lam)
+    done = chosen[chosen["complete"].astype(bool) & ~chosen["method"].isin(waiting)]
+    # named like lambda_trials' runs (method, lr, dropout[, lam], seed): the grid's own seed is the same run
+    return [make_run(base, method=r.method, lr=float(r.lr), dropout=float(r.dropout),
+                     **({"lam": lam_of[r.method]} if r.method in lam_of else {}), seed=seed)
+            for r in done.itertuples() for seed in seeds]
 
 
 def run_dir(experiment: str, name: str, profile: str, results_root=None) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .config import COMPETITIVE_TOL, METHOD_ORDER, PIL_METHODS, TABLE_TITLES, TARGET_TEX
+from .config import _TAGS, COMPETITIVE_TOL, METHOD_ORDER, PIL_METHODS, TABLE_TITLES, TARGET_TEX
 from .fmt import (
     _finite, _natural_key, fmt_fixed, fmt_pct, fmt_plain, fmt_pow10, fmt_ppl, fmt_sci, fmt_seconds, method_tex,
     tex_escape,
@@ -324,7 +324,37 @@ def tuning(rep: Report) -> None:
                                    "methods": [("every method with a complete grid" if t["incomplete"] else
                                                 "every method")] if every else at,
                                    "every": every})
+    _tuned_lambda(rep, e)
     _tuned(rep, e)
+
+
+def _tuned_lambda(rep: Report, e: Experiment) -> None:
+    """``chosen_lam.csv`` (when the notebook searched λ): per closed-form method that trains, the ridge λ chosen
+    on validation at its chosen lr and dropout; ``c["tuning"]["lambdas"]``, one entry per method."""
+    import pandas as pd
+
+    t = rep.c["tuning"]
+    t["lambdas"] = None
+    path = e.path / "chosen_lam.csv"
+    if not path.is_file():
+        return
+    df = pd.read_csv(path)
+    done = df[_flag(df["complete"])] if "complete" in df.columns else df
+    grid = sorted({float(v) for v in pd.read_csv(e.path / "lambda.csv")["lam"]}) if (
+        e.path / "lambda.csv").is_file() else []
+    t["lambdas"] = out = []
+    for tag, r, common in zip(_TAGS, done.itertuples(), _flag(done["chosen_is_default"])):
+        rep.add(f"TunedLam{tag}Method", method_tex(r.method), path, f"method of complete row {tag}")
+        rep.add(f"TunedLam{tag}", fmt_pow10(float(r.lam)), path, f"lam chosen on validation, method={r.method}",
+                float(r.lam))
+        # at an end of a grid of three or more: the grid, not the data, stopped the choice
+        out.append({"tag": tag, "common": bool(common),
+                    "edge": len(grid) > 2 and float(r.lam) in (grid[0], grid[-1])})
+    if grid:
+        rep.add("TunedLamGridLow", fmt_pow10(grid[0]), e.path / "lambda.csv", "the smallest lam of the search", grid[0])
+        rep.add("TunedLamGridHigh", fmt_pow10(grid[-1]), e.path / "lambda.csv", "the largest lam of the search",
+                grid[-1])
+    t["lambdas_incomplete"] = [method_tex(m) for m in df.loc[~df.index.isin(done.index), "method"]]
 
 
 def _tuned(rep: Report, e: Experiment) -> None:
@@ -336,8 +366,10 @@ def _tuned(rep: Report, e: Experiment) -> None:
         rep._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
         return
     tuned = Experiment("tuning", rep.profile, e.path, pd.read_csv(path), path, e.provenance)
+    own = ("learning rate and dropout" if "lam" not in tuned.df.columns else
+           r"learning rate and dropout (and, for the closed-form methods that train, ridge $\lambda$)")
     rep.tables["tuned"] = generic_table(
-        tuned, "tuned", "Every method at its own learning rate and dropout chosen on validation "
+        tuned, "tuned", f"Every method at its own {own} chosen on validation "
         "(Table~\\ref{tab:tuning}), with the grid's seed and more", ["method"], PPL_COLS + [ACC_COL])
     by = {str(r["method"]): r for r in _records(tuned.agg()[0])}
     t = rep.c["tuning"]
