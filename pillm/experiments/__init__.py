@@ -50,13 +50,13 @@ from .summaries import (
 )
 
 __all__ = [
-    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "RUN_LOGS", "add_arguments", "barplot",
-    "check_kernel", "choose_lambda", "choose_on_validation", "code_hash", "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost",
-    "experiment_dir", "finished_only", "fit_complexity", "gap_summary", "heatmap", "lambda_search", "lambda_trials", "lineplot",
-    "load_model", "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run",
-    "make_fixed_attention_run", "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters",
-    "notebook_source_hash", "partial_allowed", "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments",
-    "run_filter", "run_grid", "run_key", "run_one", "run_provenance", "run_spec", "samples", "setup_notebook",
-    "solves", "staleness_hash", "summarize", "summary_table", "teacher_summary", "visible_gpus", "write_csv_atomic",
-    "write_json_atomic", "write_text_atomic",
+    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "RUN_LOGS", "add_arguments",
+    "barplot", "check_kernel", "choose_lambda", "choose_on_validation", "code_hash", "confirmation_runs", "curves",
+    "evaluate_checkpoint", "expand", "expected_cost", "experiment_dir", "finished_only", "fit_complexity",
+    "gap_summary", "heatmap", "lambda_search", "lambda_trials", "lineplot", "load_model", "load_registry",
+    "load_result", "main", "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run",
+    "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters", "notebook_source_hash", "partial_allowed",
+    "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid", "run_key",
+    "run_one", "run_provenance", "run_spec", "samples", "setup_notebook", "solves", "staleness_hash", "summarize",
+    "summary_table", "teacher_summary", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
 ]

@@ -153,15 +153,14 @@ def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
     body, better = [], []
     for u, v, k, x in pairs:
         r, b = rows[v], rows[u]
-        diffs = paired_differences(e.df, "variant", v, u, {})
+        diff, lower = _paired_text(paired_differences(e.df, "variant", v, u, {}))
         vd = spread_verdict(r, b)
         if vd == "better":
             better.append(variant_tex(v))
         body.append([variant_tex(u), rf"\texttt{{{tex_escape(f'{k}={x}')}}}", fmt_ppl(b["test_ppl"]),
                      fmt_ppl(r["test_ppl"]) + (rf" $\pm$ {fmt_fixed(r['test_ppl_std'], 1)}"
                                                if _finite(r.get("test_ppl_std")) else ""),
-                     _signed(st.mean(diffs)) if diffs else "--",
-                     f"{sum(d < 0 for d in diffs)} of {len(diffs)}" if diffs else "--",
+                     diff or "--", lower or "--",
                      {"better": "lower", "worse": "higher", "within": "within"}[vd]])
     rep.tables["gap_changes"] = TableSpec(
         name="gap_changes", label="tab:gap_changes", sources=[e], align="llrrrrl",
@@ -185,23 +184,30 @@ def _signed(x: float) -> str:
     return ("+" if x >= 0 else "-") + (fmt_fixed(abs(x), 2) if abs(x) < 100 else fmt_ppl(abs(x)))
 
 
-def _paired(rep: Report, e: Experiment, prefix: str, key: str, a: str, b: str, where: dict | None = None,
-            label: str = "") -> float | None:
+def _paired_text(diffs: list[float]) -> tuple[str | None, str | None]:
+    """Per-seed differences as text: their mean with its sign, and on how many seeds the first is lower
+    ("2 of 3"); (None, None) with fewer than two seeds, where a difference is the two numbers themselves."""
+    if len(diffs) < 2:
+        return None, None
+    return _signed(st.mean(diffs)), f"{sum(d < 0 for d in diffs)} of {len(diffs)}"
+
+
+def _paired(rep: Report, e: Experiment, prefix: str, key: str, a: str, b: str,
+            where: dict | None = None) -> float | None:
     """Seed by seed (each seed's runs share data order and initialisation, or re-solve the same checkpoint):
     the mean over seeds of test_ppl(``key`` = a) − test_ppl(``key`` = b) among the runs matching ``where``,
-    as macros ``<prefix>PairedDiff`` and ``<prefix>PairedLower`` (on how many seeds a is lower); None (no
-    macro) with fewer than two seeds, where the difference is the sentence's own two numbers."""
+    as macros ``<prefix>PairedDiff`` and ``<prefix>PairedLower`` (:func:`_paired_text`); None (no macro)
+    with fewer than two seeds."""
     where = where or {}
     diffs = paired_differences(e.df, key, a, b, where)
-    if len(diffs) < 2:
+    diff, lower = _paired_text(diffs)
+    if diff is None:
         return None
-    mean = sum(diffs) / len(diffs)
-    at = "".join(f", {k}={v}" for k, v in where.items()) + label
-    rep.add(f"{prefix}PairedDiff", _signed(mean), e,
-            f"mean over seeds of test_ppl({key}={a}) - test_ppl({key}={b}){at}", mean)
-    rep.add(f"{prefix}PairedLower", f"{sum(d < 0 for d in diffs)} of {len(diffs)}", e,
-            f"seeds where {key}={a} has the lower test_ppl than {key}={b}{at}")
-    return mean
+    at = "".join(f", {k}={v}" for k, v in where.items())
+    rep.add(f"{prefix}PairedDiff", diff, e, f"mean over seeds of test_ppl({key}={a}) - test_ppl({key}={b}){at}",
+            st.mean(diffs))
+    rep.add(f"{prefix}PairedLower", lower, e, f"seeds where {key}={a} has the lower test_ppl than {key}={b}{at}")
+    return st.mean(diffs)
 
 
 def _seed_retention(df, key: str, name: str | None, where: dict) -> dict[int, float]:
