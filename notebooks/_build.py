@@ -6,7 +6,9 @@
 The .ipynb files are the source of truth; this only refreshes their outputs (which nbval compares
 in `make test`) after an edit. Runs go to a fresh temporary results root (``$PILLM_RESULTS_DIR``),
 so nothing stale is reused and ``results/`` is left alone. Timing metadata is not recorded, so
-re-executing an unchanged notebook gives an unchanged file.
+re-executing an unchanged notebook gives an unchanged file. The kernels run under
+``pillm.experiments.REPRODUCIBLE_CPU_ENV`` (as nbval does in tests/test_notebooks.py), so that the
+outputs do not depend on the CPU model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from pillm.experiments import REPRODUCIBLE_CPU_ENV
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,6 +45,7 @@ def main(names: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="pillm-nb-") as tmp:
         os.environ["PILLM_RESULTS_DIR"] = tmp
         os.environ.setdefault("PILLM_OFFLINE", "1")
+        os.environ.update(REPRODUCIBLE_CPU_ENV)  # the kernels inherit it: outputs independent of the CPU model
         for p in paths:
             print(f"{p.name}: {build(p):.1f} s", flush=True)
     return 0

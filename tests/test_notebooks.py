@@ -31,7 +31,8 @@ ORDER = ["benchmark", "training_curves", "training_strategy", "ablation_lambda",
 
 
 def _nbval(notebook: str, results: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"PILLM_RESULTS_DIR": str(results), "PILLM_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | ex.REPRODUCIBLE_CPU_ENV | {"PILLM_RESULTS_DIR": str(results), "PILLM_OFFLINE": "1",
+                                                  "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--nbval",
            f"notebooks/{notebook}", "--nbval-sanitize-with", "nbval_sanitize.cfg", "--rootdir", str(REPO)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

@@ -30,7 +30,9 @@ top-level modules of ``pillm/`` only).
 """
 
 from ..run import write_json_atomic
-from .files import PACKAGE, REGISTRY, experiment_dir, root_dir, write_csv_atomic, write_text_atomic
+from .files import (
+    PACKAGE, REGISTRY, REPRODUCIBLE_CPU_ENV, experiment_dir, root_dir, write_csv_atomic, write_text_atomic,
+)
 from .grid import (
     FINISHED_ONLY, MATCH, PARTIAL, RUN_LOGS, code_hash, expand, expected_cost, finished_only, make_adapt_run,
     make_first_layer_run, make_fixed_attention_run, make_lambda_path_run, make_run, partial_allowed, run_filter,
@@ -50,13 +52,13 @@ from .summaries import (
 )
 
 __all__ = [
-    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "RUN_LOGS", "add_arguments",
-    "barplot", "check_kernel", "choose_lambda", "choose_on_validation", "code_hash", "confirmation_runs", "curves",
-    "evaluate_checkpoint", "expand", "expected_cost", "experiment_dir", "finished_only", "fit_complexity",
-    "gap_summary", "heatmap", "lambda_search", "lambda_trials", "lineplot", "load_model", "load_registry",
-    "load_result", "main", "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run",
+    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "REPRODUCIBLE_CPU_ENV",
+    "RUN_LOGS", "add_arguments", "barplot", "check_kernel", "choose_lambda", "choose_on_validation", "code_hash",
+    "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost", "experiment_dir", "finished_only",
+    "fit_complexity", "gap_summary", "heatmap", "lambda_search", "lambda_trials", "lineplot", "load_model",
+    "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run",
     "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters", "notebook_source_hash", "partial_allowed",
-    "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid", "run_key",
-    "run_one", "run_provenance", "run_spec", "samples", "setup_notebook", "solves", "staleness_hash", "summarize",
+    "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid", "run_key", "run_one",
+    "run_provenance", "run_spec", "samples", "setup_notebook", "solves", "staleness_hash", "summarize",
     "summary_table", "teacher_summary", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
 ]
