@@ -538,8 +538,9 @@ def pure_attention(rep: Report) -> None:
         return
     rep.tables["pure_attention"] = generic_table(
         e, "pure_attention", r"Pure PIL (PPMI embeddings, closed-form FFNs and output head, no gradient step "
-        r"anywhere) with fixed attention: per layer one head's pattern, \texttt{prevK} attending $K$ tokens back "
-        r"and \texttt{avg} averaging the causal context, over a sinusoidal position code; \texttt{random}: "
+        r"anywhere) with fixed attention: Heads lists each head's pattern (the same in every layer), "
+        r"\texttt{prevK} attending $K$ tokens back and \texttt{avg} averaging the causal context, over a "
+        r"sinusoidal position code; \texttt{random}: "
         r"random attention (the gap experiment's runs)", ["heads"], [*PPL_COLS, COND_COL],
         hide=("method", "solve_head", "embed_init"))
     rows = {k: r for k, r in _by_key(e, "heads").items() if _finite(r.get("valid_ppl"))}
