@@ -339,7 +339,8 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
     if not path.is_file():
         return
     df = pd.read_csv(path)
-    done = df[_flag(df["complete"])] if "complete" in df.columns else df
+    complete = _flag(df["complete"]) if "complete" in df.columns else pd.Series(True, index=df.index)
+    done = df[complete]
     grid = sorted({float(v) for v in pd.read_csv(e.path / "lambda.csv")["lam"]}) if (
         e.path / "lambda.csv").is_file() else []
     t["lambdas"] = out = []
@@ -354,7 +355,7 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
         rep.add("TunedLamGridLow", fmt_pow10(grid[0]), e.path / "lambda.csv", "the smallest lam of the search", grid[0])
         rep.add("TunedLamGridHigh", fmt_pow10(grid[-1]), e.path / "lambda.csv", "the largest lam of the search",
                 grid[-1])
-    t["lambdas_incomplete"] = [method_tex(m) for m in df.loc[~df.index.isin(done.index), "method"]]
+    t["lambdas_incomplete"] = [method_tex(m) for m in df.loc[~complete, "method"]]
 
 
 def _tuned(rep: Report, e: Experiment) -> None:

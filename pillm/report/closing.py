@@ -14,8 +14,8 @@ from .fmt import (
 )
 from .numbers import similar, verdict
 from .results import (
-    _runs_where, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct, log_gap_share, paired_differences,
-    rows_where, spread_verdict,
+    _flag, _runs_where, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct, log_gap_share,
+    paired_differences, rows_where, spread_verdict,
 )
 from .tables import _eta_at_top, _records, _searched, Col, COND_COL, generic_table, PPL_COLS, TableSpec
 from .results_main import _bench_rows, _rf_width
@@ -96,18 +96,13 @@ def gap(rep: Report) -> None:
             g["retention"] = ret
             rep.add("GapRetention", fmt_pct(ret), path, "100*(ln attn_only_test_ppl-ln best_hybrid_test_ppl)/"
                     "(ln attn_only_test_ppl-ln baseline_test_ppl) in gap/summary.json", ret)
-    rows = _by_variant(e)
+    rows = _by_key(e, "variant")
     # the best hybrid against attention only, by the seed spread (the gap's own runs)
     if {"attn_only", data.get("best_hybrid_name")} <= set(rows):
         g["hybrid_vs_attn"] = spread_verdict(rows[data["best_hybrid_name"]], rows["attn_only"])
     _head_calibration(rep, e)
     _iterated_solves(rep, e, rows)
     _single_changes(rep, e, rows)
-
-
-def _by_variant(e: Experiment) -> dict[str, dict]:
-    """The experiment's aggregated rows (mean ± std over seeds) by ``variant``; empty without that column."""
-    return _by_key(e, "variant")
 
 
 def _iterated_solves(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
@@ -279,7 +274,7 @@ def teacher(rep: Report) -> None:
     rep.add("TeacherNoFFNPPL", fmt_ppl(data["no_ffn_test_ppl"]), path, "no_ffn_test_ppl in teacher/summary.json",
             data["no_ffn_test_ppl"])
     # Each closed-form fit by its width (features per layer), narrowest first.
-    agg = _by_variant(e)
+    agg = _by_key(e, "variant")
     fits = sorted(((v, agg[v]) for v in (data.get("fits") or {}) if v in agg and _finite(agg[v].get("n_features"))
                    and _finite(agg[v].get("test_ppl"))), key=lambda vr: float(vr[1]["n_features"]))
     if not fits:
@@ -295,7 +290,7 @@ def teacher(rep: Report) -> None:
     g = rep.R.exp("gap")
     gap, _ = g.json("summary.json")
     hyb = gap.get("best_hybrid_name") if isinstance(gap, dict) else None
-    hrow = _by_variant(g).get(hyb) if hyb else None
+    hrow = _by_key(g, "variant").get(hyb) if hyb else None
     if hrow is not None and _finite(hrow.get("n_features")) and _finite(hrow.get("test_ppl")):
         same = by_width.get(int(float(hrow["n_features"])))
         if same:
@@ -489,7 +484,7 @@ def lambda_path(rep: Report) -> None:
         r"$H^\top H$ per layer serves every $\lambda$ of the grid), against a re-solve at the checkpoint's own "
         r"$\lambda$ (\texttt{control}); embeddings and attention are the checkpoint's, no optimizer step",
         ["variant"], cols, hide=("method", "before_lam"))
-    rows = _by_variant(e)
+    rows = _by_key(e, "variant")
     lp = rep.c["lambda_path"] = {"control": None, "vs_control": None, "paired": False, "edges": None}
     ctl, path = rows.get("control"), rows.get("path")
     if ctl is not None and _finite(ctl.get("before_test_ppl")):
@@ -508,7 +503,7 @@ def lambda_path(rep: Report) -> None:
     if not {"name", "layer", "lam", "search_loss", "chosen"} <= set(df.columns) or df.empty:
         return
     lo, hi = float(df["lam"].min()), float(df["lam"].max())
-    chosen = df[df["chosen"].astype(bool)]
+    chosen = df[_flag(df["chosen"])]
     n = len(chosen)
     low, high = int((chosen["lam"] <= lo).sum()), int((chosen["lam"] >= hi).sum())
     # how much λ matters at all: per solve (run, layer), the search loss's range over the grid
@@ -530,12 +525,19 @@ def pure_attention(rep: Report) -> None:
     """Fixed attention for pure PIL (``pure_attention`` notebook): previous-token and causal-averaging heads
     against random attention (the gap experiment's ``pil_pure+ppmi`` runs), all with zero gradient steps; the
     best of them on validation against the gap experiment's best pure variant and the 5-gram."""
-    e = rep.R.exp("pure_attention")
     rep.c["pure_attention"] = rep.c["pure_best"] = None
+    _best_pure(rep, *(_fixed_attention(rep) or ()))
+    if rep.c["pure_attention"]:
+        rep.c["pure_attention"]["best_vs_kn"] = (rep.c["pure_best"] or {}).get("vs_kn")
+
+
+def _fixed_attention(rep: Report) -> tuple | None:
+    """The ``pure_attention`` table, macros and ``c["pure_attention"]``; the best pattern on validation as
+    :func:`_best_pure`'s ``(row, name_tex, e, where)`` when it beats the gap experiment's best pure variant."""
+    e = rep.R.exp("pure_attention")
     if not e.available or "heads" not in e.df.columns:
         rep._no_table("pure_attention", TABLE_TITLES["pure_attention"], ["pure_attention"])
-        _best_pure(rep)
-        return
+        return None
     rep.tables["pure_attention"] = generic_table(
         e, "pure_attention", r"Pure PIL (PPMI embeddings, closed-form FFNs and output head, no gradient step "
         r"anywhere) with fixed attention: Heads lists each head's pattern (the same in every layer), "
@@ -546,8 +548,7 @@ def pure_attention(rep: Report) -> None:
     rows = {k: r for k, r in _by_key(e, "heads").items() if _finite(r.get("valid_ppl"))}
     fixed = [k for k in rows if k != "random"]
     if "random" not in rows or not fixed:
-        _best_pure(rep)
-        return
+        return None
     best = min(fixed, key=lambda k: float(rows[k]["valid_ppl"]))
     b, rnd = rows[best], rows["random"]
     rep.add("PureAttnBest", tex_escape(best), e, "heads (not random) with the lowest mean valid_ppl")
@@ -560,11 +561,9 @@ def pure_attention(rep: Report) -> None:
     g, _ = rep.R.exp("gap").json("summary.json")
     if isinstance(g, dict) and _finite(g.get("pure_pil_valid_ppl")):
         pa["beats_gap_pure"] = float(b["valid_ppl"]) < float(g["pure_pil_valid_ppl"])
-    if pa.get("beats_gap_pure"):
-        _best_pure(rep, b, rf"Pure PIL with fixed attention (\texttt{{{tex_escape(best)}}})", e, f"heads={best}")
-    else:
-        _best_pure(rep)
-    pa["best_vs_kn"] = (rep.c.get("pure_best") or {}).get("vs_kn")
+    if not pa.get("beats_gap_pure"):
+        return None
+    return b, rf"Pure PIL with fixed attention (\texttt{{{tex_escape(best)}}})", e, f"heads={best}"
 
 
 def _best_pure(rep: Report, row: dict | None = None, name_tex: str = "", e: Experiment | None = None,
