@@ -757,6 +757,18 @@ def test_unpack_results_takes_only_the_experiments_the_call_ran(tmp_path):
     assert out.returncode == 2 and "nothing unpacked" in out.stderr
 
 
+@pytest.mark.parametrize("commit", ["REPLACE", "2a2be69", "unknown"])
+def test_device_script_refuses_a_commit_that_is_not_a_full_hash(tmp_path, commit):
+    """Every run records PILLM_GIT_COMMIT as its commit: tools/device_experiments.sh stops before it spends
+    device time when that is a placeholder or a short hash, and leaves the tree's .git where it was."""
+    work = tmp_path / "tree"
+    (work / ".git").mkdir(parents=True)
+    out = subprocess.run(["bash", str(REPO / "tools" / "device_experiments.sh"), "5", "--profile smoke"], cwd=work,
+                         capture_output=True, text=True, env={**os.environ, "PILLM_GIT_COMMIT": commit})
+    assert out.returncode == 2 and "full 40-hex commit" in out.stderr and commit in out.stderr
+    assert (work / ".git").is_dir()
+
+
 def test_a_sequential_grid_records_the_runs_of_other_processes(tmp_path, monkeypatch):
     """tools/device_experiments.sh runs several grids side by side and tells each how many runs the others
     execute (PILLM_OTHER_RUNS): a grid that runs its runs one at a time (PILLM_JOBS=1, or one pending run)

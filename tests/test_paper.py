@@ -1589,15 +1589,29 @@ def test_lambda_chosen_per_method_in_tuning_is_reported_in_the_appendix(tmp_path
                                   for lam, v in ((1e-4, 210.0), (1e-2, 205.0), (1.0, 208.0))])
     (d / "chosen_lam.csv").write_text("method,trials,complete,lam,valid_ppl,test_ppl,default_valid_ppl,chosen_is_default\n"
                                       "pil_then_attn,3,True,0.01,205.0,200.0,210.0,False\n"
+                                      "attn_then_pil,3,True,0.0001,190.0,185.0,190.0,True\n"
                                       "alternating,1,False,,,,,\n")
+    # confirmation runs as the notebook names them: lam only where it differs from the common λ
+    rng = random.Random(0)
+    _write_csv(d / "tuned.csv", [_row("tuning", m, sd, rng, lr=1e-3, dropout=0.1, lam=lam, ppl=pp)
+                                 for m, lam, pp in (("baseline", "", 181.0), ("pil_then_attn", 0.01, 200.0),
+                                                    ("attn_then_pil", "", 185.0)) for sd in (0, 1, 2)])
     dirs = _render(root, tmp_path / "b")
     text = _prose(dirs, "appendix_tuning")
-    assert r"\TunedLamAMethod{} chose \TunedLamA{}" in text
+    assert r"\TunedLamAMethod{} chose \TunedLamA{} (validation perplexity \TunedLamAGainPct{}\% lower than" in text
+    assert r"\TunedLamBMethod{} chose \TunedLamB{} (the common value)" in text
+    table = {line.split("&")[0].strip(): line for line in (dirs.tables / "tuned.tex").read_text().splitlines()
+             if "&" in line}
+    # attention→PIL ran at the common λ (no lam in its runs' names); its row still says which λ that is
+    assert r"& \ensuremath{10^{-4}} &" in table[r"attention$\rightarrow$PIL"]
+    assert r"& \ensuremath{10^{-2}} &" in table[r"PIL$\rightarrow$attention"]
+    assert r"\ensuremath{10^{-" not in table["Baseline (MLP FFN)"].split("&", 2)[2]  # no ridge at all
     assert "The other closed-form methods have not had" not in text and "value. The closed-form methods that also train" in text
     assert "the search of Alternating is incomplete" in text
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert numbers["TunedLamA"]["value"] == r"\ensuremath{10^{-2}}"
+    assert numbers["TunedLamAGainPct"]["value"] == "2.4" and "TunedLamBGainPct" not in numbers  # 1 - 205/210
     assert numbers["TunedLamAMethod"]["source"].endswith("tuning/chosen_lam.csv")
     assert (numbers["TunedLamGridLow"]["value"], numbers["TunedLamGridHigh"]["value"]) == (
         r"\ensuremath{10^{-4}}", r"\ensuremath{10^{0}}")
-    assert "TunedLamB" not in numbers  # the incomplete search chose nothing
+    assert "TunedLamC" not in numbers  # the incomplete search chose nothing

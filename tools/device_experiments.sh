@@ -21,6 +21,12 @@
 set -u
 # The device's copy of .git can be older than the working tree (it is not refreshed per call), so
 # `git rev-parse HEAD` there names the wrong commit: hide it and let PILLM_GIT_COMMIT speak.
+# Every run records it: refuse anything but a commit hash before any device time is spent (the
+# thirteenth session passed a placeholder by mistake and had to correct four results by hand).
+if [ -n "${PILLM_GIT_COMMIT:-}" ] && ! [[ $PILLM_GIT_COMMIT =~ ^[0-9a-f]{40}$ ]]; then
+  echo "PILLM_GIT_COMMIT must be the full 40-hex commit of the tree sent (git rev-parse HEAD here), got '$PILLM_GIT_COMMIT'" >&2
+  exit 2
+fi
 if [ -n "${PILLM_GIT_COMMIT:-}" ] && [ -e .git ]; then mv .git /tmp/stale-git.$$; fi
 limit=${1:?usage: tools/device_experiments.sh SECONDS pillm-experiments-args...}; shift
 out=${OUT:-/tmp/out}

@@ -348,8 +348,13 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
         rep.add(f"TunedLam{tag}Method", method_tex(r.method), path, f"method of complete row {tag}")
         rep.add(f"TunedLam{tag}", fmt_pow10(float(r.lam)), path, f"lam chosen on validation, method={r.method}",
                 float(r.lam))
+        # what the choice bought on validation (the search's seed), as the lr/dropout search reports it
+        gain = 100 * (1 - float(r.valid_ppl) / float(r.default_valid_ppl))
+        if not common and _finite(gain):
+            rep.add(f"TunedLam{tag}GainPct", fmt_pct(abs(gain)), path,
+                    f"|100*(1-valid_ppl/default_valid_ppl)|, method={r.method}", gain)
         # at an end of a grid of three or more: the grid, not the data, stopped the choice
-        out.append({"tag": tag, "common": bool(common),
+        out.append({"tag": tag, "common": bool(common), "lower": gain > 0,
                     "edge": len(grid) > 2 and float(r.lam) in (grid[0], grid[-1])})
     if grid:
         rep.add("TunedLamGridLow", fmt_pow10(grid[0]), e.path / "lambda.csv", "the smallest lam of the search", grid[0])
@@ -366,7 +371,13 @@ def _tuned(rep: Report, e: Experiment) -> None:
     if not path.is_file():
         rep._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
         return
-    tuned = Experiment("tuning", rep.profile, e.path, pd.read_csv(path), path, e.provenance)
+    df = pd.read_csv(path)
+    lam_path = e.path / "chosen_lam.csv"
+    if "lam" in df.columns and lam_path.is_file():
+        # a run at the common λ has no lam in its name: show the λ the search chose for it (the common one)
+        chosen_lam = pd.read_csv(lam_path).set_index("method")["lam"]
+        df["lam"] = df["lam"].fillna(df["method"].map(chosen_lam))
+    tuned = Experiment("tuning", rep.profile, e.path, df, path, e.provenance)
     own = ("learning rate and dropout" if "lam" not in tuned.df.columns else
            r"learning rate and dropout (and, for the closed-form methods that train, ridge $\lambda$)")
     rep.tables["tuned"] = generic_table(
