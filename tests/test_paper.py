@@ -1595,7 +1595,8 @@ def test_lambda_chosen_per_method_in_tuning_is_reported_in_the_appendix(tmp_path
     rng = random.Random(0)
     _write_csv(d / "tuned.csv", [_row("tuning", m, sd, rng, lr=1e-3, dropout=0.1, lam=lam, ppl=pp)
                                  for m, lam, pp in (("baseline", "", 181.0), ("pil_then_attn", 0.01, 200.0),
-                                                    ("attn_then_pil", "", 185.0)) for sd in (0, 1, 2)])
+                                                    ("attn_then_pil", "", 185.0), ("attn_only", "", 185.0))
+                                 for sd in (0, 1, 2)])
     dirs = _render(root, tmp_path / "b")
     text = _prose(dirs, "appendix_tuning")
     assert r"\TunedLamAMethod{} chose \TunedLamA{} (validation perplexity \TunedLamAGainPct{}\% lower than" in text
@@ -1611,6 +1612,8 @@ def test_lambda_chosen_per_method_in_tuning_is_reported_in_the_appendix(tmp_path
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert numbers["TunedLamA"]["value"] == r"\ensuremath{10^{-2}}"
     assert numbers["TunedLamAGainPct"]["value"] == "2.4" and "TunedLamBGainPct" not in numbers  # 1 - 205/210
+    # the abstract's tuned sentence (best hybrid against attention only) names λ among what was tuned
+    assert "own tuned learning rate and dropout (and ridge $\\lambda$), the best hybrid" in _prose(dirs, "abstract")
     assert numbers["TunedLamAMethod"]["source"].endswith("tuning/chosen_lam.csv")
     assert (numbers["TunedLamGridLow"]["value"], numbers["TunedLamGridHigh"]["value"]) == (
         r"\ensuremath{10^{-4}}", r"\ensuremath{10^{0}}")
