@@ -4,6 +4,7 @@
     python -m pillm bench --baseline-epochs 10              # + the full 10-epoch baseline run
     torchrun --nproc_per_node=2 -m pillm bench --distributed   # → <slug>-2gpu.json
     python -m pillm bench --quick --device cpu --out /tmp/b # tiny sizes, CPU, seconds (tests)
+    python -m pillm bench --parts train,hybrid --baseline-epochs 10   # the best hybrid's training vs the baseline's
 
 Everything below is measured in one process, against ceilings measured in the same run.
 Timings are medians of ``repeats`` calls after ``warmup`` calls, taken with CUDA events on a GPU
@@ -57,6 +58,14 @@ Timings are medians of ``repeats`` calls after ``warmup`` calls, taken with CUDA
    ranks time it together (each streams ``windows[rank::world]``; ``G, C`` are all-reduced per
    layer: ``4·(D² + 2·D·C)`` bytes), ``pil_phase_speedup_<world>gpu = t₁ / t_world``, and the two
    solutions are compared (max |ΔW|).  NVLink multicast is forced off (``NCCL_NVLS_ENABLE=0``).
+
+5. **The best hybrid's whole training vs the baseline's** (:func:`time_hybrid`, ``--parts train,hybrid``;
+   issue 7's time goal).  A variant of the ``gap`` experiment's paper profile (``--hybrid NAME``; ``best``, the
+   default, is the best hybrid on validation in ``results/paper/gap/summary.json``), built exactly as the
+   experiment builds it, trained by :func:`pillm.train.run_procedure` alone in this process after part 3 has
+   warmed the kernels: its AdamW epochs and every closed-form sweep, the η search included, evaluation excluded
+   (as for the baseline).  ``hybrid_over_baseline_train = hybrid seconds / the baseline's whole run`` (part 3;
+   measured with ``--baseline-epochs`` at the run's epochs, else projected and flagged).
 """
 
 from __future__ import annotations
@@ -81,6 +90,7 @@ GOALS = {  # headline ratio -> (direction, threshold)
     "gram_rate_ratio": (">=", 0.7),
     "pil_phase_over_baseline_train": ("<=", 0.01),
     "pil_phase_speedup_2gpu": (">=", 1.8),
+    "hybrid_over_baseline_train": ("<=", 1.0),  # issue 7: the best hybrid at no more than the baseline's time
 }
 FULL_SIZES = (1024, 2048, 4096, 8192)
 QUICK_SIZES = (64, 128)
@@ -577,6 +587,76 @@ def bench_training(s: dict, device: torch.device, compile_: bool, ceilings: dict
     }
 
 
+def gap_variant(name: str, results_root: Path | None = None) -> tuple[str, dict, dict]:
+    """``(name, options, parameters)`` of a variant of the ``gap`` experiment's paper profile
+    (pillm/experiments.yaml): its run options and the profile's parameters. ``best`` is the best hybrid on
+    validation recorded in ``<results_root>/paper/gap/summary.json``."""
+    from .experiments.files import root_dir
+    from .experiments.registry import load_registry
+
+    params = load_registry()["gap"]["parameters"]["paper"]
+    variants = params["variants"]
+    if name == "best":
+        path = root_dir(results_root) / "paper" / "gap" / "summary.json"
+        if not path.is_file():
+            raise ValueError(f"--hybrid best reads the best hybrid from {path}, which does not exist: run the gap "
+                             f"experiment (paper profile) or name a variant: {', '.join(variants)}")
+        name = json.loads(path.read_text())["best_hybrid_name"]
+    if name not in variants:
+        raise ValueError(f"--hybrid {name!r} is not a variant of the gap experiment's paper profile; "
+                         f"choose one of: best, {', '.join(variants)}")
+    return name, dict(variants[name]), params
+
+
+def time_hybrid(s: dict, device: torch.device, train, valid, vocab: int, variant: str,
+                results_root: Path | None = None) -> dict:
+    """The whole training of a ``gap`` variant (:func:`gap_variant`), alone, by :func:`run_procedure`.
+
+    The run is built by the experiment's own ``make_run`` from the profile's model and train settings, so it
+    is the procedure the paper reports; only what a timing must not include changes: no evaluation per epoch
+    (the baseline's timing has none), the device, and for ``--quick`` the bench's small search and batch sizes.
+    No warm-up of its own: it runs after part 3, which warmed the AdamW and closed-form kernels.
+    """
+    from .experiments.grid import make_run, run_spec
+    from .model import PILLM
+    from .train import run_procedure
+
+    name, options, params = gap_variant(variant, results_root)
+    train_cfg = {**(params.get("train") or {}), "device": str(device), "eval_every_epoch": False,
+                 "max_train_tokens": None, "max_eval_tokens": None}
+    if s["quick"]:
+        train_cfg |= {"search_tokens": s["search_tokens"], "solve_batch_size": s["solve_batch_size"]}
+    base = {"size": s["size"], "dataset": s["dataset"], "model": dict(params.get("model") or {}),
+            "train": train_cfg, "save_checkpoint": False}
+    spec = run_spec(make_run(base, **options, seed=s["seed"]))
+    mcfg, tcfg = spec.configs(vocab)
+    torch.manual_seed(tcfg.seed)
+    model = PILLM(mcfg).to(device)
+    sync(device)
+    t0 = time.perf_counter()
+    log = run_procedure(model, train, valid, tcfg, progress=False)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return {"variant": name, "options": options, "seconds": seconds, "adamw_seconds": log.seconds("adamw"),
+            "pil_seconds": log.seconds("pil"),
+            "optimizer_steps": log.optimizer_steps, "epochs": tcfg.epochs,
+            "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "params": model.parameter_counts()}
+
+
+def bench_hybrid(s: dict, device: torch.device, variant: str, baseline: dict) -> dict:
+    """:func:`time_hybrid` against ``baseline`` (part 3's record) for the same number of epochs."""
+    train, valid, vocab, name = load_streams(s, device)
+    _log(f"hybrid: the gap variant {variant!r}, alone, on {name}")
+    rec = time_hybrid(s, device, train, valid, vocab, variant)
+    if rec["epochs"] != baseline["train_epochs"]:
+        raise ValueError(f"the hybrid trains {rec['epochs']} epochs but the baseline's timed run is "
+                         f"{baseline['train_epochs']} (TrainConfig.epochs): compare equal budgets")
+    _log(f"hybrid {rec['variant']}: {rec['seconds']:.2f} s; baseline's run {baseline['train_seconds']:.2f} s")
+    return rec | {"baseline_train_seconds": baseline["train_seconds"],
+                  "baseline_train_projected": baseline["train_projected"],
+                  "hybrid_over_baseline_train": rec["seconds"] / baseline["train_seconds"]}
+
+
 # --------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------
@@ -700,7 +780,8 @@ def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
 # Single-device run
 # --------------------------------------------------------------------------------------------
 
-PARTS = ("gram", "solve", "train")
+DEFAULT_PARTS = ("gram", "solve", "train")
+PARTS = DEFAULT_PARTS + ("hybrid",)  # hybrid: a whole training run (minutes on a GPU), only when asked for
 
 
 def run_single(args: argparse.Namespace, save: Callable[[dict], Any] = lambda r: None) -> dict:
@@ -744,6 +825,10 @@ def run_single(args: argparse.Namespace, save: Callable[[dict], Any] = lambda r:
         headline["baseline_mfu"] = tr["baseline"]["mfu"]
         headline["baseline_tokens_per_s"] = tr["baseline"]["tokens_per_s"]
         headline["compile_used"] = tr["baseline"]["compile_used"]
+        save(result | headline | {"goals": goals(headline)})
+    if "hybrid" in parts:
+        result["hybrid"] = bench_hybrid(s, device, getattr(args, "hybrid", "best"), result["training"]["baseline"])
+        headline["hybrid_over_baseline_train"] = result["hybrid"]["hybrid_over_baseline_train"]
     result.update(headline)
     result["goals"] = goals(headline)
     result["seconds_total"] = time.perf_counter() - t_start
@@ -752,10 +837,12 @@ def run_single(args: argparse.Namespace, save: Callable[[dict], Any] = lambda r:
 
 
 def _parts(args) -> tuple[str, ...]:
-    parts = tuple(p for p in str(getattr(args, "parts", None) or ",".join(PARTS)).split(",") if p)
+    parts = tuple(p for p in str(getattr(args, "parts", None) or ",".join(DEFAULT_PARTS)).split(",") if p)
     bad = [p for p in parts if p not in PARTS]
     if bad:
         raise ValueError(f"--parts {','.join(bad)} is not valid; allowed values: {', '.join(PARTS)}")
+    if "hybrid" in parts and "train" not in parts:
+        raise ValueError("--parts hybrid is timed against the baseline of part train: use --parts train,hybrid")
     return parts
 
 
@@ -922,7 +1009,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the baseline (TrainConfig.compile)")
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: PIL phase on every rank vs rank 0 alone → <slug>-<world>gpu.json")
-    p.add_argument("--parts", help=f"comma-separated subset of {','.join(PARTS)} (default all)")
+    p.add_argument("--parts", help=f"comma-separated subset of {','.join(PARTS)} (default {','.join(DEFAULT_PARTS)})")
+    p.add_argument("--hybrid", default="best", help="with --parts ...,hybrid: the gap variant to time (default best: "
+                   "the best hybrid on validation in results/paper/gap/summary.json)")
     p.add_argument("--no-figure", action="store_true", help="skip the PDF figure")
     return p
 
@@ -942,7 +1031,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         stem = device_slug(pick_device(args.device), bool(args.quick))
         result = run_single(args, save=lambda partial: write_outputs(partial, Path(args.out), stem, figure=False))
     path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
-    keys = [k for k in result if k.startswith(("gram_rate", "pil_phase", "baseline_", "max_", "compile"))]
+    keys = [k for k in result if k.startswith(("gram_rate", "pil_phase", "baseline_", "max_", "compile", "hybrid_"))]
     print(json.dumps({"json": str(path), **{k: result[k] for k in keys},
                       "goals_met": {k: g["met"] for k, g in result["goals"].items()}}, indent=2))
     return 0

@@ -150,3 +150,39 @@ def test_pil_solve_never_materialises_all_features(monkeypatch, one_thread):
     assert max(seen) <= cfg.solve_batch_size * 16
     assert sum(seen) == layers * windows * 16  # the whole stream, once per layer
     assert len(seen) == layers * math.ceil(windows / cfg.solve_batch_size)
+
+
+@pytest.mark.filterwarnings("ignore:.*edge of eta_grid:RuntimeWarning")  # a toy language: any step fits
+def test_hybrid_part_times_the_gap_variant_as_the_experiment_builds_it(tmp_path, monkeypatch, one_thread):
+    """``--parts train,hybrid`` trains a variant of the gap experiment's paper profile by the real procedure,
+    with its options passed through to the configs, and divides by the baseline's whole run of the same part."""
+    from pillm.experiments.registry import load_registry
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    variant = "attn_then_pil+global+iter2"
+    options = load_registry()["gap"]["parameters"]["paper"]["variants"][variant]
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--no-figure",
+                       "--parts", "train,hybrid", "--hybrid", variant]) == 0
+    r = json.loads((tmp_path / "cpu-quick.json").read_text())
+    h, base = r["hybrid"], r["training"]["baseline"]
+    assert r["complete"] and "gram" not in r and h["variant"] == variant and h["options"] == options
+    tc = h["train_config"]
+    assert (tc["method"], tc["target"], tc["iterations"]) == ("attn_then_pil", "global", 2)
+    assert tc["eval_every_epoch"] is False and tc["epochs"] == base["train_epochs"] == h["epochs"]
+    assert h["model_config"]["ffn"] == "bipil" and h["optimizer_steps"] > 0 and h["pil_seconds"] > 0
+    assert h["seconds"] >= h["adamw_seconds"] + h["pil_seconds"] > 0
+    assert h["baseline_train_seconds"] == base["train_seconds"] and h["baseline_train_projected"] is True
+    assert r["hybrid_over_baseline_train"] == pytest.approx(h["seconds"] / base["train_seconds"])
+    assert r["goals"]["hybrid_over_baseline_train"]["threshold"] == 1.0
+
+
+def test_hybrid_part_says_what_to_change(tmp_path):
+    with pytest.raises(ValueError, match="use --parts train,hybrid"):
+        bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--parts", "hybrid"])
+    with pytest.raises(ValueError, match="not a variant of the gap experiment.*attn_then_pil\\+global"):
+        bench.gap_variant("attn_then_pil+nothing")
+    with pytest.raises(ValueError, match="does not exist: run the gap experiment"):
+        bench.gap_variant("best", results_root=tmp_path)
+    (tmp_path / "paper" / "gap").mkdir(parents=True)
+    (tmp_path / "paper" / "gap" / "summary.json").write_text(json.dumps({"best_hybrid_name": "attn_then_pil"}))
+    assert bench.gap_variant("best", results_root=tmp_path)[:2] == ("attn_then_pil", {"method": "attn_then_pil"})

@@ -23,7 +23,7 @@ def bench(rep: Report) -> None:
     (``<slug>.json`` and ``<slug>-2gpu.json``); quick (test-size) runs are ignored."""
     rep.c["gpu"] = None
     files = [(p, d) for p, d in rep.R.bench() if isinstance(d, dict) and not d.get("quick")]
-    keys = ("gram_rate_ratio", "pil_phase_over_baseline_train", "pil_phase_speedup_2gpu")
+    keys = ("gram_rate_ratio", "pil_phase_over_baseline_train", "pil_phase_speedup_2gpu", "hybrid_over_baseline_train")
     files = [(p, d) for p, d in files if any(_finite(d.get(k)) for k in keys)]
     if not files:
         return
@@ -62,6 +62,13 @@ def bench(rep: Report) -> None:
         rep.add("GPUPILOverBaselinePct", fmt_fixed(100 * v, 2 if v < 0.1 else 1), p, "100*pil_phase_over_baseline_train")
         g["pil_over_baseline"] = v
         g["projected"] = bool((d.get("training") or {}).get("baseline_train_projected", d.get("baseline_train_projected")))
+    p, d = first("hybrid_over_baseline_train")
+    if p:  # a gap variant's whole training timed against the baseline's in the same run (bench part 5)
+        v, h = float(d["hybrid_over_baseline_train"]), d.get("hybrid") or {}
+        rep.add("GPUHybridOverBaseline", fmt_ratio(v), p, f"hybrid_over_baseline_train ({h.get('variant')})", v)
+        goal = (d.get("goals") or {}).get("hybrid_over_baseline_train") or {}
+        g["hybrid"] = {"variant": h.get("variant"), "ratio": v, "met": bool(goal.get("met")),
+                       "projected": bool(h.get("baseline_train_projected"))}
     p, d = first("pil_phase_speedup_2gpu")
     if p:
         rep.add("GPUSpeedupTwo", fmt_ratio(float(d["pil_phase_speedup_2gpu"])), p, "pil_phase_speedup_2gpu")
