@@ -348,13 +348,14 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
         rep.add(f"TunedLam{tag}Method", method_tex(r.method), path, f"method of complete row {tag}")
         rep.add(f"TunedLam{tag}", fmt_pow10(float(r.lam)), path, f"lam chosen on validation, method={r.method}",
                 float(r.lam))
-        # what the choice bought on validation (the search's seed), as the lr/dropout search reports it
+        # what the choice bought on validation (the search's seed; ≥ 0: the choice is the minimum), as the
+        # lr/dropout search reports it; NaN when the common λ was not among the trials
         gain = 100 * (1 - float(r.valid_ppl) / float(r.default_valid_ppl))
         if not common and _finite(gain):
             rep.add(f"TunedLam{tag}GainPct", fmt_pct(abs(gain)), path,
                     f"|100*(1-valid_ppl/default_valid_ppl)|, method={r.method}", gain)
         # at an end of a grid of three or more: the grid, not the data, stopped the choice
-        out.append({"tag": tag, "common": bool(common), "lower": gain > 0,
+        out.append({"tag": tag, "common": bool(common),
                     "edge": len(grid) > 2 and float(r.lam) in (grid[0], grid[-1])})
     if grid:
         rep.add("TunedLamGridLow", fmt_pow10(grid[0]), e.path / "lambda.csv", "the smallest lam of the search", grid[0])
