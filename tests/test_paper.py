@@ -1625,9 +1625,19 @@ def test_lambda_chosen_per_method_in_tuning_is_reported_in_the_appendix(tmp_path
                                  for m, lam, pp in (("baseline", "", 181.0), ("pil_then_attn", 0.01, 200.0),
                                                     ("attn_then_pil", "", 185.0), ("attn_only", "", 185.0))
                                  for sd in (0, 1, 2)])
+    # pil_then_attn's confirmation runs at its chosen λ and at the common one (named without lam=), per seed
+    for seed, (at_chosen, at_common) in enumerate(((200.0, 203.0), (201.0, 200.5), (199.0, 204.0))):
+        for name, lam, ppl in ((f"lam=0.01,seed={seed}", 0.01, at_chosen), (f"seed={seed}", 1e-4, at_common)):
+            run = d / "runs" / f"method=pil_then_attn,lr=0.001,dropout=0.1,{name}"
+            run.mkdir(parents=True)
+            (run / "result.json").write_text(json.dumps({"method": "pil_then_attn", "seed": seed, "test_ppl": ppl,
+                                                         "train_config": {"lam": lam}}))
     dirs = _render(root, tmp_path / "b")
     text = _prose(dirs, "appendix_tuning")
     assert r"\TunedLamAMethod{} chose \TunedLamA{} (validation perplexity \TunedLamAGainPct{}\% lower than" in text
+    assert (r"runs each at that $\lambda$; there \TunedLamAMethod{} reaches \TunedLamAPPL{} against "
+            r"\TunedLamACommonPPL{} at the common $\lambda$ (seed by seed \TunedLamAPairedDiff{}, lower on "
+            r"\TunedLamAPairedLower{} seeds).") in text
     assert r"\TunedLamBMethod{} chose \TunedLamB{} (the common value)" in text
     table = {line.split("&")[0].strip(): line for line in (dirs.tables / "tuned.tex").read_text().splitlines()
              if "&" in line}
@@ -1640,6 +1650,9 @@ def test_lambda_chosen_per_method_in_tuning_is_reported_in_the_appendix(tmp_path
     numbers = parse_numbers(dirs.tables / "numbers.tex")
     assert numbers["TunedLamA"]["value"] == r"\ensuremath{10^{-2}}"
     assert numbers["TunedLamAGainPct"]["value"] == "2.4" and "TunedLamBGainPct" not in numbers  # 1 - 205/210
+    assert (numbers["TunedLamAPPL"]["value"], numbers["TunedLamACommonPPL"]["value"]) == ("200.0", "202.5")
+    assert (numbers["TunedLamAPairedDiff"]["value"], numbers["TunedLamAPairedLower"]["value"]) == ("-2.50", "2 of 3")
+    assert "TunedLamBPPL" not in numbers  # attention→PIL kept the common λ: nothing to compare
     # the abstract's tuned sentence (best hybrid against attention only) names λ among what was tuned
     assert "own tuned learning rate and dropout (and ridge $\\lambda$), the best hybrid" in _prose(dirs, "abstract")
     assert numbers["TunedLamAMethod"]["source"].endswith("tuning/chosen_lam.csv")

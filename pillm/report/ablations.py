@@ -11,7 +11,7 @@ from .fmt import (
     tex_escape,
 )
 from .numbers import similar, verdict
-from .results import _flag, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict
+from .results import _flag, _paired_text, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict
 from .tables import _records, ACC_COL, Col, COND_COL, generic_table, PIL_S_COL, PPL_COLS, TableSpec
 from .analysis import _samples
 
@@ -343,6 +343,10 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
     done = df[complete]
     grid = sorted({float(v) for v in pd.read_csv(e.path / "lambda.csv")["lam"]}) if (
         e.path / "lambda.csv").is_file() else []
+    chosen = pd.read_csv(e.path / "chosen.csv") if (e.path / "chosen.csv").is_file() else None
+    setting = {} if chosen is None else {m: (float(lr), float(p)) for m, lr, p, ok in zip(
+        chosen["method"], chosen["lr"], chosen["dropout"], _flag(chosen["complete"]) if "complete" in chosen
+        else [True] * len(chosen)) if ok}  # each method's chosen lr and dropout, where the λ search ran
     t["lambdas"] = out = []
     for tag, r, common in zip(_TAGS, done.itertuples(), _flag(done["chosen_is_default"])):
         rep.add(f"TunedLam{tag}Method", method_tex(r.method), path, f"method of complete row {tag}")
@@ -356,12 +360,44 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
                     f"|100*(1-valid_ppl/default_valid_ppl)|, method={r.method}", gain)
         # at an end of a grid of three or more: the grid, not the data, stopped the choice
         out.append({"tag": tag, "common": bool(common),
-                    "edge": len(grid) > 2 and float(r.lam) in (grid[0], grid[-1])})
+                    "edge": len(grid) > 2 and float(r.lam) in (grid[0], grid[-1]),
+                    "paired": not common and r.method in setting and _lambda_paired(rep, e, tag, r, *setting[r.method])})
     if grid:
         rep.add("TunedLamGridLow", fmt_pow10(grid[0]), e.path / "lambda.csv", "the smallest lam of the search", grid[0])
         rep.add("TunedLamGridHigh", fmt_pow10(grid[-1]), e.path / "lambda.csv", "the largest lam of the search",
                 grid[-1])
     t["lambdas_incomplete"] = [method_tex(m) for m in df.loc[~complete, "method"]]
+
+
+def _lambda_paired(rep: Report, e: Experiment, tag: str, row, lr: float, dropout: float) -> bool:
+    """The confirmation runs of a method at its chosen λ against its runs at the common λ (same lr, dropout
+    and seed; the notebook names the latter without ``lam=``): means over the seeds that have both, and the
+    per-seed difference (:func:`_paired_text`), as ``TunedLam<tag>{PPL,CommonPPL,PairedDiff,PairedLower}``."""
+    import statistics as st
+
+    stem = f"method={row.method},lr={lr:g},dropout={dropout:g},"
+    lam = float(row.lam)
+    chosen, common = {}, {}
+    for r in e.runs():
+        name = str(r.get("name", ""))
+        if not name.startswith(stem) or not _finite(r.get("test_ppl")):
+            continue
+        if ",lam=" not in name:
+            common[r["seed"]] = float(r["test_ppl"])
+        elif math.isclose(float((r.get("train_config") or {}).get("lam", math.nan)), lam):
+            chosen[r["seed"]] = float(r["test_ppl"])
+    seeds = sorted(set(chosen) & set(common))
+    diff, lower = _paired_text([chosen[s] - common[s] for s in seeds])
+    if diff is None:
+        return False
+    where = f"method={row.method}, lr={lr:g}, dropout={dropout:g}, seeds {seeds}"
+    ppl, base = st.mean(chosen[s] for s in seeds), st.mean(common[s] for s in seeds)
+    rep.add(f"TunedLam{tag}PPL", fmt_ppl(ppl), e, f"mean test_ppl of the runs at lam={lam:g}, {where}", ppl)
+    rep.add(f"TunedLam{tag}CommonPPL", fmt_ppl(base), e, f"mean test_ppl of the runs at the common lam, {where}", base)
+    rep.add(f"TunedLam{tag}PairedDiff", diff, e, f"mean over seeds of test_ppl(lam={lam:g}) - test_ppl(common), {where}",
+            st.mean(chosen[s] - common[s] for s in seeds))
+    rep.add(f"TunedLam{tag}PairedLower", lower, e, f"seeds where lam={lam:g} has the lower test_ppl, {where}")
+    return True
 
 
 def _tuned(rep: Report, e: Experiment) -> None:

@@ -14,8 +14,8 @@ from .fmt import (
 )
 from .numbers import similar, verdict
 from .results import (
-    _flag, _runs_where, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct, log_gap_share,
-    paired_differences, rows_where, spread_verdict,
+    _flag, _paired_text, _runs_where, _signed, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct,
+    log_gap_share, paired_differences, rows_where, spread_verdict,
 )
 from .tables import _eta_at_top, _records, _searched, Col, COND_COL, generic_table, PPL_COLS, TableSpec
 from .results_main import _bench_rows, _rf_width
@@ -170,21 +170,6 @@ def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
     rep.add("GapChangesBetter", str(len(better)), e, "of those, lower mean test_ppl beyond the seed spread",
             len(better))
     g["changes"] = {"better": better}
-
-
-def _signed(x: float) -> str:
-    """A difference of perplexities with its sign: two decimals below 100, whole numbers above."""
-    if round(abs(x), 2) == 0:  # no sign on a difference that rounds to nothing
-        return fmt_fixed(0.0, 2)
-    return ("+" if x >= 0 else "-") + (fmt_fixed(abs(x), 2) if abs(x) < 100 else fmt_ppl(abs(x)))
-
-
-def _paired_text(diffs: list[float]) -> tuple[str | None, str | None]:
-    """Per-seed differences as text: their mean with its sign, and on how many seeds the first is lower
-    ("2 of 3"); (None, None) with fewer than two seeds, where a difference is the two numbers themselves."""
-    if len(diffs) < 2:
-        return None, None
-    return _signed(st.mean(diffs)), f"{sum(d < 0 for d in diffs)} of {len(diffs)}"
 
 
 def _paired(rep: Report, e: Experiment, prefix: str, key: str, a: str, b: str,

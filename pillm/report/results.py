@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import json
 import math
+import statistics as st
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from .config import DATASET_PREFERENCE, NOT_KEYS, OUTPUT_COLUMNS, PAPER_EXPERIMENTS, REPO, SIZE_ORDER
 from .files import rel, sha256_short
-from .fmt import _finite, _natural_key, tex_escape
+from .fmt import _finite, _natural_key, fmt_fixed, fmt_ppl, tex_escape
 from .numbers import similar
 
 
@@ -281,6 +282,21 @@ def paired_differences(df, key: str, a: str, b: str, where: dict, col: str = "te
     by = {kind: rows[rows[key].astype(str) == kind].set_index("seed")[col] for kind in (a, b)}
     seeds = sorted(set(by[a].index) & set(by[b].index))
     return [float(by[a][sd]) - float(by[b][sd]) for sd in seeds]
+
+
+def _signed(x: float) -> str:
+    """A difference of perplexities with its sign: two decimals below 100, whole numbers above."""
+    if round(abs(x), 2) == 0:  # no sign on a difference that rounds to nothing
+        return fmt_fixed(0.0, 2)
+    return ("+" if x >= 0 else "-") + (fmt_fixed(abs(x), 2) if abs(x) < 100 else fmt_ppl(abs(x)))
+
+
+def _paired_text(diffs: list[float]) -> tuple[str | None, str | None]:
+    """Per-seed differences as text: their mean with its sign, and on how many seeds the first is lower
+    ("2 of 3"); (None, None) with fewer than two seeds, where a difference is the two numbers themselves."""
+    if len(diffs) < 2:
+        return None, None
+    return _signed(st.mean(diffs)), f"{sum(d < 0 for d in diffs)} of {len(diffs)}"
 
 
 def log_gap_share(worse: float, better: float, x: float) -> float | None:
