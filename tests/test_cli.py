@@ -9,8 +9,9 @@ import pillm
 from pillm.cli import main
 from pillm.train import METHODS
 
+EVAL_TOKENS = "2000"  # scored tokens per split, in training and in `pillm evaluate` below
 SLICE = ["--size", "tiny", "--dataset", "wikitext2", "--epochs", "1", "--max-train-tokens", "12000",
-         "--max-eval-tokens", "4000", "--search-tokens", "1024", "--batch-size", "16", "--device", "cpu", "--quiet"]
+         "--max-eval-tokens", EVAL_TOKENS, "--search-tokens", "256", "--batch-size", "16", "--device", "cpu", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_evaluate_command(trained, capsys):
     root, results = trained
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(root / "baseline"), "--dataset", "wikitext2", "--split", "test",
-                 "--device", "cpu", "--max-tokens", "4000", "--batch-size", "16", "--quiet"]) == 0
+                 "--device", "cpu", "--max-tokens", EVAL_TOKENS, "--batch-size", "16", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ppl"] == pytest.approx(results["baseline"]["test_ppl"], rel=1e-6)  # same protocol, same tokens
 
