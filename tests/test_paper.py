@@ -1625,13 +1625,24 @@ def test_lambda_chosen_per_method_in_tuning_is_reported_in_the_appendix(tmp_path
                                  for m, lam, pp in (("baseline", "", 181.0), ("pil_then_attn", 0.01, 200.0),
                                                     ("attn_then_pil", "", 185.0), ("attn_only", "", 185.0))
                                  for sd in (0, 1, 2)])
-    # pil_then_attn's confirmation runs at its chosen λ and at the common one (named without lam=), per seed
+    # pil_then_attn's lr × dropout trials (summary.csv: their λ is the common one), then its confirmation runs
+    # at its chosen lr and dropout, at the chosen λ and at the common one, per seed; a λ trial at another λ
+    def result(name, seed, lr, dropout, lam, ppl):
+        run = d / "runs" / name
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "result.json").write_text(json.dumps({"method": "pil_then_attn", "seed": seed, "test_ppl": ppl,
+                                                     "train_config": {"lam": lam, "lr": lr},
+                                                     "model_config": {"dropout": dropout}}))
+    with open(d / "summary.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["method"] == "pil_then_attn":
+                result(r["name"], 0, float(r["lr"]), float(r["dropout"]), 1e-4, float(r["test_ppl"]))
     for seed, (at_chosen, at_common) in enumerate(((200.0, 203.0), (201.0, 200.5), (199.0, 204.0))):
-        for name, lam, ppl in ((f"lam=0.01,seed={seed}", 0.01, at_chosen), (f"seed={seed}", 1e-4, at_common)):
-            run = d / "runs" / f"method=pil_then_attn,lr=0.001,dropout=0.1,{name}"
-            run.mkdir(parents=True)
-            (run / "result.json").write_text(json.dumps({"method": "pil_then_attn", "seed": seed, "test_ppl": ppl,
-                                                         "train_config": {"lam": lam}}))
+        stem = "method=pil_then_attn,lr=0.001,dropout=0.1"
+        result(f"{stem},lam=0.01,seed={seed}", seed, 1e-3, 0.1, 0.01, at_chosen)
+        result(f"{stem},seed={seed}", seed, 1e-3, 0.1, 1e-4, at_common)
+    result("method=pil_then_attn,lr=0.001,dropout=0.1,lam=1,seed=0", 0, 1e-3, 0.1, 1.0, 150.0)
+    result("method=pil_then_attn,lr=0.002,dropout=0.1,lam=0.01,seed=1", 1, 2e-3, 0.1, 0.01, 150.0)  # other lr
     dirs = _render(root, tmp_path / "b")
     text = _prose(dirs, "appendix_tuning")
     assert r"\TunedLamAMethod{} chose \TunedLamA{} (validation perplexity \TunedLamAGainPct{}\% lower than" in text

@@ -11,7 +11,7 @@ from .fmt import (
     tex_escape,
 )
 from .numbers import similar, verdict
-from .results import _flag, _paired_text, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict
+from .results import _flag, _paired_text, _runs_where, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict
 from .tables import _records, ACC_COL, Col, COND_COL, generic_table, PIL_S_COL, PPL_COLS, TableSpec
 from .analysis import _samples
 
@@ -324,13 +324,14 @@ def tuning(rep: Report) -> None:
                                    "methods": [("every method with a complete grid" if t["incomplete"] else
                                                 "every method")] if every else at,
                                    "every": every})
-    _tuned_lambda(rep, e)
+    _tuned_lambda(rep, e, {r.method: (float(r.lr), float(r.dropout)) for r in df.itertuples()})
     _tuned(rep, e)
 
 
-def _tuned_lambda(rep: Report, e: Experiment) -> None:
+def _tuned_lambda(rep: Report, e: Experiment, setting: dict[str, tuple[float, float]]) -> None:
     """``chosen_lam.csv`` (when the notebook searched λ): per closed-form method that trains, the ridge λ chosen
-    on validation at its chosen lr and dropout; ``c["tuning"]["lambdas"]``, one entry per method."""
+    on validation at its chosen lr and dropout (``setting``: method → (lr, dropout), chosen.csv's complete rows);
+    ``c["tuning"]["lambdas"]``, one entry per method."""
     import pandas as pd
 
     t = rep.c["tuning"]
@@ -343,10 +344,6 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
     done = df[complete]
     grid = sorted({float(v) for v in pd.read_csv(e.path / "lambda.csv")["lam"]}) if (
         e.path / "lambda.csv").is_file() else []
-    chosen = pd.read_csv(e.path / "chosen.csv") if (e.path / "chosen.csv").is_file() else None
-    setting = {} if chosen is None else {m: (float(lr), float(p)) for m, lr, p, ok in zip(
-        chosen["method"], chosen["lr"], chosen["dropout"], _flag(chosen["complete"]) if "complete" in chosen
-        else [True] * len(chosen)) if ok}  # each method's chosen lr and dropout, where the λ search ran
     t["lambdas"] = out = []
     for tag, r, common in zip(_TAGS, done.itertuples(), _flag(done["chosen_is_default"])):
         rep.add(f"TunedLam{tag}Method", method_tex(r.method), path, f"method of complete row {tag}")
@@ -370,32 +367,37 @@ def _tuned_lambda(rep: Report, e: Experiment) -> None:
 
 
 def _lambda_paired(rep: Report, e: Experiment, tag: str, row, lr: float, dropout: float) -> bool:
-    """The confirmation runs of a method at its chosen λ against its runs at the common λ (same lr, dropout
-    and seed; the notebook names the latter without ``lam=``): means over the seeds that have both, and the
+    """The confirmation runs of a method at its chosen λ against its runs at the common λ (the λ of its
+    lr × dropout trials, summary.csv), same lr, dropout and seed: means over the seeds that have both, and the
     per-seed difference (:func:`_paired_text`), as ``TunedLam<tag>{PPL,CommonPPL,PairedDiff,PairedLower}``."""
     import statistics as st
 
-    stem = f"method={row.method},lr={lr:g},dropout={dropout:g},"
-    lam = float(row.lam)
+    lam_of = lambda r: float((r.get("train_config") or {}).get("lam", math.nan))  # noqa: E731
+    grid_lams = {lam_of(r) for r in _runs_where(e, {"method": row.method})}
+    if len(grid_lams) != 1:
+        return False
+    common_lam, lam = grid_lams.pop(), float(row.lam)
     chosen, common = {}, {}
     for r in e.runs():
-        name = str(r.get("name", ""))
-        if not name.startswith(stem) or not _finite(r.get("test_ppl")):
+        if (r.get("method") != row.method or not _finite(r.get("test_ppl"))
+                or not math.isclose(float((r.get("train_config") or {}).get("lr", math.nan)), lr)
+                or not math.isclose(float((r.get("model_config") or {}).get("dropout", math.nan)), dropout)):
             continue
-        if ",lam=" not in name:
-            common[r["seed"]] = float(r["test_ppl"])
-        elif math.isclose(float((r.get("train_config") or {}).get("lam", math.nan)), lam):
-            chosen[r["seed"]] = float(r["test_ppl"])
+        for at, runs in ((lam, chosen), (common_lam, common)):
+            if math.isclose(lam_of(r), at):
+                runs[r["seed"]] = float(r["test_ppl"])
     seeds = sorted(set(chosen) & set(common))
-    diff, lower = _paired_text([chosen[s] - common[s] for s in seeds])
+    diffs = [chosen[s] - common[s] for s in seeds]
+    diff, lower = _paired_text(diffs)
     if diff is None:
         return False
     where = f"method={row.method}, lr={lr:g}, dropout={dropout:g}, seeds {seeds}"
     ppl, base = st.mean(chosen[s] for s in seeds), st.mean(common[s] for s in seeds)
     rep.add(f"TunedLam{tag}PPL", fmt_ppl(ppl), e, f"mean test_ppl of the runs at lam={lam:g}, {where}", ppl)
-    rep.add(f"TunedLam{tag}CommonPPL", fmt_ppl(base), e, f"mean test_ppl of the runs at the common lam, {where}", base)
-    rep.add(f"TunedLam{tag}PairedDiff", diff, e, f"mean over seeds of test_ppl(lam={lam:g}) - test_ppl(common), {where}",
-            st.mean(chosen[s] - common[s] for s in seeds))
+    rep.add(f"TunedLam{tag}CommonPPL", fmt_ppl(base), e, f"mean test_ppl of the runs at lam={common_lam:g}, {where}",
+            base)
+    rep.add(f"TunedLam{tag}PairedDiff", diff, e, f"mean over seeds of test_ppl(lam={lam:g}) - "
+            f"test_ppl(lam={common_lam:g}), {where}", st.mean(diffs))
     rep.add(f"TunedLam{tag}PairedLower", lower, e, f"seeds where lam={lam:g} has the lower test_ppl, {where}")
     return True
 
