@@ -324,21 +324,21 @@ def tuning(rep: Report) -> None:
                                    "methods": [("every method with a complete grid" if t["incomplete"] else
                                                 "every method")] if every else at,
                                    "every": every})
-    _tuned_lambda(rep, e, {r.method: (float(r.lr), float(r.dropout)) for r in df.itertuples()})
-    _tuned(rep, e)
+    lam_of = _tuned_lambda(rep, e, {r.method: (float(r.lr), float(r.dropout)) for r in df.itertuples()})
+    _tuned(rep, e, lam_of)
 
 
-def _tuned_lambda(rep: Report, e: Experiment, setting: dict[str, tuple[float, float]]) -> None:
+def _tuned_lambda(rep: Report, e: Experiment, setting: dict[str, tuple[float, float]]) -> dict[str, float]:
     """``chosen_lam.csv`` (when the notebook searched λ): per closed-form method that trains, the ridge λ chosen
     on validation at its chosen lr and dropout (``setting``: method → (lr, dropout), chosen.csv's complete rows);
-    ``c["tuning"]["lambdas"]``, one entry per method."""
+    ``c["tuning"]["lambdas"]``, one entry per method. Returns each complete method's chosen λ."""
     import pandas as pd
 
     t = rep.c["tuning"]
     t["lambdas"] = None
     path = e.path / "chosen_lam.csv"
     if not path.is_file():
-        return
+        return {}
     df = pd.read_csv(path)
     complete = _flag(df["complete"]) if "complete" in df.columns else pd.Series(True, index=df.index)
     done = df[complete]
@@ -364,6 +364,7 @@ def _tuned_lambda(rep: Report, e: Experiment, setting: dict[str, tuple[float, fl
         rep.add("TunedLamGridHigh", fmt_pow10(grid[-1]), e.path / "lambda.csv", "the largest lam of the search",
                 grid[-1])
     t["lambdas_incomplete"] = [method_tex(m) for m in df.loc[~complete, "method"]]
+    return {str(m): float(x) for m, x in zip(done["method"], done["lam"])}
 
 
 def _lambda_paired(rep: Report, e: Experiment, tag: str, row, lr: float, dropout: float) -> bool:
@@ -402,8 +403,9 @@ def _lambda_paired(rep: Report, e: Experiment, tag: str, row, lr: float, dropout
     return True
 
 
-def _tuned(rep: Report, e: Experiment) -> None:
-    """``tuned.csv``: every method with a complete grid at its chosen setting, with more seeds."""
+def _tuned(rep: Report, e: Experiment, lam_of: dict[str, float]) -> None:
+    """``tuned.csv``: every method with a complete grid at its chosen setting (``lam_of``: the λ chosen per
+    closed-form method, :func:`_tuned_lambda`), with more seeds."""
     import pandas as pd
 
     path = e.path / "tuned.csv"
@@ -411,11 +413,9 @@ def _tuned(rep: Report, e: Experiment) -> None:
         rep._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
         return
     df = pd.read_csv(path)
-    lam_path = e.path / "chosen_lam.csv"
-    if "lam" in df.columns and lam_path.is_file():
+    if "lam" in df.columns:
         # a run at the common λ has no lam in its name: show the λ the search chose for it (the common one)
-        chosen_lam = pd.read_csv(lam_path).set_index("method")["lam"]
-        df["lam"] = df["lam"].fillna(df["method"].map(chosen_lam))
+        df["lam"] = df["lam"].fillna(df["method"].map(lam_of))
     tuned = Experiment("tuning", rep.profile, e.path, df, path, e.provenance)
     own = ("learning rate and dropout" if "lam" not in tuned.df.columns else
            r"learning rate and dropout (and, for the closed-form methods that train, ridge $\lambda$)")
