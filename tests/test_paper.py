@@ -1493,13 +1493,17 @@ def test_the_time_half_of_the_gap_goal_is_said_to_be_unassessed(tmp_path, best, 
     assert "wall-clock time by the baseline's" not in _prose(_render(bare, tmp_path / "b"), "closing")
 
 
-@pytest.mark.parametrize("timed, ratio, met, words", [
-    ("attn_then_pil+global+iter3", 1.42, False, "that half of the goal is not met."),
-    ("attn_then_pil+global+iter3", 0.91, True, "that half of the goal is met."),
-    ("alternating", 0.91, True, None)])  # a timing of another variant says nothing about the best hybrid
-def test_the_time_half_of_the_gap_goal_is_judged_once_the_best_hybrid_is_timed_alone(tmp_path, timed, ratio, met, words):
+@pytest.mark.parametrize("timed, ratio, adamw, met, words", [
+    ("attn_then_pil+global+iter3", 2.25, 1.07, False, "that half of the goal is not met."),  # results/bench (H200)
+    ("attn_then_pil+global+iter3", 1.42, 0.80, False, "that half of the goal is not met."),
+    ("attn_then_pil+global+iter3", 0.91, 0.60, True, "that half of the goal is met."),
+    ("alternating", 0.91, 0.60, True, None)])  # a timing of another variant says nothing about the best hybrid
+def test_the_time_half_of_the_gap_goal_is_judged_once_the_best_hybrid_is_timed_alone(tmp_path, timed, ratio, adamw, met,
+                                                                                    words):
     """``pillm bench --parts train,hybrid`` times a gap variant's whole training against the baseline's in one run:
-    when it is the best hybrid, the paper judges the time half of issue 7's goal from it (the bench's own verdict)."""
+    when it is the best hybrid, the paper judges the time half of issue 7's goal from it (the bench's own verdict),
+    and splits the time into the AdamW phase and the sweeps; only an AdamW phase that alone reaches the baseline's
+    time is said to rule out meeting the goal by cheaper solves."""
     root = write_fake_results(tmp_path / "r", only=("gap", "ngram"))
     summary = root / "smoke" / "gap" / "summary.json"
     summary.write_text(json.dumps(json.loads(summary.read_text()) | {"best_hybrid_name": "attn_then_pil+global+iter3"}))
@@ -1507,7 +1511,8 @@ def test_the_time_half_of_the_gap_goal_is_judged_once_the_best_hybrid_is_timed_a
     (root / "bench" / "nvidia-h200.json").write_text(json.dumps(
         {"quick": False, "device_name": "NVIDIA H200", "pil_phase_over_baseline_train": 0.258,
          "hybrid_over_baseline_train": ratio, "goals": {"hybrid_over_baseline_train": {"met": met}},
-         "hybrid": {"variant": timed, "baseline_train_projected": False}}))
+         "hybrid": {"variant": timed, "baseline_train_projected": False, "baseline_train_seconds": 50.0,
+                    "adamw_seconds": 50.0 * adamw, "pil_seconds": 50.0 * (ratio - adamw)}}))
     dirs = _render(root, tmp_path)
     closing = _prose(dirs, "closing")
     numbers = parse_numbers(dirs.tables / "numbers.tex")
@@ -1519,6 +1524,10 @@ def test_the_time_half_of_the_gap_goal_is_judged_once_the_best_hybrid_is_timed_a
         assert numbers["GPUHybridOverBaseline"]["source"].endswith("bench/nvidia-h200.json")
         assert r"takes \GPUHybridOverBaseline{}$\times$ the baseline's AdamW training: " + words in closing
         assert "not assessed" not in closing and "projected" not in closing
+        assert (numbers["GPUHybridAdamWOverBaseline"]["value"], numbers["GPUHybridSweepsOverBaseline"]["value"]) \
+            == (f"{adamw:.2f}", f"{ratio - adamw:.2f}")
+        assert r"Of that, AdamW on attention takes \GPUHybridAdamWOverBaseline{}$\times$" in closing
+        assert ("so no cheaper solve can meet this half" in " ".join(closing.split())) == (adamw > 1)
 
 
 def test_lambda_chosen_per_layer_is_read_against_the_control_and_the_grid(synthetic):
@@ -1597,6 +1606,45 @@ def test_one_option_at_a_time_pairs_each_variant_with_the_spec_it_extends(tmp_pa
     assert (numbers["GapChangesN"]["value"], numbers["GapChangesBetter"]["value"]) == ("3", "2")
     closing = _prose(dirs, "closing")
     assert r"of \GapChangesN{} such changes," in closing and "Pure PIL with a solved output head and" in closing
+
+
+def test_the_largest_hybrid_change_is_named_and_pure_pils_are_not(tmp_path):
+    """Of the one-option changes beyond the seed spread, the closing section names the hybrids' largest (by the
+    mean per-seed difference), not pure PIL's, whose perplexities are orders of magnitude apart; and says when
+    validation still prefers another hybrid (results/paper: alternating + global targets, 154.8 -> 141.7)."""
+    root = write_fake_results(tmp_path / "r", only=("gap", "ngram"))
+    d = root / "smoke" / "gap"
+    specs = {"pil_pure": {"method": "pil_pure"}, "pil_pure+head": {"method": "pil_pure", "solve_head": True},
+             "alternating": {"method": "alternating"},
+             "alternating+global": {"method": "alternating", "target": "global"},
+             "alternating+lam0.01": {"method": "alternating", "lam": 0.01}}
+    prov = json.loads((d / "provenance.json").read_text())
+    prov["parameters"]["variants"] = specs
+    (d / "provenance.json").write_text(json.dumps(prov))
+    rows = list(csv.DictReader((d / "summary.csv").open()))
+    alt = {int(r["seed"]): float(r["test_ppl"]) for r in rows if r["variant"] == "alternating"}
+    assert len(alt) >= 2
+    rng = random.Random(1)
+    for v, m, shift in (("pil_pure", "pil_pure", None), ("alternating+global", "alternating", -30.0),
+                        ("alternating+lam0.01", "alternating", -10.0)):
+        for seed, base in sorted(alt.items()):
+            ppl = 5000.0 + seed if shift is None else base + shift + 0.1 * seed
+            r = _row("gap", m, seed, rng, variant=v)
+            rows.append({k: r.get(k, "") for k in rows[0]} | {"name": f"{v},seed={seed}", "test_ppl": ppl,
+                                                              "valid_ppl": ppl * 1.05})
+    _write_csv(d / "summary.csv", rows)
+    dirs = _render(root, tmp_path)
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert numbers["GapChangeTopOption"]["value"] == r"\texttt{target=global}"
+    assert numbers["GapChangeTopBase"]["value"] == "Alternating"
+    mean_seed = sum(alt) / len(alt)  # per-seed differences -30 + 0.1·seed
+    assert numbers["GapChangeTopPairedDiff"]["value"] == f"{-30.0 + 0.1 * mean_seed:.2f}"
+    assert numbers["GapChangeTopPairedLower"]["value"] == f"{len(alt)} of {len(alt)}"
+    closing = " ".join(_prose(dirs, "closing").split())
+    assert r"Among the hybrids the largest of these gains is \GapChangeTopOption{} added to \GapChangeTopBase{}" in closing
+    assert "Pure PIL with a solved output head" in closing  # a larger gain (5,000 -> ~900), but not a hybrid's
+    best = json.loads((d / "summary.json").read_text())["best_hybrid_name"]
+    assert ("validation still prefers" in closing) == (best != "alternating+global")
 
 
 def test_signed_differences_drop_the_sign_of_nothing():

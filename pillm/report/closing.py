@@ -145,13 +145,17 @@ def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
     if not pairs:
         return
     pairs.sort(key=lambda p: (p[0], p[1]))
-    body, better = [], []
+    body, better, top = [], [], None
     for u, v, k, x in pairs:
         r, b = rows[v], rows[u]
-        diff, lower = _paired_text(paired_differences(e.df, "variant", v, u, {}))
+        diffs = paired_differences(e.df, "variant", v, u, {})
+        diff, lower = _paired_text(diffs)
         vd = spread_verdict(r, b)
         if vd == "better":
             better.append(variant_tex(v))
+            # the hybrids' largest gain beyond the spread (pure PIL's changes are orders of magnitude apart)
+            if specs[u].get("method") != "pil_pure" and len(diffs) >= 2 and (top is None or st.mean(diffs) < top[0]):
+                top = (st.mean(diffs), u, v, k, x)
         body.append([variant_tex(u), rf"\texttt{{{tex_escape(f'{k}={x}')}}}", fmt_ppl(b["test_ppl"]),
                      fmt_ppl(r["test_ppl"]) + (rf" $\pm$ {fmt_fixed(r['test_ppl_std'], 1)}"
                                                if _finite(r.get("test_ppl_std")) else ""),
@@ -169,7 +173,17 @@ def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
             "parameters.variants), each compared with it", len(pairs))
     rep.add("GapChangesBetter", str(len(better)), e, "of those, lower mean test_ppl beyond the seed spread",
             len(better))
-    g["changes"] = {"better": better}
+    g["changes"] = {"better": better, "top": None}
+    if top:
+        _, u, v, k, x = top
+        rep.add("GapChangeTopBase", variant_tex(u), e, "the hybrid whose one-option change lowers mean test_ppl most "
+                "beyond the seed spread (mean per-seed difference)")
+        rep.add("GapChangeTopOption", rf"\texttt{{{tex_escape(f'{k}={x}')}}}", e, f"the option added to {u} ({v})")
+        rep.add("GapChangeTopBasePPL", fmt_ppl(rows[u]["test_ppl"]), e, f"mean test_ppl, variant={u}",
+                rows[u]["test_ppl"])
+        rep.add("GapChangeTopPPL", fmt_ppl(rows[v]["test_ppl"]), e, f"mean test_ppl, variant={v}", rows[v]["test_ppl"])
+        _paired(rep, e, "GapChangeTop", "variant", v, u)
+        g["changes"]["top"] = {"variant": v, "base": u, "is_best": v == g.get("hybrid_name")}
 
 
 def _paired(rep: Report, e: Experiment, prefix: str, key: str, a: str, b: str,

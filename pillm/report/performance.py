@@ -69,6 +69,13 @@ def bench(rep: Report) -> None:
         goal = (d.get("goals") or {}).get("hybrid_over_baseline_train") or {}
         g["hybrid"] = {"variant": h.get("variant"), "ratio": v, "met": bool(goal.get("met")),
                        "projected": bool(h.get("baseline_train_projected"))}
+        base = h.get("baseline_train_seconds")
+        if base and h.get("adamw_seconds") is not None and h.get("pil_seconds") is not None:
+            # where the hybrid's time goes: its AdamW phase and its closed-form sweeps, each over the baseline's run
+            adamw, sweeps = float(h["adamw_seconds"]) / float(base), float(h["pil_seconds"]) / float(base)
+            rep.add("GPUHybridAdamWOverBaseline", fmt_ratio(adamw), p, "hybrid.adamw_seconds / hybrid.baseline_train_seconds", adamw)
+            rep.add("GPUHybridSweepsOverBaseline", fmt_ratio(sweeps), p, "hybrid.pil_seconds / hybrid.baseline_train_seconds", sweeps)
+            g["hybrid"] |= {"adamw": adamw, "sweeps": sweeps}
     p, d = first("pil_phase_speedup_2gpu")
     if p:
         rep.add("GPUSpeedupTwo", fmt_ratio(float(d["pil_phase_speedup_2gpu"])), p, "pil_phase_speedup_2gpu")
