@@ -154,8 +154,9 @@ def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
         if vd == "better":
             better.append(variant_tex(v))
             # the hybrids' largest gain beyond the spread (pure PIL's changes are orders of magnitude apart)
-            if specs[u].get("method") != "pil_pure" and len(diffs) >= 2 and (top is None or st.mean(diffs) < top[0]):
-                top = (st.mean(diffs), u, v, k, x)
+            gain = st.mean(diffs) if len(diffs) >= 2 else None
+            if specs[u].get("method") != "pil_pure" and gain is not None and (top is None or gain < top[0]):
+                top = (gain, u, v, k, x)
         body.append([variant_tex(u), rf"\texttt{{{tex_escape(f'{k}={x}')}}}", fmt_ppl(b["test_ppl"]),
                      fmt_ppl(r["test_ppl"]) + (rf" $\pm$ {fmt_fixed(r['test_ppl_std'], 1)}"
                                                if _finite(r.get("test_ppl_std")) else ""),

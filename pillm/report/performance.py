@@ -73,8 +73,10 @@ def bench(rep: Report) -> None:
         if base and h.get("adamw_seconds") is not None and h.get("pil_seconds") is not None:
             # where the hybrid's time goes: its AdamW phase and its closed-form sweeps, each over the baseline's run
             adamw, sweeps = float(h["adamw_seconds"]) / float(base), float(h["pil_seconds"]) / float(base)
-            rep.add("GPUHybridAdamWOverBaseline", fmt_ratio(adamw), p, "hybrid.adamw_seconds / hybrid.baseline_train_seconds", adamw)
-            rep.add("GPUHybridSweepsOverBaseline", fmt_ratio(sweeps), p, "hybrid.pil_seconds / hybrid.baseline_train_seconds", sweeps)
+            rep.add("GPUHybridAdamWOverBaseline", fmt_ratio(adamw), p,
+                    "hybrid.adamw_seconds / hybrid.baseline_train_seconds", adamw)
+            rep.add("GPUHybridSweepsOverBaseline", fmt_ratio(sweeps), p,
+                    "hybrid.pil_seconds / hybrid.baseline_train_seconds", sweeps)
             g["hybrid"] |= {"adamw": adamw, "sweeps": sweeps}
     p, d = first("pil_phase_speedup_2gpu")
     if p:
