@@ -1420,6 +1420,22 @@ def test_first_layer_and_readout_shares_are_compared_by_their_seed_spread(tmp_pa
     assert conclusion_words in _prose(dirs, "conclusion")
 
 
+@pytest.mark.parametrize("timed_is_best", [True, False])
+def test_abstract_quotes_the_best_hybrids_time_only_from_a_timing_of_it(tmp_path, timed_is_best):
+    """The abstract adds the best hybrid's training time (bench part 5) next to its perplexity ratio, but only
+    when the benchmark timed that hybrid; a timing of another variant says nothing about it."""
+    root = write_fake_results(tmp_path / "r", only=("benchmark", "gap", "ngram"))
+    best = json.loads((root / "smoke" / "gap" / "summary.json").read_text())["best_hybrid_name"]
+    (root / "bench").mkdir(parents=True)
+    (root / "bench" / "nvidia-h200.json").write_text(json.dumps(
+        {"quick": False, "device_name": "NVIDIA H200", "pil_phase_over_baseline_train": 0.25,
+         "hybrid_over_baseline_train": 2.25, "goals": {"hybrid_over_baseline_train": {"met": False}},
+         "hybrid": {"variant": best if timed_is_best else best + "+other", "baseline_train_projected": False}}))
+    abstract = " ".join(_prose(_render(root, tmp_path), "abstract").split())
+    assert r"\GapRatio{}$\times$ the baseline" in abstract  # the sentence itself is there either way
+    assert (r"at \GPUHybridOverBaseline{}$\times$ its training time" in abstract) == timed_is_best
+
+
 @pytest.mark.parametrize("attn, words", [((260.0, 262.0), "better beyond the spread over seeds"),
                                          ((199.0, 197.0), "within the spread over seeds")])
 def test_conclusion_reads_the_gap_sections_best_hybrid_against_attention_only(tmp_path, attn, words):
@@ -1528,6 +1544,9 @@ def test_the_time_half_of_the_gap_goal_is_judged_once_the_best_hybrid_is_timed_a
             == (f"{adamw:.2f}", f"{ratio - adamw:.2f}")
         assert r"Of that, AdamW on attention takes \GPUHybridAdamWOverBaseline{}$\times$" in closing
         assert ("so cheaper solves alone cannot meet this half" in " ".join(closing.split())) == (adamw > 1)
+    # the conclusion quotes the whole hybrid's time only when it is the best hybrid's
+    conclusion = " ".join(_prose(dirs, "conclusion").split())
+    assert (r"\GPUHybridOverBaseline{}$\times$ the baseline's training time" in conclusion) == (words is not None)
 
 
 def test_lambda_chosen_per_layer_is_read_against_the_control_and_the_grid(synthetic):
