@@ -1431,9 +1431,13 @@ def test_abstract_quotes_the_best_hybrids_time_only_from_a_timing_of_it(tmp_path
         {"quick": False, "device_name": "NVIDIA H200", "pil_phase_over_baseline_train": 0.25,
          "hybrid_over_baseline_train": 2.25, "goals": {"hybrid_over_baseline_train": {"met": False}},
          "hybrid": {"variant": best if timed_is_best else best + "+other", "baseline_train_projected": False}}))
-    abstract = " ".join(_prose(_render(root, tmp_path), "abstract").split())
+    dirs = _render(root, tmp_path)
+    abstract = " ".join(_prose(dirs, "abstract").split())
     assert r"\GapRatio{}$\times$ the baseline" in abstract  # the sentence itself is there either way
     assert (r"at \GPUHybridOverBaseline{}$\times$ its training time" in abstract) == timed_is_best
+    results = " ".join(_prose(dirs, "results_main").split())
+    assert "We also timed the closed-form phase" in results
+    assert (r"takes \GPUHybridOverBaseline{}$\times$ the baseline's." in results) == timed_is_best
 
 
 @pytest.mark.parametrize("attn, words", [((260.0, 262.0), "better beyond the spread over seeds"),
