@@ -68,7 +68,8 @@ def bench(rep: Report) -> None:
         rep.add("GPUHybridOverBaseline", fmt_ratio(v), p, f"hybrid_over_baseline_train ({h.get('variant')})", v)
         goal = (d.get("goals") or {}).get("hybrid_over_baseline_train") or {}
         g["hybrid"] = {"variant": h.get("variant"), "ratio": v, "met": bool(goal.get("met")),
-                       "projected": bool(h.get("baseline_train_projected"))}
+                       "projected": bool(h.get("baseline_train_projected")),
+                       "method": (h.get("train_config") or {}).get("method") or (h.get("options") or {}).get("method")}
         base = h.get("baseline_train_seconds")
         if base and h.get("adamw_seconds") is not None and h.get("pil_seconds") is not None:
             # where the hybrid's time goes: its AdamW phase and its closed-form sweeps, each over the baseline's run
