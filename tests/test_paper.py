@@ -986,7 +986,12 @@ def test_tuning_choices_at_the_end_of_the_grid_are_reported(tmp_path):
     text = (dirs.generated / "appendix_tuning.tex").read_text()
     # chosen.csv: baseline at lr 2e-3 (the top), pil_then_attn at 1e-3 (inside)
     assert "For Baseline (MLP FFN), the chosen learning rate is the largest of the grid" in text
-    assert parse_numbers(dirs.tables / "numbers.tex")["TuneEdgeLRTop"]["source"].endswith("tuning/summary.csv")
+    numbers = parse_numbers(dirs.tables / "numbers.tex")
+    assert numbers["TuneEdgeLRTop"]["source"].endswith("tuning/summary.csv")
+    # the grid itself, as run, is named beside the number of trials
+    assert numbers["TuneLRGrid"]["value"] == r"\ensuremath{5.0\times 10^{-4}}, \ensuremath{10^{-3}}, \ensuremath{2.0\times 10^{-3}}"
+    assert numbers["TuneDropoutGrid"]["value"] == "0.10, 0.20"
+    assert r"(learning rates \TuneLRGrid{}; dropout \TuneDropoutGrid{})" in " ".join(text.split())
     # a two-value grid (dropout 0.1, 0.2) is named only when every method chose the same end (both chose 0.1)
     assert "For every method, the chosen dropout is the smallest of the grid" in " ".join(text.split())
     assert "suit them better" in text.split("every method")[1]

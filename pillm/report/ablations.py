@@ -290,6 +290,12 @@ def tuning(rep: Report) -> None:
     used = {(r.get("train_config", {}).get("lr"), r.get("model_config", {}).get("dropout")) for r in bench}
     t["main_common"] = bool(bench) and used == {(default.get("lr"), default.get("dropout"))}
     rep.add("TuneTrials", str(trials), src, "trials per method (largest)", trials)
+    # the values searched, as run (summary.csv), so that a reader sees where each choice lies in the grid
+    for param, tag, fmt in (("lr", "LR", fmt_sci), ("dropout", "Dropout", lambda v: fmt_fixed(v, 2))):
+        grid = sorted({float(v) for v in e.df.get(param, []) if _finite(v)}) if e.available else []
+        if grid:
+            rep.add(f"Tune{tag}Grid", ", ".join(fmt(v) for v in grid), e,
+                    f"the {param} values of the tuning runs (summary.csv)", len(grid))
     df = df[done]
     if not len(df):
         rep._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
