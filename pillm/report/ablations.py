@@ -11,7 +11,9 @@ from .fmt import (
     tex_escape,
 )
 from .numbers import similar, verdict
-from .results import _flag, _paired_text, _runs_where, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict
+from .results import (
+    _flag, _paired_text, _runs_where, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict,
+)
 from .tables import _records, ACC_COL, Col, COND_COL, generic_table, PIL_S_COL, PPL_COLS, TableSpec
 from .analysis import _samples
 
@@ -291,11 +293,12 @@ def tuning(rep: Report) -> None:
     t["main_common"] = bool(bench) and used == {(default.get("lr"), default.get("dropout"))}
     rep.add("TuneTrials", str(trials), src, "trials per method (largest)", trials)
     # the values searched, as run (summary.csv), so that a reader sees where each choice lies in the grid
+    grids = {p: sorted({float(v) for v in e.df.get(p, []) if _finite(v)}) if e.available else []
+             for p in ("lr", "dropout")}
     for param, tag, fmt in (("lr", "LR", fmt_sci), ("dropout", "Dropout", lambda v: fmt_fixed(v, 2))):
-        grid = sorted({float(v) for v in e.df.get(param, []) if _finite(v)}) if e.available else []
-        if grid:
-            rep.add(f"Tune{tag}Grid", ", ".join(fmt(v) for v in grid), e,
-                    f"the {param} values of the tuning runs (summary.csv)", len(grid))
+        if grids[param]:
+            rep.add(f"Tune{tag}Grid", ", ".join(fmt(v) for v in grids[param]), e,
+                    f"the {param} values of the tuning runs (summary.csv)", len(grids[param]))
     df = df[done]
     if not len(df):
         rep._no_table("tuned", TABLE_TITLES["tuned"], ["tuning"])
@@ -314,8 +317,7 @@ def tuning(rep: Report) -> None:
     # A choice at the end of a grid of three or more values: the grid, not the data, stopped it. With two
     # values every choice is at an end; it is said only when every method chose the same end.
     t["edges"] = []
-    for param in ("lr", "dropout"):
-        grid = sorted({float(v) for v in e.df.get(param, []) if _finite(v)}) if e.available else []
+    for param, grid in grids.items():
         if len(grid) < 2:
             continue
         for end, value in (("largest", grid[-1]), ("smallest", grid[0])):
