@@ -1680,7 +1680,7 @@ def test_the_largest_hybrid_change_is_named_and_pure_pils_are_not(tmp_path):
 
 
 def test_signed_differences_drop_the_sign_of_nothing():
-    from pillm.report.closing import _signed
+    from pillm.report.results import _signed
 
     assert (_signed(-0.001), _signed(0.004), _signed(-1.234), _signed(2.0), _signed(-12090.8)) == (
         "0.00", "0.00", "-1.23", "+2.00", "-12\\,091")

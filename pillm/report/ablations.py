@@ -12,7 +12,7 @@ from .fmt import (
 )
 from .numbers import similar, verdict
 from .results import (
-    _flag, _paired_text, _runs_where, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict,
+    _flag, _runs_where, add_paired, and_join, beyond_seed_spread, Experiment, primary_slice, spread_verdict,
 )
 from .tables import _records, ACC_COL, Col, COND_COL, generic_table, PIL_S_COL, PPL_COLS, TableSpec
 from .analysis import _samples
@@ -366,7 +366,8 @@ def _tuned_lambda(rep: Report, e: Experiment, setting: dict[str, tuple[float, fl
         # at an end of a grid of three or more: the grid, not the data, stopped the choice
         out.append({"tag": tag, "common": bool(common),
                     "edge": len(grid) > 2 and float(r.lam) in (grid[0], grid[-1]),
-                    "paired": not common and r.method in setting and _lambda_paired(rep, e, tag, r, *setting[r.method])})
+                    "paired": (not common and r.method in setting
+                               and _lambda_paired(rep, e, tag, r, *setting[r.method]))})
     if grid:
         rep.add("TunedLamGridLow", fmt_pow10(grid[0]), e.path / "lambda.csv", "the smallest lam of the search", grid[0])
         rep.add("TunedLamGridHigh", fmt_pow10(grid[-1]), e.path / "lambda.csv", "the largest lam of the search",
@@ -378,7 +379,7 @@ def _tuned_lambda(rep: Report, e: Experiment, setting: dict[str, tuple[float, fl
 def _lambda_paired(rep: Report, e: Experiment, tag: str, row, lr: float, dropout: float) -> bool:
     """The confirmation runs of a method at its chosen λ against its runs at the common λ (the λ of its
     lr × dropout trials, summary.csv), same lr, dropout and seed: means over the seeds that have both, and the
-    per-seed difference (:func:`_paired_text`), as ``TunedLam<tag>{PPL,CommonPPL,PairedDiff,PairedLower}``."""
+    per-seed difference (:func:`add_paired`), as ``TunedLam<tag>{PPL,CommonPPL,PairedDiff,PairedLower}``."""
     import statistics as st
 
     lam_of = lambda r: float((r.get("train_config") or {}).get("lam", math.nan))  # noqa: E731
@@ -396,18 +397,14 @@ def _lambda_paired(rep: Report, e: Experiment, tag: str, row, lr: float, dropout
             if math.isclose(lam_of(r), at):
                 runs[r["seed"]] = float(r["test_ppl"])
     seeds = sorted(set(chosen) & set(common))
-    diffs = [chosen[s] - common[s] for s in seeds]
-    diff, lower = _paired_text(diffs)
-    if diff is None:
-        return False
     where = f"method={row.method}, lr={lr:g}, dropout={dropout:g}, seeds {seeds}"
+    if add_paired(rep, e, f"TunedLam{tag}", [chosen[s] - common[s] for s in seeds], f"lam={lam:g}",
+                  f"lam={common_lam:g}", f", {where}") is None:
+        return False
     ppl, base = st.mean(chosen[s] for s in seeds), st.mean(common[s] for s in seeds)
     rep.add(f"TunedLam{tag}PPL", fmt_ppl(ppl), e, f"mean test_ppl of the runs at lam={lam:g}, {where}", ppl)
     rep.add(f"TunedLam{tag}CommonPPL", fmt_ppl(base), e, f"mean test_ppl of the runs at lam={common_lam:g}, {where}",
             base)
-    rep.add(f"TunedLam{tag}PairedDiff", diff, e, f"mean over seeds of test_ppl(lam={lam:g}) - "
-            f"test_ppl(lam={common_lam:g}), {where}", st.mean(diffs))
-    rep.add(f"TunedLam{tag}PairedLower", lower, e, f"seeds where lam={lam:g} has the lower test_ppl, {where}")
     return True
 
 

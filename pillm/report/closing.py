@@ -14,8 +14,8 @@ from .fmt import (
 )
 from .numbers import similar, verdict
 from .results import (
-    _flag, _paired_text, _runs_where, _signed, beyond_seed_spread, concurrency, Experiment, gap_recovered_pct,
-    log_gap_share, paired_differences, rows_where, spread_verdict,
+    _flag, _paired_text, _runs_where, add_paired, beyond_seed_spread, concurrency, Experiment,
+    gap_recovered_pct, log_gap_share, paired_differences, rows_where, spread_verdict,
 )
 from .tables import _eta_at_top, _records, _searched, Col, COND_COL, generic_table, PPL_COLS, TableSpec
 from .results_main import _bench_rows, _rf_width
@@ -156,7 +156,7 @@ def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
             # the hybrids' largest gain beyond the spread (pure PIL's changes are orders of magnitude apart)
             gain = st.mean(diffs) if len(diffs) >= 2 else None
             if specs[u].get("method") != "pil_pure" and gain is not None and (top is None or gain < top[0]):
-                top = (gain, u, v, k, x)
+                top = (gain, u, v, k, x, diffs)
         body.append([variant_tex(u), rf"\texttt{{{tex_escape(f'{k}={x}')}}}", fmt_ppl(b["test_ppl"]),
                      fmt_ppl(r["test_ppl"]) + (rf" $\pm$ {fmt_fixed(r['test_ppl_std'], 1)}"
                                                if _finite(r.get("test_ppl_std")) else ""),
@@ -176,14 +176,14 @@ def _single_changes(rep: Report, e: Experiment, rows: dict[str, dict]) -> None:
             len(better))
     g["changes"] = {"better": better, "top": None}
     if top:
-        _, u, v, k, x = top
+        _, u, v, k, x, diffs = top
         rep.add("GapChangeTopBase", variant_tex(u), e, "the hybrid whose one-option change lowers mean test_ppl most "
                 "beyond the seed spread (mean per-seed difference)")
         rep.add("GapChangeTopOption", rf"\texttt{{{tex_escape(f'{k}={x}')}}}", e, f"the option added to {u} ({v})")
         rep.add("GapChangeTopBasePPL", fmt_ppl(rows[u]["test_ppl"]), e, f"mean test_ppl, variant={u}",
                 rows[u]["test_ppl"])
         rep.add("GapChangeTopPPL", fmt_ppl(rows[v]["test_ppl"]), e, f"mean test_ppl, variant={v}", rows[v]["test_ppl"])
-        _paired(rep, e, "GapChangeTop", "variant", v, u)
+        add_paired(rep, e, "GapChangeTop", diffs, f"variant={v}", f"variant={u}")
         g["changes"]["top"] = {"variant": v, "base": u, "is_best": v == g.get("hybrid_name")}
 
 
@@ -191,18 +191,11 @@ def _paired(rep: Report, e: Experiment, prefix: str, key: str, a: str, b: str,
             where: dict | None = None) -> float | None:
     """Seed by seed (each seed's runs share data order and initialisation, or re-solve the same checkpoint):
     the mean over seeds of test_ppl(``key`` = a) − test_ppl(``key`` = b) among the runs matching ``where``,
-    as macros ``<prefix>PairedDiff`` and ``<prefix>PairedLower`` (:func:`_paired_text`); None (no macro)
+    as macros ``<prefix>PairedDiff`` and ``<prefix>PairedLower`` (:func:`add_paired`); None (no macro)
     with fewer than two seeds."""
     where = where or {}
-    diffs = paired_differences(e.df, key, a, b, where)
-    diff, lower = _paired_text(diffs)
-    if diff is None:
-        return None
-    at = "".join(f", {k}={v}" for k, v in where.items())
-    rep.add(f"{prefix}PairedDiff", diff, e, f"mean over seeds of test_ppl({key}={a}) - test_ppl({key}={b}){at}",
-            st.mean(diffs))
-    rep.add(f"{prefix}PairedLower", lower, e, f"seeds where {key}={a} has the lower test_ppl than {key}={b}{at}")
-    return st.mean(diffs)
+    return add_paired(rep, e, prefix, paired_differences(e.df, key, a, b, where), f"{key}={a}", f"{key}={b}",
+                      "".join(f", {k}={v}" for k, v in where.items()))
 
 
 def _seed_retention(df, key: str, name: str | None, where: dict) -> dict[int, float]:

@@ -299,6 +299,18 @@ def _paired_text(diffs: list[float]) -> tuple[str | None, str | None]:
     return _signed(st.mean(diffs)), f"{sum(d < 0 for d in diffs)} of {len(diffs)}"
 
 
+def add_paired(rep, e, prefix: str, diffs: list[float], a: str, b: str, at: str = "") -> float | None:
+    """Per-seed differences test_ppl(``a``) − test_ppl(``b``) (:func:`_paired_text`) as the macros
+    ``<prefix>PairedDiff`` and ``<prefix>PairedLower`` of ``rep``, sourced from ``e``; ``at`` ends both notes.
+    Returns their mean; None (no macro) with fewer than two seeds."""
+    diff, lower = _paired_text(diffs)
+    if diff is None:
+        return None
+    rep.add(f"{prefix}PairedDiff", diff, e, f"mean over seeds of test_ppl({a}) - test_ppl({b}){at}", st.mean(diffs))
+    rep.add(f"{prefix}PairedLower", lower, e, f"seeds where {a} has the lower test_ppl than {b}{at}")
+    return st.mean(diffs)
+
+
 def log_gap_share(worse: float, better: float, x: float) -> float | None:
     """The share, in percent, of the log-perplexity gap from ``worse`` to ``better`` that perplexity
     ``x`` closes: ``100·(ln worse − ln x) / (ln worse − ln better)``; None when there is no gap."""
