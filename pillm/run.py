@@ -28,6 +28,7 @@ from .data import lambada_examples
 from .evaluate import evaluate_stream, generate, lambada
 from .model import PILLM, ModelConfig, config_for
 from .train import PIL_METHODS, TrainConfig, ffn_kind_for, resolve_device, run_procedure
+from .version import COMPUTE_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -187,7 +188,7 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
         "optimizer_steps": log.optimizer_steps, "updated_params": log.updated_params,
         "params": model.parameter_counts(), "solves": log.solves, "phases": log.phases, "curve": log.curve,
         "train_tokens": int(corpus.train.numel()), "data_files": corpus.files, "data_note": corpus.note,
-        **extra, "environment": environment(), "complete": True,
+        **extra, "environment": environment(), "compute_version": COMPUTE_VERSION, "complete": True,
     }
     if out is not None:
         out = Path(out)

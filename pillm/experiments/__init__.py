@@ -16,25 +16,26 @@ Layout under ``<root>/<profile>/`` (``<root>``: ``--results-dir``, ``$PILLM_RESU
     <experiment>/.complete                 the staleness hash; written last, atomically
     <experiment>.ipynb, <experiment>.html  the executed notebook and its HTML export (not committed)
 
-A run counts as done when its ``run.json`` holds the current *run key* (the spec plus the
-library sources that produce results), so an interrupted grid resumes and a library change
-recomputes. A notebook counts as done when ``.complete`` holds its *staleness hash* (notebook
-source without outputs, parameters, ``pillm/*.py``, ``pillm/experiments.yaml``, data checksums).
+A run counts as done when its ``run.json`` holds the current *run key* (the resolved configuration,
+the data checksums and ``pillm.version.COMPUTE_VERSION``), so an interrupted grid resumes and a bump
+of the compute version recomputes. A notebook counts as done when ``.complete`` holds its *staleness
+hash* (notebook source without outputs, its registry parameters, the compute version, data checksums).
+``python -m pillm.experiments.rekey`` records the present keys in stored results whose computation
+did not change.
 
 Modules: ``files`` (where results live, atomic writes, hashes) · ``grid`` (run dicts, run keys, reuse,
 parallel execution of a grid) · ``summaries`` (choices on validation, headline summaries, finished runs
 loaded back) · ``notebook`` (display and plotting helpers) · ``registry`` (experiments.yaml, staleness,
 notebooks executed with provenance, the ``pillm experiments`` command). Notebooks use the names below
-(``ex.run_grid``, ``ex.rounded``, ...). The package is outside every run key (``code_hash`` reads the
-top-level modules of ``pillm/`` only).
+(``ex.run_grid``, ``ex.rounded``, ...).
 """
 
 from ..run import write_json_atomic
 from .files import (
-    PACKAGE, REGISTRY, REPRODUCIBLE_CPU_ENV, experiment_dir, root_dir, write_csv_atomic, write_text_atomic,
+    PACKAGE, REGISTRY, REPRODUCIBLE_CPU_ENV, experiment_dir, read_json, rel, root_dir, sha, write_csv_atomic, write_text_atomic,
 )
 from .grid import (
-    FINISHED_ONLY, MATCH, PARTIAL, RUN_LOGS, code_hash, expand, expected_cost, finished_only, make_adapt_run,
+    FINISHED_ONLY, MATCH, PARTIAL, RUN_LOGS, expand, expected_cost, finished_only, make_adapt_run,
     make_first_layer_run, make_fixed_attention_run, make_lambda_path_run, make_run, partial_allowed, run_filter,
     run_grid, run_key, run_spec, summarize, visible_gpus,
 )
@@ -53,12 +54,12 @@ from .summaries import (
 
 __all__ = [
     "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "REPRODUCIBLE_CPU_ENV",
-    "RUN_LOGS", "add_arguments", "barplot", "check_kernel", "choose_lambda", "choose_on_validation", "code_hash",
+    "RUN_LOGS", "add_arguments", "barplot", "check_kernel", "choose_lambda", "choose_on_validation",
     "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost", "experiment_dir", "finished_only",
     "fit_complexity", "gap_summary", "heatmap", "lambda_search", "lambda_trials", "lineplot", "load_model",
-    "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run",
+    "load_registry", "load_result", "read_json", "rel", "main", "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run",
     "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters", "notebook_source_hash", "partial_allowed",
     "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid", "run_key", "run_one",
-    "run_provenance", "run_spec", "samples", "setup_notebook", "solves", "staleness_hash", "summarize",
+    "run_provenance", "run_spec", "samples", "sha", "setup_notebook", "solves", "staleness_hash", "summarize",
     "summary_table", "teacher_summary", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
 ]

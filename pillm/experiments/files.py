@@ -1,4 +1,4 @@
-"""Where results live, atomic writes, and the hashes of sources and specs."""
+"""Where results live, atomic writes, paths shown relative to the repository, and hashes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1]  # pillm/
 REGISTRY = PACKAGE / "experiments.yaml"
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     """The parsed JSON file, or None when it is missing or unreadable (an interrupted write)."""
     try:
         return json.loads(Path(path).read_text())
@@ -24,9 +24,10 @@ def _read_json(path: Path):
         return None
 
 
-def _source_parts(files) -> list[bytes]:
-    """Name and contents of each file, for the code and staleness hashes."""
-    return [p.name.encode() + b"\0" + p.read_bytes() for p in files]
+def rel(path) -> str:
+    """A path relative to the repository when inside it (stable across machines)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def root_dir(root: str | os.PathLike | None = None) -> Path:
@@ -46,7 +47,7 @@ def write_csv_atomic(df: pd.DataFrame, path) -> None:
     write_atomic(path, lambda f: df.to_csv(f, index=False))
 
 
-def _sha(*parts) -> str:
+def sha(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True, default=str).encode())

@@ -13,27 +13,19 @@ import re
 import shutil
 import sys
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import pandas as pd
 
-from ..report import rel as _show  # a path relative to the repository when inside it
 from ..run import REPO, RunSpec, execute, write_json_atomic
-from .files import _read_json, _sha, _source_parts, experiment_dir, PACKAGE, write_csv_atomic
+from ..version import COMPUTE_VERSION
+from .files import read_json, rel as _show, sha, experiment_dir, write_csv_atomic
 
 
-# Top-level modules that do not change what a run computes (they may change without invalidating runs);
-# code_hash reads only the top-level modules, so the packages pillm/experiments/ and pillm/report/ are outside
-# every run key too.
-_NOT_RESULT_CODE = {"cli.py", "__main__.py", "bench.py"}
-
-#: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
+#: The run-dict key of each spec kind that is not a RunSpec, with the module and class that execute it.
 _OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec"),
                 "lambda_path": ("lampath", "LambdaPathSpec"), "fixed_attention": ("fixedattn", "FixedAttentionSpec")}
-
-#: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
-_OWN_KEY_MODULES = {f"{module}.py" for module, _ in _OTHER_SPECS.values()}
 
 
 @functools.cache
@@ -140,14 +132,6 @@ def _kind_of(spec) -> str:
     return next(k for k, (_, cls) in _OTHER_SPECS.items() if type(spec).__name__ == cls)
 
 
-def code_hash(package: Path = PACKAGE) -> str:
-    """Hash of the library sources that determine what a run computes, and the data checksums."""
-    from ..data import SHA256
-
-    files = sorted(p for p in Path(package).glob("*.py") if p.name not in _NOT_RESULT_CODE | _OWN_KEY_MODULES)
-    return _sha(*_source_parts(files), SHA256)
-
-
 # Relative cost of the training procedures (10-epoch `small` runs on an H200, results/paper):
 # `alternating` re-solves every FFN ten times; a final re-solve or a solved head adds passes.
 _METHOD_COST = {"alternating": 4.0, "pil_pure": 1.5}
@@ -170,23 +154,37 @@ def expected_cost(spec: RunSpec) -> float:
     return cost * (1.5 if tcfg.final_resolve else 1.0) * (1.5 if tcfg.solve_head else 1.0)
 
 
-def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) -> str:
-    """What a run computes: its resolved model and training configs (so that two notebooks that
-    spell the same run differently, e.g. with or without an explicit default, share one key),
-    the other spec fields, and the library code (``code``: a precomputed ``code_hash(package)``)."""
-    code = code if code is not None else code_hash(package)
-    if not isinstance(spec, RunSpec):  # adaptation, first-layer, λ-path, fixed-attention run: its own module joins
-        canonical = asdict(spec) | {"train": spec.config().to_dict()}
+def _non_default(config: dict, cls) -> dict:
+    """The entries of ``config`` (a dataclass's fields as a dict) that differ from ``cls``'s defaults: a new
+    field whose default keeps the old computation leaves every key as it was."""
+    defaults = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+                for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    return {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
+
+
+def run_key(spec, *, version: int = COMPUTE_VERSION) -> str:
+    """What a run computes: its resolved configuration (so that two notebooks that spell the same run
+    differently, e.g. with or without an explicit default, share one key), the data checksums and the
+    compute version (:mod:`pillm.version`). The source text is not part of it: refactoring leaves stored
+    runs current, and a change that moves numbers bumps ``COMPUTE_VERSION``."""
+    from ..data import SHA256
+    from ..model import ModelConfig
+    from ..train import TrainConfig
+
+    if not isinstance(spec, RunSpec):  # adaptation, first-layer, λ-path, fixed-attention run
+        canonical = {"kind": _kind_of(spec)} | _non_default(asdict(spec), type(spec))
+        canonical["train"] = _non_default(spec.config().to_dict(), TrainConfig)
         if getattr(spec, "checkpoint", None) is not None:  # the run that wrote it, however the path is spelled
             canonical["checkpoint"] = _teacher_identity(spec.checkpoint)
-        module = _OTHER_SPECS[_kind_of(spec)][0]
-        return _sha(canonical, code, *_source_parts([Path(package) / f"{module}.py"]))
-    mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
-    canonical = {k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")}
-    canonical |= {"model_config": mcfg.to_dict() | {"vocab_size": None}, "train_config": tcfg.to_dict()}
-    if spec.teacher is not None:
-        canonical["teacher"] = _teacher_identity(spec.teacher)
-    return _sha(canonical, code)
+    else:
+        mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, in SHA256
+        canonical = _non_default({k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")},
+                                 RunSpec)
+        canonical |= {"model_config": _non_default(mcfg.to_dict() | {"vocab_size": None}, ModelConfig),
+                      "train_config": _non_default(tcfg.to_dict(), TrainConfig)}
+        if spec.teacher is not None:
+            canonical["teacher"] = _teacher_identity(spec.teacher)
+    return sha({"compute_version": version}, canonical, SHA256)
 
 
 def _teacher_identity(checkpoint) -> dict:
@@ -196,7 +194,7 @@ def _teacher_identity(checkpoint) -> dict:
     path = Path(checkpoint).resolve()
     if (path / "checkpoint").is_dir():  # given the run directory, as pillm.run.load accepts
         path = path / "checkpoint"
-    meta = _read_json(path.parent / "run.json") or {}
+    meta = read_json(path.parent / "run.json") or {}
     return {"path": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "key": meta.get("key")}
 
 
@@ -204,7 +202,7 @@ def _finished_runs(profile_dir: Path) -> dict[str, tuple[Path, dict]]:
     """Key → (directory, run.json) of every finished run of a profile (any experiment), for reuse."""
     found = {}
     for path in sorted(profile_dir.glob("*/runs/*/run.json")):
-        meta = _read_json(path)
+        meta = read_json(path)
         if meta and meta.get("key") and (path.parent / "result.json").exists():
             found.setdefault(meta["key"], (path.parent, meta))
     return found
@@ -222,7 +220,7 @@ def _reuse(source: Path, meta: dict, rdir: Path, spec: RunSpec, run: dict, key: 
     (rdir / "run.json").unlink(missing_ok=True)
     write_json_atomic(rdir / "result.json", result)
     write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
-                                            "warnings": meta.get("warnings", []),
+                                            "compute_version": COMPUTE_VERSION, "warnings": meta.get("warnings", []),
                                             "reused_from": str(source.relative_to(rdir.parents[2]))})
     return result
 
@@ -233,10 +231,10 @@ def _done(run_dir: Path, key: str, spec: RunSpec, need_checkpoint: bool = True) 
     checkpoint = run_dir / "checkpoint" / "config.json"
     if need_checkpoint and getattr(spec, "save_checkpoint", False) and not checkpoint.exists():
         return None
-    meta = _read_json(run_dir / "run.json")
+    meta = read_json(run_dir / "run.json")
     if meta is None or meta.get("key") != key:
         return None
-    return _read_json(run_dir / "result.json")
+    return read_json(run_dir / "result.json")
 
 
 def summarize(experiment: str, run: dict, result: dict) -> dict:
@@ -279,7 +277,7 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
         result, _ = run_(spec, out=rdir, progress=progress)
     notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     write_json_atomic(rdir / "run.json", {"name": run["name"], "vary": run.get("vary", {}), "key": key,
-                                             "warnings": notes})
+                                             "compute_version": COMPUTE_VERSION, "warnings": notes})
     if progress:
         print(f"[{experiment}] {run['name']}: test ppl {result['test_ppl']:.2f}, {result['total_s']:.1f} s", flush=True)
     return result
@@ -357,10 +355,10 @@ def finished_only() -> bool:
 def run_filter() -> "re.Pattern | None":
     """The compiled ``PILLM_MATCH`` pattern, or None when every run may run."""
     pattern = os.environ.get(MATCH, "")
-    return _compile_match(pattern) if pattern else None
+    return compile_match(pattern) if pattern else None
 
 
-def _compile_match(pattern: str) -> "re.Pattern":
+def compile_match(pattern: str) -> "re.Pattern":
     try:
         return re.compile(pattern)
     except re.error as e:
@@ -407,9 +405,8 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"run names must be unique within {experiment!r}; duplicated: {dup}")
     exp_dir = experiment_dir(experiment, profile, results_root)
-    code = code_hash()  # once per grid, not once per run: it reads every library source
     specs = [run_spec(run) for run in runs]
-    keys = [run_key(spec, code=code) for spec in specs]
+    keys = [run_key(spec) for spec in specs]
     dirs = [exp_dir / "runs" / run["name"] for run in runs]
     results = [_done(d, k, spec) for spec, d, k in zip(specs, dirs, keys)]
     pending = [i for i, r in enumerate(results) if r is None]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..report import complexity_model_seconds
+from ..stats import complexity_model_seconds
 from .grid import _run_columns
 from .summaries import load_result
 

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..report import rel as _show  # a path relative to the repository when inside it
 from ..run import REPO, environment, write_json_atomic
-from .files import _read_json, _sha, _source_parts, experiment_dir, PACKAGE, REGISTRY, root_dir, write_text_atomic
-from .grid import _compile_match, FINISHED_ONLY, MATCH, PARTIAL
+from ..version import COMPUTE_VERSION
+from .files import experiment_dir, read_json, REGISTRY, rel as _show, root_dir, sha, write_text_atomic
+from .grid import compile_match, FINISHED_ONLY, MATCH, PARTIAL
 
 
 KERNEL = "pillm"
@@ -41,17 +41,14 @@ def notebook_source_hash(path) -> str:
 
     nb = nbformat.read(str(path), as_version=4)
     cells = [(c.cell_type, c.source, sorted(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
-    return _sha(cells)
+    return sha(cells)
 
 
-def staleness_hash(notebook, parameters: dict, profile: str, *, package: Path = PACKAGE) -> str:
-    """What an experiment's results depend on: notebook source, parameters, library, registry, data."""
+def staleness_hash(notebook, parameters: dict, profile: str, *, version: int = COMPUTE_VERSION) -> str:
+    """What an experiment's results depend on: notebook source, parameters, profile, compute version, data."""
     from ..data import SHA256
 
-    package = Path(package)
-    sources = sorted(package.glob("*.py")) + [package / "experiments.yaml"]
-    return _sha(notebook_source_hash(notebook), parameters, profile,
-                *_source_parts(p for p in sources if p.exists()), SHA256)
+    return sha(notebook_source_hash(notebook), parameters, profile, {"compute_version": version}, SHA256)
 
 
 def check_kernel() -> None:
@@ -148,7 +145,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
         if leftover.stat().st_mtime < wall_start - 2:  # 2 s: file systems with coarse timestamps
             leftover.unlink()
     env = environment()  # runs git twice: once is enough
-    partial = next(filter(None, map(_read_json, sorted(exp_dir.glob(f"*{PARTIAL}")))), None)
+    partial = next(filter(None, map(read_json, sorted(exp_dir.glob(f"*{PARTIAL}")))), None)
     write_json_atomic(exp_dir / "provenance.json", {
         "experiment": name, "profile": profile, "hash": digest,
         "notebook": _show(notebook), "executed_notebook": out_nb.name,
@@ -173,8 +170,8 @@ def run_provenance(exp_dir: Path, results: dict[Path, dict] | None = None) -> di
                                                "concurrent_runs")}
     n = reused = 0
     for path in sorted(Path(exp_dir).glob("runs/*/result.json")):
-        result = results[path] if results is not None and path in results else _read_json(path)
-        meta = _read_json(path.parent / "run.json")
+        result = results[path] if results is not None and path in results else read_json(path)
+        meta = read_json(path.parent / "run.json")
         if result is None or meta is None:
             continue
         env = result.get("environment", {})
@@ -220,7 +217,7 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
     if finished_only:
         env[FINISHED_ONLY] = "1"
     if match:
-        env[MATCH] = _compile_match(match).pattern  # a bad pattern fails here, before any notebook runs
+        env[MATCH] = compile_match(match).pattern  # a bad pattern fails here, before any notebook runs
     reg = load_registry(registry)
     names = list(dict.fromkeys(only)) if only else list(reg)
     for name in names:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..report import log_gap_share
+from ..stats import log_gap_share
 from ..run import load
 from .files import experiment_dir
 from .grid import make_run, partial_allowed
