@@ -10,20 +10,28 @@ KERNEL := pillm
 # Idle OpenMP threads must not spin: on small CPU machines spinning threads slowed MKL's eigvalsh 300×.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help setup tex test test-fast experiments paper arxiv bench clean
+.PHONY: help setup lock tex test test-fast experiments paper arxiv bench clean
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: PROFILE=smoke|paper  FORCE=1  ONLY=<experiment>"
 
-$(STAMP): pyproject.toml
+# Exact versions from requirements.lock (pyproject.toml keeps the ranges): a fresh clone renders the committed
+# figures byte for byte, which a newer matplotlib would not.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (pillm)" >/dev/null
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install pillm with dev extras (idempotent; fast when done)
+setup: $(STAMP) ## Create .venv and install pillm with the locked dependencies (idempotent; fast when done)
+
+lock: setup ## Re-resolve requirements.lock from pyproject.toml's ranges (then commit it)
+	$(PY) -m pip install -q --upgrade -e '.[dev]'
+	{ sed -n '1,2p' requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^#' | grep -iv '^pillm' \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 test: setup ## Run the test suite (pytest + nbval), CPU only
 	$(PY) -m pytest -q

@@ -20,6 +20,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from pillm import experiments as ex
 from pillm.experiments import grid
+from pillm.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 INJECTED = {"profile", "results_root", "progress"}
@@ -102,11 +103,11 @@ def test_run_grid_writes_summary_and_resumes(tmp_path, fake_execute, monkeypatch
     ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     assert fake_execute == [0, 1, 0]
 
-    # Same name, changed spec: redone. Changed library code: everything redone.
+    # Same name, changed spec: redone. A new compute version: everything redone.
     runs[1]["train"]["lr"] = 0.5
     ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     assert fake_execute == [0, 1, 0, 1]
-    monkeypatch.setattr(grid, "code_hash", lambda package=None: "other code")
+    monkeypatch.setattr(grid, "COMPUTE_VERSION", grid.COMPUTE_VERSION + 1)
     ex.run_grid("exp", runs, profile="smoke", results_root=tmp_path, progress=False)
     assert fake_execute == [0, 1, 0, 1, 0, 1]
 
@@ -236,20 +237,11 @@ def test_atomic_writes_leave_old_file_on_failure(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def _package_copy(tmp_path) -> Path:
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    for p in list((REPO / "pillm").glob("*.py")) + [REPO / "pillm" / "experiments.yaml"]:
-        shutil.copy(p, pkg / p.name)
-    return pkg
-
-
 def test_staleness_hash(tmp_path):
-    pkg = _package_copy(tmp_path)
     nb_path = tmp_path / "nb.ipynb"
     shutil.copy(REPO / "notebooks" / "quickstart.ipynb", nb_path)
     params = {"seed": 0, "train": {"epochs": 1}}
-    h = lambda p=params, profile="smoke": ex.staleness_hash(nb_path, p, profile, package=pkg)  # noqa: E731
+    h = lambda p=params, profile="smoke", version=1: ex.staleness_hash(nb_path, p, profile, version=version)  # noqa: E731
     h0 = h()
     assert h0 == h() and len(h0) == 64
 
@@ -264,10 +256,11 @@ def test_staleness_hash(tmp_path):
     nbformat.write(nb, str(nb_path))
     assert h() == h0
 
-    # Parameters, profile, the notebook's source and tags, the library and the registry all count.
+    # Parameters, profile, compute version, the notebook's source and tags all count.
     assert h({"seed": 1, "train": {"epochs": 1}}) != h0
     assert h({"seed": 0, "train": {"epochs": 2}}) != h0
     assert h(profile="paper") != h0
+    assert h(version=2) != h0
     nb.cells[-1].source += "\n# edited"
     nbformat.write(nb, str(nb_path))
     h1 = h()
@@ -275,29 +268,33 @@ def test_staleness_hash(tmp_path):
     nb.cells[-1].metadata["tags"] = ["nbval-ignore-output"]
     nbformat.write(nb, str(nb_path))
     assert h() != h1
-    h2 = h()
-    for name in ("train.py", "experiments.yaml"):
-        with open(pkg / name, "a") as f:
-            f.write("\n# edited\n")
-        assert h() != h2, name
-        h2 = h()
 
 
-def test_run_key_depends_on_spec_and_result_code_only(tmp_path):
-    pkg = _package_copy(tmp_path)
+def test_run_key_is_the_resolved_configuration_data_and_compute_version():
     a, b = (ex.run_spec(r) for r in ex.expand({"size": "tiny"}, seed=[0, 1]))
-    k = ex.run_key(a, pkg)
-    assert k == ex.run_key(ex.run_spec(ex.make_run({"size": "tiny"}, seed=0)), pkg) and k != ex.run_key(b, pkg)
-    with open(pkg / "cli.py", "a") as f:  # the command line does not change results
-        f.write("\n# edited\n")
-    assert ex.run_key(a, pkg) == k
-    for sub in ("report", "experiments"):  # nor do the paper build and the runner, subpackages
-        (pkg / sub).mkdir()
-        (pkg / sub / "edited.py").write_text("# edited\n")
-        assert ex.run_key(a, pkg) == k, sub
-    with open(pkg / "solver.py", "a") as f:
-        f.write("\n# edited\n")
-    assert ex.run_key(a, pkg) != k
+    k = ex.run_key(a)
+    assert k == ex.run_key(ex.run_spec(ex.make_run({"size": "tiny"}, seed=0))) and k != ex.run_key(b)
+    # an explicit default is the same run; a new compute version is not
+    assert ex.run_key(ex.run_spec(ex.make_run({"size": "tiny"}, seed=0, lr=TrainConfig().lr))) == k
+    assert ex.run_key(a, version=grid.COMPUTE_VERSION + 1) != k
+
+
+def test_a_new_default_field_keeps_every_key():
+    """Keys hold the non-default settings only: an option added with a default that keeps the computation
+    leaves stored runs current."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Old:
+        lr: float = 1e-3
+
+    @dataclass
+    class New:
+        lr: float = 1e-3
+        eta_cap: float | None = None
+
+    assert grid._non_default({"lr": 1e-3}, Old) == grid._non_default({"lr": 1e-3, "eta_cap": None}, New) == {}
+    assert grid._non_default({"lr": 1e-2, "eta_cap": 5.0}, New) == {"lr": 1e-2, "eta_cap": 5.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,12 +660,12 @@ def test_teacher_checkpoint_enters_the_key_by_repository_path_and_run_key(tmp_pa
         spec = ex.run_spec(ex.make_run(base | {"teacher": str(ckpt)}, target="teacher"))
         ident = grid._teacher_identity(spec.teacher)
         assert ident == {"path": "results/_test_teacher_key/runs/teacher,seed=0/checkpoint", "key": None}
-        before = ex.run_key(spec, code="c")
+        before = ex.run_key(spec)
         (ckpt.parent / "run.json").write_text(json.dumps({"key": "teacher-key"}))
-        assert ex.run_key(spec, code="c") != before  # a retrained teacher makes its students stale
+        assert ex.run_key(spec) != before  # a retrained teacher makes its students stale
         # the same checkpoint named by a relative path: the same key
         rel_spec = ex.run_spec(ex.make_run(base | {"teacher": os.path.relpath(ckpt)}, target="teacher"))
-        assert ex.run_key(rel_spec, code="c") == ex.run_key(spec, code="c")
+        assert ex.run_key(rel_spec) == ex.run_key(spec)
     finally:
         shutil.rmtree(REPO / "results" / "_test_teacher_key", ignore_errors=True)
 
@@ -801,18 +798,15 @@ OTHER_KIND_RUNS = {
 
 
 @pytest.mark.parametrize("kind", sorted(OTHER_KIND_RUNS))
-def test_each_other_kind_is_keyed_by_its_own_module_only(tmp_path, kind):
-    """Editing the module of one kind of run (adapt.py, firstlayer.py, lampath.py, fixedattn.py) makes that
-    kind's runs stale, and no other run: not the core's (code_hash), not another kind's."""
+def test_each_other_kind_has_its_own_keys(tmp_path, kind):
+    """Every kind of run builds its spec and has a key of its own (the kind is part of it)."""
     assert set(OTHER_KIND_RUNS) == set(grid._OTHER_SPECS)
-    package = tmp_path / "pillm"
-    shutil.copytree(REPO / "pillm", package)
     specs = {k: grid.run_spec(grid._other_run(k, "r", None, dict(fields, **(
         {"checkpoint": str(tmp_path / fields["checkpoint"])} if "checkpoint" in fields else {}))))
         for k, fields in OTHER_KIND_RUNS.items()}
     assert all(type(spec).__name__ == grid._OTHER_SPECS[k][1] for k, spec in specs.items())
-    core, keys = ex.code_hash(package), {k: ex.run_key(spec, package) for k, spec in specs.items()}
-    module = package / f"{grid._OTHER_SPECS[kind][0]}.py"
-    module.write_text(module.read_text() + "\n# edited\n")
-    assert ex.code_hash(package) == core
-    assert {k: ex.run_key(spec, package) != keys[k] for k, spec in specs.items()} == {k: k == kind for k in specs}
+    keys = {k: ex.run_key(spec) for k, spec in specs.items()}
+    assert len(set(keys.values())) == len(keys)
+    assert ex.run_key(specs[kind], version=grid.COMPUTE_VERSION + 1) != keys[kind]
+    with pytest.raises(ValueError, match="how must be one of"):
+        ex.make_adapt_run("r", checkpoint="x", how="nope")

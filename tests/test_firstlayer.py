@@ -154,18 +154,16 @@ def _train_stream(model):
 
 
 def test_first_layer_keys_name_the_checkpoints_run(tmp_path):
-    """(Editing firstlayer.py staling first-layer runs only: test_experiments, every kind of run.)"""
-    package = REPO / "pillm"
     spec = ex.run_spec(ex.make_first_layer_run("a", checkpoint=str(tmp_path / "ckpt"), projection="pca", expansion=16))
     # the checkpoint enters the key through the run that wrote it, however the path is spelled
     run = tmp_path / "pretrain"
     (run / "checkpoint").mkdir(parents=True)
     (run / "run.json").write_text('{"key": "k1"}')
-    by_dir, by_ckpt = (ex.run_key(ex.run_spec(ex.make_first_layer_run("d", checkpoint=str(c))), package)
+    by_dir, by_ckpt = (ex.run_key(ex.run_spec(ex.make_first_layer_run("d", checkpoint=str(c))))
                        for c in (run, run / "checkpoint"))
     assert by_dir == by_ckpt
     (run / "run.json").write_text('{"key": "k2"}')  # the checkpoint was retrained: its readers are stale
-    assert ex.run_key(ex.run_spec(ex.make_first_layer_run("d", checkpoint=str(run))), package) != by_dir
+    assert ex.run_key(ex.run_spec(ex.make_first_layer_run("d", checkpoint=str(run)))) != by_dir
     narrow = ex.run_spec(ex.make_first_layer_run("c", checkpoint=str(tmp_path / "ckpt"), projection="pca"))
     assert ex.expected_cost(spec) > ex.expected_cost(narrow)  # the 16x runs start first
 

@@ -162,7 +162,7 @@ def _non_default(config: dict, cls) -> dict:
     return {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
 
 
-def run_key(spec, *, version: int = COMPUTE_VERSION) -> str:
+def run_key(spec, *, version: int | None = None) -> str:
     """What a run computes: its resolved configuration (so that two notebooks that spell the same run
     differently, e.g. with or without an explicit default, share one key), the data checksums and the
     compute version (:mod:`pillm.version`). The source text is not part of it: refactoring leaves stored
@@ -184,7 +184,7 @@ def run_key(spec, *, version: int = COMPUTE_VERSION) -> str:
                       "train_config": _non_default(tcfg.to_dict(), TrainConfig)}
         if spec.teacher is not None:
             canonical["teacher"] = _teacher_identity(spec.teacher)
-    return sha({"compute_version": version}, canonical, SHA256)
+    return sha({"compute_version": COMPUTE_VERSION if version is None else version}, canonical, SHA256)
 
 
 def _teacher_identity(checkpoint) -> dict:

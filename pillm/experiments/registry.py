@@ -44,10 +44,11 @@ def notebook_source_hash(path) -> str:
     return sha(cells)
 
 
-def staleness_hash(notebook, parameters: dict, profile: str, *, version: int = COMPUTE_VERSION) -> str:
+def staleness_hash(notebook, parameters: dict, profile: str, *, version: int | None = None) -> str:
     """What an experiment's results depend on: notebook source, parameters, profile, compute version, data."""
     from ..data import SHA256
 
+    version = COMPUTE_VERSION if version is None else version
     return sha(notebook_source_hash(notebook), parameters, profile, {"compute_version": version}, SHA256)
 
 
