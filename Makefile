@@ -30,7 +30,7 @@ setup: $(STAMP) ## Create .venv and install pillm with the locked dependencies (
 
 lock: setup ## Re-resolve requirements.lock from pyproject.toml's ranges (then commit it)
 	$(PY) -m pip install -q --upgrade -e '.[dev]'
-	{ sed -n '1,2p' requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^#' | grep -iv '^pillm' \
+	{ sed -n '1,3p' requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^#' | grep -iv '^pillm' \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 test: setup ## Run the test suite (pytest + nbval), CPU only
