@@ -509,7 +509,7 @@ def test_choose_on_validation_leaves_incomplete_grids_out_of_a_partial_summary(m
 
 
 def test_lambda_is_searched_per_closed_form_method_at_its_chosen_setting():
-    """Issue 8: λ of the closed-form methods that train is chosen on validation like lr and dropout, at each
+    """λ of the closed-form methods that train is chosen on validation like lr and dropout, at each
     method's chosen setting; the trial at the common λ is the chosen run itself (the same run key)."""
     base = {"size": "tiny", "train": {"lam": 1e-4}}
     chosen = pd.DataFrame([{"method": "baseline", "lr": 2e-3, "dropout": 0.1, "complete": True},

@@ -21,8 +21,8 @@
 set -u
 # The device's copy of .git can be older than the working tree (it is not refreshed per call), so
 # `git rev-parse HEAD` there names the wrong commit: hide it and let PILLM_GIT_COMMIT speak.
-# Every run records it: refuse anything but a commit hash before any device time is spent (the
-# thirteenth session passed a placeholder by mistake and had to correct four results by hand).
+# Every run records it: refuse anything but a commit hash before any device time is spent (a
+# placeholder would be recorded in every result).
 if [ -n "${PILLM_GIT_COMMIT:-}" ] && ! [[ $PILLM_GIT_COMMIT =~ ^[0-9a-f]{40}$ ]]; then
   echo "PILLM_GIT_COMMIT must be the full 40-hex commit of the tree sent (git rev-parse HEAD here), got '$PILLM_GIT_COMMIT'" >&2
   exit 2

@@ -19,7 +19,7 @@ LAMBDA_TUNED = ("pil_then_attn", "attn_then_pil", "alternating")
 
 
 def teacher_summary(teachers: pd.DataFrame, students: pd.DataFrame) -> dict:
-    """How well fixed random features represent trained FFNs (issue 7, diagnosis).
+    """How well fixed random features represent trained FFNs (a diagnosis).
 
     ``teachers``: the trained baselines. ``students``: runs labelled by ``variant`` that keep a
     teacher's embeddings and attention and fit every FFN readout in closed form to the teacher's FFN
@@ -38,7 +38,7 @@ def teacher_summary(teachers: pd.DataFrame, students: pd.DataFrame) -> dict:
 
 
 def gap_summary(df: pd.DataFrame, roles: dict, ngram: pd.DataFrame | None = None) -> dict:
-    """Issue-7 headline numbers from a run grid labelled by ``variant`` (means over seeds).
+    """Headline numbers from a run grid labelled by ``variant`` (means over seeds).
 
     ``roles`` names the ``baseline`` and ``attn_only`` variants and the ``pure`` PIL candidates
     (one label or a list); every other variant is a hybrid candidate. The best hybrid and the best
