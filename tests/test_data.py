@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pillm import data
+from pillm.data import corpora, streams
 from pillm.data import (
     BPETokenizer,
     DataError,
@@ -123,7 +124,7 @@ def test_tinystories_split(tinystories_corpus):
 
 
 def test_sha256_table_matches_sha256sums():
-    sums = Path(data.REPO_ROOT).parent / "shared" / "data" / "SHA256SUMS"
+    sums = Path(corpora.REPO_ROOT).parent / "shared" / "data" / "SHA256SUMS"
     if not sums.is_file():
         pytest.skip(f"{sums} not present")
     pinned = dict(reversed(line.split()) for line in sums.read_text().splitlines() if line.strip())
@@ -133,9 +134,9 @@ def test_sha256_table_matches_sha256sums():
 def test_data_dir_candidates_order(monkeypatch, tmp_path):
     monkeypatch.setenv("PILLM_DATA_DIR", str(tmp_path))
     dirs = data.data_dir_candidates()
-    assert dirs[0] == tmp_path and dirs[1] == data.REPO_ROOT / "data"
+    assert dirs[0] == tmp_path and dirs[1] == corpora.REPO_ROOT / "data"
     monkeypatch.delenv("PILLM_DATA_DIR")
-    assert data.data_dir_candidates()[0] == data.REPO_ROOT / "data"
+    assert data.data_dir_candidates()[0] == corpora.REPO_ROOT / "data"
 
 
 def _corrupt_copy(tmp_path: Path, relpath: str) -> Path:
@@ -183,7 +184,7 @@ def test_verification_cache_notices_a_changed_file(monkeypatch, tmp_path):
 
 def test_missing_everywhere_lists_searched_paths(monkeypatch, tmp_path):
     empty = [tmp_path / "a", tmp_path / "b"]
-    monkeypatch.setattr(data, "data_dir_candidates", lambda: empty)
+    monkeypatch.setattr(corpora, "data_dir_candidates", lambda: empty)
     with pytest.raises(DataNotFoundError) as info:
         data.resolve_file("ptb/ptb.train.txt")
     msg = str(info.value)
@@ -198,14 +199,14 @@ def test_missing_everywhere_lists_searched_paths(monkeypatch, tmp_path):
 
 
 def test_hub_failure_is_appended_to_missing_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "data_dir_candidates", lambda: [tmp_path])
+    monkeypatch.setattr(corpora, "data_dir_candidates", lambda: [tmp_path])
     monkeypatch.delenv("PILLM_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
 
     def no_network(name):
         raise ConnectionError("hub unreachable")
 
-    monkeypatch.setattr(data, "_hub_load", no_network)
+    monkeypatch.setattr(corpora, "_hub_load", no_network)
     with pytest.raises(DataNotFoundError, match="hub unreachable") as info:
         data.load_corpus("wikitext2")
     assert str(tmp_path / "wikitext-2" / "train.txt") in str(info.value)
@@ -231,7 +232,7 @@ def test_hub_path_parses_datasets_output(monkeypatch, tmp_path):
         calls.append(path)
         return fake
 
-    monkeypatch.setattr(data, "data_dir_candidates", lambda: [tmp_path])
+    monkeypatch.setattr(corpora, "data_dir_candidates", lambda: [tmp_path])
     monkeypatch.delenv("PILLM_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -322,13 +323,13 @@ def _entries(root: Path) -> list[Path]:
 
 def test_cache_hit_and_corrupt_entry_rebuild(monkeypatch, tmp_path, ptb):
     calls = []
-    real = data._tokenize_corpus
+    real = streams._tokenize_corpus
 
     def counting(*args, **kwargs):
         calls.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(data, "_tokenize_corpus", counting)
+    monkeypatch.setattr(streams, "_tokenize_corpus", counting)
     first = data.load_tokenized("ptb", cache_dir=tmp_path)
     assert calls == ["word"]
     (entry,) = _entries(tmp_path)  # one complete entry, no temp dirs left behind
@@ -338,7 +339,7 @@ def test_cache_hit_and_corrupt_entry_rebuild(monkeypatch, tmp_path, ptb):
     def must_not_tokenize(*args, **kwargs):
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(data, "_tokenize_corpus", must_not_tokenize)
+    monkeypatch.setattr(streams, "_tokenize_corpus", must_not_tokenize)
     second = data.load_tokenized("ptb", cache_dir=tmp_path)
     for split in ("train", "valid", "test"):
         assert torch.equal(getattr(first, split), getattr(second, split))
@@ -351,13 +352,13 @@ def test_cache_hit_and_corrupt_entry_rebuild(monkeypatch, tmp_path, ptb):
     # Truncate the tensor file: the entry is rebuilt with a warning, not fatal.
     tokens = entry / "tokens.pt"
     tokens.write_bytes(tokens.read_bytes()[: tokens.stat().st_size // 2])
-    monkeypatch.setattr(data, "_tokenize_corpus", counting)
+    monkeypatch.setattr(streams, "_tokenize_corpus", counting)
     with pytest.warns(UserWarning, match="Rebuilding"):
         third = data.load_tokenized("ptb", cache_dir=tmp_path)
     assert calls == ["word", "word"]
     assert torch.equal(third.train, first.train)
     assert _entries(tmp_path) == [entry]
-    monkeypatch.setattr(data, "_tokenize_corpus", must_not_tokenize)
+    monkeypatch.setattr(streams, "_tokenize_corpus", must_not_tokenize)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rebuilt entry is healthy again
         data.load_tokenized("ptb", cache_dir=tmp_path)
@@ -379,15 +380,15 @@ def test_bpe_tokenized_cache(monkeypatch, tmp_path, tinystories_corpus):
     assert first.tokenizer.kind == "bpe" and first.vocab_size == 300
     assert first.files["train"] == data.SHA256["tinystories/TinyStories-train.first2MiB.txt"]
     assert int((first.valid == first.tokenizer.eos_id).sum()) == len(tinystories_corpus.splits["valid"])
-    monkeypatch.setattr(data, "_tokenize_corpus", lambda *a, **k: pytest.fail("cache miss"))
+    monkeypatch.setattr(streams, "_tokenize_corpus", lambda *a, **k: pytest.fail("cache miss"))
     second = data.load_tokenized("tinystories", bpe_vocab_size=300, cache_dir=tmp_path)
     assert torch.equal(first.test, second.test)
     assert second.tokenizer.decode(second.test[:50]) == first.tokenizer.decode(first.test[:50])
     assert second.tokenizer.encode("Once upon a time") == first.tokenizer.encode("Once upon a time")
     # A different vocabulary size is a different cache entry.
-    key300 = data._cache_key("tinystories", "bpe", 300, first.files)
-    assert key300 != data._cache_key("tinystories", "bpe", 301, first.files)
-    assert key300 != data._cache_key("tinystories", "bpe", 300, {**first.files, "train": "0" * 64})
+    key300 = streams._cache_key("tinystories", "bpe", 300, first.files)
+    assert key300 != streams._cache_key("tinystories", "bpe", 301, first.files)
+    assert key300 != streams._cache_key("tinystories", "bpe", 300, {**first.files, "train": "0" * 64})
 
 
 def test_load_tokenized_rejects_bad_arguments():
