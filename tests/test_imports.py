@@ -75,6 +75,6 @@ def test_the_cycle_finder_reports_a_cycle():
     assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(set(MODULES) - {"pillm.__main__"}))  # __main__ runs the command line
 def test_every_module_imports(name):
     importlib.import_module(name)
