@@ -314,13 +314,17 @@ def test_registry_lists_every_notebook():
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_registry_parameters_match_notebook(name):
+    """The registry is the one source of settings: a notebook's parameters cell holds only what papermill
+    injects, and the notebook reads its settings for the profile from the registry."""
     entry = REGISTRY[name]
     declared = ex.notebook_parameters(entry["notebook"])
-    assert INJECTED <= set(declared), "every notebook takes profile, results_root and progress"
+    assert set(declared) == set(ex.NOTEBOOK_PARAMETERS)
     assert declared["profile"] == "smoke" and declared["results_root"] is None and declared["progress"] is False
+    assert declared["registry"] is None
+    nb = nbformat.read(str(entry["notebook"]), as_version=4)
+    assert any(f'EXPERIMENT = "{name}"' in c.source and "ex.experiment_settings(EXPERIMENT, profile, registry)"
+               in c.source for c in nb.cells if c.cell_type == "code")
     smoke, paper = entry["parameters"]["smoke"], entry["parameters"]["paper"]
-    # The notebook's defaults *are* the smoke profile, so nbval checks exactly what smoke runs.
-    assert {k: v for k, v in declared.items() if k not in INJECTED} == smoke
     assert set(paper) == set(smoke)
     if name == "ngram":  # count-based, CPU only: no model, no training configuration
         assert paper["orders"] == [1, 2, 3, 4, 5] and paper["dataset"] == "wikitext2"
@@ -333,7 +337,6 @@ def test_registry_parameters_match_notebook(name):
         assert train["epochs"] == (0 if name == "complexity" else 10)
         if name != "complexity":  # the full training set and the full evaluation splits
             assert train["max_train_tokens"] is None and train["max_eval_tokens"] is None
-    nb = nbformat.read(str(entry["notebook"]), as_version=4)
     assert nb.metadata["kernelspec"]["name"] == ex.KERNEL
 
 
@@ -356,8 +359,11 @@ def test_cli_rejects_unknown_experiment_and_profile(tmp_path):
 
 
 def _notebook(path: Path, *cells: str) -> Path:
-    params = new_code_cell('profile = "smoke"\nresults_root = None\nvalue = 1', metadata={"tags": ["parameters"]})
-    nb = new_notebook(cells=[params] + [new_code_cell(c) for c in cells],
+    params = new_code_cell('profile = "smoke"\nresults_root = None\nprogress = False\nregistry = None',
+                           metadata={"tags": ["parameters"]})
+    settings = new_code_cell("from pillm import experiments as ex\n"
+                             f"value = ex.experiment_settings({path.stem!r}, profile, registry)['value']")
+    nb = new_notebook(cells=[params, settings] + [new_code_cell(c) for c in cells],
                       metadata={"kernelspec": {"name": ex.KERNEL, "display_name": "Python (pillm)",
                                                "language": "python"}})
     nbformat.write(nb, str(path))
@@ -407,12 +413,12 @@ def test_experiments_end_to_end(tmp_path):
         "fine": {"notebook": str(fine), "parameters": {"smoke": {"value": 3}}}}}))
     r = _cli("--registry", str(registry), "--results-dir", str(root))
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "broken: FAILED" in r.stdout and "cell 2 raised RuntimeError: injected failure" in r.stdout
+    assert "broken: FAILED" in r.stdout and "cell 3 raised RuntimeError: injected failure" in r.stdout
     assert "1 ran, 0 skipped, 1 failed (broken)" in r.stdout
     assert not (smoke / "broken" / ".complete").exists() and not (smoke / "broken" / "provenance.json").exists()
     failed = json.loads((smoke / "broken" / "failed.json").read_text())
-    assert failed["cell_index"] == 2 and failed["executed_cell_index"] == 3 and failed["ename"] == "RuntimeError"
-    assert "in cell 2 of broken.ipynb" in r.stderr and "raise RuntimeError('injected failure')" in r.stderr
+    assert failed["cell_index"] == 3 and failed["executed_cell_index"] == 4 and failed["ename"] == "RuntimeError"
+    assert "in cell 3 of broken.ipynb" in r.stderr and "raise RuntimeError('injected failure')" in r.stderr
     kept = nbformat.read(str(smoke / "broken.ipynb"), as_version=4)
     assert any(o.get("ename") == "RuntimeError" for c in kept.cells if c.cell_type == "code" for o in c.outputs)
     assert (smoke / "fine" / ".complete").exists() and (smoke / "fine" / "summary.csv").read_text() == "value\n3\n"
@@ -565,9 +571,8 @@ def test_parallel_runs_write_their_progress_to_a_log_each(tmp_path, monkeypatch,
     monkeypatch.setenv("PILLM_JOBS", "2")
     for name in ("PILLM_CONCURRENT_RUNS", "TQDM_MININTERVAL"):
         monkeypatch.delenv(name, raising=False)
-    base = {"size": "tiny", "save_checkpoint": False,
-            "train": {"epochs": 1, "batch_size": 16, "max_train_tokens": 2048, "max_eval_tokens": 1024,
-                      "search_tokens": 128, "eval_every_epoch": False, "device": "cpu"}}
+    smoke = ex.experiment_settings("benchmark", "smoke")  # the registry's smoke settings
+    base = {"size": smoke["size"], "save_checkpoint": False, "train": smoke["train"]}
     runs = ex.expand(base, method=["baseline", "pil_then_attn"], seed=[0])
     df = ex.run_grid("par", runs, profile="smoke", results_root=tmp_path, progress=True)
     assert sorted(df["name"]) == sorted(r["name"] for r in runs) and df["test_ppl"].notna().all()

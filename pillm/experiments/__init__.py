@@ -32,7 +32,8 @@ notebooks executed with provenance, the ``pillm experiments`` command). Notebook
 
 from ..run import write_json_atomic
 from .files import (
-    PACKAGE, REGISTRY, REPRODUCIBLE_CPU_ENV, experiment_dir, read_json, rel, root_dir, sha, write_csv_atomic, write_text_atomic,
+    PACKAGE, REGISTRY, REPRODUCIBLE_CPU_ENV, experiment_dir, read_json, rel, root_dir, sha, write_csv_atomic,
+    write_text_atomic,
 )
 from .grid import (
     FINISHED_ONLY, MATCH, PARTIAL, RUN_LOGS, expand, expected_cost, finished_only, make_adapt_run,
@@ -44,7 +45,8 @@ from .notebook import (
     setup_notebook, solves, summary_table,
 )
 from .registry import (
-    KERNEL, add_arguments, check_kernel, load_registry, main, notebook_parameters, notebook_source_hash,
+    KERNEL, NOTEBOOK_PARAMETERS, add_arguments, check_kernel, experiment_settings, load_registry, main,
+    notebook_parameters, notebook_source_hash,
     run_experiments, run_one, run_provenance, staleness_hash,
 )
 from .summaries import (
@@ -53,13 +55,14 @@ from .summaries import (
 )
 
 __all__ = [
-    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "PACKAGE", "PARTIAL", "REGISTRY", "REPRODUCIBLE_CPU_ENV",
-    "RUN_LOGS", "add_arguments", "barplot", "check_kernel", "choose_lambda", "choose_on_validation",
-    "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost", "experiment_dir", "finished_only",
-    "fit_complexity", "gap_summary", "heatmap", "lambda_search", "lambda_trials", "lineplot", "load_model",
-    "load_registry", "load_result", "read_json", "rel", "main", "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run",
-    "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters", "notebook_source_hash", "partial_allowed",
-    "plot_curves", "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid", "run_key", "run_one",
-    "run_provenance", "run_spec", "samples", "sha", "setup_notebook", "solves", "staleness_hash", "summarize",
+    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "NOTEBOOK_PARAMETERS", "PACKAGE", "PARTIAL", "REGISTRY",
+    "REPRODUCIBLE_CPU_ENV", "RUN_LOGS", "add_arguments", "barplot", "check_kernel", "choose_lambda",
+    "choose_on_validation", "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost",
+    "experiment_dir", "experiment_settings", "finished_only", "fit_complexity", "gap_summary", "heatmap",
+    "lambda_search", "lambda_trials", "lineplot", "load_model", "load_registry", "load_result", "main",
+    "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run", "make_lambda_path_run", "make_run",
+    "mean_std", "notebook_parameters", "notebook_source_hash", "partial_allowed", "plot_curves", "read_json", "rel",
+    "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid", "run_key", "run_one",
+    "run_provenance", "run_spec", "samples", "setup_notebook", "sha", "solves", "staleness_hash", "summarize",
     "summary_table", "teacher_summary", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
 ]

@@ -20,6 +20,10 @@ from .grid import compile_match, FINISHED_ONLY, MATCH, PARTIAL
 
 KERNEL = "pillm"
 
+#: What every notebook's ``parameters`` cell declares, and all that papermill injects: the settings
+#: themselves come from the registry (:func:`experiment_settings`).
+NOTEBOOK_PARAMETERS = ("profile", "results_root", "progress", "registry")
+
 
 def load_registry(path=None) -> dict:
     """``{name: {"notebook": Path, "parameters": {profile: dict}, ...}}`` from ``experiments.yaml``."""
@@ -33,6 +37,12 @@ def load_registry(path=None) -> dict:
         entry["notebook"] = nb if nb.is_absolute() else REPO / nb
         entry.setdefault("parameters", {})
     return exps
+
+
+def experiment_settings(name: str, profile: str, registry=None) -> dict:
+    """The settings of experiment ``name`` under ``profile``, from ``registry`` (default
+    pillm/experiments.yaml): the one source of every setting a notebook uses."""
+    return _entry(load_registry(registry), name, profile)[1]
 
 
 def notebook_source_hash(path) -> str:
@@ -99,9 +109,10 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     entry, params = _entry(load_registry(registry), name, profile)
     notebook = Path(entry["notebook"])
     declared = notebook_parameters(notebook)
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        print(f"{name}: parameters {unknown} are not in {notebook.name}'s parameters cell", file=sys.stderr)
+    missing = sorted(set(NOTEBOOK_PARAMETERS) - set(declared))
+    if missing:
+        print(f"{name}: {notebook.name}'s parameters cell lacks {missing} (it reads its settings from the "
+              f"registry with ex.experiment_settings(EXPERIMENT, profile, registry))", file=sys.stderr)
         return 2
     digest = staleness_hash(notebook, params, profile)
     exp_dir = experiment_dir(name, profile, root)
@@ -113,9 +124,8 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     for stale in (".complete", "failed.json"):
         (exp_dir / stale).unlink(missing_ok=True)
     out_nb = root / profile / f"{name}.ipynb"
-    injected = params | {"profile": profile, "results_root": str(root)}
-    if "progress" in declared:
-        injected["progress"] = True
+    injected = {"profile": profile, "results_root": str(root), "progress": True,
+                "registry": None if registry is None else str(Path(registry).resolve())}
     started, t0, wall_start = _now(), time.perf_counter(), time.time()
     error = None
     try:
@@ -150,7 +160,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     write_json_atomic(exp_dir / "provenance.json", {
         "experiment": name, "profile": profile, "hash": digest,
         "notebook": _show(notebook), "executed_notebook": out_nb.name,
-        "parameters": injected | {"results_root": None},  # the root is where this file is
+        "parameters": params, "registry": injected["registry"],
         "git_commit": env.get("git_commit"), "environment": env,
         "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": _now(),
         "partial": partial,

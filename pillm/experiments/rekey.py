@@ -46,7 +46,8 @@ def stored_spec(result: dict, profile_dir: Path):
 
 def _with_version(result: dict) -> dict:
     out = {k: v for k, v in result.items() if k not in ("compute_version", "complete")}
-    return out | {"compute_version": COMPUTE_VERSION} | ({"complete": result["complete"]} if "complete" in result else {})
+    out["compute_version"] = COMPUTE_VERSION
+    return out | ({"complete": result["complete"]} if "complete" in result else {})
 
 
 def rekey(root=None) -> int:
