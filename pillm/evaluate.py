@@ -64,20 +64,34 @@ def evaluate_stream(model: PILLM, ids: torch.Tensor, *, batch_size: int = 32, st
     x, y = _windows(ids, block, stride)
     was_training = model.training
     model.eval()
-    nll = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    count = torch.zeros((), dtype=torch.long, device=device)
-    for i in tqdm(range(0, x.shape[0], batch_size), desc="eval", disable=not progress, leave=False):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        with _autocast(device):
-            logits = model(xb)
-        logits = logits.float()
-        valid = yb != IGNORE_INDEX
-        nll += F.cross_entropy(logits.flatten(0, 1), yb.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum").double()
-        correct += ((logits.argmax(-1) == yb) & valid).sum()
-        count += valid.sum()
+
+    def batches():
+        for i in tqdm(range(0, x.shape[0], batch_size), desc="eval", disable=not progress, leave=False):
+            with _autocast(device):
+                yield model(x[i:i + batch_size]), y[i:i + batch_size]
+
+    result = score(batches())
     model.train(was_training)
+    return result
+
+
+def score(batches) -> dict:
+    """Mean cross-entropy, perplexity and top-1 accuracy over ``(logits [.., V], targets [..])`` pairs.
+
+    Sums stay on the device (float64 for the loss) until the end: one host sync per call.
+    Targets equal to ``IGNORE_INDEX`` are not scored.
+    """
+    nll = correct = count = 0
+    for logits, y in batches:
+        logits = logits.float()
+        valid = y != IGNORE_INDEX
+        nll = nll + F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), ignore_index=IGNORE_INDEX,
+                                    reduction="sum").double()
+        correct = correct + ((logits.argmax(-1) == y) & valid).sum()
+        count = count + valid.sum()
     n = int(count)
+    if n == 0:
+        raise ValueError("no scored targets: every target is IGNORE_INDEX (padding)")
     loss = float(nll) / n
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "acc": int(correct) / n, "tokens": n}
 

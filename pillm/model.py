@@ -22,6 +22,10 @@ the "random features" collapse to a linear map.)
 
 Solved weights are ``nn.Parameter(requires_grad=False)`` so that they are saved, moved and counted
 like every other weight; random projections are persistent buffers and counted as frozen.
+
+Initialisation is paired across FFN kinds: every FFN draws its weights from its own generator,
+seeded from the run's seed and the layer index, so at one seed every kind starts from the same
+embeddings and attention and a comparison by seed compares methods, not initialisations.
 Shapes in comments: B batch, T time, C = n_embd, M = random features, V = vocab.
 """
 
@@ -114,15 +118,23 @@ def config_for(size: str, **overrides) -> ModelConfig:
 # --------------------------------------------------------------------------------------------
 
 
+def _randn(shape, std: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=generator) * std
+
+
 class MLP(nn.Module):
     ROLES = {"fc.weight": "ffn_trainable", "fc.bias": "ffn_trainable",
              "proj.weight": "ffn_trainable", "proj.bias": "ffn_trainable"}
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, cfg.n_embd)
-        self.proj.is_residual_out = True
+        with torch.no_grad():  # GPT-2's init, as PILLM._init_weights gives every other linear map
+            self.fc.weight.copy_(_randn(self.fc.weight.shape, 0.02, generator))
+            self.proj.weight.copy_(_randn(self.proj.weight.shape, 0.02 / math.sqrt(2 * cfg.n_layer), generator))
+            self.fc.bias.zero_()
+            self.proj.bias.zero_()
 
     def forward(self, u):
         return self.proj(F.gelu(self.fc(u)))
@@ -131,14 +143,14 @@ class MLP(nn.Module):
 class RandomFeatures(nn.Module):
     """Fixed random feature map H = φ(u) [.., M]; never trained, never solved."""
 
-    def __init__(self, cfg: ModelConfig, bidirectional: bool):
+    def __init__(self, cfg: ModelConfig, bidirectional: bool, generator: torch.Generator):
         super().__init__()
         c, m = cfg.n_embd, cfg.hidden
         std = cfg.proj_scale / math.sqrt(c)  # LN-ed u has unit variance per coordinate
         self.fusion = cfg.fusion if bidirectional else None
-        self.register_buffer("proj_fwd", torch.randn(c, m) * std)
+        self.register_buffer("proj_fwd", _randn((c, m), std, generator))
         if bidirectional:
-            self.register_buffer("proj_bwd", torch.randn(c, m) * std)
+            self.register_buffer("proj_bwd", _randn((c, m), std, generator))
         self.n_features = 2 * m if self.fusion == "concat" else m
 
     def preactivations(self, u):
@@ -179,14 +191,20 @@ class SolvedFFN(nn.Module):
     For ``pil``/``bipil`` the readout is solved in closed form (``requires_grad=False``); for
     ``rf_adamw`` the same readout is trained by AdamW. Zero-initialised so that an unsolved layer
     is the identity on the residual stream.
+
+    ``is_zero`` says that the readout is known to be zero without looking at it (a closed-form
+    readout not yet solved): the block then skips the features, so an AdamW phase before the
+    first solve costs what attention alone costs. It is a Python flag, set by ``set_solution``
+    and by loading a state dict, never a check of the weights (that would sync the host).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
         self.kind = cfg.ffn
-        self.features = RandomFeatures(cfg, bidirectional=cfg.ffn == "bipil")
+        self.features = RandomFeatures(cfg, bidirectional=cfg.ffn == "bipil", generator=generator)
         m = self.features.n_features
         trainable = cfg.ffn == "rf_adamw"
+        self.is_zero = not trainable  # a trained readout gets gradients through the features
         self.out_weight = nn.Parameter(torch.zeros(m, cfg.n_embd), requires_grad=trainable)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_embd), requires_grad=trainable)
         role = "ffn_trainable" if trainable else "ffn_solved"
@@ -206,6 +224,12 @@ class SolvedFFN(nn.Module):
             raise ValueError(f"solved weight has shape {tuple(weight.shape)}, expected {tuple(self.out_weight.shape)}")
         self.out_weight.copy_(weight)
         self.out_bias.copy_(bias if bias is not None else torch.zeros_like(self.out_bias))
+        self.is_zero = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "out_weight" in state_dict:  # a loaded readout may be anything
+            self.is_zero = False
 
 
 class LoRAFFN(nn.Module):
@@ -215,14 +239,14 @@ class LoRAFFN(nn.Module):
              "a1": "ffn_trainable", "b1": "ffn_trainable", "a2": "ffn_trainable", "b2": "ffn_trainable",
              "bias1": "ffn_trainable", "bias2": "ffn_trainable"}
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
         c, m, r = cfg.n_embd, cfg.hidden, cfg.lora_rank
-        self.register_buffer("w1", torch.randn(c, m) / math.sqrt(c))
-        self.register_buffer("w2", torch.randn(m, c) * 0.02 / math.sqrt(2 * cfg.n_layer))
-        self.a1 = nn.Parameter(torch.randn(c, r) / math.sqrt(c))
+        self.register_buffer("w1", _randn((c, m), 1 / math.sqrt(c), generator))
+        self.register_buffer("w2", _randn((m, c), 0.02 / math.sqrt(2 * cfg.n_layer), generator))
+        self.a1 = nn.Parameter(_randn((c, r), 1 / math.sqrt(c), generator))
         self.b1 = nn.Parameter(torch.zeros(r, m))  # adapters start as a no-op, as in LoRA
-        self.a2 = nn.Parameter(torch.randn(m, r) / math.sqrt(m))
+        self.a2 = nn.Parameter(_randn((m, r), 1 / math.sqrt(m), generator))
         self.b2 = nn.Parameter(torch.zeros(r, c))
         self.bias1 = nn.Parameter(torch.zeros(m))
         self.bias2 = nn.Parameter(torch.zeros(c))
@@ -232,19 +256,37 @@ class LoRAFFN(nn.Module):
         return h @ self.w2 + (h @ self.a2) @ self.b2 + self.bias2
 
 
-def make_ffn(cfg: ModelConfig) -> nn.Module | None:
+def ffn_generator(seed: int, layer: int) -> torch.Generator:
+    """The generator of layer ``layer``'s FFN weights (apart from the one of its landmarks)."""
+    return torch.Generator().manual_seed((seed * 1000 + 500 + layer) % 2**63)
+
+
+def make_ffn(cfg: ModelConfig, generator: torch.Generator) -> nn.Module | None:
     if cfg.ffn == "none":
         return None
-    if cfg.ffn == "mlp":
-        return MLP(cfg)
-    if cfg.ffn == "lora":
-        return LoRAFFN(cfg)
-    return SolvedFFN(cfg)  # pil, bipil, rf_adamw
+    # The global generator is left as it was, so that what is drawn after the FFNs does not
+    # depend on their kind (nn.Linear draws a default init when it is built).
+    with torch.random.fork_rng(devices=[]):
+        if cfg.ffn == "mlp":
+            return MLP(cfg, generator)
+        if cfg.ffn == "lora":
+            return LoRAFFN(cfg, generator)
+        return SolvedFFN(cfg, generator)  # pil, bipil, rf_adamw
 
 
 # --------------------------------------------------------------------------------------------
 # Transformer
 # --------------------------------------------------------------------------------------------
+
+
+def mixture_log_probs(logits, mix, log_unigram):
+    """``log((1 − α)·softmax(logits) + α·unigram)`` (α = 0: the log-softmax; α = 1: the unigram).
+
+    Cross-entropy re-normalises log-probabilities to themselves, so they serve as logits.
+    ``mix`` may be a tensor: no host sync.
+    """
+    mix = torch.as_tensor(mix, dtype=logits.dtype, device=logits.device)
+    return torch.logaddexp(torch.log1p(-mix) + logits.log_softmax(-1), torch.log(mix) + log_unigram.to(logits.dtype))
 
 
 class CausalSelfAttention(nn.Module):
@@ -265,26 +307,31 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.ffn = make_ffn(cfg)
+        self.ffn = make_ffn(cfg, generator)
         self.drop = nn.Dropout(cfg.dropout)
+
+    @property
+    def ffn_active(self) -> bool:
+        """False when the block has no FFN or one whose readout is known to be zero."""
+        return self.ffn is not None and not getattr(self.ffn, "is_zero", False)
 
     def attend(self, x):
         """Residual stream after attention, ``x_mid = x + Attn(LN₁ x)`` — what the FFN reads."""
         return x + self.drop(self.attn(self.ln1(x)))
 
     def ffn_out(self, x_mid):
-        if self.ffn is None:
+        if not self.ffn_active:
             return torch.zeros_like(x_mid)
         return self.ffn(self.ln2(x_mid))
 
     def forward(self, x):
         x = self.attend(x)
-        if self.ffn is not None:
+        if self.ffn_active:
             x = x + self.drop(self.ffn(self.ln2(x)))
         return x
 
@@ -292,13 +339,15 @@ class Block(nn.Module):
 class PILLM(nn.Module):
     """Decoder-only Transformer language model; ``model(ids)`` returns logits ``[B, T, V]``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, seed: int | None = None):
+        """``seed`` seeds the FFNs' own generators (default: the seed the global generator was given)."""
         super().__init__()
         self.config = cfg
+        seed = torch.initial_seed() if seed is None else seed
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, ffn_generator(seed, i)) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         if cfg.head == "solved":
             # Closed-form readout onto one-hot next tokens, calibrated on validation:
@@ -309,7 +358,10 @@ class PILLM(nn.Module):
                                                  requires_grad=False)
             self.register_buffer("head_temperature", torch.tensor(1.0))
             self.register_buffer("head_mix", torch.tensor(0.0))  # α
-        self.apply(self._init_weights)
+        ffns = {id(m) for b in self.blocks if b.ffn is not None for m in b.ffn.modules()}
+        for module in self.modules():  # the FFNs initialised themselves from their own generators
+            if id(module) not in ffns:
+                self._init_weights(module)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -331,12 +383,7 @@ class PILLM(nn.Module):
         h = self.ln_f(x)
         if self.config.head == "solved":
             logits = (h @ self.head_weight + self.head_bias) * self.head_temperature
-            if float(self.head_mix) == 0.0:
-                return logits
-            # log-probabilities of the unigram mixture (cross-entropy re-normalises them to themselves)
-            mix = self.head_mix.to(logits.dtype)
-            return torch.logaddexp(torch.log1p(-mix) + logits.log_softmax(-1),
-                                   torch.log(mix) + self.head_log_unigram.to(logits.dtype))
+            return mixture_log_probs(logits, self.head_mix, self.head_log_unigram)
         return h @ self.tok_emb.weight.T  # tied
 
     def forward(self, ids):
@@ -351,6 +398,12 @@ class PILLM(nn.Module):
         for block in self.blocks[:layer]:
             x = block(x)
         return x
+
+    def forward_from(self, x, layer: int):
+        """Logits from the residual stream ``x`` entering block ``layer`` (``layer = n_layer``: the head)."""
+        for block in self.blocks[layer:]:
+            x = block(x)
+        return self.head(x)
 
     def ffn_layers(self):
         return [b.ffn for b in self.blocks]

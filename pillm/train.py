@@ -26,6 +26,7 @@ picks the step size η of the target by validation loss (forward passes only). U
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 import warnings
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import TokenStream
-from .evaluate import evaluate_stream
+from .evaluate import evaluate_stream, score
 from .model import IGNORE_INDEX, PILLM, ModelConfig
 from .solver import RidgeAccumulator, ridge_solve
 from .targets import SEARCHED, check_target, layer_data
@@ -47,6 +48,8 @@ PIL_METHODS = ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 FIXED_FFN = {"baseline": "mlp", "attn_only": "none", "lora": "lora", "rf_adamw": "rf_adamw"}
 EMBED_INITS = ("random", "ppmi")
 DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 13))  # 1e-4 … 1e6, half decades
+HEAD_TEMPERATURES = tuple(2.0 ** k for k in range(-2, 12))
+HEAD_MIXES = (0.0, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # α = 1 is the unigram alone
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,6 +78,7 @@ class TrainConfig:
     target: str = "local"
     iterations: int = 1  # re-linearise and re-solve every layer this many times per PIL phase
     eta_grid: tuple = DEFAULT_ETA_GRID
+    eta_max: float | None = None  # cap on the searched step size: grid points above it are skipped
     search_tokens: int = 16384  # validation tokens for the step-size search
     final_resolve: bool = False
     final_target: str = "global"
@@ -115,6 +119,14 @@ class TrainConfig:
         if self.ppmi_window < 1:
             raise ValueError(f"ppmi_window must be >= 1, got {self.ppmi_window}")
         self.eta_grid = tuple(float(e) for e in self.eta_grid)
+        if self.eta_max is not None and not any(e <= self.eta_max for e in self.eta_grid):
+            raise ValueError(f"eta_max={self.eta_max} is below every point of eta_grid (smallest "
+                             f"{min(self.eta_grid):g}); raise eta_max or extend eta_grid downwards")
+
+    @property
+    def searched_etas(self) -> tuple:
+        """The step sizes the search tries: ``eta_grid`` up to ``eta_max``."""
+        return tuple(e for e in self.eta_grid if self.eta_max is None or e <= self.eta_max)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +148,24 @@ def resolve_device(name: str) -> torch.device:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep large freed blocks for reuse instead of returning them to the system.
+
+    Every training step and every scored batch allocates a fresh logits buffer ``[B, T, V]``
+    (hundreds of MB at a word-level vocabulary). Above glibc's mmap threshold (at most 32 MB
+    by default) each one is a new mapping, paid again in page faults: a third of a CPU run's
+    time. Raising the thresholds keeps those pages mapped. Without glibc, or where glibc refuses
+    the value, nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters (malloc.h)
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -171,13 +201,27 @@ def _search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
 
 
 @torch.no_grad()
-def _mean_loss(model: PILLM, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for i in range(0, x.shape[0], batch_size):
-        logits = model(x[i:i + batch_size]).float()
-        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + batch_size].reshape(-1),
-                                 ignore_index=IGNORE_INDEX, reduction="sum").double()
-    return float(total) / int((y != IGNORE_INDEX).sum())
+def _search_cache(model: PILLM, layer: int, search: tuple, batch_size: int, w_base, b_base, w_step, b_step) -> list:
+    """What the step-size search needs from the layer and below, computed once for every η.
+
+    Per batch of the search windows: the stream after the layer's attention ``x_mid``, the two
+    components of the solved FFN's output, ``H·W₀ + b₀`` and ``H·W_Δ + b_Δ``, and the labels.
+    The FFN's output at η is ``base − η·step``; only the blocks above run per grid point.
+    """
+    block = model.blocks[layer]
+    cache = []
+    for i in range(0, search[0].shape[0], batch_size):
+        x_mid = block.attend(model.residual_before(search[0][i:i + batch_size], layer))
+        h = block.ffn.features(block.ln2(x_mid))
+        cache.append((x_mid, h @ w_base + b_base, h @ w_step + b_step, search[1][i:i + batch_size]))
+    return cache
+
+
+@torch.no_grad()
+def _search_loss(model: PILLM, layer: int, cache: list, eta: float) -> float:
+    """Validation loss with the layer's FFN output at step size ``eta`` (from :func:`_search_cache`)."""
+    return score((model.forward_from(x_mid + base - eta * step, layer + 1), y)
+                 for x_mid, base, step, y in cache)["loss"]
 
 
 def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
@@ -206,23 +250,27 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     weight, bias, rec = acc.solve(cfg.lam)
     w_base, w_step, b_base, b_step = weight[:, :c], weight[:, c:], bias[:c], bias[c:]
 
-    search_log = []
+    search_log, at_edge = [], False
     if target in SEARCHED:
-        for eta in cfg.eta_grid:
-            ffn.set_solution(w_base - eta * w_step, b_base - eta * b_step)
-            search_log.append({"eta": eta, "valid_loss": _mean_loss(model, *search, cfg.solve_batch_size)})
+        etas = cfg.searched_etas
+        cache = _search_cache(model, layer, search, cfg.solve_batch_size, w_base, b_base, w_step, b_step)
+        for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or rank != 0, leave=False):
+            search_log.append({"eta": eta, "valid_loss": _search_loss(model, layer, cache, eta)})
+        del cache
         eta = min(search_log, key=lambda r: r["valid_loss"])["eta"]
-        if eta in (min(cfg.eta_grid), max(cfg.eta_grid)):
+        at_edge = eta in (min(etas), max(etas))
+        if eta == min(etas) or (eta == max(etas) and max(etas) == max(cfg.eta_grid)):
             warnings.warn(f"layer {layer}: the best step size η={eta:g} is at the edge of eta_grid; "
                           "widen the grid", RuntimeWarning, stacklevel=2)
     else:
         eta = 0.0  # zero / teacher: Y = Y₀
-    ffn.set_solution(w_base - eta * w_step, b_base - eta * b_step)
+    w, b = w_base - eta * w_step, b_base - eta * b_step
+    ffn.set_solution(w, b)
     _sync(device)
     record = rec.to_dict() | {
         "layer": layer, "target": target, "eta": eta, "search": search_log,
-        "eta_at_edge": bool(search_log) and eta in (min(cfg.eta_grid), max(cfg.eta_grid)), "n_features": ffn.n_features,
-        "r2": _fit_r2(acc, w_base - eta * w_step, b_base - eta * b_step, eta, cross, c),
+        "eta_at_edge": at_edge, "n_features": ffn.n_features,
+        "r2": _fit_r2(acc, w, b, eta, cross, c),
         "seconds_total": time.perf_counter() - t0,
     }
     return record
@@ -326,8 +374,8 @@ def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainCo
 
 
 def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainConfig, log: RunLog,
-                      temperatures=tuple(2.0 ** k for k in range(-2, 12)),
-                      mixes=(0.0, 0.01, 0.03, 0.1, 0.3), name: str = "head") -> None:
+                      temperatures=HEAD_TEMPERATURES, mixes=HEAD_MIXES, name: str = "head",
+                      progress: bool = True) -> None:
     """Closed-form head: ridge from ``LN_f(x)`` onto one-hot next tokens, then calibration.
 
     The ridge scores are not log-probabilities: the softmax temperature and the weight α of a
@@ -350,7 +398,8 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     counts = torch.zeros(v, dtype=torch.float64, device=device)
     x_all, y_all = train.windows(block)
     with torch.no_grad():
-        for i in range(0, x_all.shape[0], cfg.solve_batch_size):
+        for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve {name}", disable=not progress,
+                      leave=False):
             x = model.residual_before(x_all[i:i + cfg.solve_batch_size], model.config.n_layer)
             y = y_all[i:i + cfg.solve_batch_size].reshape(-1)
             h = model.ln_f(x).reshape(-1, d).double()
@@ -371,12 +420,7 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     model.head_bias.copy_(b.float())
     model.head_log_unigram.copy_(((counts + 1) / (n + v)).log().float())
     search = _search_windows(valid, cfg, block)
-    table = []
-    for t in temperatures:
-        for mix in mixes:
-            model.head_temperature.fill_(t)
-            model.head_mix.fill_(mix)
-            table.append({"temperature": t, "mix": mix, "valid_loss": _mean_loss(model, *search, cfg.solve_batch_size)})
+    table = _head_calibration(model, search, cfg.solve_batch_size, temperatures, mixes, progress)
     best = min(table, key=lambda r: r["valid_loss"])
     model.head_temperature.fill_(best["temperature"])
     model.head_mix.fill_(best["mix"])
@@ -384,6 +428,36 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     log.solves.append({"phase": name, "layer": "head", "temperature": best["temperature"], "mix": best["mix"],
                        "search": table, **info.to_dict()})
     log.phases.append({"phase": "pil", "name": name, "seconds": time.perf_counter() - t0})
+
+
+@torch.no_grad()
+def _head_calibration(model: PILLM, search: tuple, batch_size: int, temperatures, mixes, progress: bool) -> list:
+    """Validation loss of the solved head for every (temperature, α), as ``model.head`` gives it.
+
+    The final residual and the ridge scores are computed once per batch; each temperature costs
+    one log-softmax over the vocabulary, and the unigram weight α only mixes per-token
+    probabilities: ``log((1 − α)·p_T(y) + α·u(y))``.
+    """
+    mix = torch.tensor(mixes, dtype=torch.float32, device=model.head_weight.device)
+    log_keep, log_mix = torch.log1p(-mix), torch.log(mix)
+    nll = torch.zeros(len(temperatures), len(mixes), dtype=torch.float64, device=mix.device)
+    count = 0
+    x_all, y_all = search
+    for i in tqdm(range(0, x_all.shape[0], batch_size), desc="calibrate head", disable=not progress, leave=False):
+        x = model.residual_before(x_all[i:i + batch_size], model.config.n_layer)
+        scores = (model.ln_f(x) @ model.head_weight + model.head_bias).float()  # [B, T, V]
+        y = y_all[i:i + batch_size]
+        valid = (y != IGNORE_INDEX).unsqueeze(-1)
+        target = y.clamp_min(0).unsqueeze(-1)
+        log_unigram = model.head_log_unigram[target]  # [B, T, 1]
+        for k, t in enumerate(temperatures):
+            log_p = (scores * t).log_softmax(-1).gather(-1, target)  # [B, T, 1]
+            log_q = torch.logaddexp(log_keep + log_p, log_mix + log_unigram)  # [B, T, len(mixes)]
+            nll[k] -= torch.where(valid, log_q, 0.0).sum((0, 1)).double()
+        count += valid.sum()
+    losses = (nll / count).tolist()
+    return [{"temperature": t, "mix": m, "valid_loss": losses[k][j]}
+            for k, t in enumerate(temperatures) for j, m in enumerate(mixes)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,6 +586,8 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
         raise ValueError("a model with head='solved' needs solve_head=True")
     log = RunLog()
     m = cfg.method
+    if train.ids.device.type == "cpu":
+        keep_freed_memory()
     if cfg.embed_init == "ppmi":
         _sync(train.ids.device)
         t0 = time.perf_counter()
@@ -533,10 +609,10 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
         adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "adamw")
     elif m == "pil_pure":
         if cfg.solve_head:  # a head first, so that the FFNs' local targets have a gradient to follow
-            solve_output_head(model, train, valid, cfg, log, name="head0")
+            solve_output_head(model, train, valid, cfg, log, name="head0", progress=progress)
         pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
         if cfg.solve_head:
-            solve_output_head(model, train, valid, cfg, log)
+            solve_output_head(model, train, valid, cfg, log, progress=progress)
         _record_valid(model, valid, cfg, log, 0, "pil")
     elif m == "pil_then_attn":
         pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)

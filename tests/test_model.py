@@ -174,3 +174,60 @@ def test_unsolved_pil_layer_is_identity_on_the_residual():
     attn.load_state_dict({k: v for k, v in pil.state_dict().items() if ".ffn." not in k})
     ids = torch.randint(0, 50, (2, 16))
     torch.testing.assert_close(pil(ids), attn(ids))
+
+
+def test_every_ffn_kind_starts_from_the_same_embeddings_and_attention():
+    """At one seed the methods differ only in their FFNs: comparisons by seed are paired."""
+    shared = {}
+    for kind in FFN_KINDS:
+        torch.manual_seed(3)
+        model = PILLM(tiny(ffn=kind))
+        state = {k: v for k, v in model.state_dict().items() if ".ffn." not in k}
+        assert any(".attn." in k for k in state) and "tok_emb.weight" in state
+        for k, v in state.items():
+            torch.testing.assert_close(v, shared.setdefault(k, v), rtol=0, atol=0, msg=f"{kind}: {k}")
+        draw = torch.randn(())  # the global generator is left where the FFN kind does not matter
+        torch.testing.assert_close(draw, shared.setdefault("next draw", draw), rtol=0, atol=0)
+    torch.manual_seed(4)
+    other = PILLM(tiny(ffn="pil"))
+    assert not torch.equal(other.tok_emb.weight, shared["tok_emb.weight"])  # the seed still matters
+
+
+def test_ffn_projections_follow_the_seed_and_the_layer():
+    torch.manual_seed(0)
+    a = PILLM(tiny(ffn="bipil"))
+    b = PILLM(tiny(ffn="bipil"), seed=0)
+    c = PILLM(tiny(ffn="bipil"), seed=1)
+    fa, fb, fc = (m.blocks[0].ffn.features.proj_fwd for m in (a, b, c))
+    assert torch.equal(fa, fb) and not torch.equal(fa, fc)
+    assert not torch.equal(a.blocks[0].ffn.features.proj_fwd, a.blocks[1].ffn.features.proj_fwd)
+    # the pil features equal rf_adamw's: the two differ only in how the readout is fitted
+    torch.manual_seed(0)
+    assert torch.equal(PILLM(tiny(ffn="pil")).blocks[1].ffn.features.proj_fwd,
+                       PILLM(tiny(ffn="rf_adamw"), seed=0).blocks[1].ffn.features.proj_fwd)
+
+
+def test_an_unsolved_ffn_costs_nothing_in_the_forward(monkeypatch):
+    """A closed-form FFN whose readout is still zero is skipped; once solved it is computed."""
+    from pillm.model import RandomFeatures
+
+    calls = []
+    original = RandomFeatures.forward
+    monkeypatch.setattr(RandomFeatures, "forward", lambda self, u: calls.append(1) or original(self, u))
+    torch.manual_seed(0)
+    model = PILLM(tiny(ffn="bipil")).eval()
+    ids = torch.randint(0, 50, (2, 16))
+    skipped = model(ids)
+    assert calls == []
+    for block in model.blocks:  # the computed path adds exactly zero
+        block.ffn.set_solution(torch.zeros_like(block.ffn.out_weight), None)
+    torch.testing.assert_close(model(ids), skipped, rtol=0, atol=0)
+    assert len(calls) == len(model.blocks)
+    # a trained readout is never skipped, and a loaded one is computed
+    torch.manual_seed(0)
+    rf = PILLM(tiny(ffn="rf_adamw"))
+    assert all(b.ffn_active for b in rf.blocks)
+    fresh = PILLM(tiny(ffn="bipil"))
+    assert not any(b.ffn_active for b in fresh.blocks)
+    fresh.load_state_dict(model.state_dict())
+    assert all(b.ffn_active for b in fresh.blocks)

@@ -276,3 +276,70 @@ def test_landmark_projections_come_from_the_layers_inputs(streams):
     assert 0.3 < feats.preactivations(u).std(0).median() < 3.0  # unit-scale pre-activations
     assert len(log.solves) == 2 and all(r["r2"] > 0 for r in log.solves)
     assert _ppl(model, streams[1]) < V
+
+
+def _uncached_search_losses(model, layer, ws, search, etas):
+    """Reference: set the layer's readout for each η and run the whole model (what caching replaces)."""
+    from pillm.evaluate import score
+
+    c = model.config.n_embd
+    losses = []
+    for eta in etas:
+        model.blocks[layer].ffn.set_solution(ws[0][:, :c] - eta * ws[0][:, c:], ws[1][:c] - eta * ws[1][c:])
+        with torch.no_grad():
+            losses.append(score((model(search[0][i:i + 16]), search[1][i:i + 16])
+                                for i in range(0, search[0].shape[0], 16))["loss"])
+    return losses
+
+
+@pytest.mark.parametrize("target", ["local", "global"])
+def test_cached_step_size_search_matches_running_the_model(streams, target, monkeypatch):
+    import pillm.train as train_mod
+
+    train, valid = streams
+    model = make().eval()
+    c = cfg(target=target, eta_grid=(1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5))
+    search = train_mod._search_windows(valid, c, 32)
+    train_mod.solve_layer(model, 0, train, search, c, target, progress=False)  # layer 1 reads a solved layer
+    solved = {}
+    original = RidgeAccumulator.solve
+    monkeypatch.setattr(RidgeAccumulator, "solve",
+                        lambda self, lam, **kw: solved.setdefault("ws", original(self, lam, **kw)))
+    rec = train_mod.solve_layer(model, 1, train, search, c, target, progress=False)
+    cached = [r["valid_loss"] for r in rec["search"]]
+    reference = _uncached_search_losses(model, 1, solved["ws"], search, c.eta_grid)
+    assert torch.allclose(torch.tensor(cached), torch.tensor(reference), rtol=1e-5, atol=0)
+    assert rec["eta"] == c.eta_grid[reference.index(min(reference))]
+    assert c.eta_grid[0] < rec["eta"] < c.eta_grid[-1]  # an interior optimum: the comparison means something
+
+
+def test_cached_head_calibration_matches_the_models_head(streams):
+    import pillm.train as train_mod
+    from pillm.evaluate import score
+
+    train, valid = streams
+    model = make(ffn="pil", head="solved").eval()
+    c = cfg(solve_head=True)
+    log = RunLog()
+    train_mod.solve_output_head(model, train, valid, c, log, temperatures=(0.5, 4.0, 64.0),
+                                mixes=(0.0, 0.3, 1.0), progress=False)
+    search = train_mod._search_windows(valid, c, 32)
+    for row in log.solves[-1]["search"]:
+        model.head_temperature.fill_(row["temperature"])
+        model.head_mix.fill_(row["mix"])
+        with torch.no_grad():
+            ref = score([(model(search[0]), search[1])])["loss"]
+        assert math.isclose(row["valid_loss"], ref, rel_tol=1e-5), row
+    unigram = [r["valid_loss"] for r in log.solves[-1]["search"] if r["mix"] == 1.0]
+    assert max(unigram) - min(unigram) < 1e-9  # α = 1 is the unigram alone, whatever the temperature
+    assert log.solves[-1]["mix"] < 1.0  # the ridge scores beat the unigram on this language
+
+
+def test_eta_max_caps_the_search(streams):
+    train, valid = streams
+    model = make().eval()
+    log = RunLog()
+    pil_phase(model, train, valid, cfg(eta_max=1.0), log, progress=False)
+    assert all(r["eta"] <= 1.0 and max(s["eta"] for s in r["search"]) <= 1.0 for r in log.solves)
+    with pytest.raises(ValueError, match="eta_max"):
+        cfg(eta_max=1e-9)
