@@ -583,8 +583,12 @@ def test_parallel_runs_write_their_progress_to_a_log_each(tmp_path, monkeypatch,
         assert bar in text and f"[par] {run['name']}: test ppl" in text
     # the workers' settings do not outlive the pool (a later sequential grid would record them)
     assert "PILLM_CONCURRENT_RUNS" not in os.environ and "TQDM_MININTERVAL" not in os.environ
-    assert all(r["environment"]["concurrent_runs"] == 2 for r in
-               (json.loads((tmp_path / "smoke" / "par" / "runs" / x["name"] / "result.json").read_text()) for x in runs))
+    results = [json.loads((tmp_path / "smoke" / "par" / "runs" / x["name"] / "result.json").read_text()) for x in runs]
+    assert all(r["environment"]["concurrent_runs"] == 2 for r in results)
+    # every result and run record names the compute version that produced it
+    assert all(r["compute_version"] == grid.COMPUTE_VERSION for r in results)
+    assert all(json.loads((tmp_path / "smoke" / "par" / "runs" / x["name"] / "run.json").read_text())
+               ["compute_version"] == grid.COMPUTE_VERSION for x in runs)
 
 
 def test_match_runs_only_the_selected_runs_and_leaves_the_grid_incomplete(tmp_path, fake_execute, monkeypatch):
