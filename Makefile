@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) ## Create .venv and install pillm with the locked dependencies (idempotent; fast when done)
 
-lock: setup ## Re-resolve requirements.lock from pyproject.toml's ranges (then commit it)
-	$(PY) -m pip install -q --upgrade -e '.[dev]'
+# fonttools stays at the version that embedded the committed figures' fonts (a newer one rewrites them).
+lock: setup ## Re-resolve requirements.lock from pyproject.toml's ranges (then check `make paper`, commit)
+	$(PY) -m pip install -q --upgrade -e '.[dev]' 'fonttools==4.66.1'
 	{ sed -n '1,3p' requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^#' | grep -iv '^pillm' \
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
 

@@ -24,3 +24,14 @@ def test_a_moved_number_is_reported():
     assert tripwire.moved(golden, {"baseline": {"test_loss": 5.001, "test_acc": 0.4}}) == [
         "baseline.test_loss: stored 5.0, now 5.001"]
     assert len(tripwire.moved(golden, {})) == 2
+
+
+def test_every_committed_result_records_the_compute_version():
+    from pillm.run import REPO
+
+    runs = sorted((REPO / "results").glob("*/*/runs/*/result.json"))
+    assert runs
+    stale = [str(p.relative_to(REPO)) for p in runs
+             if json.loads(p.read_text()).get("compute_version") is None
+             or json.loads((p.parent / "run.json").read_text()).get("compute_version") is None]
+    assert not stale, f"{len(stale)} results without compute_version, e.g. {stale[:3]}"

@@ -25,9 +25,10 @@ did not change.
 
 Modules: ``files`` (where results live, atomic writes, hashes) · ``grid`` (run dicts, run keys, reuse,
 parallel execution of a grid) · ``summaries`` (choices on validation, headline summaries, finished runs
-loaded back) · ``notebook`` (display and plotting helpers) · ``registry`` (experiments.yaml, staleness,
-notebooks executed with provenance, the ``pillm experiments`` command). Notebooks use the names below
-(``ex.run_grid``, ``ex.rounded``, ...).
+loaded back) · ``notebook`` (display and plotting helpers) · ``registry`` (experiments.yaml, the settings
+of each experiment, staleness, notebooks executed with provenance, the ``pillm experiments`` command) ·
+``rekey`` (stored results declared current). Notebooks use the names below (``ex.run_grid``,
+``ex.experiment_settings``, ``ex.rounded``, ...).
 """
 
 from ..run import write_json_atomic

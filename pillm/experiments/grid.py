@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..run import REPO, RunSpec, execute, write_json_atomic
 from ..version import COMPUTE_VERSION
-from .files import read_json, rel as _show, sha, experiment_dir, write_csv_atomic
+from .files import experiment_dir, read_json, rel, sha, write_csv_atomic
 
 
 #: The run-dict key of each spec kind that is not a RunSpec, with the module and class that execute it.
@@ -261,7 +261,7 @@ _STANDARD = {"experiment", "valid_ppl", "test_ppl", "test_acc", "valid_acc", "tr
              "adapt_s", "oov_rate", "trained_params"}
 
 
-def _run_columns(df: pd.DataFrame) -> list[str]:
+def run_columns(df: pd.DataFrame) -> list[str]:
     """The columns of a summary that describe a run (name, varied parameters), not its metrics."""
     return [c for c in df.columns if c not in _STANDARD and not c.startswith(("params_", "lambada_", "before_"))]
 
@@ -457,7 +457,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                 order = sorted(pending, key=lambda i: -expected_cost(specs[i]))
                 logs = exp_dir / RUN_LOGS
                 if progress:
-                    print(f"[{experiment}] {jobs} runs at a time; the progress of each: {_show(logs)}/", flush=True)
+                    print(f"[{experiment}] {jobs} runs at a time; the progress of each: {rel(logs)}/", flush=True)
                 futures = {pool.submit(_execute_logged, experiment, runs[i], dirs[i], keys[i],
                                        logs / f"{runs[i]['name']}.log"): i for i in order}
                 for fut in as_completed(futures):  # report each run when it finishes

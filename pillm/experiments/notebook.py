@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ..stats import complexity_model_seconds
-from .grid import _run_columns
+from .grid import run_columns
 from .summaries import load_result
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def mean_std(df: pd.DataFrame, by, cols) -> pd.DataFrame:
 def curves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """Validation curves (``result['curve']``) of every run in ``df``, tidy, with ``df``'s columns."""
     rows = []
-    for rec in df[_run_columns(df)].to_dict("records"):
+    for rec in df[run_columns(df)].to_dict("records"):
         for point in load_result(experiment, rec["name"], profile, results_root)["curve"]:
             rows.append(rec | point)
     return pd.DataFrame(rows)
@@ -35,7 +35,7 @@ def curves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -
 
 def _run_solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None):
     """``(run columns, solve record)`` for every per-layer solve of every run in ``df``."""
-    for rec in df[_run_columns(df)].to_dict("records"):
+    for rec in df[run_columns(df)].to_dict("records"):
         for s in load_result(experiment, rec["name"], profile, results_root)["solves"]:
             yield rec, s
 
@@ -103,7 +103,7 @@ def fit_complexity(df: pd.DataFrame, n: str = "tokens", d: str = "n_features", s
 def samples(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """Generation samples (``RunSpec(samples=…)``) of every run in ``df``, one row per prompt × seed."""
     rows = []
-    for rec in df[_run_columns(df)].to_dict("records"):
+    for rec in df[run_columns(df)].to_dict("records"):
         for s in load_result(experiment, rec["name"], profile, results_root).get("samples", []):
             rows.append(rec | {"sample_" + k if k in rec else k: v for k, v in s.items()})
     return pd.DataFrame(rows)

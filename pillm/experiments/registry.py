@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..run import REPO, environment, write_json_atomic
 from ..version import COMPUTE_VERSION
-from .files import experiment_dir, read_json, REGISTRY, rel as _show, root_dir, sha, write_text_atomic
+from .files import experiment_dir, read_json, REGISTRY, rel, root_dir, sha, write_text_atomic
 from .grid import compile_match, FINISHED_ONLY, MATCH, PARTIAL
 
 
@@ -159,7 +159,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     partial = next(filter(None, map(read_json, sorted(exp_dir.glob(f"*{PARTIAL}")))), None)
     write_json_atomic(exp_dir / "provenance.json", {
         "experiment": name, "profile": profile, "hash": digest,
-        "notebook": _show(notebook), "executed_notebook": out_nb.name,
+        "notebook": rel(notebook), "executed_notebook": out_nb.name,
         "parameters": params, "registry": injected["registry"],
         "git_commit": env.get("git_commit"), "environment": env,
         "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": _now(),
@@ -245,7 +245,7 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
             print(f"[{i}/{len(names)}] {name}: up to date, skipped", flush=True)
             skipped.append(name)
             continue
-        print(f"[{i}/{len(names)}] {name}: running {_show(entry['notebook'])}", flush=True)
+        print(f"[{i}/{len(names)}] {name}: running {rel(entry['notebook'])}", flush=True)
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "pillm", "experiments", "--one", name, "--profile", profile,
                "--results-dir", str(root)] + (["--force"] if force else []) \
