@@ -154,6 +154,8 @@ CLAIMS = (
     Claim("sweeps-help", "four sweeps beat one sweep of global targets", lower("hybrid", "hybrid_global")),
     Claim("bipil-noise", "Bi-PIL is within noise of a single projection of the same width",
           within_noise("bipil", "single_wide")),
+    Claim("bipil-half-noise", "Bi-PIL is within noise of a single projection with half the features",
+          within_noise("bipil", "single_same")),
     Claim("lambda-large-helps", "the largest ridge (0.1) beats the smallest (1e-9)", lower("lam_high", "lam_low")),
     Claim("expansion-noise", "expansion 8x is within noise of 1x for PIL->attention", within_noise("exp_8", "exp_1")),
     Claim("sizes-noise", "at the medium and large sizes attention->PIL is within noise of attention only",

@@ -19,7 +19,6 @@ class Figure:
     caption: str
     data: str
     width: str = r"0.72\linewidth"
-    star: bool = False
     notebook: str = ""
 
 

@@ -22,7 +22,6 @@ class Table:
     header: list
     rows: list = field(default_factory=list)  # lists of cells, or a string: a block heading
     align: str = ""
-    star: bool = False
     notebook: str = ""
     also: list = field(default_factory=list)  # further experiments whose results the table shows
 
