@@ -81,7 +81,8 @@ def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = Tr
     nums = [{"name": x.name, "text": x.text, "note": x.note,
              "source": ("; ".join(_data_path(res, s) for s in x.source.split(" and ")) if x.value is not None
                         or x.text != r"\textit{not run}" else f"not run: {x.source}"),
-             "sha": ",".join(sha256_short(res.path(s)) for s in x.source.split(" and ") if res.path(s).is_file())}
+             "sha": ",".join(sha256_short(res.path(s)) for s in x.source.split(" and ") if res.path(s).is_file())
+             or "of each file"}
             for x in n.defs.values()]
     write(dirs.tables / "numbers.tex", env.get_template("numbers.tex.j2").render(numbers=nums, profile=profile))
 

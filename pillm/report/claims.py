@@ -120,6 +120,14 @@ def _accumulation_dominates(res):
     return stream > solve, f"streaming {stream:.3f} s against solve {solve:.3f} s per layer (n={n:.0f}, D={d:.0f})"
 
 
+def _targets_fit_poorly(res):
+    from .results import layer_r2
+
+    hybrid = max(v for vals in layer_r2(res, "hybrid").values() for v in vals)
+    teacher = min(v for vals in layer_r2(res, "teacher_4").values() for v in vals)
+    return hybrid < teacher, f"largest R^2 of the hybrid's solves {hybrid:.3f}, smallest of the 4x teacher fits {teacher:.3f}"
+
+
 def _cost_model_fits(res):
     r2 = float(res.rows("complexity/fit.csv")["r2"].iloc[0])
     return r2 >= 0.9, f"R^2 {r2:.3f} (limit 0.9)"
@@ -143,12 +151,16 @@ CLAIMS = (
           within_noise("teacher_16", "rf_adamw")),
     Claim("rf-beats-teacher-same-width", "at equal width, RF + AdamW beats teacher targets",
           lower("rf_adamw", "teacher_4")),
+    Claim("teacher-eight-short", "teacher targets at 8x are still worse than RF + AdamW at 4x",
+          lower("rf_adamw", "teacher_8")),
     Claim("teacher-equals-hybrid", "at the hybrid's width, teacher targets are within noise of the best hybrid",
           within_noise("teacher_8", "hybrid")),
     Claim("linear-flat", "with linearised targets, 16x features change test perplexity by less than 1 %",
           within_pct("linear_16", "linear_4", 1.0)),
     Claim("linear-wide-lower", "with linearised targets, 16x features are (slightly) better than 4x",
           lower("linear_16", "linear_4")),
+    Claim("targets-fit-poorly", "every layer of the best hybrid fits its target worse than any teacher fit",
+          _targets_fit_poorly),
     Claim("global-beats-local", "global targets beat local targets for attention->PIL",
           lower("hybrid_global", "attn_then_pil")),
     Claim("sweeps-help", "four sweeps beat one sweep of global targets", lower("hybrid", "hybrid_global")),

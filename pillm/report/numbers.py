@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .. import stats
 from .config import BEST_HYBRID
-from .results import SERIES, NotRun, Results, series
+from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
 
 
 @dataclass
@@ -108,7 +108,8 @@ def compute(res: Results) -> Numbers:
                       ("exp_1", "ExpOnePPL"), ("exp_8", "ExpEightPPL"),
                       ("medium_attn_only", "MediumAttnOnlyPPL"), ("medium_hybrid", "MediumHybridPPL"),
                       ("large_attn_only", "LargeAttnOnlyPPL"), ("large_hybrid", "LargeHybridPPL")):
-        n.add(name, n.mean(key), note=f"mean test_ppl over seeds of {SERIES[key][2] or 'all rows'}")
+        where = ", ".join(f"{k}={v}" for k, v in SERIES[key][2].items()) or "all rows"
+        n.add(name, n.mean(key), note=f"mean test_ppl over seeds, rows {where}")
     for a, b, name in (("hybrid", "baseline", "DiffHybridBaseline"), ("hybrid", "attn_only", "DiffHybridAttnOnly"),
                        ("attn_then_pil", "attn_only", "DiffDefaultAttnOnly"),
                        ("rf_adamw", "hybrid", "DiffRFHybrid"), ("lora", "hybrid", "DiffLoraHybrid"),
@@ -154,6 +155,11 @@ def compute(res: Results) -> Numbers:
           "R^2 of the fitted cost model over the measured solves")
     n.add("ComputeVersionTwoGPU", lambda: compute_version(res, "bench/nvidia-h200-2gpu.json"), "int",
           "compute_version recorded in the file (1 where absent: recorded before the field existed)")
+    for key, name in (("hybrid", "HybridRsq"), ("teacher_4", "TeacherFourRsq"), ("teacher_16", "TeacherSixteenRsq")):
+        def get(key=key):
+            r2 = [v for vals in layer_r2(res, key).values() for v in vals]
+            return statistics.fmean(r2), "{}/runs/{}/result.json".format(*FIT_RUNS[key])
+        n.add(name, get, "x", f"mean over layers and seeds of the last solve's r2 in result.json solves ({key})")
     n.add("Seeds", lambda: (len(series(res, "baseline")), SERIES["baseline"][0]), "int", "seeds per configuration")
     return n
 

@@ -114,3 +114,33 @@ SERIES = {
 def series(res: Results, name: str) -> dict[int, float]:
     rel, metric, where = SERIES[name]
     return res.seeds(rel, metric, **where)
+
+
+#: Runs whose per-layer fits the paper reports: (experiment, run-folder pattern).
+FIT_RUNS = {
+    "pil_pure": ("benchmark", "method=pil_pure,epochs=10,seed=*"),
+    "pil_then_attn": ("benchmark", "method=pil_then_attn,epochs=10,seed=*"),
+    "attn_then_pil": ("benchmark", "method=attn_then_pil,epochs=10,seed=*"),
+    "alternating": ("benchmark", "method=alternating,epochs=10,seed=*"),
+    "hybrid": ("gap", "attn_then_pil+global+iter4,seed=*"),
+    "teacher_4": ("teacher", "rf4x,seed=*"),
+    "teacher_16": ("teacher", "rf16x,seed=*"),
+}
+
+
+def layer_r2(res: Results, name: str) -> dict[int, list[float]]:
+    """``{layer: [R² of its last solve, one per run]}`` from the runs' ``result.json`` (``solves``)."""
+    import json
+
+    experiment, pattern = FIT_RUNS[name]
+    out: dict[int, list[float]] = {}
+    for p in res.run_files(experiment, pattern):
+        last = {}
+        for s in json.loads(p.read_text()).get("solves", []):
+            if s.get("r2") is not None and s.get("layer") is not None:
+                last[int(s["layer"])] = float(s["r2"])  # solves are recorded in order: the last sweep wins
+        for layer, r2 in last.items():
+            out.setdefault(layer, []).append(r2)
+    if not out:
+        raise NotRun(f"{experiment}/runs/{pattern}/result.json")
+    return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .. import stats
 from .config import BEST_HYBRID, METHOD_ORDER, METHOD_TEX
 from .numbers import fmt, fmt_paired
-from .results import SERIES, NotRun, Results, series
+from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
 
 
 @dataclass
@@ -29,11 +29,11 @@ class Table:
         self.align = self.align or "l" + "r" * (len(self.header) - 1)
 
 
-def ci(values) -> str:
+def ci(values, digits: int | None = None) -> str:
     """``mean ± half-width`` of the 95 % t interval of the mean (the mean alone for one value)."""
     v = [float(x) for x in values]
     m = statistics.fmean(v)
-    digits = 0 if abs(m) >= 1000 else 1
+    digits = digits if digits is not None else 0 if abs(m) >= 1000 else 1
     if len(v) < 2:
         return f"{m:.{digits}f}"
     h = stats.t_quantile(len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
@@ -105,17 +105,21 @@ def ablation_table(res: Results) -> Table:
 def grouped(res: Results, name: str, title: str, caption: str, rel: str, by: list, metrics: dict,
             order=None, label=None, where=None) -> Table:
     """One row per combination of ``by`` (mean ± interval of each metric over seeds)."""
-    df = res.rows(rel, **(where or {}))
-    t = Table(name, title, caption, rel, [_tex(b) for b in by] + list(metrics.values()))
-    keys = list(dict.fromkeys(tuple(r) for r in df[by].astype(str).itertuples(index=False)))
+    df = res.rows(rel, **(where or {})).copy()
+    df[by] = df[by].astype(object).where(df[by].notna(), "---").astype(str)
+    heads = {"n_features": "Features", "lr": "Learning rate", "lam": r"$\lambda$", "how": "Adapted by"}
+    t = Table(name, title, caption, rel, [heads.get(b, _tex(b).replace("\\_", " ").capitalize()) for b in by]
+              + list(metrics.values()))
+    keys = list(dict.fromkeys(tuple(r) for r in df[by].itertuples(index=False)))
     if order:
         keys.sort(key=lambda k: order.index(k[0]) if k[0] in order else len(order))
     for k in keys:
-        sub = df[(df[by].astype(str) == list(k)).all(axis=1)]
-        cells = [(label or _tex)(x) for x in k]
+        sub = df[(df[by] == list(k)).all(axis=1)]
+        cells = [METHOD_TEX.get(x, _tex(x)) if b == "method" else (label or _tex)(x) for b, x in zip(by, k)]
         for m in metrics:
             vals = sub[m].dropna().astype(float).tolist()
-            cells.append(ci(vals) if vals else "---")
+            pct = m.endswith("_acc")  # accuracies in percent, two decimals
+            cells.append(ci([100 * x for x in vals] if pct else vals, 2 if pct else None) if vals else "---")
         t.rows.append(cells)
     return t
 
@@ -170,26 +174,23 @@ def appendix_tables(res: Results) -> list[Table]:
 
 
 def fit_table(res: Results) -> Table:
-    """Per-layer R² of the closed-form fits of the benchmark's hybrids (from each run's ``solves``)."""
-    import json
-
+    """Per-layer R² of the closed-form fits (last sweep of each layer, from each run's ``solves``)."""
     t = Table("fit", "Per-layer fit", "Coefficient of determination $R^2$ of each layer's closed-form readout "
-              "on its targets (last sweep), small models, mean $\\pm$ 95\\,\\% interval over seeds.",
-              "benchmark/runs", ["Model", "Layer 0", "Layer 1", "Layer 2", "Layer 3"])
-    for method in ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating"):
-        per_layer: dict[int, list] = {}
-        for p in res.run_files("benchmark", f"method={method},epochs=10,seed=*"):
-            last = {}
-            for s in json.loads(p.read_text()).get("solves", []):
-                if s.get("r2") is not None and s.get("layer") is not None:
-                    last[s["layer"]] = s["r2"]
-            for layer, r2 in last.items():
-                per_layer.setdefault(int(layer), []).append(r2)
-        if per_layer:
-            t.rows.append([METHOD_TEX[method]] + [ci(per_layer.get(i, [float("nan")])).replace("nan", "---")
-                                                  for i in range(4)])
+              "on its targets (last sweep), mean $\\pm$ 95\\,\\% interval over seeds.", "benchmark/summary.csv",
+              ["Model", "Targets", "Layer 0", "Layer 1", "Layer 2", "Layer 3"],
+              also=["gap/summary.csv", "teacher/summary.csv"])
+    names = {"hybrid": (METHOD_TEX["attn_then_pil"] + ", four sweeps", "global"),
+             "teacher_4": ("teacher probe, $4\\times$", "teacher"),
+             "teacher_16": ("teacher probe, $16\\times$", "teacher")}
+    for key in FIT_RUNS:
+        try:
+            r2 = layer_r2(res, key)
+        except NotRun:
+            continue
+        label, target = names.get(key, (METHOD_TEX.get(key, key), "local"))
+        t.rows.append([label, target] + [ci(r2[i], 3) if i in r2 else "---" for i in range(max(r2) + 1)])
     if not t.rows:
-        t.rows.append(["not run", "", "", "", ""])
+        raise NotRun("solves in result.json")
     return t
 
 
