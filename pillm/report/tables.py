@@ -46,7 +46,8 @@ def _num(x: float, digits: int) -> str:
 
 
 def _tex(s) -> str:
-    return str(s).replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("->", r"$\rightarrow$")
+    s = str(s).replace("\\", " ").replace("{", "").replace("}", "").replace("$", "").replace("#", "").replace("~", " ").replace("^", " ")
+    return s.replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("->", r"$\rightarrow$")
 
 
 def main_table(res: Results) -> Table:
@@ -164,7 +165,7 @@ def appendix_tables(res: Results) -> list[Table]:
         except NotRun as e:
             out.append(Table(name, title, f"{cap} Not run in this results tree ({_tex(e)}).", rel, ["Result"],
                              [["not run"]]))
-    for extra in (fit_table, setup_table):
+    for extra in (fit_table, setup_table, samples_table):
         try:
             out.append(extra(res))
         except NotRun as e:
@@ -232,4 +233,22 @@ def setup_table(res: Results) -> Table:
                        fmt(r["params"]["total"], "int"), c["epochs"], c["batch_size"], c["lr"], m["dropout"]])
     if not t.rows:
         raise NotRun("benchmark/runs/*/result.json")
+    return t
+
+
+def samples_table(res: Results) -> Table:
+    """One TinyStories sample per method (seed 0, first prompt, first sample), as generated."""
+    samples = res.json("tinystories/samples.json")
+    t = Table("samples", "Samples", "TinyStories samples (seed 0, first prompt and sample seed of each method; "
+              "prompt in italics, text as generated).", "tinystories/samples.json", ["Model", "Sample"],
+              align="lp{0.78\\linewidth}")
+    seen = set()
+    for s in samples if isinstance(samples, list) else []:
+        if s.get("method") in seen or s.get("seed") != 0 or s.get("sample_seed") != 0:
+            continue
+        seen.add(s["method"])
+        words = " ".join(str(s["text"]).split()[:60])
+        t.rows.append([METHOD_TEX.get(s["method"], _tex(s["method"])), f"\\emph{{{_tex(s['prompt'])}}} {_tex(words)} \\dots"])
+    if not t.rows:
+        raise NotRun("tinystories/samples.json")
     return t
