@@ -96,6 +96,23 @@ def _baseline_ahead(res):
     return worst is not None and worst > 0, f"smallest lead of the baseline {worst:.1f} validation perplexity"
 
 
+def _baseline_setting_tuned(res):
+    row = res.rows("tuning/chosen.csv", method="baseline").iloc[0]
+    return bool(row["chosen_is_default"]), f"baseline's chosen lr {row['lr']}, dropout {row['dropout']}"
+
+
+def _alternating_between(res):
+    m = {k: statistics.fmean(series(res, k).values()) for k in ("attn_then_pil", "alternating", "pil_then_attn")}
+    return m["attn_then_pil"] < m["alternating"] < m["pil_then_attn"], str({k: round(v, 1) for k, v in m.items()})
+
+
+def _lambda_flat(res):
+    """The four weaker ridges' mean test perplexities lie within 1 % of each other."""
+    m = [res.mean("ablation_lambda/summary.csv", lam=lam) for lam in (1e-9, 1e-7, 1e-5, 1e-3)]
+    spread = 100 * (max(m) / min(m) - 1)
+    return spread < 1.0, f"spread {spread:.2f} % over lambda 1e-9..1e-3 (limit 1 %)"
+
+
 def _teacher_monotone(res):
     m = [statistics.fmean(series(res, f"teacher_{w}").values()) for w in (4, 8, 16)]
     return stats.monotone(m), "teacher means " + ", ".join(f"{v:.1f}" for v in m)
@@ -134,6 +151,10 @@ def _cost_model_fits(res):
 
 
 CLAIMS = (
+    Claim("baseline-setting-tuned", "the shared learning rate and dropout are the baseline's best on validation",
+          _baseline_setting_tuned),
+    Claim("alternating-between", "alternating lies between attention->PIL and PIL->attention (means)",
+          _alternating_between),
     Claim("pil-loses", "the best hybrid is worse than the baseline", lower("baseline", "hybrid")),
     Claim("hybrid-beats-attn-only", "the best hybrid beats attention only", lower("hybrid", "attn_only")),
     Claim("default-hybrid-noise", "attention->PIL with local targets is within noise of attention only",
@@ -168,6 +189,7 @@ CLAIMS = (
           within_noise("bipil", "single_wide")),
     Claim("bipil-half-noise", "Bi-PIL is within noise of a single projection with half the features",
           within_noise("bipil", "single_same")),
+    Claim("lambda-flat", "over the four weaker ridges test perplexity moves by less than 1 %", _lambda_flat),
     Claim("lambda-large-helps", "the largest ridge (0.1) beats the smallest (1e-9)", lower("lam_high", "lam_low")),
     Claim("expansion-noise", "expansion 8x is within noise of 1x for PIL->attention", within_noise("exp_8", "exp_1")),
     Claim("sizes-noise", "at the medium and large sizes attention->PIL is within noise of attention only",
