@@ -117,7 +117,7 @@ FIGURES = (
     (Figure("capacity", "Capacity against targets", "Test perplexity against the number of random features per "
             "layer. Teacher targets: a trained baseline's own FFN outputs; linearised: local targets re-solved on "
             "attention$\\rightarrow$PIL models; the diamond is the best hybrid. Horizontal lines: RF + AdamW "
-            "(random features of width $1\\,024$ trained jointly with attention), the baseline and attention only. "
+            "(random features of the leftmost width, trained jointly with attention), the baseline and attention only. "
             "Bars: 95\\,\\% intervals over seeds.", "teacher/summary.csv"), capacity, "teacher"),
     (Figure("time", "Time to quality", "Validation perplexity against wall-clock time during training (one "
             "seed; times measured on a GPU shared with other runs, so they order the methods only roughly).",
