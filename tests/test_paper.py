@@ -3,6 +3,7 @@ regenerate identically, hand-written sections without typed numbers, and the PDF
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 import shutil
@@ -151,7 +152,7 @@ def _edit_csv(path: Path, column: str, match: dict, value) -> None:
 
 
 @needs_results
-def test_a_result_that_contradicts_a_sentence_fails_the_build_naming_the_claim(results_copy, tmp_path):
+def test_a_result_that_contradicts_a_sentence_fails_the_build_naming_the_claim(results_copy, tmp_path, capsys):
     gap = results_copy / "paper" / "gap" / "summary.csv"
     saved = gap.read_bytes()
     try:
@@ -161,6 +162,9 @@ def test_a_result_that_contradicts_a_sentence_fails_the_build_naming_the_claim(r
             build.build_paper("paper", results_root=results_copy, out=tmp_path, compile=False)
         assert "teacher-equals-hybrid" in str(err.value)  # the hybrid is now far below the teacher probe
         assert not (tmp_path / "tables" / "numbers.tex").exists(), "nothing is rendered from contradicted results"
+        args = argparse.Namespace(profile="paper", results=results_copy, out=tmp_path, no_compile=True, strict=False)
+        assert build._cmd_paper(args) == 1  # `pillm paper` (and `make paper`) exits non-zero ...
+        assert "pil-loses" in capsys.readouterr().err  # ... naming the claim
     finally:
         gap.write_bytes(saved)
 
