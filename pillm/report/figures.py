@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import stats
-from .config import METHOD_TEX
+from .config import BEST_HYBRID, METHOD_TEX
 from .results import NotRun, Results, series
 
 
@@ -62,7 +62,7 @@ def capacity(res: Results):
             es.append(h)
         ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=2, label=label)
     m, h = _mean_ci(series(res, "hybrid"))
-    ax.errorbar([float(res.rows("gap/summary.csv", variant="attn_then_pil+global+iter4")["n_features"].iloc[0])],
+    ax.errorbar([float(res.rows("gap/summary.csv", variant=BEST_HYBRID)["n_features"].iloc[0])],
                 [m], yerr=[h], fmt="D", color="C3", capsize=2, label="global targets, 4 sweeps")
     for key, ls, color in (("attn_only", ":", "0.5"), ("rf_adamw", "-.", "C2"), ("baseline", "-", "k")):
         ax.axhline(statistics.fmean(series(res, key).values()), ls=ls, color=color, lw=1,

@@ -9,6 +9,8 @@ import json
 import statistics
 from pathlib import Path
 
+from .config import BEST_HYBRID, BEST_PURE
+
 
 class NotRun(LookupError):
     """The results a number or table needs are not in this results tree."""
@@ -87,9 +89,9 @@ SERIES = {
     "pil_then_attn": ("benchmark/summary.csv", "test_ppl", dict(method="pil_then_attn", **_SMALL)),
     "attn_then_pil": ("benchmark/summary.csv", "test_ppl", dict(method="attn_then_pil", **_SMALL)),
     "alternating": ("benchmark/summary.csv", "test_ppl", dict(method="alternating", **_SMALL)),
-    "hybrid": ("gap/summary.csv", "test_ppl", dict(variant="attn_then_pil+global+iter4")),
-    "hybrid_global": ("gap/summary.csv", "test_ppl", dict(variant="attn_then_pil+global")),
-    "pure_best": ("gap/summary.csv", "test_ppl", dict(variant="pil_pure+ppmi")),
+    "hybrid": ("gap/summary.csv", "test_ppl", dict(variant=BEST_HYBRID)),
+    "hybrid_global": ("gap/summary.csv", "test_ppl", dict(variant="attn_then_pil+global")),  # one sweep
+    "pure_best": ("gap/summary.csv", "test_ppl", dict(variant=BEST_PURE)),
     "teacher": ("teacher/teachers.csv", "test_ppl", {}),
     "teacher_4": ("teacher/summary.csv", "test_ppl", dict(variant="RF 4x")),
     "teacher_8": ("teacher/summary.csv", "test_ppl", dict(variant="RF 8x")),
@@ -122,7 +124,7 @@ FIT_RUNS = {
     "pil_then_attn": ("benchmark", "method=pil_then_attn,epochs=10,seed=*"),
     "attn_then_pil": ("benchmark", "method=attn_then_pil,epochs=10,seed=*"),
     "alternating": ("benchmark", "method=alternating,epochs=10,seed=*"),
-    "hybrid": ("gap", "attn_then_pil+global+iter4,seed=*"),
+    "hybrid": ("gap", f"{BEST_HYBRID},seed=*"),
     "teacher_4": ("teacher", "rf4x,seed=*"),
     "teacher_16": ("teacher", "rf16x,seed=*"),
 }
