@@ -1,4 +1,4 @@
-"""Files: content hashes, paths as the paper shows them, the repository URL, writes that skip unchanged files."""
+"""Files: content hashes, paths as the paper shows them, writes that skip unchanged files."""
 
 from __future__ import annotations
 
@@ -21,20 +21,6 @@ def write_if_changed(path: Path, data: bytes | str) -> None:
 
 def sha256_short(path: Path, n: int = 8) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:n]
-
-
-def repo_url() -> str | None:
-    url = os.environ.get("PILLM_REPO_URL", "").strip()
-    if url:
-        return url.rstrip("/")
-    try:
-        import tomllib
-
-        data = tomllib.loads((REPO / "pyproject.toml").read_text())
-        url = data.get("tool", {}).get("pillm", {}).get("repo_url")
-        return str(url).rstrip("/") if url else None
-    except (OSError, ValueError):
-        return None
 
 
 def rel(path: Path) -> str:

@@ -1,88 +1,171 @@
-"""The numbers the text uses (one TeX macro each, with its source) and the wording rules."""
+"""The numbers the paper's text uses: one TeX macro each, computed from a results file that the macro's
+comment in ``tables/numbers.tex`` names. A number whose results are missing renders as "not run"."""
 
 from __future__ import annotations
 
 import math
-import re
+import statistics
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from .config import COMPETITIVE_TOL, PAR_TOL, SIMILAR_TOL
+from .. import stats
+from .config import BEST_HYBRID
+from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
 
 
 @dataclass
 class Number:
     name: str
     text: str
-    source: Path
+    source: str  # results file (relative to the results root's profile, or bench/...)
     note: str
-    value: Any = None
+    value: float | None = None
+
+
+def fmt(x: float, kind: str) -> str:
+    """TeX for a number: ``ppl`` (one decimal; thousands grouped, no decimal), ``x`` (two decimals),
+    ``pct`` (whole percent), ``int`` (grouped), ``acc`` (percent, two decimals)."""
+    if kind == "ppl":
+        s = f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}"
+    elif kind == "x":
+        s = f"{x:.2f}"
+    elif kind == "pct":
+        s = f"{x:.0f}"
+    elif kind == "acc":
+        s = f"{100 * x:.2f}"
+    elif kind == "int":
+        s = f"{int(round(x)):,}"
+    elif kind == "sci":
+        m, e = f"{x:.0e}".split("e")
+        return rf"$10^{{{int(e)}}}$" if m == "1" else rf"${m}\times10^{{{int(e)}}}$"
+    else:
+        raise ValueError(f"kind={kind!r}: use ppl, x, pct, acc, int or sci")
+    s = s.replace(",", r"\,")
+    return f"${s}$" if s.startswith("-") else s
+
+
+def fmt_paired(p: stats.Paired, kind: str = "ppl") -> str:
+    """``−13.4 [−15.0, −11.8]``: the mean paired difference and its 95 % interval."""
+    f = (lambda v: f"{v:+.1f}") if kind == "ppl" else (lambda v: f"{v:+.2f}")
+    return f"${f(p.mean)}$ [${f(p.lo)}$, ${f(p.hi)}$]".replace("+", "{+}").replace("-", "{-}")
 
 
 class Numbers:
-    """Named numbers computed from results files; templates read them as ``n.Name``.
+    """Macros by name; :meth:`add` evaluates a getter ``() -> (value, source)``."""
 
-    Reading ``n.Name`` returns ``\\Name{}`` and marks the macro used; only used macros are written
-    to ``numbers.tex``. A name that was not computed (its results are missing) is an error in the
-    template (StrictUndefined), so templates must guard with ``n.has('Name', ...)``.
-    """
+    def __init__(self, res: Results):
+        self.res = res
+        self.defs: dict[str, Number] = {}
 
-    _NAME = re.compile(r"^[A-Za-z]+$")
-
-    def __init__(self):
-        self._defs: dict[str, Number] = {}
-        self.used: set[str] = set()
-
-    def add(self, name: str, text: str, source: Path, note: str, value: Any = None) -> None:
-        if not self._NAME.match(name):
-            raise ValueError(f"macro name {name!r} must be letters only")
-        if name in self._defs:
-            raise ValueError(f"macro {name!r} defined twice")
-        self._defs[name] = Number(name, text, Path(source), note, value)
-
-    def has(self, *names: str) -> bool:
-        return all(n in self._defs for n in names)
-
-    def value(self, name: str):
-        return self._defs[name].value
-
-    def __getattr__(self, name: str) -> str:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name not in self._defs:
-            raise AttributeError(f"number {name!r} is not available")
-        self.used.add(name)
-        return "\\" + name + "{}"
-
-    def __getitem__(self, name: str) -> str:
+    def add(self, name: str, get, kind: str = "ppl", note: str = "") -> None:
+        if not name.isalpha() or name in self.defs:
+            raise ValueError(f"macro name {name!r} must be letters only and defined once")
         try:
-            return self.__getattr__(name)
-        except AttributeError as e:
-            raise KeyError(name) from e
+            value, source = get()
+        except NotRun as e:
+            self.defs[name] = Number(name, r"\textit{not run}", str(e), note)
+            return
+        text = value if isinstance(value, str) else fmt(value, kind)
+        self.defs[name] = Number(name, text, source, note, value if not isinstance(value, str) else None)
 
-    def defined(self) -> dict[str, Number]:
-        return dict(self._defs)
+    # getters -----------------------------------------------------------------------------------------
+    def mean(self, name: str):
+        rel, metric, where = SERIES[name]
+        return lambda: (statistics.fmean(series(self.res, name).values()), rel)
 
-    def used_numbers(self) -> list[Number]:
-        return [self._defs[k] for k in sorted(self.used)]
+    def diff(self, a: str, b: str):
+        """The paired difference ``a − b`` with its interval, as text."""
+        files = dict.fromkeys((SERIES[a][0], SERIES[b][0]))
+        return lambda: (fmt_paired(stats.paired(series(self.res, a), series(self.res, b))), " and ".join(files))
+
+    def share(self, name: str):
+        def get():
+            m = {k: statistics.fmean(series(self.res, k).values()) for k in ("attn_only", "baseline", name)}
+            return stats.log_gap_share(m["attn_only"], m["baseline"], m[name]), SERIES[name][0]
+        return get
+
+    def json(self, rel: str, *keys, scale: float = 1.0):
+        def get():
+            d = self.res.json(rel)
+            for k in keys:
+                d = d[k]
+            return float(d) * scale, rel
+        return get
+
+    def csv(self, rel: str, metric: str, agg=statistics.fmean, **where):
+        return lambda: (agg(self.res.rows(rel, **where)[metric].astype(float).tolist()), rel)
 
 
-def verdict(x: float, ref: float, lower_is_better: bool = True) -> str:
-    """Wording rule of the paper: compare a result ``x`` with a reference ``ref``.
+def compute(res: Results) -> Numbers:
+    n = Numbers(res)
+    for key, name in (("baseline", "BaselinePPL"), ("attn_only", "AttnOnlyPPL"), ("lora", "LoraPPL"),
+                      ("rf_adamw", "RFAdamWPPL"), ("pil_pure", "PurePILPPL"), ("pil_then_attn", "PilThenAttnPPL"),
+                      ("attn_then_pil", "AttnThenPilPPL"), ("alternating", "AlternatingPPL"),
+                      ("hybrid", "HybridPPL"), ("hybrid_global", "GlobalPPL"), ("pure_best", "PureBestPPL"),
+                      ("teacher", "TeacherPPL"), ("teacher_4", "TeacherFourPPL"), ("teacher_8", "TeacherEightPPL"),
+                      ("teacher_16", "TeacherSixteenPPL"), ("linear_4", "LinearFourPPL"),
+                      ("linear_16", "LinearSixteenPPL"), ("bipil", "BiPILPPL"), ("single_same", "SingleSamePPL"),
+                      ("single_wide", "SingleWidePPL"), ("lam_low", "LamLowPPL"), ("lam_high", "LamHighPPL"),
+                      ("exp_1", "ExpOnePPL"), ("exp_8", "ExpEightPPL"),
+                      ("medium_attn_only", "MediumAttnOnlyPPL"), ("medium_hybrid", "MediumHybridPPL"),
+                      ("large_attn_only", "LargeAttnOnlyPPL"), ("large_hybrid", "LargeHybridPPL")):
+        where = ", ".join(f"{k}={v}" for k, v in SERIES[key][2].items()) or "all rows"
+        n.add(name, n.mean(key), note=f"mean test_ppl over seeds, rows {where}")
+    for a, b, name in (("hybrid", "baseline", "DiffHybridBaseline"), ("hybrid", "attn_only", "DiffHybridAttnOnly"),
+                       ("attn_then_pil", "attn_only", "DiffDefaultAttnOnly"),
+                       ("rf_adamw", "hybrid", "DiffRFHybrid"), ("lora", "hybrid", "DiffLoraHybrid"),
+                       ("teacher_8", "teacher_4", "DiffTeacherEightFour"),
+                       ("teacher_16", "teacher_8", "DiffTeacherSixteenEight"),
+                       ("teacher_16", "rf_adamw", "DiffTeacherRF"), ("teacher_8", "hybrid", "DiffTeacherHybrid"),
+                       ("linear_16", "linear_4", "DiffLinear"), ("teacher_16", "teacher_4", "DiffTeacherWide"), ("hybrid_global", "attn_then_pil", "DiffGlobalLocal"),
+                       ("hybrid", "hybrid_global", "DiffSweeps"), ("bipil", "single_wide", "DiffBiPIL"),
+                       ("lam_high", "lam_low", "DiffLam"), ("exp_8", "exp_1", "DiffExp"),
+                       ("medium_hybrid", "medium_attn_only", "DiffMedium"),
+                       ("large_hybrid", "large_attn_only", "DiffLarge")):
+        n.add(name, n.diff(a, b), note=f"paired difference {a} - {b} by seed, mean [95% paired-t interval]")
 
-    ``better`` (more than :data:`PAR_TOL` better), ``on_par`` (within ``PAR_TOL``), ``competitive``
-    (worse by at most :data:`COMPETITIVE_TOL`, relative), ``worse`` otherwise.
-    """
-    r = x / ref if lower_is_better else ref / x if x else math.inf
-    if r < 1 - PAR_TOL:
-        return "better"
-    if r <= 1 + PAR_TOL:
-        return "on_par"
-    if r <= 1 + COMPETITIVE_TOL:
-        return "competitive"
-    return "worse"
+    def ratio():
+        r, lo, hi = stats.ratio_ci(series(res, "hybrid"), series(res, "baseline"))
+        return r, SERIES["hybrid"][0]
+    n.add("HybridRatio", ratio, "x", "geometric mean over seeds of test_ppl(hybrid)/test_ppl(baseline)")
+    n.add("HybridShare", n.share("hybrid"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
+    n.add("RFShare", n.share("rf_adamw"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
+    n.add("HybridFeatures", n.csv("gap/summary.csv", "n_features", variant=BEST_HYBRID), "int",
+          "random features per layer of the best hybrid")
+    n.add("TeacherFourFeatures", n.csv("teacher/summary.csv", "n_features", variant="RF 4x"), "int",
+          "random features per layer, RF 4x")
+    n.add("TeacherSixteenFeatures", n.csv("teacher/summary.csv", "n_features", variant="RF 16x"), "int",
+          "random features per layer, RF 16x")
+    n.add("LinearSixteenFeatures", n.csv("first_layer/summary.csv", "n_features", projection="random",
+                                         expansion=16.0), "int", "features per layer, random x16 re-solve")
+    n.add("KNFivePPL", n.csv("ngram/summary.csv", "test_ppl", method="kn5"), note="Kneser-Ney 5-gram test_ppl")
+    n.add("KNOnePPL", n.csv("ngram/summary.csv", "test_ppl", method="kn1"), note="Kneser-Ney unigram test_ppl")
+    n.add("LambadaMaxAcc", n.csv("lambada/summary.csv", "lambada_acc", agg=max), "acc",
+          "largest LAMBADA accuracy of any run, percent")
+    n.add("GPUHybridOverBaseline", n.json("bench/nvidia-h200.json", "hybrid", "hybrid_over_baseline_train"), "x",
+          f"GPU training time of {BEST_HYBRID} over the baseline's")
+
+    def adamw_over_baseline():
+        h = res.json("bench/nvidia-h200.json")["hybrid"]
+        return float(h["adamw_seconds"]) / float(h["baseline_train_seconds"]), "bench/nvidia-h200.json"
+    n.add("GPUAdamWOverBaseline", adamw_over_baseline, "x",
+          "hybrid.adamw_seconds / hybrid.baseline_train_seconds: the hybrid's AdamW phases alone")
+    n.add("TwoGPUSpeedup", n.json("bench/nvidia-h200-2gpu.json", "pil_phase_speedup_2gpu"), "x",
+          "closed-form phase, 1 GPU seconds over 2 GPU seconds")
+    n.add("ComplexityRsq", n.csv("complexity/fit.csv", "r2"), "x",
+          "R^2 of the fitted cost model over the measured solves")
+    n.add("ComputeVersionTwoGPU", lambda: compute_version(res, "bench/nvidia-h200-2gpu.json"), "int",
+          "compute_version recorded in the file (1 where absent: recorded before the field existed)")
+    for key, name in (("hybrid", "HybridRsq"), ("teacher_4", "TeacherFourRsq"), ("teacher_16", "TeacherSixteenRsq")):
+        def get(key=key):
+            r2 = [v for vals in layer_r2(res, key).values() for v in vals]
+            return statistics.fmean(r2), "{}/runs/{}/result.json".format(*FIT_RUNS[key])
+        n.add(name, get, "x", f"mean over layers and seeds of the last solve's r2 in result.json solves ({key})")
+    n.add("Seeds", lambda: (len(series(res, "baseline")), SERIES["baseline"][0]), "int", "seeds per configuration")
+    return n
 
 
-def similar(a: float, b: float) -> bool:
-    return abs(a - b) <= SIMILAR_TOL * min(abs(a), abs(b))
+
+def compute_version(res: Results, rel: str) -> tuple[int, str]:
+    """The compute version a results file records; files written before the field existed are version 1."""
+    d = res.json(rel)
+    return int(d.get("compute_version", (d.get("environment") or {}).get("compute_version", 1))), rel

@@ -1,224 +1,254 @@
-"""Table specifications and the generic mean ± std table over seeds."""
+"""The paper's tables: mean ± 95 % interval half-width over seeds, paired differences where a row has a
+reference. Each table names the notebook and results file that made it."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+import statistics
+from dataclasses import dataclass, field
 
-from .config import TARGET_TEX
-from .fmt import (
-    _finite, _natural_key, dataset_tex, fmt_count, fmt_pct, fmt_plain, fmt_pow10, fmt_ppl, fmt_sci, fmt_seconds, method_tex,
-    tex_escape, variant_tex,
-)
-from .results import aggregate, concurrency, dependent_keys, Experiment, varying
-
-
-#: Wall-clock columns: ranked (bold) only when every run was timed alone.
-TIME_COLUMNS = {"train_s", "pil_s", "total_s", "adapt_s"}
+from .. import stats
+from .config import BEST_HYBRID, METHOD_ORDER, METHOD_TEX
+from .numbers import fmt, fmt_paired
+from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
 
 
 @dataclass
-class Col:
-    key: str  # column of the aggregate
-    header: str
-    fmt: Callable[[float], str] = fmt_ppl
-    better: str | None = None  # "lower" / "higher" → best in bold
-    std: bool = True
-    zero_dash: bool = False  # print "--" for an exact zero (e.g. no closed-form phase)
-
-
-@dataclass
-class TableSpec:
+class Table:
     name: str
+    title: str
     caption: str
-    label: str
-    header: list[str]
-    rows: list[list[str]]
-    blocks: list[tuple[str, int]] = field(default_factory=list)  # (block title, first row index)
+    data: str  # results file, relative to the profile (or bench/...)
+    header: list
+    rows: list = field(default_factory=list)  # lists of cells, or a string: a block heading
     align: str = ""
-    note: str = ""
-    sources: list = field(default_factory=list)
-    star: bool = False
-    metrics: list[str] = field(default_factory=list)  # the metric columns' keys (generic_table), after the keys
+    notebook: str = ""
+    also: list = field(default_factory=list)  # further experiments whose results the table shows
 
-    @property
-    def ncols(self) -> int:
-        return len(self.header)
-
-    def body(self) -> list[tuple[str, Any]]:
-        """``("block", title)`` and ``("row", cells)`` items in order (for the template)."""
-        starts = {i: title for title, i in self.blocks}
-        out = []
-        for i, row in enumerate(self.rows):
-            if i in starts:
-                out.append(("block", starts[i]))
-            out.append(("row", row))
-        return out
+    def __post_init__(self):
+        self.align = self.align or "l" + "r" * (len(self.header) - 1)
 
 
-def metric_cells(rows, cols: list[Col]) -> list[list[str]]:
-    """Formatted metric cells (mean, ± std when several seeds) with the best mean in bold."""
-    best = {}
-    for c in cols:
-        vals = [r.get(c.key) for r in rows if _finite(r.get(c.key))]
-        if c.better and len(vals) > 1:
-            best[c.key] = min(vals) if c.better == "lower" else max(vals)
-    out = []
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c.key)
-            if not _finite(v) or (c.zero_dash and float(v) == 0):
-                cells.append("--")
-                continue
-            s = c.fmt(float(v))
-            if c.key in best and float(v) == best[c.key]:
-                s = r"\textbf{" + s + "}"
-            sd = r.get(c.key + "_std")
-            if c.std and _finite(sd) and r.get("n", 1) > 1:
-                s += r"{\scriptsize\,$\pm$\," + c.fmt(float(sd)) + "}"
-            cells.append(s)
-        out.append(cells)
-    return out
+def ci(values, digits: int | None = None) -> str:
+    """``mean ± half-width`` of the 95 % t interval of the mean (the mean alone for one value)."""
+    v = [float(x) for x in values]
+    m = statistics.fmean(v)
+    digits = digits if digits is not None else 0 if abs(m) >= 1000 else 1
+    if len(v) < 2:
+        return f"{m:.{digits}f}"
+    h = stats.t_quantile(len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
+    return f"{_num(m, digits)} $\\pm$ {_num(h, digits)}"
 
 
-def params_trained(r) -> float:
-    """Parameters updated by an optimizer: none for a run without optimizer steps."""
-    steps = r.get("optimizer_steps")
-    if _finite(steps) and float(steps) == 0:
-        return 0.0
-    parts = ["params_embedding", "params_attention", "params_norm", "params_ffn_trainable"]
-    vals = [r.get(p) for p in parts]
-    return float(sum(float(v) for v in vals if _finite(v))) if any(_finite(v) for v in vals) else math.nan
+def _num(x: float, digits: int) -> str:
+    s = f"{x:,.{digits}f}".replace(",", r"\,")
+    return f"${s}$" if s.startswith("-") else s
 
 
-def params_solved(r) -> float:
-    vals = [r.get(p) for p in ("params_ffn_solved", "params_head_solved")]
-    return float(sum(float(v) for v in vals if _finite(v))) if any(_finite(v) for v in vals) else math.nan
+def _tex(s) -> str:
+    s = str(s).replace("\\", " ").replace("{", "").replace("}", "").replace("$", "").replace("#", "").replace("~", " ").replace("^", " ")
+    return s.replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("->", r"$\rightarrow$")
 
 
-def _epochs_text(v: Any) -> str:
-    """``5 epochs``, ``1 epoch``."""
-    n = int(float(v))
-    return f"{n} epoch" + ("" if n == 1 else "s")
+def main_table(res: Results) -> Table:
+    t = Table("main", "Main results", "Test perplexity on WikiText-2 (small model, 10 epochs; mean $\\pm$ 95\\,\\% "
+              "interval over seeds). $\\Delta$: paired difference from attention only, by seed, with its 95\\,\\% "
+              "interval. Gap closed: share of the log-perplexity gap between attention only and the baseline.",
+              "benchmark/summary.csv", ["Model", "FFN learned by", "Test PPL", r"$\Delta$ vs.\ attention only",
+                                        r"Gap closed (\%)"])
+    how = {"baseline": "AdamW", "attn_only": "(no FFN)", "lora": "AdamW (rank 8)", "rf_adamw": "AdamW readout",
+           "pil_pure": "closed form", "pil_then_attn": "closed form", "attn_then_pil": "closed form",
+           "alternating": "closed form", "hybrid": "closed form"}
+    ref = series(res, "attn_only")
+    means = {k: statistics.fmean(series(res, k).values()) for k in ("attn_only", "baseline")}
+    for key in METHOD_ORDER + ("hybrid",):
+        s = series(res, key)
+        name = METHOD_TEX[key] if key != "hybrid" else r"attention$\rightarrow$PIL, global, 4 sweeps"
+        delta = "---" if key in ("attn_only", "pil_pure") else fmt_paired(stats.paired(s, ref))
+        share = stats.log_gap_share(means["attn_only"], means["baseline"], statistics.fmean(s.values()))
+        t.rows.append([name, how[key], ci(s.values()), delta, _num(share, 0) if share > -1000 else "---"])
+    return t
 
 
-def _searched(result: dict) -> list[dict]:
-    """A run's solves whose step size η was searched on validation (local/global/next-embedding targets)."""
-    return [s for s in result.get("solves", []) if s.get("search") and "eta" in s]
+def ablation_table(res: Results) -> Table:
+    t = Table("ablations", "Ablations", "Ablations of the closed-form FFN (test perplexity, mean $\\pm$ 95\\,\\% "
+              "interval; $\\Delta$: paired difference from the block's first row). Bi-PIL, $\\lambda$ and width: "
+              r"PIL$\rightarrow$attention; targets: both orders.", "ablation_bipil/summary.csv",
+              ["Setting", "Features", "Test PPL", r"$\Delta$ vs.\ first row"],
+              also=["ablation_lambda/summary.csv", "ablation_expansion/summary.csv", "training_strategy/summary.csv"])
+
+    def block(title, rel, col, values, label, where=None):
+        t.rows.append(title)
+        first = None
+        for v in values:
+            w = dict(where or {}, **{col: v})
+            s = res.seeds(rel, **w)
+            feats = res.rows(rel, **w)["n_features"].iloc[0]
+            first = first or s
+            d = "---" if s is first else fmt_paired(stats.paired(s, first))
+            t.rows.append([label(v), fmt(float(feats), "int"), ci(s.values()), d])
+
+    block("Bi-PIL against one projection", "ablation_bipil/summary.csv", "variant",
+          ["PIL, 2x expansion", "PIL, same expansion", "Bi-PIL (concat)"],
+          {"PIL, 2x expansion": "one projection, $8\\times$", "PIL, same expansion": "one projection, $4\\times$",
+           "Bi-PIL (concat)": "Bi-PIL, two $4\\times$ projections"}.get)
+    block(r"Relative ridge $\lambda$", "ablation_lambda/summary.csv", "lam", [1e-9, 1e-7, 1e-5, 1e-3, 0.1],
+          lambda v: f"$\\lambda = $ {fmt(v, 'sci')}")
+    block("Random-feature width", "ablation_expansion/summary.csv", "expansion", [1, 2, 4, 8],
+          lambda v: f"expansion ${v}\\times$")
+    for order in ("attn_then_pil", "pil_then_attn"):
+        block(f"Targets, {METHOD_TEX[order]}", "training_strategy/summary.csv", "target",
+              ["local", "global", "next_embedding", "zero"], lambda v: _tex(v).replace("\\_", "-"),
+              where={"method": order})
+    return t
 
 
-def _eta_at_top(solve: dict) -> bool:
-    """Whether a searched solve chose the grid's largest η: the grid, not the data, limited the step."""
-    return bool(solve.get("eta_at_edge")) and solve["eta"] >= max(x["eta"] for x in solve["search"])
-
-
-def _records(agg) -> list[dict]:
-    recs = agg.to_dict("records")
-    for r in recs:
-        r["params_trained"] = params_trained(r)
-        r["params_solved"] = params_solved(r)
-    return recs
-
-
-def key_cells(r: dict, keys: list[str]) -> list[str]:
-    out = []
+def grouped(res: Results, name: str, title: str, caption: str, rel: str, by: list, metrics: dict,
+            order=None, label=None, where=None) -> Table:
+    """One row per combination of ``by`` (mean ± interval of each metric over seeds)."""
+    df = res.rows(rel, **(where or {})).copy()
+    df[by] = df[by].astype(object).where(df[by].notna(), "---").astype(str)
+    heads = {"n_features": "Features", "lr": "Learning rate", "lam": r"$\lambda$", "how": "Adapted by"}
+    t = Table(name, title, caption, rel, [heads.get(b, _tex(b).replace("\\_", " ").capitalize()) for b in by]
+              + list(metrics.values()))
+    keys = list(dict.fromkeys(tuple(r) for r in df[by].itertuples(index=False)))
+    if order:
+        keys.sort(key=lambda k: order.index(k[0]) if k[0] in order else len(order))
     for k in keys:
-        v = r[k]
-        if k == "method":
-            out.append(method_tex(v))
-        elif k == "dataset":
-            out.append(dataset_tex(v))
-        elif k == "target":
-            out.append(TARGET_TEX.get(str(v), tex_escape(v)))
-        elif k == "lam":
-            out.append(fmt_pow10(float(v)) if _finite(v) else fmt_plain(v))
-        elif k == "variant" and isinstance(v, str):
-            out.append(variant_tex(v))  # registry labels ("attn_then_pil+global") in words; others as they are
-        else:
-            out.append(fmt_plain(v))
+        sub = df[(df[by] == list(k)).all(axis=1)]
+        cells = [METHOD_TEX.get(x, _tex(x)) if b == "method" else (label or _tex)(x) for b, x in zip(by, k)]
+        for m in metrics:
+            vals = sub[m].dropna().astype(float).tolist()
+            pct = m.endswith("_acc")  # accuracies in percent, two decimals
+            cells.append(ci([100 * x for x in vals] if pct else vals, 2 if pct else None) if vals else "---")
+        t.rows.append(cells)
+    return t
+
+
+def appendix_tables(res: Results) -> list[Table]:
+    ppl = {"valid_ppl": "Valid PPL", "test_ppl": "Test PPL"}
+    specs = [
+        ("gap", "Every variant of the gap experiment", "Every variant of the gap experiment, mean $\\pm$ 95\\,\\% "
+         f"interval; the best hybrid on validation is \\texttt{{{_tex(BEST_HYBRID)}}}.", "gap/summary.csv",
+         ["variant"], ppl, None),
+        ("sizes", "Model sizes and budgets", "Test perplexity by model size and number of epochs.",
+         "benchmark/summary.csv", ["size", "epochs", "method"], {"test_ppl": "Test PPL"}, ["small", "medium", "large"]),
+        ("teacher", "Teacher targets", "Trained baselines' FFNs refitted by random features in closed form "
+         "(teacher targets).", "teacher/summary.csv", ["variant", "n_features"], {"test_ppl": "Test PPL"}, None),
+        ("first_layer", "Data-dependent first layers", "attention$\\rightarrow$PIL re-solved in closed form with "
+         "other first-layer projections (local targets).", "first_layer/summary.csv", ["projection", "n_features"],
+         {"test_ppl": "Test PPL"}, None),
+        ("lambada", "LAMBADA", "LAMBADA last-word accuracy (\\%) and word perplexity.", "lambada/summary.csv",
+         ["method"], {"lambada_acc": "Accuracy", "lambada_word_ppl": "Word PPL"}, list(METHOD_ORDER)),
+        ("tinystories", "TinyStories", "TinyStories test perplexity.", "tinystories/summary.csv", ["method"],
+         ppl, list(METHOD_ORDER)),
+        ("tuning", "Tuned learning rate and dropout", "Each method at its own learning rate and dropout (and "
+         "$\\lambda$), chosen on validation.", "tuning/tuned.csv", ["method", "lr", "dropout", "lam"], ppl,
+         list(METHOD_ORDER)),
+        ("adaptation", "Adaptation to a new domain", "Adapting attention$\\rightarrow$PIL to a new corpus: test "
+         "perplexity there and on WikiText-2 afterwards.", "adaptation/summary.csv", ["how", "domain"],
+         {"test_ppl": "New-domain PPL", "wiki_test_ppl": "WikiText-2 PPL", "adapt_s": "Seconds"}, None),
+        ("pure_attention", "Fixed attention for pure PIL", "Pure PIL with fixed attention patterns.",
+         "pure_attention/summary.csv", ["heads"], ppl, None),
+        ("lambda_path", "Ridge per layer", "Ridge $\\lambda$ chosen per layer on validation, against the "
+         "checkpoints' own $\\lambda$ (control).", "lambda_path/summary.csv", ["variant"], ppl, None),
+        ("protocol", "Sliding-window evaluation", "Test perplexity with sliding windows (stride in tokens).",
+         "protocol/protocol.csv", ["method", "stride"], {"ppl": "Test PPL"}, list(METHOD_ORDER)),
+        ("ngram", "Kneser--Ney baselines", "Interpolated Kneser--Ney $n$-gram models, with KenLM's perplexity.",
+         "ngram/summary.csv", ["order"], {"test_ppl": "Test PPL", "kenlm_test_ppl": "KenLM"}, None),
+    ]
+    out = []
+    for name, title, cap, rel, by, metrics, order in specs:
+        try:
+            t = grouped(res, name, title, cap, rel, by, metrics, order)
+            out.append(t)
+        except NotRun as e:
+            out.append(Table(name, title, f"{cap} Not run in this results tree ({_tex(e)}).", rel, ["Result"],
+                             [["not run"]]))
+    for extra in (fit_table, setup_table, samples_table):
+        try:
+            out.append(extra(res))
+        except NotRun as e:
+            out.append(Table(extra.__name__[:-6], "not run", f"Not run in this results tree ({_tex(e)}).",
+                             "benchmark/summary.csv", ["Result"], [["not run"]]))
     return out
 
 
-KEY_HEADERS = {"method": "Method", "dataset": "Dataset", "size": "Size", "lam": r"$\lambda$", "epochs": "Epochs",
-               "max_train_tokens": "Train tokens", "bipil": "Bi-PIL", "lambada_n": "Passages",
-               "expansion": "Expansion", "fusion": "Fusion", "variant": "Variant", "target": "Target",
-               "domain": "New domain", "how": "Adapted by", "heads": "Heads"}
-
-PPL_COLS = [Col("test_ppl", r"Test PPL $\downarrow$", fmt_ppl, "lower"),
-            Col("valid_ppl", r"Valid PPL $\downarrow$", fmt_ppl, "lower")]
-ACC_COL = Col("test_acc", r"Test acc.\ (\%) $\uparrow$", lambda x: fmt_pct(100 * x), "higher")
-COND_COL = Col("max_cond", r"max $\kappa$", fmt_sci, None, std=False)
-PIL_S_COL = Col("pil_s", "PIL (s)", fmt_seconds, None, zero_dash=True)
-
-
-def _rf_features(e: Experiment) -> int | None:
-    """Random features per layer of the benchmark's ``rf_adamw`` runs: its frozen random first layers
-    hold ``n_layer · n_embd · D`` weights."""
-    for r in e.runs():
-        if r.get("method") == "rf_adamw":
-            mc, frozen = r.get("model_config") or {}, (r.get("params") or {}).get("ffn_frozen_random")
-            if frozen and mc.get("n_layer") and mc.get("n_embd"):
-                return int(frozen) // (int(mc["n_layer"]) * int(mc["n_embd"]))
-    return None
+def fit_table(res: Results) -> Table:
+    """Per-layer R² of the closed-form fits (last sweep of each layer, from each run's ``solves``)."""
+    t = Table("fit", "Per-layer fit", "Coefficient of determination $R^2$ of each layer's closed-form readout "
+              "on its targets (last sweep), mean $\\pm$ 95\\,\\% interval over seeds.", "benchmark/summary.csv",
+              ["Model", "Targets", "Layer 0", "Layer 1", "Layer 2", "Layer 3"],
+              also=["gap/summary.csv", "teacher/summary.csv"])
+    names = {"hybrid": (METHOD_TEX["attn_then_pil"] + ", four sweeps", "global"),
+             "teacher_4": ("teacher probe, $4\\times$", "teacher"),
+             "teacher_16": ("teacher probe, $16\\times$", "teacher")}
+    for key in FIT_RUNS:
+        try:
+            r2 = layer_r2(res, key)
+        except NotRun:
+            continue
+        label, target = names.get(key, (METHOD_TEX.get(key, key), "local"))
+        t.rows.append([label, target] + [ci(r2[i], 3) if i in r2 else "---" for i in range(max(r2) + 1)])
+    if not t.rows:
+        raise NotRun("solves in result.json")
+    return t
 
 
-def generic_table(e: Experiment, name: str, caption: str, main_keys: list[str], cols: list[Col],
-                  label: str | None = None, df=None, hide: tuple[str, ...] = ("bipil",),
-                  blocks_by: tuple[str, ...] = ("dataset", "size", "epochs")) -> TableSpec:
-    """One row per parameter combination; constant keys go into the caption, blocks by ``blocks_by``
-    (dataset, size and epoch budget); columns in ``hide`` are not shown when they vary with the main keys."""
-    agg, keys = e.agg() if df is None else aggregate(df)
-    cols = [c for c in cols if c.key in agg.columns or c.key.startswith("params_")]
-    shared, note = concurrency(e), ""
-    if shared > 1 and any(c.key in TIME_COLUMNS for c in cols):  # contended timings: shown, never ranked
-        cols = [replace(c, better=None, header=c.header.replace(r" $\downarrow$", "")) if c.key in TIME_COLUMNS
-                else c for c in cols]  # nor does its header say which way is better
-        note = (f"Times were measured with up to {shared} runs sharing the machine's GPUs: they are indicative "
-                "only, and no time column is ranked.")
-        if "concurrent_runs_max" in agg.columns and agg["concurrent_runs_max"].nunique() > 1:
-            # rows timed under different contention: say how shared each row was, so none is read as faster
-            cols = cols + [Col("concurrent_runs_max", "Shared", lambda v: fmt_count(v) if _finite(v) else "--", None)]
-            note += (" Shared: the most runs that shared the GPUs while a run of the row was timed; rows with "
-                     "different values are not comparable in time.")
-    vary = varying(agg, keys)
-    block_keys = [k for k in blocks_by if k in vary and k not in main_keys]
-    dep = dependent_keys(agg, main_keys, keys)
-    show = [k for k in main_keys if k in keys] + [k for k in vary if k not in main_keys and k not in block_keys
-                                                  and not (k in hide and k in dep)]
-    const = [k for k in keys if k not in vary and k not in main_keys]
-    recs = _records(agg)
-    if block_keys:
-        def bkey_sort(r):
-            out = []
-            for k in block_keys:
-                nk = _natural_key(r[k])
-                out.append((nk[0], -nk[1], nk[2]) if k == "epochs" and nk[0] == 0 else nk)
-            return tuple(out)
-        recs.sort(key=bkey_sort)
-    rows, blocks = [], []
-    groups: dict[tuple, list[dict]] = {}
-    for r in recs:
-        groups.setdefault(tuple(r[k] for k in block_keys), []).append(r)
-    for bkey, grecs in groups.items():
-        if block_keys:
-            parts = [(c if k in ("dataset", "size") else f"{KEY_HEADERS.get(k, tex_escape(k)).lower()}: {c}")
-                     for k, c in zip(block_keys, key_cells(dict(zip(block_keys, bkey)), block_keys))]
-            blocks.append((", ".join(parts), len(rows)))
-        for r, cells in zip(grecs, metric_cells(grecs, cols)):
-            rows.append(key_cells(r, show) + cells)
-    consts = [f"{KEY_HEADERS.get(k, tex_escape(k))}: {key_cells(recs[0], [k])[0]}" for k in const
-              if str(recs[0][k]) != ""]
-    seeds = sorted({int(r["n"]) for r in recs})
-    cap = caption.rstrip(".") + "."
-    if consts:
-        cap += " " + "; ".join(consts) + "."
-    several = max(seeds) > 1
-    pm = r" $\pm$ std" if several else ""
-    span = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}--{seeds[-1]}"
-    cap += f" Mean{pm} over {span} seed{'s' if several else ''} per row."
-    header = [KEY_HEADERS.get(k, tex_escape(k)) for k in show] + [c.header for c in cols]
-    return TableSpec(name=name, caption=cap, label=label or f"tab:{name}", header=header, rows=rows,
-                     blocks=blocks, align="l" * len(show) + "r" * len(cols), note=note, sources=[e],
-                     metrics=[c.key for c in cols])
+def provenance_table(res: Results, experiments, sha, version) -> Table:
+    t = Table("provenance", "Provenance", "Where each result comes from: the notebook, the results file (first 8 "
+              "hex digits of its sha256), the commit it ran at and its compute version.", "provenance.json",
+              ["Experiment", "Results file", "sha256", "Commit", "Version"], align="llllr")
+    for e in experiments:
+        p = res.provenance(e)
+        f = res.path(f"{e}/summary.csv")
+        t.rows.append([_tex(e), _tex(f"results/{res.profile}/{e}/summary.csv"), sha(f) if f.is_file() else "not run",
+                       str(p.get("git_commit") or "---")[:8], str(p.get("compute_version", version))])
+    for b in ("nvidia-h200", "nvidia-h200-2gpu"):
+        f = res.path(f"bench/{b}.json")
+        if f.is_file():
+            d = res.json(f"bench/{b}.json")
+            t.rows.append([_tex(b), _tex(f"results/bench/{b}.json"), sha(f),
+                           str((d.get("environment") or {}).get("git_commit") or "---")[:8],
+                           str(d.get("compute_version", version))])
+    return t
+
+
+def setup_table(res: Results) -> Table:
+    """Model and training settings by size, read from the benchmark's baseline runs."""
+    import json
+
+    t = Table("setup", "Models and training", "Model sizes and training settings of the benchmark (baseline runs; "
+              "the other methods differ only in the FFN).", "benchmark/runs",
+              ["Size", "Layers", "Heads", "Width", "Context", "Vocabulary", "Parameters", "Epochs", "Batch",
+               "Learning rate", "Dropout"])
+    for size in ("small", "medium", "large"):
+        runs = [p for p in res.run_files("benchmark", "method=baseline,*")
+                if json.loads(p.read_text()).get("size") == size]
+        if not runs:
+            continue
+        r = json.loads(runs[-1].read_text())
+        m, c = r["model_config"], r["train_config"]
+        t.rows.append([size, m["n_layer"], m["n_head"], m["n_embd"], m["block_size"], fmt(m["vocab_size"], "int"),
+                       fmt(r["params"]["total"], "int"), c["epochs"], c["batch_size"], c["lr"], m["dropout"]])
+    if not t.rows:
+        raise NotRun("benchmark/runs/*/result.json")
+    return t
+
+
+def samples_table(res: Results) -> Table:
+    """One TinyStories sample per method (seed 0, first prompt, first sample), as generated."""
+    samples = res.json("tinystories/samples.json")
+    t = Table("samples", "Samples", "TinyStories samples (seed 0, first prompt and sample seed of each method; "
+              "prompt in italics, text as generated).", "tinystories/samples.json", ["Model", "Sample"],
+              align="lp{0.78\\linewidth}")
+    seen = set()
+    for s in samples if isinstance(samples, list) else []:
+        if s.get("method") in seen or s.get("seed") != 0 or s.get("sample_seed") != 0:
+            continue
+        seen.add(s["method"])
+        words = " ".join(str(s["text"]).split()[:60])
+        t.rows.append([METHOD_TEX.get(s["method"], _tex(s["method"])), f"\\emph{{{_tex(s['prompt'])}}} {_tex(words)} \\dots"])
+    if not t.rows:
+        raise NotRun("tinystories/samples.json")
+    return t

@@ -1,0 +1,242 @@
+"""The qualitative statements the paper makes, each checked against the results at build time.
+
+The text marks a statement with ``\\claim{name}{...}``; :func:`check` evaluates every claim here and the
+build fails, naming the claim, when the results contradict it. "Better"/"worse" means that the 95 %
+paired-t interval of the per-seed difference excludes zero; "within noise" that it includes zero.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import stats
+from .config import BEST_HYBRID, BEST_PURE, ReportError
+from .results import NotRun, Results, series
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    statement: str
+    check: Callable[[Results], tuple[bool, str]]
+
+
+def _p(res, a, b) -> stats.Paired:
+    return stats.paired(series(res, a), series(res, b))
+
+
+def lower(a: str, b: str):
+    """``a`` has lower test perplexity than ``b``: the interval of ``a − b`` lies below zero."""
+    def check(res):
+        p = _p(res, a, b)
+        return p.below_zero, f"{a} - {b} = {p.mean:+.2f} [{p.lo:+.2f}, {p.hi:+.2f}]"
+    return check
+
+
+def within_noise(a: str, b: str):
+    def check(res):
+        p = _p(res, a, b)
+        return p.includes_zero, f"{a} - {b} = {p.mean:+.2f} [{p.lo:+.2f}, {p.hi:+.2f}]"
+    return check
+
+
+def within_pct(a: str, b: str, pct: float):
+    """The means of ``a`` and ``b`` differ by less than ``pct`` percent."""
+    def check(res):
+        ma, mb = (statistics.fmean(series(res, k).values()) for k in (a, b))
+        rel = 100 * abs(ma / mb - 1)
+        return rel < pct, f"|{a}/{b} - 1| = {rel:.2f} % (limit {pct} %)"
+    return check
+
+
+def all_of(*checks):
+    def check(res):
+        out = [c(res) for c in checks]
+        return all(ok for ok, _ in out), "; ".join(d for _, d in out)
+    return check
+
+
+def _gap_selection(res):
+    """The gap experiment's own selection (lowest mean validation perplexity) picks the variants the text names."""
+    d = res.json("gap/summary.json")
+    return (d.get("best_hybrid_name"), d.get("pure_pil_name")) == (BEST_HYBRID, BEST_PURE), \
+        f"gap/summary.json selects {d.get('best_hybrid_name')} and {d.get('pure_pil_name')}"
+
+
+def _pure_above_unigram(res):
+    kn1 = float(res.rows("ngram/summary.csv", method="kn1")["test_ppl"].iloc[0])
+    worst = min(series(res, "pure_best").values())
+    return worst > kn1, f"lowest pure-PIL seed {worst:.1f} against unigram {kn1:.1f}"
+
+
+def _hybrid_slower_on_gpu(res):
+    r = float(res.json("bench/nvidia-h200.json")["hybrid"]["hybrid_over_baseline_train"])
+    return r > 1, f"GPU time ratio {r:.2f}"
+
+
+def _two_gpu_faster(res):
+    r = float(res.json("bench/nvidia-h200-2gpu.json")["pil_phase_speedup_2gpu"])
+    return r > 1, f"2-GPU speed-up {r:.2f}"
+
+
+def _lambada_low(res):
+    acc = res.rows("lambada/summary.csv")["lambada_acc"].astype(float)
+    return bool((acc < 0.01).all()), f"largest LAMBADA accuracy {acc.max():.4f} (limit 0.01)"
+
+
+def _baseline_ahead(res):
+    """At every evaluation of every other method, the baseline's validation perplexity, interpolated at the
+    same wall-clock time, is lower (points before the baseline's first evaluation are not compared)."""
+    import numpy as np
+
+    df = res.frame("training_curves/curves.csv")
+    df = df[df["seed"] == df["seed"].min()]
+    base = df[(df["method"] == "baseline") & (df["phase"] != "init")].sort_values("wall_s")
+    worst = None
+    for method, g in df[(df["method"] != "baseline") & (df["phase"] != "init")].groupby("method"):
+        g = g[(g["wall_s"] >= base["wall_s"].min())]
+        ref = np.interp(g["wall_s"], base["wall_s"], base["valid_ppl"])
+        gap = float((g["valid_ppl"].to_numpy() - ref).min()) if len(g) else float("inf")
+        worst = gap if worst is None else min(worst, gap)
+    return worst is not None and worst > 0, f"smallest lead of the baseline {worst:.1f} validation perplexity"
+
+
+def _baseline_setting_tuned(res):
+    row = res.rows("tuning/chosen.csv", method="baseline").iloc[0]
+    return bool(row["chosen_is_default"]), f"baseline's chosen lr {row['lr']}, dropout {row['dropout']}"
+
+
+def _alternating_between(res):
+    m = {k: statistics.fmean(series(res, k).values()) for k in ("attn_then_pil", "alternating", "pil_then_attn")}
+    return m["attn_then_pil"] < m["alternating"] < m["pil_then_attn"], str({k: round(v, 1) for k, v in m.items()})
+
+
+def _lambda_flat(res):
+    """The four weaker ridges' mean test perplexities lie within 1 % of each other."""
+    m = [res.mean("ablation_lambda/summary.csv", lam=lam) for lam in (1e-9, 1e-7, 1e-5, 1e-3)]
+    spread = 100 * (max(m) / min(m) - 1)
+    return spread < 1.0, f"spread {spread:.2f} % over lambda 1e-9..1e-3 (limit 1 %)"
+
+
+def _teacher_monotone(res):
+    m = [statistics.fmean(series(res, f"teacher_{w}").values()) for w in (4, 8, 16)]
+    return stats.monotone(m), "teacher means " + ", ".join(f"{v:.1f}" for v in m)
+
+
+def _teacher_gains_more(res):
+    t, li = _p(res, "teacher_16", "teacher_4"), _p(res, "linear_16", "linear_4")
+    return t.hi < li.lo, f"teacher {t.mean:+.1f} [{t.lo:+.1f}, {t.hi:+.1f}], linearised {li.mean:+.1f} [{li.lo:+.1f}, {li.hi:+.1f}]"
+
+
+def _accumulation_dominates(res):
+    """The fitted streaming term exceeds the solve term at the best hybrid's features and training tokens."""
+    import json
+
+    fit = res.rows("complexity/fit.csv").iloc[0]
+    runs = res.run_files("benchmark", "method=attn_then_pil,epochs=10,seed=*")
+    if not runs:
+        raise NotRun("benchmark/runs/method=attn_then_pil,epochs=10,seed=*/result.json")
+    n = float(json.loads(runs[0].read_text())["solves"][0]["tokens"])
+    d = float(res.rows("gap/summary.csv", variant=BEST_HYBRID)["n_features"].iloc[0])
+    stream, solve = fit["a"] * n * d ** 2 + fit["c"] * n, fit["b"] * d ** 3
+    return stream > solve, f"streaming {stream:.3f} s against solve {solve:.3f} s per layer (n={n:.0f}, D={d:.0f})"
+
+
+def _targets_fit_poorly(res):
+    from .results import layer_r2
+
+    hybrid = max(v for vals in layer_r2(res, "hybrid").values() for v in vals)
+    teacher = min(v for vals in layer_r2(res, "teacher_4").values() for v in vals)
+    return hybrid < teacher, f"largest R^2 of the hybrid's solves {hybrid:.3f}, smallest of the 4x teacher fits {teacher:.3f}"
+
+
+def _cost_model_fits(res):
+    r2 = float(res.rows("complexity/fit.csv")["r2"].iloc[0])
+    return r2 >= 0.9, f"R^2 {r2:.3f} (limit 0.9)"
+
+
+CLAIMS = (
+    Claim("baseline-setting-tuned", "the shared learning rate and dropout are the baseline's best on validation",
+          _baseline_setting_tuned),
+    Claim("alternating-between", "alternating lies between attention->PIL and PIL->attention (means)",
+          _alternating_between),
+    Claim("best-hybrid-selected", f"the best hybrid on validation is {BEST_HYBRID}, the best pure variant {BEST_PURE}",
+          _gap_selection),
+    Claim("pil-loses", "the best hybrid is worse than the baseline", lower("baseline", "hybrid")),
+    Claim("hybrid-beats-attn-only", "the best hybrid beats attention only", lower("hybrid", "attn_only")),
+    Claim("default-hybrid-noise", "attention->PIL with local targets is within noise of attention only",
+          within_noise("attn_then_pil", "attn_only")),
+    Claim("pil-first-worse", "PIL->attention is worse than attention only", lower("attn_only", "pil_then_attn")),
+    Claim("rf-beats-hybrid", "RF + AdamW beats the best hybrid", lower("rf_adamw", "hybrid")),
+    Claim("lora-beats-hybrid", "LoRA FFNs beat the best hybrid", lower("lora", "hybrid")),
+    Claim("pure-above-unigram", "pure PIL is worse than a unigram model on every seed", _pure_above_unigram),
+    Claim("hybrid-slower", "the best hybrid takes longer to train than the baseline on the GPU", _hybrid_slower_on_gpu),
+    Claim("baseline-ahead", "at every moment of training the baseline has the lowest validation perplexity",
+          _baseline_ahead),
+    Claim("teacher-width", "with teacher targets, test perplexity falls at every doubling of width",
+          all_of(_teacher_monotone, lower("teacher_8", "teacher_4"), lower("teacher_16", "teacher_8"))),
+    Claim("teacher-matches-rf", "teacher targets at 16x are within noise of RF + AdamW at 4x",
+          within_noise("teacher_16", "rf_adamw")),
+    Claim("rf-beats-teacher-same-width", "at equal width, RF + AdamW beats teacher targets",
+          lower("rf_adamw", "teacher_4")),
+    Claim("teacher-eight-short", "teacher targets at 8x are still worse than RF + AdamW at 4x",
+          lower("rf_adamw", "teacher_8")),
+    Claim("teacher-equals-hybrid", "at the hybrid's width, teacher targets are within noise of the best hybrid",
+          within_noise("teacher_8", "hybrid")),
+    Claim("linear-flat", "with linearised targets, quadrupling the features (expansion 4x to 16x) moves test perplexity by < 1 %",
+          within_pct("linear_16", "linear_4", 1.0)),
+    Claim("linear-wide-lower", "with linearised targets, quadrupled features are (slightly) better",
+          lower("linear_16", "linear_4")),
+    Claim("targets-fit-poorly", "every layer of the best hybrid fits its target worse than any teacher fit",
+          _targets_fit_poorly),
+    Claim("global-beats-local", "global targets beat local targets for attention->PIL",
+          lower("hybrid_global", "attn_then_pil")),
+    Claim("sweeps-help", "four sweeps beat one sweep of global targets", lower("hybrid", "hybrid_global")),
+    Claim("bipil-noise", "Bi-PIL is within noise of a single projection of the same width",
+          within_noise("bipil", "single_wide")),
+    Claim("bipil-half-noise", "Bi-PIL is within noise of a single projection with half the features",
+          within_noise("bipil", "single_same")),
+    Claim("lambda-flat", "over the four weaker ridges test perplexity moves by less than 1 %", _lambda_flat),
+    Claim("lambda-large-helps", "the largest ridge (0.1) beats the smallest (1e-9)", lower("lam_high", "lam_low")),
+    Claim("expansion-noise", "expansion 8x is within noise of 1x for PIL->attention", within_noise("exp_8", "exp_1")),
+    Claim("sizes-noise", "at the medium and large sizes attention->PIL is within noise of attention only",
+          all_of(within_noise("medium_hybrid", "medium_attn_only"), within_noise("large_hybrid", "large_attn_only"))),
+    Claim("lambada-low", "every model's LAMBADA accuracy is below 1 %", _lambada_low),
+    Claim("two-gpu-faster", "two GPUs shorten the closed-form phase", _two_gpu_faster),
+    Claim("teacher-gains-more", "widening helps teacher targets more than linearised targets", _teacher_gains_more),
+    Claim("accumulation-dominates", "at the main model's size the accumulation costs more than the solve",
+          _accumulation_dominates),
+    Claim("cost-model-fits", "the cost model explains the measured solve times (R^2 >= 0.9)", _cost_model_fits),
+)
+BY_NAME = {c.name: c for c in CLAIMS}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    claim: Claim
+    status: str  # "holds", "contradicted", "not run"
+    detail: str
+
+
+def evaluate(res: Results) -> list[Outcome]:
+    out = []
+    for c in CLAIMS:
+        try:
+            ok, detail = c.check(res)
+            out.append(Outcome(c, "holds" if ok else "contradicted", detail))
+        except NotRun as e:
+            out.append(Outcome(c, "not run", f"results missing: {e}"))
+    return out
+
+
+def check(res: Results) -> list[Outcome]:
+    """Evaluate every claim; raise :class:`ReportError` naming each claim the results contradict."""
+    out = evaluate(res)
+    bad = [o for o in out if o.status == "contradicted"]
+    if bad:
+        raise ReportError("the results contradict claims the text makes:\n  " + "\n  ".join(
+            f"{o.claim.name}: {o.claim.statement} ({o.detail})" for o in bad)
+            + "\nRewrite the sentences marked \\claim{name}{...} in paper/sections and the claim in pillm/report/claims.py.")
+    return out
