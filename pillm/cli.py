@@ -453,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f"; nothing written to {args.out}" if args.command == "train" else ""
-        print(f"pillm {args.command}: interrupted{where}", file=sys.stderr)
+        bar = "" if getattr(args, "quiet", True) else "\n"  # end the progress bar's line first
+        print(f"{bar}pillm {args.command}: interrupted{where}", file=sys.stderr)
         return 130
     except tuple(_expected_failures()) as err:
         if debug:

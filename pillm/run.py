@@ -155,7 +155,8 @@ def check_out(out, *, overwrite: bool = False) -> Path:
     try:
         tempfile.TemporaryDirectory(dir=parent).cleanup()  # can we write there at all?
     except OSError as err:
-        raise RunExistsError(f"cannot write to {parent} ({err.strerror}); choose another output directory") from None
+        raise RunExistsError(f"cannot create {out}: {parent} is not writable ({err.strerror}); "
+                             "choose another output directory") from None
     return out
 
 
