@@ -185,19 +185,19 @@ def _staged(directory: Path):
         if not _pid_alive(stale.name.rsplit("-", 2)[-2]):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-{os.getpid()}-"))
+    old = directory.with_name(f".{directory.name}.partial-{os.getpid()}-old")
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700 would hide the run from colleagues
         yield tmp
-        old = None
         if directory.exists():  # a directory cannot be renamed onto a non-empty one: move it aside first
-            old = directory.with_name(f".{directory.name}.partial-{os.getpid()}-old")
             os.replace(directory, old)
         os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old.exists() and not directory.exists():
+            os.replace(old, directory)  # put the previous directory back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _pid_alive(pid: str) -> bool:
