@@ -317,13 +317,18 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
     if spec.samples:
         extra["samples"] = sample_texts(model, corpus.tokenizer, **spec.samples)
     result = result_record(spec, mcfg, tcfg, model, corpus, log, scores, total_s, extra)
-    if out is not None:
+    if out is not None and _is_main_process():  # under torchrun every rank holds the same model
         with staged_directory(out, overwrite=overwrite) as tmp:
             if spec.save_checkpoint:
                 save_checkpoint(model, corpus.tokenizer, tmp / "checkpoint",
                                 {"train": tcfg.to_dict(), "dataset": spec.dataset, "method": spec.method})
             write_json_atomic(tmp / "result.json", result)  # its presence means the run is done
     return result, model
+
+
+def _is_main_process() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def result_record(spec: RunSpec, mcfg: ModelConfig, tcfg: TrainConfig, model: PILLM, corpus, log, scores: dict,
