@@ -278,7 +278,7 @@ def cmd_train(args) -> int:
           f"test perplexity {_fmt(result['test_ppl'])} (valid {_fmt(result['valid_ppl'])}), "
           f"test accuracy {100 * result['test_acc']:.1f} %, {result['total_s']:.0f} s "
           f"({result['train_s']:.0f} s AdamW, {result['pil_s']:.0f} s closed form, "
-          f"{result['optimizer_steps']} optimizer steps)")
+          f"{result['optimizer_steps']} optimizer step{'' if result['optimizer_steps'] == 1 else 's'})")
     return 0
 
 
