@@ -214,6 +214,7 @@ def save_checkpoint(model: PILLM, tokenizer, directory: Path, extra: dict | None
     """``model.safetensors`` + ``config.json`` + the tokenizer, written into a temp dir then renamed."""
     with _staged(directory) as tmp:
         save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head
+        (tmp / "model.safetensors").chmod(_file_mode())  # safetensors writes 0o600
         write_json_atomic(tmp / "config.json", {"model": model.config.to_dict(), **(extra or {})})
         tokenizer.save(tmp / "tokenizer")
 

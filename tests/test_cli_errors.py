@@ -222,5 +222,5 @@ def test_files_follow_the_umask(tiny_checkpoint, tmp_path):
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o750
     mask = os.umask(0)
     os.umask(mask)
-    for p in (tiny_checkpoint.dir, tiny_checkpoint.dir / "result.json", tiny_checkpoint.dir / "checkpoint" / "config.json"):
+    for p in (tiny_checkpoint.dir, *tiny_checkpoint.dir.rglob("*")):
         assert p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~mask, p
