@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -93,13 +94,7 @@ class _Parser(argparse.ArgumentParser):
 
 class _Help(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog):
-        super().__init__(prog, max_help_position=30, width=min(110, max(80, _terminal_width())))
-
-
-def _terminal_width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size().columns
+        super().__init__(prog, max_help_position=30, width=min(110, max(80, shutil.get_terminal_size().columns)))
 
 
 # -- value checks, run by argparse itself so that a bad value is exit 2 before anything loads -----------
