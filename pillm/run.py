@@ -3,12 +3,13 @@
     from pillm.run import RunSpec, execute
     result, model = execute(RunSpec(method="pil_then_attn", size="small", dataset="wikitext2"), out="runs/pil")
 
-Everything is written atomically (a temporary sibling, then ``os.replace``): an interrupted run
-leaves no ``result.json``, so nothing half-done ever counts as a result.
+Everything is written atomically (a temporary sibling, then ``os.replace``), with the user's umask:
+an interrupted run leaves no run directory, so nothing half-done ever counts as a result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from .data import TokenStream, load_tokenized, load_tokenizer
@@ -79,17 +81,31 @@ def environment() -> dict:
     return env
 
 
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(f)`` on a temporary sibling of ``path``, then rename it into place.
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    Readers see the old file or the new one, never half of it; on error the temporary is removed.
+
+def _file_mode() -> int:
+    """The mode a plain ``open`` would give a new file: 0o666 less the umask (mkstemp gives 0o600)."""
+    return 0o666 & ~_umask()
+
+
+def write_atomic(path, content) -> None:
+    """Write ``content`` (``str``, ``bytes``, or a callable given a text file) to ``path`` atomically.
+
+    The content goes into a temporary sibling that is renamed into place: readers see the old file or
+    the new one, never half of it; on error the temporary is removed. The file gets the user's umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
+        os.fchmod(fd, _file_mode())
+        binary = isinstance(content, (bytes, bytearray))
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
+            content(f) if callable(content) else f.write(content)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -97,35 +113,153 @@ def write_atomic(path: Path, write) -> None:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2, default=str) + "\n"))
+    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class RunExistsError(FileExistsError):
+    """The output directory already holds a finished run, or is not a run directory at all."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a file or holds a damaged one; the message names the file."""
+
+
+_RUN_FILES = {"result.json", "run.json", "checkpoint"}  # what a run directory holds
+
+
+def _staging_siblings(directory: Path) -> list[Path]:
+    return sorted(directory.parent.glob(f".{directory.name}.partial-*"))
+
+
+def check_out(out, *, overwrite: bool = False) -> Path:
+    """Check before any work that ``out`` can receive a run; returns it as a ``Path``.
+
+    Refuses a finished run (``result.json``) unless ``overwrite``, a file, a non-empty directory that is
+    not a run directory, and a place where nothing can be written (tried, not guessed from the mode).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} is an existing file, not a run directory; choose another output directory")
+    if out.is_dir():
+        if (out / "result.json").exists() and not overwrite:
+            raise RunExistsError(f"{out} holds a finished run; choose another output directory, "
+                                 "or replace it with --overwrite (overwrite=True)")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _RUN_FILES)
+        if foreign:
+            raise RunExistsError(f"{out} is not a run directory (it holds {', '.join(foreign[:3])}); "
+                                 "choose a new or empty output directory")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunExistsError(f"{parent} is a file, so {out} cannot be created; choose another output directory")
+    try:
+        tempfile.TemporaryDirectory(dir=parent).cleanup()  # can we write there at all?
+    except OSError as err:
+        raise RunExistsError(f"cannot create {out}: {parent} is not writable ({err.strerror}); "
+                             "choose another output directory") from None
+    return out
+
+
+@contextlib.contextmanager
+def staged_directory(directory, *, overwrite: bool = False):
+    """Yield an empty temporary sibling of ``directory`` to fill; on success it becomes ``directory``.
+
+    The directory appears whole or not at all: an exception (Ctrl-C included) removes the temporary and
+    leaves an existing ``directory`` untouched; a finished run is replaced only with ``overwrite``.
+    """
+    directory = check_out(directory, overwrite=overwrite)
+    with _staged(directory) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _staged(directory: Path):
+    """The temporary sibling and the renames behind :func:`staged_directory`, without its checks.
+
+    Temporaries are hidden (``.NAME.partial-PID-…``), and a killed process's are removed by the next
+    write to the same directory.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _staging_siblings(directory):
+        if not _pid_alive(stale.name.rsplit("-", 2)[-2]):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-{os.getpid()}-"))
+    old = directory.with_name(f".{directory.name}.partial-{os.getpid()}-old")
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700 would hide the run from colleagues
+        yield tmp
+        if directory.exists():  # a directory cannot be renamed onto a non-empty one: move it aside first
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    except BaseException:
+        if old.exists() and not directory.exists():
+            os.replace(old, directory)  # put the previous directory back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def save_checkpoint(model: PILLM, tokenizer, directory: Path, extra: dict | None = None) -> None:
     """``model.safetensors`` + ``config.json`` + the tokenizer, written into a temp dir then renamed."""
+    with _staged(directory) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head
+        (tmp / "model.safetensors").chmod(_file_mode())  # safetensors writes 0o600
+        write_json_atomic(tmp / "config.json", {"model": model.config.to_dict(), **(extra or {})})
+        tokenizer.save(tmp / "tokenizer")
+
+
+def checkpoint_dir(directory) -> Path:
+    """The checkpoint inside a run directory (or the checkpoint directory itself), checked to exist."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head
-    write_json_atomic(tmp / "config.json", {"model": model.config.to_dict(), **(extra or {})})
-    tokenizer.save(tmp / "tokenizer")
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    if (directory / "checkpoint").is_dir():
+        directory = directory / "checkpoint"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint {directory} does not exist; pass a directory written by "
+                                "`pillm train --out DIR`")
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory} is not a checkpoint (no config.json); pass a directory written "
+                                "by `pillm train --out DIR`")
+    return directory
 
 
 def load(directory, device: str = "cpu") -> tuple[PILLM, object]:
     """Load a checkpoint: an eval-mode model (``model(ids)`` → logits ``[B, T, V]``) and its tokenizer."""
-    directory = Path(directory)
-    if (directory / "checkpoint").is_dir():
-        directory = directory / "checkpoint"
-    cfg_file = directory / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} not found: pass a directory written by `pillm train --out DIR`")
-    cfg = ModelConfig.from_dict(json.loads(cfg_file.read_text())["model"])
+    directory = checkpoint_dir(directory)
+    damaged = "is damaged ({}); train the run again or restore the checkpoint from a copy"
+    try:
+        cfg = ModelConfig.from_dict(json.loads((directory / "config.json").read_text())["model"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{directory / 'config.json'} " + damaged.format(_short(err))) from err
     model = PILLM(cfg)
-    load_model(model, str(directory / "model.safetensors"), device=str(device))
+    weights = directory / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing; train the run again or restore the checkpoint from a copy")
+    try:
+        load_model(model, str(weights), device=str(device))
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise CheckpointError(f"{weights} " + damaged.format(_short(err))) from err
     model.to(device).eval()
-    return model, load_tokenizer(directory / "tokenizer")
+    try:
+        tokenizer = load_tokenizer(directory / "tokenizer")
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{directory / 'tokenizer'} " + damaged.format(_short(err))) from err
+    return model, tokenizer
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160]
 
 
 def sample_texts(model: PILLM, tokenizer, prompts: list[str], seeds: list[int], tokens: int = 40,
@@ -142,15 +276,21 @@ def sample_texts(model: PILLM, tokenizer, prompts: list[str], seeds: list[int], 
     return out
 
 
-def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = True) -> tuple[dict, PILLM]:
+def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = True,
+            overwrite: bool = False) -> tuple[dict, PILLM]:
     """Train and evaluate one run; returns ``(result, model)``.
 
-    With ``out``, writes ``out/checkpoint/`` and then ``out/result.json`` (its presence marks
-    the run complete).
+    With ``out``, writes ``out/checkpoint/`` and ``out/result.json`` (its presence marks the run
+    complete) into a temporary sibling that is renamed to ``out`` at the end: the run directory appears
+    whole or not at all. A finished run in ``out`` is refused unless ``overwrite``.
     """
     probe = TrainConfig(**{"method": spec.method, **spec.train})  # validate before loading anything
-    torch.manual_seed(probe.seed)
     device = resolve_device(probe.device)
+    if out is not None:
+        check_out(out, overwrite=overwrite)
+    if spec.teacher is not None:
+        checkpoint_dir(spec.teacher)
+    torch.manual_seed(probe.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     corpus = load_tokenized(spec.dataset, spec.tokenizer, max_train_tokens=probe.max_train_tokens)
@@ -170,8 +310,7 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
     log = run_procedure(model, train, valid, tcfg, teacher=teacher, progress=progress)
     total_s = time.perf_counter() - t0
     ev = dict(batch_size=tcfg.batch_size, max_tokens=tcfg.max_eval_tokens)
-    v = evaluate_stream(model, valid.ids, **ev)
-    t = evaluate_stream(model, corpus.test, **ev)
+    scores = {"valid": evaluate_stream(model, valid.ids, **ev), "test": evaluate_stream(model, corpus.test, **ev)}
     extra = {}
     if spec.lambada:
         kind = "openai_wikitext" if corpus.tokenizer.kind == "word" else "openai"
@@ -179,7 +318,26 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
         extra["lambada"] = lambada(model, corpus.tokenizer, examples, progress=progress) | {"file": kind}
     if spec.samples:
         extra["samples"] = sample_texts(model, corpus.tokenizer, **spec.samples)
-    result = {
+    result = result_record(spec, mcfg, tcfg, model, corpus, log, scores, total_s, extra)
+    if out is not None and _is_main_process():  # under torchrun every rank holds the same model
+        with staged_directory(out, overwrite=overwrite) as tmp:
+            if spec.save_checkpoint:
+                save_checkpoint(model, corpus.tokenizer, tmp / "checkpoint",
+                                {"train": tcfg.to_dict(), "dataset": spec.dataset, "method": spec.method})
+            write_json_atomic(tmp / "result.json", result)  # its presence means the run is done
+    return result, model
+
+
+def _is_main_process() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def result_record(spec: RunSpec, mcfg: ModelConfig, tcfg: TrainConfig, model: PILLM, corpus, log, scores: dict,
+                  total_s: float, extra: dict) -> dict:
+    """The one place where a run's ``result.json`` is assembled."""
+    v, t = scores["valid"], scores["test"]
+    return {
         "method": spec.method, "dataset": spec.dataset, "size": spec.size, "seed": tcfg.seed,
         "spec": asdict(spec), "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
         "valid_ppl": v["ppl"], "valid_acc": v["acc"], "valid_loss": v["loss"],
@@ -190,13 +348,7 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
         "train_tokens": int(corpus.train.numel()), "data_files": corpus.files, "data_note": corpus.note,
         **extra, "environment": environment(), "compute_version": COMPUTE_VERSION, "complete": True,
     }
-    if out is not None:
-        out = Path(out)
-        if spec.save_checkpoint:
-            save_checkpoint(model, corpus.tokenizer, out / "checkpoint",
-                            {"train": tcfg.to_dict(), "dataset": spec.dataset, "method": spec.method})
-        write_json_atomic(out / "result.json", result)  # last: its presence means the run is done
-    return result, model
 
 
-__all__ = ["RunSpec", "execute", "load", "environment", "write_json_atomic", "save_checkpoint", "PIL_METHODS"]
+__all__ = ["RunSpec", "execute", "load", "environment", "write_atomic", "write_json_atomic", "save_checkpoint",
+           "staged_directory", "check_out", "checkpoint_dir", "RunExistsError", "CheckpointError", "PIL_METHODS"]

@@ -34,6 +34,44 @@ def attn_then_pil_checkpoint(tmp_path_factory, **train) -> Path:
     return out / "checkpoint"
 
 
+#: ``pillm train`` flags of the shared tiny checkpoint: a baseline that learns enough in ~32 AdamW steps on a
+#: 4,096-token slice to beat a unigram model of the same tokens (see test_cli.py).
+TINY_CLI = ["--method", "baseline", "--size", "tiny", "--epochs", "4", "--lr", "3e-3", "--dropout", "0",
+            "--batch-size", "8", "--max-train-tokens", "4096", "--max-eval-tokens", "1024", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, wikitext2):
+    """One tiny run trained through ``pillm train`` once per session and shared: ``.dir`` (the run
+    directory), ``.result`` (its result.json), ``.model`` (the trained model as it left training) and
+    ``.stdout`` (what the command printed). Tests must not modify it."""
+    import contextlib
+    import io
+    import json
+    import types
+
+    import pillm.run
+    from pillm.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    trained = {}
+    execute = pillm.run.execute
+
+    def keep_model(*args, **kwargs):
+        result, trained["model"] = execute(*args, **kwargs)
+        return result, trained["model"]
+
+    mp, stdout = pytest.MonkeyPatch(), io.StringIO()
+    mp.setattr(pillm.run, "execute", keep_model)
+    try:
+        with contextlib.redirect_stdout(stdout):
+            assert main(["train", *TINY_CLI, "--out", str(out)]) == 0
+    finally:
+        mp.undo()
+    return types.SimpleNamespace(dir=out, result=json.loads((out / "result.json").read_text()),
+                                 model=trained["model"], stdout=stdout.getvalue())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _offline_and_private_cache(tmp_path_factory):
     mp = pytest.MonkeyPatch()

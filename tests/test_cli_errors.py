@@ -1,0 +1,226 @@
+"""A user's mistakes through the real CLI (subprocesses): each is exit status 1 or 2 and one line on stderr
+that names the flag or the file, no traceback, and no finished run altered. Interrupts and kills leave
+the run directory whole or absent, and written files follow the user's umask."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--method", "baseline", "--size", "tiny", "--epochs", "1", "--max-train-tokens", "2048",
+        "--max-eval-tokens", "512", "--device", "cpu", "--quiet"]
+
+
+def _env(**extra) -> dict:
+    return os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PILLM_DEBUG": ""} | extra
+
+
+def _pillm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pillm", *args]
+
+
+def _without_data(*args: str) -> list[str]:
+    """`pillm ARGS` with every dataset folder hidden: the data folders searched are only ``$PILLM_DATA_DIR``."""
+    code = ("import os, sys, pathlib, pillm.data as d; "
+            "d.data_dir_candidates = lambda: [pathlib.Path(os.environ['PILLM_DATA_DIR'])]; "
+            "from pillm.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", code, *args]
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _rows(run: Path, tmp: Path) -> dict[str, tuple[list[str], dict, int, list[str]]]:
+    """name → (command, extra environment, exit status, words the one-line message must contain)."""
+    damaged = {}
+    for name, damage in (("truncated", lambda c: (c / "model.safetensors").write_bytes(
+            (c / "model.safetensors").read_bytes()[:100])),
+            ("badconfig", lambda c: (c / "config.json").write_text("{\n  broken"))):
+        shutil.copytree(run / "checkpoint", tmp / name)
+        damage(tmp / name)
+        damaged[name] = tmp / name
+    (tmp / "afile").write_text("")
+    (tmp / "nodata").mkdir()
+    (tmp / "corrupt" / "wikitext-2").mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (tmp / "corrupt" / "wikitext-2" / f"{split}.txt").write_text("not the corpus\n")
+    readonly = Path("/sys/pillm-test/run") if os.geteuid() == 0 else tmp / "readonly" / "run"
+    if os.geteuid() != 0:
+        (tmp / "readonly").mkdir()
+        (tmp / "readonly").chmod(0o555)
+    train = ["train", *TINY]
+    return {
+        "out is a finished run": (_pillm(*train, "--out", str(run)), {}, 2, [str(run), "--overwrite"]),
+        "out is a file": (_pillm(*train, "--out", str(tmp / "afile")), {}, 2, ["afile"]),
+        "out is read-only": (_pillm(*train, "--out", str(readonly)), {}, 2, [str(readonly), "not writable"]),
+        "max-train-tokens negative": (_pillm(*train, "--max-train-tokens", "-5", "--out", str(run)), {}, 2,
+                                      ["--max-train-tokens", "-5", "65"]),
+        "max-train-tokens zero": (_pillm(*train, "--max-train-tokens", "0", "--out", str(run)), {}, 2,
+                                  ["--max-train-tokens", "0", "65"]),
+        "max-eval-tokens negative": (_pillm(*train, "--max-eval-tokens", "-1", "--out", str(run)), {}, 2,
+                                     ["--max-eval-tokens", "-1"]),
+        "epochs 0 with an optimizer": (_pillm(*train, "--epochs", "0", "--out", str(run)), {}, 2,
+                                       ["--epochs", "0", "pil_pure"]),
+        "device tpu": (_pillm(*train, "--device", "tpu", "--out", str(run)), {}, 2,
+                       ["--device", "tpu", "auto", "cpu", "cuda:N"]),
+        "evaluate stride 0": (_pillm("evaluate", "--checkpoint", str(run), "--stride", "0"), {}, 2, ["--stride", "0"]),
+        "evaluate max-tokens negative": (_pillm("evaluate", "--checkpoint", str(run), "--max-tokens", "-50"), {}, 2,
+                                         ["--max-tokens", "-50"]),
+        "missing data": (_without_data(*train, "--out", str(tmp / "r1")),
+                         {"PILLM_DATA_DIR": str(tmp / "nodata")}, 1, ["wikitext-2/train.txt", "PILLM_DATA_DIR", "data/"]),
+        "corrupt data": (_pillm(*train, "--out", str(tmp / "r2")), {"PILLM_DATA_DIR": str(tmp / "corrupt")}, 1,
+                         ["wikitext-2/train.txt", "corrupt"]),
+        "missing teacher": (_pillm(*train, "--target", "teacher", "--teacher", str(tmp / "noteacher"),
+                                   "--out", str(tmp / "r3")), {}, 1, [str(tmp / "noteacher")]),
+        "missing checkpoint": (_pillm("evaluate", "--checkpoint", str(tmp / "nothing")), {}, 1, [str(tmp / "nothing")]),
+        "not a checkpoint": (_pillm("evaluate", "--checkpoint", str(tmp / "nodata")), {}, 1, ["nodata", "config.json"]),
+        "truncated weights": (_pillm("evaluate", "--checkpoint", str(damaged["truncated"])), {}, 1,
+                              [str(damaged["truncated"] / "model.safetensors"), "damaged"]),
+        "broken config.json": (_pillm("generate", "--checkpoint", str(damaged["badconfig"]), "--prompt", "the"), {}, 1,
+                               [str(damaged["badconfig"] / "config.json"), "damaged"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def table(tiny_checkpoint, tmp_path_factory):
+    """Every row started at once (they spend their time importing), then collected: name → (row, result)."""
+    tmp = tmp_path_factory.mktemp("errors")
+    before = _snapshot(tiny_checkpoint.dir)
+    rows = _rows(tiny_checkpoint.dir, tmp)
+    cache = tmp_path_factory.mktemp("cache")  # corrupt files must not meet a tokenized cache of good ones
+    procs = {name: subprocess.Popen(cmd, env=_env(PILLM_CACHE_DIR=str(cache), **env), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=tmp)
+             for name, (cmd, env, _, _) in rows.items()}
+    results = {name: (rows[name], p.communicate(timeout=300), p.returncode) for name, p in procs.items()}
+    assert _snapshot(tiny_checkpoint.dir) == before, "a finished run was altered"
+    return tmp, results
+
+
+ROWS = ["out is a finished run", "out is a file", "out is read-only", "max-train-tokens negative",
+        "max-train-tokens zero", "max-eval-tokens negative", "epochs 0 with an optimizer", "device tpu",
+        "evaluate stride 0", "evaluate max-tokens negative", "missing data", "corrupt data", "missing teacher",
+        "missing checkpoint", "not a checkpoint", "truncated weights", "broken config.json"]
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_a_mistake_is_one_line(table, name):
+    tmp, results = table
+    (_, _, status, words), (stdout, stderr), returncode = results[name]
+    assert returncode == status, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not any(p.name.startswith(("r1", "r2", "r3")) for p in tmp.iterdir())  # nothing written
+
+
+def test_the_table_covers_every_row(tiny_checkpoint, tmp_path):
+    assert set(_rows(tiny_checkpoint.dir, tmp_path)) == set(ROWS)
+
+
+def test_missing_data_points_inside_the_repository(table):
+    _, results = table
+    message = results["missing data"][1][1]
+    assert "shared/" not in message and str(REPO.parent) not in message.replace(str(REPO), "")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = subprocess.run(_pillm("--debug", "evaluate", "--checkpoint", str(tmp_path / "none")), env=_env(),
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr
+
+
+def test_argument_errors_come_before_any_work(tmp_path):
+    """A bad flag fails in the time it takes to import pillm: no data is read, nothing is trained.
+    Measured as the child's CPU time, which other jobs sharing the machine do not inflate."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(_pillm("train", *TINY, "--max-train-tokens", "0", "--out", str(tmp_path / "r")),
+                       env=_env(PILLM_DATA_DIR=str(tmp_path / "nowhere")), capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert r.returncode == 2 and "--max-train-tokens" in r.stderr
+    assert cpu < 5, f"{cpu:.1f} s of CPU before the argument error"
+
+
+def test_ctrl_c_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--max-train-tokens", "200000", "--out", str(out)]
+    argv.remove("--quiet")
+    p = subprocess.Popen(_pillm(*argv), env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen = ""
+    while "adamw" not in seen:  # training has started
+        seen += p.stderr.read(64)
+        assert p.poll() is None or "adamw" in seen, seen
+    p.send_signal(signal.SIGINT)
+    _, rest = p.communicate(timeout=120)
+    last = (seen + rest).replace("\r", "\n").strip().splitlines()[-1]
+    assert p.returncode == 130 and last == f"pillm train: interrupted; nothing written to {out}"
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+_KILL_DURING_SAVE = """
+import os, signal, sys
+from pathlib import Path
+import pillm.run as run
+out, where = Path(sys.argv[1]), sys.argv[2]
+if where == "between renames":  # after the old run moved aside, before the new one moved in
+    replace, calls = os.replace, []
+    def replace_then_die(src, dst):
+        replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+    run.os.replace = replace_then_die
+with run.staged_directory(out, overwrite=True) as tmp:
+    (tmp / "checkpoint").mkdir()
+    (tmp / "checkpoint" / "config.json").write_text("new")
+    if where == "while filling":
+        os.kill(os.getpid(), signal.SIGKILL)
+    run.write_json_atomic(tmp / "result.json", {"new": True})
+"""
+
+
+@pytest.mark.parametrize("where", ["while filling", "between renames"])
+def test_kill_during_save_leaves_the_run_whole_or_absent(tiny_checkpoint, tmp_path, where):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.dir, out)
+    before = _snapshot(out)
+    r = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, str(out), where], env=_env())
+    assert r.returncode == -signal.SIGKILL
+    assert not out.exists() or _snapshot(out) == before  # the old run whole, or no run at all
+    assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p != out)  # leftovers are hidden temporaries
+    from pillm.run import staged_directory
+
+    with staged_directory(out, overwrite=True) as tmp:  # the next write to it clears the leftovers
+        (tmp / "result.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_files_follow_the_umask(tiny_checkpoint, tmp_path):
+    from pillm.run import staged_directory, write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.txt", "text")
+        write_atomic(tmp_path / "b.bin", b"\x00\x01")
+        with staged_directory(tmp_path / "run") as tmp:
+            write_atomic(tmp / "result.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").read_text() == "text" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    for f in ("a.txt", "b.bin", "run/result.json"):
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o640, f
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o750
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in (tiny_checkpoint.dir, *tiny_checkpoint.dir.rglob("*")):
+        assert p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~mask, p
