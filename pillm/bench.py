@@ -84,6 +84,7 @@ from typing import Any, Callable
 import torch
 
 from .solver import RidgeAccumulator, no_tf32
+from .version import COMPUTE_VERSION
 
 FULL_SIZES = (1024, 2048, 4096, 8192)
 QUICK_SIZES = (64, 128)
@@ -593,8 +594,9 @@ def gap_variant(name: str) -> tuple[str, dict, dict]:
     return name, dict(variants[name]), params
 
 
-def time_hybrid(s: dict, device: torch.device, train, valid, vocab: int, variant: str) -> dict:
-    """The whole training of a ``gap`` variant (:func:`gap_variant`), alone, by :func:`run_procedure`.
+def time_variant(s: dict, device: torch.device, train, valid, vocab: int, options: dict, params: dict) -> dict:
+    """The whole training of one run of the ``gap`` experiment's paper profile with ``options``, alone, by
+    :func:`run_procedure`.
 
     The run is built by the experiment's own ``make_run`` from the profile's model and train settings, so it
     is the procedure the paper reports; only what a timing must not include changes: no evaluation per epoch
@@ -605,7 +607,6 @@ def time_hybrid(s: dict, device: torch.device, train, valid, vocab: int, variant
     from .model import PILLM
     from .train import run_procedure
 
-    name, options, params = gap_variant(variant)
     train_cfg = {**(params.get("train") or {}), "device": str(device), "eval_every_epoch": False,
                  "max_train_tokens": None, "max_eval_tokens": None}
     if s["quick"]:
@@ -621,24 +622,37 @@ def time_hybrid(s: dict, device: torch.device, train, valid, vocab: int, variant
     log = run_procedure(model, train, valid, tcfg, progress=False)
     sync(device)
     seconds = time.perf_counter() - t0
-    return {"variant": name, "options": options, "seconds": seconds, "adamw_seconds": log.seconds("adamw"),
-            "pil_seconds": log.seconds("pil"),
-            "optimizer_steps": log.optimizer_steps, "epochs": tcfg.epochs,
+    return {"options": options, "seconds": seconds, "adamw_seconds": log.seconds("adamw"),
+            "pil_seconds": log.seconds("pil"), "optimizer_steps": log.optimizer_steps, "epochs": tcfg.epochs,
             "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "params": model.parameter_counts()}
 
 
+#: Timed beside the hybrid: the same Transformer with no FFN, trained by AdamW alone. An attention-first
+#: hybrid's AdamW phase trains exactly this model (its unsolved FFNs are skipped), so the two should cost the same.
+ATTN_ONLY = {"method": "attn_only"}
+
+
 def bench_hybrid(s: dict, device: torch.device, variant: str, baseline: dict) -> dict:
-    """:func:`time_hybrid` against ``baseline`` (part 3's record) for the same number of epochs."""
+    """The gap variant ``variant`` and attention only, each trained alone, against ``baseline`` (part 3's
+    record) for the same number of epochs."""
     train, valid, vocab, name = load_streams(s, device)
     _log(f"hybrid: the gap variant {variant!r}, alone, on {name}")
-    rec = time_hybrid(s, device, train, valid, vocab, variant)
+    variant, options, params = gap_variant(variant)
+    rec = {"variant": variant} | time_variant(s, device, train, valid, vocab, options, params)
     if rec["epochs"] != baseline["train_epochs"]:
         raise ValueError(f"the hybrid trains {rec['epochs']} epochs but the baseline's timed run is "
                          f"{baseline['train_epochs']} (TrainConfig.epochs): compare equal budgets")
-    _log(f"hybrid {rec['variant']}: {rec['seconds']:.2f} s; baseline's run {baseline['train_seconds']:.2f} s")
-    return rec | {"baseline_train_seconds": baseline["train_seconds"],
-                  "baseline_train_projected": baseline["train_projected"],
-                  "hybrid_over_baseline_train": rec["seconds"] / baseline["train_seconds"]}
+    _log(f"hybrid {variant}: {rec['seconds']:.2f} s (AdamW {rec['adamw_seconds']:.2f} s); "
+         f"baseline's run {baseline['train_seconds']:.2f} s; attention only next")
+    attn = time_variant(s, device, train, valid, vocab, ATTN_ONLY, params)
+    _log(f"attention only: {attn['seconds']:.2f} s")
+    base_s = baseline["train_seconds"]
+    return rec | {"baseline_train_seconds": base_s, "baseline_train_projected": baseline["train_projected"],
+                  "hybrid_over_baseline_train": rec["seconds"] / base_s,
+                  "hybrid_adamw_over_baseline_train": rec["adamw_seconds"] / base_s,
+                  "hybrid_sweeps_over_baseline_train": rec["pil_seconds"] / base_s,
+                  "attn_only": attn, "attn_only_over_baseline_train": attn["seconds"] / base_s,
+                  "hybrid_adamw_over_attn_only": rec["adamw_seconds"] / attn["seconds"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -744,6 +758,7 @@ def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
         "device_name": device_name(device), "environment": environment(), "settings": s,
         "args": {k: v for k, v in vars(args).items() if k != "func"},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "compute_version": COMPUTE_VERSION,
         "timing": "median of repeats after warm-up; CUDA events on GPU, perf_counter on CPU",
     }
 
@@ -753,7 +768,9 @@ def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
 # --------------------------------------------------------------------------------------------
 
 DEFAULT_PARTS = ("gram", "solve", "train")
-PARTS = DEFAULT_PARTS + ("hybrid",)  # hybrid: a whole training run (minutes on a GPU), only when asked for
+PARTS = DEFAULT_PARTS + ("hybrid",)
+HYBRID_HEADLINE = ("hybrid_over_baseline_train", "hybrid_adamw_over_baseline_train",
+                   "hybrid_sweeps_over_baseline_train", "attn_only_over_baseline_train", "hybrid_adamw_over_attn_only")  # hybrid: a whole training run (minutes on a GPU), only when asked for
 
 
 def run_single(args: argparse.Namespace, save: Callable[[dict], Any] = lambda r: None) -> dict:
@@ -800,11 +817,42 @@ def run_single(args: argparse.Namespace, save: Callable[[dict], Any] = lambda r:
         save(result | headline)
     if "hybrid" in parts:
         result["hybrid"] = bench_hybrid(s, device, args.hybrid, result["training"]["baseline"])
-        headline["hybrid_over_baseline_train"] = result["hybrid"]["hybrid_over_baseline_train"]
+        for key in HYBRID_HEADLINE:
+            headline[key] = result["hybrid"][key]
     result.update(headline)
     result["seconds_total"] = time.perf_counter() - t_start
     result["complete"] = True
     return result
+
+
+def combine(paths: list[Path], out_dir: Path) -> Path:
+    """Summarise complete repeats of one benchmark into ``<device>.json``: the first repeat's record, with each
+    headline ratio replaced by its median over the repeats (``<key>_min``/``<key>_max`` beside it) and every
+    repeat's values under ``repeats``."""
+    records = []
+    for path in paths:
+        rec = json.loads(path.read_text())
+        if not rec.get("complete"):
+            raise ValueError(f"{path} is not a complete benchmark: rerun it before combining")
+        records.append(rec)
+    for what in ("device_name", "quick", "compute_version"):
+        seen = {str(r.get(what)) for r in records}
+        if len(seen) > 1:
+            raise ValueError(f"the repeats differ in {what} ({', '.join(sorted(seen))}): combine like with like")
+    keys = [k for k in records[0] if k.startswith(HEADLINE_PREFIXES) and isinstance(records[0][k], (int, float))
+            and not isinstance(records[0][k], bool) and all(isinstance(r.get(k), (int, float)) for r in records)]
+    out = dict(records[0])
+    for k in keys:
+        values = [float(r[k]) for r in records]
+        out[k], out[f"{k}_min"], out[f"{k}_max"] = statistics.median(values), min(values), max(values)
+    out["repeat_keys"] = keys
+    out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}} for p, r in zip(paths, records)]
+    out["timing"] = f"median over {len(records)} repeats of the whole benchmark, each alone on the device"
+    stem = device_slug(torch.device(records[0]["device"]), bool(records[0]["quick"]))
+    return write_outputs(out, out_dir, stem, figure=False)
+
+
+HEADLINE_PREFIXES = ("gram_rate", "pil_phase", "baseline_", "hybrid_", "attn_only_")
 
 
 def _parts(args) -> tuple[str, ...]:
@@ -986,6 +1034,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--hybrid", metavar="NAME", help="with --parts ...,hybrid: the variant of the gap experiment's "
                    "paper profile to time (a name under gap.parameters.paper.variants in pillm/experiments.yaml)")
     p.add_argument("--no-figure", action="store_true", help="skip the PDF figure")
+    p.add_argument("--tag", help="suffix of the output's name (<device>-<tag>.json), e.g. r1, r2, r3 for the repeats "
+                                 "that --combine then summarises")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="no measurement: summarise complete repeats (the same device and parts) into <device>.json "
+                        "with each headline ratio's median, minimum and maximum")
     return p
 
 
@@ -994,6 +1047,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if not isinstance(args, argparse.Namespace):
         args = add_arguments(argparse.ArgumentParser(prog="pillm bench", description=__doc__.split("\n\n")[0])) \
             .parse_args(args)
+    if args.combine:
+        path = combine([Path(f) for f in args.combine], Path(args.out))
+        result = json.loads(path.read_text())
+        print(json.dumps({"json": str(path), **{k: result[k] for k in result.get("repeat_keys", [])}}, indent=2))
+        return 0
     if args.distributed:
         result = run_distributed(args)
         if result is None:
@@ -1001,10 +1059,10 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
         unit = "gpu" if result["backend"] == "nccl" else "proc"
         stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
     else:
-        stem = device_slug(pick_device(args.device), bool(args.quick))
+        stem = device_slug(pick_device(args.device), bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
         result = run_single(args, save=lambda partial: write_outputs(partial, Path(args.out), stem, figure=False))
     path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
-    keys = [k for k in result if k.startswith(("gram_rate", "pil_phase", "baseline_", "max_", "compile", "hybrid_"))]
+    keys = [k for k in result if k.startswith(HEADLINE_PREFIXES + ("max_", "compile"))]
     print(json.dumps({"json": str(path), **{k: result[k] for k in keys}}, indent=2))
     return 0
 

@@ -179,3 +179,21 @@ def test_hybrid_part_says_what_to_change(tmp_path):
     with pytest.raises(ValueError, match="needs --hybrid NAME"):
         bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--parts", "train,hybrid"])
     assert bench.gap_variant("attn_then_pil")[:2] == ("attn_then_pil", {"method": "attn_then_pil"})
+
+
+def test_combine_takes_the_median_of_complete_repeats(tmp_path):
+    from pillm.bench import combine
+
+    paths = []
+    for i, ratio in enumerate([2.0, 1.0, 4.0]):
+        rec = {"complete": True, "device": "cpu", "device_name": "cpu", "quick": True, "compute_version": 2,
+               "hybrid_over_baseline_train": ratio, "hybrid": {"seconds": ratio}}
+        paths.append(tmp_path / f"cpu-quick-r{i}.json")
+        paths[-1].write_text(json.dumps(rec))
+    out = json.loads(combine(paths, tmp_path).read_text())
+    assert out["hybrid_over_baseline_train"] == 2.0
+    assert (out["hybrid_over_baseline_train_min"], out["hybrid_over_baseline_train_max"]) == (1.0, 4.0)
+    assert [r["hybrid_over_baseline_train"] for r in out["repeats"]] == [2.0, 1.0, 4.0]
+    paths[0].write_text(json.dumps({"complete": False}))
+    with pytest.raises(ValueError, match="not a complete benchmark"):
+        combine(paths, tmp_path)
