@@ -211,8 +211,11 @@ def test_every_procedure_runs_and_learns(streams, method):
     assert math.isfinite(ppl)
     if method != "pil_pure":
         assert log.optimizer_steps > 0
-    # beats a uniform model (ppl = V); the toy language has ~3 continuations per token
-    assert ppl < 0.8 * V, f"{method}: ppl {ppl:.1f}"
+    # Uniform is V = 40 and the optimum ~3 (three continuations per token). Each ceiling is about
+    # 1.3× what the method reaches here (seed 0, two epochs): one that stops learning fails.
+    ceiling = {"baseline": 12, "attn_only": 21, "lora": 15, "rf_adamw": 11, "pil_pure": 28,
+               "pil_then_attn": 10, "attn_then_pil": 16, "alternating": 10}[method]
+    assert ppl < ceiling, f"{method}: ppl {ppl:.1f}"
     seconds = {p["phase"] for p in log.phases}
     assert seconds <= {"pil", "adamw"}
 

@@ -284,6 +284,10 @@ def test_degenerate_inputs_never_nan(dtype):
                 assert torch.isfinite(W).all(), (name, fit_bias, lam, rec)
                 assert b is None or torch.isfinite(b).all(), (name, fit_bias, lam, rec)
                 assert math.isfinite(rec.r2), (name, rec)
+                if name == "all_zero_H":  # no signal: the solution is W = 0 and the bias is the mean
+                    assert torch.count_nonzero(W) == 0, (fit_bias, lam, rec)
+                    if fit_bias:
+                        torch.testing.assert_close(b.double(), torch.as_tensor(Y.mean(0)), rtol=1e-6, atol=1e-6)
 
 
 def test_forced_solvers():
