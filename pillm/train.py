@@ -79,7 +79,9 @@ class TrainConfig:
     iterations: int = 1  # re-linearise and re-solve every layer this many times per PIL phase
     eta_grid: tuple = DEFAULT_ETA_GRID
     eta_max: float | None = None  # cap on the searched step size: grid points above it are skipped
-    search_tokens: int = 16384  # validation tokens for the step-size search
+    # validation tokens for the step-size search and the head calibration (the paper's runs: 16384);
+    # each η costs one pass of the layers above and the head over them
+    search_tokens: int = 4096
     final_resolve: bool = False
     final_target: str = "global"
     solve_head: bool = False  # pil_pure: closed-form output head instead of the tied embedding
@@ -220,8 +222,8 @@ def _search_cache(model: PILLM, layer: int, search: tuple, batch_size: int, w_ba
 @torch.no_grad()
 def _search_loss(model: PILLM, layer: int, cache: list, eta: float) -> float:
     """Validation loss with the layer's FFN output at step size ``eta`` (from :func:`_search_cache`)."""
-    return score((model.forward_from(x_mid + base - eta * step, layer + 1), y)
-                 for x_mid, base, step, y in cache)["loss"]
+    batches = ((model.forward_from(x_mid + base - eta * step, layer + 1), y) for x_mid, base, step, y in cache)
+    return score(batches, accuracy=False)["loss"]
 
 
 def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
