@@ -226,6 +226,13 @@ class SolvedFFN(nn.Module):
         self.out_bias.copy_(bias if bias is not None else torch.zeros_like(self.out_bias))
         self.is_zero = False
 
+    @torch.no_grad()
+    def clear(self) -> None:
+        """Zero the readout: the layer is the identity on the residual stream again (a solved one is skipped)."""
+        self.out_weight.zero_()
+        self.out_bias.zero_()
+        self.is_zero = not self.out_weight.requires_grad
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "out_weight" in state_dict:  # a loaded readout may be anything

@@ -144,6 +144,7 @@ __all__ = [
     "ridge_solve",
     "solve_one_shot",
     "no_tf32",
+    "sync_device",
     "SOLVERS",
 ]
 
@@ -189,7 +190,8 @@ def no_tf32():
             cuda_mm.allow_tf32 = saved
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (timings and phase boundaries); nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -601,7 +603,7 @@ class RidgeAccumulator:
         lam = _check_lam(lam)
         _check_solver(solver)
         t0 = time.perf_counter()
-        _sync(self.device)
+        sync_device(self.device)
         Gc, Cc, n, h_bar, y_bar = self.centered_stats()
         stats_ok = torch.isfinite(Gc).all() & torch.isfinite(Cc).all() & torch.isfinite(self.sum_y2).all()
         if not bool(stats_ok):
@@ -645,7 +647,7 @@ class RidgeAccumulator:
         if self.fit_bias:
             b = (y_bar - h_bar @ W).to(self.dtype)
         W_out = W.to(self.dtype)
-        _sync(self.device)
+        sync_device(self.device)
         seconds = time.perf_counter() - t0
         rec = SolveRecord(
             solver=info.solver,

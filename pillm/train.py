@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .data import TokenStream
 from .evaluate import evaluate_stream, score
 from .model import IGNORE_INDEX, PILLM, ModelConfig
-from .solver import RidgeAccumulator, ridge_solve
+from .solver import RidgeAccumulator, ridge_solve, sync_device
 from .targets import SEARCHED, check_target, layer_data
 
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
@@ -147,11 +147,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def keep_freed_memory() -> None:
     """Let glibc keep large freed blocks for reuse instead of returning them to the system.
 
@@ -196,7 +191,7 @@ class RunLog:
 # --------------------------------------------------------------------------------------------
 
 
-def _search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
+def search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
     x, y = valid.windows(block)
     n = max(1, min(x.shape[0], cfg.search_tokens // block))
     return x[:n], y[:n]
@@ -227,8 +222,13 @@ def _search_loss(model: PILLM, layer: int, cache: list, eta: float) -> float:
 
 
 def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
-                teacher: PILLM | None = None, progress: bool = True) -> dict:
-    """Solve block ``layer``'s FFN readout in closed form; returns its record."""
+                teacher: PILLM | None = None, progress: bool = True, lams: tuple | None = None) -> dict:
+    """Solve block ``layer``'s FFN readout in closed form; returns its record.
+
+    With ``lams``, every relative ridge λ of it is solved from the one accumulation (the
+    statistics are left intact by a solve) and the (λ, η) pair with the lowest search loss is kept;
+    the record then also has ``lam_at_edge`` and ``accumulate_s``, and its search rows a ``lam``.
+    """
     block = model.config.block_size
     ffn = model.blocks[layer].ffn
     device = ffn.out_weight.device
@@ -249,32 +249,45 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     if world > 1:
         acc.all_reduce()
         dist.all_reduce(cross)
-    weight, bias, rec = acc.solve(cfg.lam)
-    w_base, w_step, b_base, b_step = weight[:, :c], weight[:, c:], bias[:c], bias[c:]
+    accumulate_s = time.perf_counter() - t0
 
-    search_log, at_edge = [], False
-    if target in SEARCHED:
-        etas = cfg.searched_etas
-        cache = _search_cache(model, layer, search, cfg.solve_batch_size, w_base, b_base, w_step, b_step)
-        for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or rank != 0, leave=False):
-            search_log.append({"eta": eta, "valid_loss": _search_loss(model, layer, cache, eta)})
+    lam_grid = (cfg.lam,) if lams is None else tuple(lams)
+    etas = cfg.searched_etas if target in SEARCHED else (0.0,)  # zero / teacher: Y = Y₀
+    search_log, solutions = [], {}
+    for lam in lam_grid:
+        weight, bias, rec = acc.solve(lam)
+        parts = solutions[lam] = (weight[:, :c], bias[:c], weight[:, c:], bias[c:], rec)  # W₀, b₀, W_Δ, b_Δ
+        if target not in SEARCHED and lams is None:
+            continue
+        cache = _search_cache(model, layer, search, cfg.solve_batch_size, *parts[:4])
+        for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or rank != 0 or len(etas) == 1,
+                        leave=False):
+            row = {"eta": eta, "valid_loss": _search_loss(model, layer, cache, eta)}
+            search_log.append(row if lams is None else {"lam": lam} | row)
         del cache
-        eta = min(search_log, key=lambda r: r["valid_loss"])["eta"]
-        at_edge = eta in (min(etas), max(etas))
-        if eta == min(etas) or (eta == max(etas) and max(etas) == max(cfg.eta_grid)):
-            warnings.warn(f"layer {layer}: the best step size η={eta:g} is at the edge of eta_grid; "
-                          "widen the grid", RuntimeWarning, stacklevel=2)
-    else:
-        eta = 0.0  # zero / teacher: Y = Y₀
+    best = min(search_log, key=lambda r: r["valid_loss"]) if search_log else {"eta": 0.0}
+    lam, eta = best.get("lam", lam_grid[0]), best["eta"]
+    eta_at_edge = len(etas) > 1 and eta in (min(etas), max(etas))
+    lam_at_edge = len(lam_grid) > 1 and lam in (min(lam_grid), max(lam_grid))
+    # the top of a grid cut by eta_max is a choice, not an edge to widen
+    if eta_at_edge and (eta == min(etas) or max(etas) == max(cfg.eta_grid)):
+        warnings.warn(f"layer {layer}: the best step size η={eta:g} is at the edge of eta_grid; "
+                      "widen the grid", RuntimeWarning, stacklevel=2)
+    if lam_at_edge:
+        warnings.warn(f"layer {layer}: the best λ={lam:g} is at the edge of lams; widen the grid",
+                      RuntimeWarning, stacklevel=2)
+    w_base, b_base, w_step, b_step, rec = solutions[lam]
     w, b = w_base - eta * w_step, b_base - eta * b_step
     ffn.set_solution(w, b)
-    _sync(device)
+    sync_device(device)
     record = rec.to_dict() | {
         "layer": layer, "target": target, "eta": eta, "search": search_log,
-        "eta_at_edge": at_edge, "n_features": ffn.n_features,
+        "eta_at_edge": eta_at_edge, "n_features": ffn.n_features,
         "r2": _fit_r2(acc, w, b, eta, cross, c),
         "seconds_total": time.perf_counter() - t0,
     }
+    if lams is not None:
+        record |= {"lam_at_edge": lam_at_edge, "accumulate_s": accumulate_s}
     return record
 
 
@@ -296,7 +309,7 @@ def _fit_r2(acc: RidgeAccumulator, w, b, eta: float, cross: torch.Tensor, c: int
 
 
 @torch.no_grad()
-def _set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
+def set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
     """Draw the layer's projections from its own inputs (computed with the layers below solved).
 
     Landmarks are sampled uniformly over the training stream with a generator seeded by
@@ -361,16 +374,16 @@ def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainCo
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout while collecting statistics
-    search = _search_windows(valid, cfg, model.config.block_size)
-    _sync(device)
+    search = search_windows(valid, cfg, model.config.block_size)
+    sync_device(device)
     t0 = time.perf_counter()
     for sweep in range(max(cfg.iterations, 1)):
         for layer in solvable:
             if model.config.proj_init == "landmarks" and sweep == 0 and name == "pil":
-                _set_landmarks(model, layer, train, cfg)
+                set_landmarks(model, layer, train, cfg)
             rec = solve_layer(model, layer, train, search, cfg, target, teacher, progress)
             log.solves.append(rec | {"phase": name, "sweep": sweep})
-    _sync(device)
+    sync_device(device)
     log.phases.append({"phase": "pil", "name": name, "seconds": time.perf_counter() - t0})
     model.train(was_training)
 
@@ -392,7 +405,7 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     device = next(model.parameters()).device
     d, v, block = model.config.n_embd, model.config.vocab_size, model.config.block_size
     model.eval()
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     g = torch.zeros(d, d, dtype=torch.float64, device=device)
     cy = torch.zeros(v, d, dtype=torch.float64, device=device)  # Cᵀ
@@ -421,12 +434,12 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     model.head_weight.copy_(w.float())
     model.head_bias.copy_(b.float())
     model.head_log_unigram.copy_(((counts + 1) / (n + v)).log().float())
-    search = _search_windows(valid, cfg, block)
+    search = search_windows(valid, cfg, block)
     table = _head_calibration(model, search, cfg.solve_batch_size, temperatures, mixes, progress)
     best = min(table, key=lambda r: r["valid_loss"])
     model.head_temperature.fill_(best["temperature"])
     model.head_mix.fill_(best["mix"])
-    _sync(device)
+    sync_device(device)
     log.solves.append({"phase": name, "layer": "head", "temperature": best["temperature"], "mix": best["mix"],
                        "search": table, **info.to_dict()})
     log.phases.append({"phase": "pil", "name": name, "seconds": time.perf_counter() - t0})
@@ -519,7 +532,7 @@ class AdamWRunner:
         model, cfg, device = self.model, self.cfg, self.device
         model.train()
         running = torch.zeros((), device=device)
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         batches = self.train.train_batches(model.config.block_size, cfg.batch_size, generator=self.generator)
         bar = tqdm(total=self.steps_per_epoch, desc=f"{name} epoch {self.epoch + 1}",
@@ -549,7 +562,7 @@ class AdamWRunner:
             bar.update(1)
         bar.close()
         mean_loss = self._check(running / max(seen, 1))
-        _sync(device)
+        sync_device(device)
         self.log.phases.append({"phase": "adamw", "name": name, "seconds": time.perf_counter() - t0,
                                 "epoch": self.epoch + 1, "train_loss": mean_loss})
         self.log.optimizer_steps += seen
@@ -591,12 +604,12 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
     if train.ids.device.type == "cpu":
         keep_freed_memory()
     if cfg.embed_init == "ppmi":
-        _sync(train.ids.device)
+        sync_device(train.ids.device)
         t0 = time.perf_counter()
         vec = ppmi_embeddings(train.ids, model.config.vocab_size, model.config.n_embd, cfg.ppmi_window)
         with torch.no_grad():  # same scale as the random init: only the directions change
             model.tok_emb.weight.copy_(vec * model.tok_emb.weight.std())
-        _sync(train.ids.device)
+        sync_device(train.ids.device)
         log.phases.append({"phase": "pil", "name": "embed", "seconds": time.perf_counter() - t0})
     _record_valid(model, valid, cfg, log, 0, "init")
 

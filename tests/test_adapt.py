@@ -1,4 +1,4 @@
-"""Adaptation runs (pillm/adapt.py): LoRA adapters start as the identity change and train alone,
+"""Adaptation runs (pillm/studies/adapt.py): LoRA adapters start as the identity change and train alone,
 specs are validated, and adaptation keys carry their own module without moving every other key."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pillm import experiments as ex
-from pillm.adapt import AdaptSpec, LoRALinear, add_attention_lora
+from pillm.studies.adapt import AdaptSpec, LoRALinear, add_attention_lora
 from pillm.model import PILLM, config_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def test_adaptation_keys_carry_their_own_module_only(tmp_path):
     spec = ex.run_spec(run)
     assert isinstance(spec, AdaptSpec)
     core, key = ex.code_hash(package), ex.run_key(spec, package)
-    (package / "adapt.py").write_text((package / "adapt.py").read_text() + "\n# edited\n")
+    (package / "studies" / "adapt.py").write_text((package / "studies" / "adapt.py").read_text() + "\n# edited\n")
     assert ex.code_hash(package) == core
     assert ex.run_key(spec, package) != key
     other = ex.run_spec(ex.make_adapt_run("b", checkpoint=str(tmp_path / "ckpt"), domain="tinystories",

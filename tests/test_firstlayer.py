@@ -1,4 +1,4 @@
-"""First-layer runs (pillm/firstlayer.py): each projection kind is what it says, the control
+"""First-layer runs (pillm/studies/firstlayer.py): each projection kind is what it says, the control
 reproduces the checkpoint's own solve, data-dependent projections see fresh inputs (the layers below
 already re-solved), nothing but the FFNs changes, and the runs carry their own module in their key."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pillm import experiments as ex
-from pillm.firstlayer import KINDS, FirstLayerSpec, execute, layer_inputs, projections
+from pillm.studies.firstlayer import KINDS, FirstLayerSpec, execute, layer_inputs, projections
 from pillm.train import TrainConfig
 from conftest import TINY_TRAIN, attn_then_pil_checkpoint
 

@@ -302,7 +302,7 @@ def test_cached_step_size_search_matches_running_the_model(streams, target, monk
     train, valid = streams
     model = make().eval()
     c = cfg(target=target, eta_grid=(1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5))
-    search = train_mod._search_windows(valid, c, 32)
+    search = train_mod.search_windows(valid, c, 32)
     train_mod.solve_layer(model, 0, train, search, c, target, progress=False)  # layer 1 reads a solved layer
     solved = {}
     original = RidgeAccumulator.solve
@@ -326,7 +326,7 @@ def test_cached_head_calibration_matches_the_models_head(streams):
     log = RunLog()
     train_mod.solve_output_head(model, train, valid, c, log, temperatures=(0.5, 4.0, 64.0),
                                 mixes=(0.0, 0.3, 1.0), progress=False)
-    search = train_mod._search_windows(valid, c, 32)
+    search = train_mod.search_windows(valid, c, 32)
     for row in log.solves[-1]["search"]:
         model.head_temperature.fill_(row["temperature"])
         model.head_mix.fill_(row["mix"])

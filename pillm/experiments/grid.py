@@ -29,8 +29,9 @@ from .files import _read_json, _sha, _source_parts, experiment_dir, PACKAGE, wri
 _NOT_RESULT_CODE = {"cli.py", "__main__.py", "bench.py"}
 
 #: The run-dict key of each spec kind that is not a RunSpec, with the module (own key) that executes it.
-_OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec"),
-                "lambda_path": ("lampath", "LambdaPathSpec"), "fixed_attention": ("fixedattn", "FixedAttentionSpec")}
+_OTHER_SPECS = {"adapt": ("studies.adapt", "AdaptSpec"), "first_layer": ("studies.firstlayer", "FirstLayerSpec"),
+                "lambda_path": ("studies.lampath", "LambdaPathSpec"),
+                "fixed_attention": ("studies.fixedattn", "FixedAttentionSpec")}
 
 #: Modules that only some runs execute: hashed into those runs' keys, not into every run's.
 _OWN_KEY_MODULES = {f"{module}.py" for module, _ in _OTHER_SPECS.values()}
@@ -180,7 +181,7 @@ def run_key(spec: RunSpec, package: Path = PACKAGE, *, code: str | None = None) 
         if getattr(spec, "checkpoint", None) is not None:  # the run that wrote it, however the path is spelled
             canonical["checkpoint"] = _teacher_identity(spec.checkpoint)
         module = _OTHER_SPECS[_kind_of(spec)][0]
-        return _sha(canonical, code, *_source_parts([Path(package) / f"{module}.py"]))
+        return _sha(canonical, code, *_source_parts([Path(package) / f"{module.replace('.', '/')}.py"]))
     mcfg, tcfg = spec.configs(vocab_size=1)  # the vocabulary comes from the data, hashed in code_hash
     canonical = {k: v for k, v in asdict(spec).items() if k not in ("model", "train", "bipil")}
     canonical |= {"model_config": mcfg.to_dict() | {"vocab_size": None}, "train_config": tcfg.to_dict()}
