@@ -509,6 +509,33 @@ class RidgeAccumulator:
         self.sum_y += Y2.sum(0, dtype=torch.float64)
         self.sum_y2 += torch.linalg.vector_norm(Y2, ord=2, dim=0, dtype=torch.float64).square_()
 
+    @torch.no_grad()
+    def update_labels(self, H: Tensor, labels: Tensor, mask: Tensor | None = None) -> None:
+        """Add a batch whose targets are one-hot rows: ``Y[i] = e_{labels[i]}`` with K = n_outputs classes.
+
+        The same statistics as :meth:`update` with the dense one-hot ``Y``, which is never built:
+        ``C`` gains ``H`` row by row at the label's column (``index_add_``), ``Σ Y`` and ``Σ Y²``
+        the label counts. ``H`` [..., D], ``labels`` [...] integer in ``[0, K)``, ``mask`` [...] bool.
+        """
+        D, K = self.n_features, self.n_outputs
+        if H.dim() < 1 or H.shape[-1] != D or tuple(labels.shape) != tuple(H.shape[:-1]):
+            raise ValueError(f"H {tuple(H.shape)} and labels {tuple(labels.shape)} must be [..., {D}] and [...]: "
+                             "one label per feature row")
+        H2 = H.reshape(-1, D).to(device=self.device, dtype=self.dtype)
+        y = labels.reshape(-1).to(device=self.device)
+        keep = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.reshape(-1).to(self.device, torch.bool)
+        H2 = torch.where(keep.unsqueeze(1), H2, 0.0)
+        y = torch.where(keep, y, 0)  # a masked row adds a zero row at column 0: nothing
+        counts = torch.zeros(K, dtype=torch.float64, device=self.device).index_add_(
+            0, y, keep.to(torch.float64))
+        with no_tf32():
+            self.G.addmm_(H2.mT, H2)
+        self.C.index_add_(1, y, H2.mT)
+        self.n += keep.sum()
+        self.sum_h += H2.sum(0, dtype=torch.float64)
+        self.sum_y += counts
+        self.sum_y2 += counts  # one-hot: Y² = Y
+
     # ---------------------------------------------------------------- combine
     def _check_compatible(self, other: "RidgeAccumulator") -> None:
         if not isinstance(other, RidgeAccumulator):

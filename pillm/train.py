@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .data import TokenStream
 from .evaluate import evaluate_stream, score
 from .model import IGNORE_INDEX, PILLM, ModelConfig
-from .solver import RidgeAccumulator, ridge_solve, sync_device
+from .solver import RidgeAccumulator, sync_device
 from .targets import SEARCHED, check_target, layer_data
 
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
@@ -398,7 +398,8 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     validation loss (``search_tokens`` of the validation split; forward passes only). The
     unigram is add-one smoothed over the training stream.
 
-    ``C = Σ hᵀ onehot(y)`` is accumulated with ``index_add_`` (never a dense ``[N, V]`` one-hot).
+    ``C = Σ hᵀ onehot(y)`` is accumulated by :meth:`pillm.solver.RidgeAccumulator.update_labels`
+    (never a dense ``[N, V]`` one-hot).
     """
     if model.config.head != "solved":
         raise ValueError("solve_output_head needs a model built with head='solved'")
@@ -407,30 +408,17 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     model.eval()
     sync_device(device)
     t0 = time.perf_counter()
-    g = torch.zeros(d, d, dtype=torch.float64, device=device)
-    cy = torch.zeros(v, d, dtype=torch.float64, device=device)  # Cᵀ
-    sum_h = torch.zeros(d, dtype=torch.float64, device=device)
-    counts = torch.zeros(v, dtype=torch.float64, device=device)
+    # float64 statistics: the Gram matrix of LN_f outputs is small (d × d), C is d × V
+    acc = RidgeAccumulator(d, v, fit_bias=True, dtype=torch.float64, device=device)
     x_all, y_all = train.windows(block)
     with torch.no_grad():
         for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve {name}", disable=not progress,
                       leave=False):
             x = model.residual_before(x_all[i:i + cfg.solve_batch_size], model.config.n_layer)
-            y = y_all[i:i + cfg.solve_batch_size].reshape(-1)
-            h = model.ln_f(x).reshape(-1, d).double()
-            keep = y != IGNORE_INDEX
-            h, y = h[keep], y[keep]
-            g += h.T @ h
-            cy.index_add_(0, y, h)
-            sum_h += h.sum(0)
-            counts += torch.bincount(y, minlength=v).double()
-    n = counts.sum()
-    h_bar, y_bar = sum_h / n, counts / n
-    g_c = g - n * torch.outer(h_bar, h_bar)
-    c_c = cy.T - n * torch.outer(h_bar, y_bar)
-    lam_abs = cfg.lam * float(torch.diagonal(g_c).mean())
-    w, info = ridge_solve(g_c, c_c, lam_abs)
-    b = y_bar - h_bar @ w
+            y = y_all[i:i + cfg.solve_batch_size]
+            acc.update_labels(model.ln_f(x), y.clamp_min(0), y != IGNORE_INDEX)
+    w, b, info = acc.solve(cfg.lam)
+    counts, n = acc.sum_y, acc.sum_y.sum()
     model.head_weight.copy_(w.float())
     model.head_bias.copy_(b.float())
     model.head_log_unigram.copy_(((counts + 1) / (n + v)).log().float())
