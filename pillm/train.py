@@ -309,11 +309,12 @@ def _fit_r2(acc: RidgeAccumulator, w, b, eta: float, cross: torch.Tensor, c: int
 
 
 @torch.no_grad()
-def set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
-    """Draw the layer's projections from its own inputs (computed with the layers below solved).
+def landmark_inputs(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> torch.Tensor:
+    """LayerNorm-ed inputs ``[n, C]`` of the layer's FFN, computed with the layers below as they are now.
 
-    Landmarks are sampled uniformly over the training stream with a generator seeded by
-    ``cfg.seed`` and the layer index, so every rank of a distributed run draws the same ones.
+    Sampled uniformly over the training stream with a generator seeded by ``cfg.seed`` and the
+    layer index, so every rank of a distributed run draws the same ones; twice as many rows as
+    the layer has landmarks, or all there are.
     """
     feats = model.blocks[layer].ffn.features
     n_needed = feats.proj_fwd.shape[1] * (2 if feats.fusion is not None else 1)
@@ -330,7 +331,13 @@ def set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig
     if u.shape[0] < n_needed:
         raise ValueError(f"layer {layer}: the training stream has {u.shape[0]} positions, fewer than the "
                          f"{n_needed} landmarks needed; lower expansion or use proj_init='random'")
-    feats.set_landmarks(u, model.config.proj_scale)
+    return u
+
+
+def set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
+    """Draw the layer's projections from its own inputs (:func:`landmark_inputs`)."""
+    model.blocks[layer].ffn.features.set_landmarks(landmark_inputs(model, layer, train, cfg),
+                                                    model.config.proj_scale)
 
 
 @torch.no_grad()

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import TokenStream
-from ..model import PILLM, SolvedFFN, ffn_generator
-from ..train import TrainConfig, set_landmarks, solve_layer
+from ..model import PILLM, SolvedFFN, ffn_generator, landmark_keys
+from ..train import TrainConfig, landmark_inputs, solve_layer
 from .resolve import finish, open_checkpoint, timed_resolve
 
 KINDS = ("same", "random", "landmarks", "whitened", "pca", "autoencoder", "mixed")
@@ -80,13 +80,13 @@ def projections(kind: str, u: torch.Tensor, m: int, count: int, scale: float,
     if kind == "mixed":  # one random and one landmark projection (a single one: half each)
         if count == 1:
             half = m // 2
-            keys = F.normalize(u[:m - half], dim=1).T
+            keys = landmark_keys(u[:m - half], u)
             return [_scaled(torch.cat([gauss(c)[:, :half], keys], dim=1), u, scale)]
         return [_scaled(gauss(c), u, scale)] + projections("landmarks", u, m, count - 1, scale, generator)
     if kind == "landmarks":
         if n < count * m:
             raise ValueError(f"need at least {count * m} input rows for the landmarks, got {n}")
-        return [_scaled(F.normalize(u[i * m:(i + 1) * m], dim=1).T, u, scale) for i in range(count)]
+        return [_scaled(landmark_keys(u[i * m:(i + 1) * m], u), u, scale) for i in range(count)]
     # Second moments about zero, not about the mean: the feature map u ↦ φ(u·w) has no bias, so a direction
     # whitened about the mean would turn the inputs' mean into a large constant in every pre-activation.
     gram = u.T @ u / n
@@ -110,20 +110,7 @@ def projections(kind: str, u: torch.Tensor, m: int, count: int, scale: float,
     raise ValueError(f"unknown projection kind {kind!r}; choose from {KINDS}")
 
 
-@torch.no_grad()
-def layer_inputs(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> torch.Tensor:
-    """The layer's LayerNorm-ed inputs ``[n, C]`` sampled exactly as ``proj_init='landmarks'`` samples
-    them (:func:`pillm.train.set_landmarks`, with the layers below as they are now). Its sampling is
-    reused by capturing what it passes to ``set_landmarks`` rather than copied: train.py is part of
-    every run's key, so it is not refactored for this experiment."""
-    feats = model.blocks[layer].ffn.features
-    captured: list[torch.Tensor] = []
-    feats.set_landmarks = lambda u, scale=1.0: captured.append(u)  # instance attribute: shadows the method
-    try:
-        set_landmarks(model, layer, train, cfg)
-    finally:
-        del feats.set_landmarks
-    return captured[0]
+layer_inputs = landmark_inputs  # the layer's inputs, sampled as proj_init='landmarks' samples them
 
 
 def widen(model: PILLM, expansion: float, seed: int) -> None:
