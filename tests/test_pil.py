@@ -346,3 +346,16 @@ def test_eta_max_caps_the_search(streams):
     assert all(r["eta"] <= 1.0 and max(s["eta"] for s in r["search"]) <= 1.0 for r in log.solves)
     with pytest.raises(ValueError, match="eta_max"):
         cfg(eta_max=1e-9)
+
+
+def test_attention_then_pil_trains_attention_exactly_as_attention_only(streams):
+    """At one seed attention→PIL's AdamW phase is attention-only training: the same initialisation, and the
+    unsolved FFNs are skipped (no features computed, no dropout drawn), so attention ends bit-identical."""
+    models = {}
+    for method in ("attn_only", "attn_then_pil"):
+        model = make(ffn=ffn_kind_for(method), dropout=0.1)
+        run_procedure(model, *streams, cfg(method, epochs=1), progress=False)
+        models[method] = {k: v for k, v in model.state_dict().items() if ".ffn." not in k}
+    assert models["attn_only"].keys() == models["attn_then_pil"].keys()
+    for k, v in models["attn_only"].items():
+        assert torch.equal(v, models["attn_then_pil"][k]), k
