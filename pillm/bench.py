@@ -485,7 +485,7 @@ def _warm_slice(stream, windows: int, block: int):
 def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int, *, warm: bool = True) -> tuple[dict, Any]:
     """One :func:`pil_phase` on a fresh Bi-PIL model (after a warm-up on a small slice); (record, model)."""
     from .model import PILLM
-    from .train import RunLog, _search_windows, pil_phase
+    from .train import RunLog, pil_phase, search_windows as _search_windows
 
     mcfg, tcfg = pil_model_config(s, vocab), pil_train_config(s, device)
     if warm:

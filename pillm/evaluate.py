@@ -75,11 +75,12 @@ def evaluate_stream(model: PILLM, ids: torch.Tensor, *, batch_size: int = 32, st
     return result
 
 
-def score(batches) -> dict:
+def score(batches, accuracy: bool = True) -> dict:
     """Mean cross-entropy, perplexity and top-1 accuracy over ``(logits [.., V], targets [..])`` pairs.
 
     Sums stay on the device (float64 for the loss) until the end: one host sync per call.
-    Targets equal to ``IGNORE_INDEX`` are not scored.
+    Targets equal to ``IGNORE_INDEX`` are not scored. ``accuracy=False`` skips the arg-max over
+    the vocabulary (``acc`` is then None): searches need only the loss.
     """
     nll = correct = count = 0
     for logits, y in batches:
@@ -87,13 +88,14 @@ def score(batches) -> dict:
         valid = y != IGNORE_INDEX
         nll = nll + F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), ignore_index=IGNORE_INDEX,
                                     reduction="sum").double()
-        correct = correct + ((logits.argmax(-1) == y) & valid).sum()
+        if accuracy:
+            correct = correct + ((logits.argmax(-1) == y) & valid).sum()
         count = count + valid.sum()
     n = int(count)
     if n == 0:
         raise ValueError("no scored targets: every target is IGNORE_INDEX (padding)")
     loss = float(nll) / n
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "acc": int(correct) / n, "tokens": n}
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "acc": int(correct) / n if accuracy else None, "tokens": n}
 
 
 def _autocast(device: torch.device):

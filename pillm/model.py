@@ -140,6 +140,14 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(u)))
 
 
+def landmark_keys(rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Projection columns ``[C, len(rows)]`` from landmark inputs: each row less the inputs' mean ``u.mean(0)``,
+    unit-normalised. An uncentred key points along the inputs' common component (a LayerNorm bias
+    β ≠ 0), which shifts its pre-activations by about ‖β‖ standard deviations, where GELU is nearly
+    linear; a centred key sees that component only as a random direction does."""
+    return F.normalize(rows.float() - u.float().mean(0), dim=1).T
+
+
 class RandomFeatures(nn.Module):
     """Fixed random feature map H = φ(u) [.., M]; never trained, never solved."""
 
@@ -161,15 +169,15 @@ class RandomFeatures(nn.Module):
         """Data-dependent projections (Nyström-style landmarks; the FFN as a key-value memory).
 
         ``u [≥ n_proj·M, C]`` are LayerNorm-ed inputs of this layer; each projection column becomes
-        one of them, unit-normalised, then scaled so that its pre-activations over ``u`` have
-        standard deviation ``scale`` (as the random projections do).
+        one of them (:func:`landmark_keys`: centred, unit-normalised), then scaled so that its
+        pre-activations over ``u`` have standard deviation ``scale`` (as the random projections do).
         """
         names = ["proj_fwd"] + (["proj_bwd"] if self.fusion is not None else [])
         m = self.proj_fwd.shape[1]
         if u.shape[0] < len(names) * m:
             raise ValueError(f"need at least {len(names) * m} input rows for the landmarks, got {u.shape[0]}")
         for i, name in enumerate(names):
-            keys = F.normalize(u[i * m:(i + 1) * m].float(), dim=1).T  # [C, M]
+            keys = landmark_keys(u[i * m:(i + 1) * m], u)  # [C, M]
             std = (u.float() @ keys).std(dim=0).clamp_min(1e-6)  # per-feature pre-activation spread
             getattr(self, name).copy_(keys * (scale / std))
 
@@ -225,6 +233,13 @@ class SolvedFFN(nn.Module):
         self.out_weight.copy_(weight)
         self.out_bias.copy_(bias if bias is not None else torch.zeros_like(self.out_bias))
         self.is_zero = False
+
+    @torch.no_grad()
+    def clear(self) -> None:
+        """Zero the readout: the layer is the identity on the residual stream again (a solved one is skipped)."""
+        self.out_weight.zero_()
+        self.out_bias.zero_()
+        self.is_zero = not self.out_weight.requires_grad
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

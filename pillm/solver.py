@@ -144,6 +144,7 @@ __all__ = [
     "ridge_solve",
     "solve_one_shot",
     "no_tf32",
+    "sync_device",
     "SOLVERS",
 ]
 
@@ -189,7 +190,8 @@ def no_tf32():
             cuda_mm.allow_tf32 = saved
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (timings and phase boundaries); nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -507,6 +509,33 @@ class RidgeAccumulator:
         self.sum_y += Y2.sum(0, dtype=torch.float64)
         self.sum_y2 += torch.linalg.vector_norm(Y2, ord=2, dim=0, dtype=torch.float64).square_()
 
+    @torch.no_grad()
+    def update_labels(self, H: Tensor, labels: Tensor, mask: Tensor | None = None) -> None:
+        """Add a batch whose targets are one-hot rows: ``Y[i] = e_{labels[i]}`` with K = n_outputs classes.
+
+        The same statistics as :meth:`update` with the dense one-hot ``Y``, which is never built:
+        ``C`` gains ``H`` row by row at the label's column (``index_add_``), ``Σ Y`` and ``Σ Y²``
+        the label counts. ``H`` [..., D], ``labels`` [...] integer in ``[0, K)``, ``mask`` [...] bool.
+        """
+        D, K = self.n_features, self.n_outputs
+        if H.dim() < 1 or H.shape[-1] != D or tuple(labels.shape) != tuple(H.shape[:-1]):
+            raise ValueError(f"H {tuple(H.shape)} and labels {tuple(labels.shape)} must be [..., {D}] and [...]: "
+                             "one label per feature row")
+        H2 = H.reshape(-1, D).to(device=self.device, dtype=self.dtype)
+        y = labels.reshape(-1).to(device=self.device)
+        keep = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.reshape(-1).to(self.device, torch.bool)
+        H2 = torch.where(keep.unsqueeze(1), H2, 0.0)
+        y = torch.where(keep, y, 0)  # a masked row adds a zero row at column 0: nothing
+        counts = torch.zeros(K, dtype=torch.float64, device=self.device).index_add_(
+            0, y, keep.to(torch.float64))
+        with no_tf32():
+            self.G.addmm_(H2.mT, H2)
+        self.C.index_add_(1, y, H2.mT)
+        self.n += keep.sum()
+        self.sum_h += H2.sum(0, dtype=torch.float64)
+        self.sum_y += counts
+        self.sum_y2 += counts  # one-hot: Y² = Y
+
     # ---------------------------------------------------------------- combine
     def _check_compatible(self, other: "RidgeAccumulator") -> None:
         if not isinstance(other, RidgeAccumulator):
@@ -601,7 +630,7 @@ class RidgeAccumulator:
         lam = _check_lam(lam)
         _check_solver(solver)
         t0 = time.perf_counter()
-        _sync(self.device)
+        sync_device(self.device)
         Gc, Cc, n, h_bar, y_bar = self.centered_stats()
         stats_ok = torch.isfinite(Gc).all() & torch.isfinite(Cc).all() & torch.isfinite(self.sum_y2).all()
         if not bool(stats_ok):
@@ -645,7 +674,7 @@ class RidgeAccumulator:
         if self.fit_bias:
             b = (y_bar - h_bar @ W).to(self.dtype)
         W_out = W.to(self.dtype)
-        _sync(self.device)
+        sync_device(self.device)
         seconds = time.perf_counter() - t0
         rec = SolveRecord(
             solver=info.solver,

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .data import TokenStream
 from .evaluate import evaluate_stream, score
 from .model import IGNORE_INDEX, PILLM, ModelConfig
-from .solver import RidgeAccumulator, ridge_solve
+from .solver import RidgeAccumulator, sync_device
 from .targets import SEARCHED, check_target, layer_data
 
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
@@ -79,7 +79,9 @@ class TrainConfig:
     iterations: int = 1  # re-linearise and re-solve every layer this many times per PIL phase
     eta_grid: tuple = DEFAULT_ETA_GRID
     eta_max: float | None = None  # cap on the searched step size: grid points above it are skipped
-    search_tokens: int = 16384  # validation tokens for the step-size search
+    # validation tokens for the step-size search and the head calibration (the paper's runs: 16384);
+    # each η costs one pass of the layers above and the head over them
+    search_tokens: int = 4096
     final_resolve: bool = False
     final_target: str = "global"
     solve_head: bool = False  # pil_pure: closed-form output head instead of the tied embedding
@@ -145,11 +147,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def keep_freed_memory() -> None:
     """Let glibc keep large freed blocks for reuse instead of returning them to the system.
 
@@ -194,7 +191,7 @@ class RunLog:
 # --------------------------------------------------------------------------------------------
 
 
-def _search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
+def search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
     x, y = valid.windows(block)
     n = max(1, min(x.shape[0], cfg.search_tokens // block))
     return x[:n], y[:n]
@@ -220,13 +217,18 @@ def _search_cache(model: PILLM, layer: int, search: tuple, batch_size: int, w_ba
 @torch.no_grad()
 def _search_loss(model: PILLM, layer: int, cache: list, eta: float) -> float:
     """Validation loss with the layer's FFN output at step size ``eta`` (from :func:`_search_cache`)."""
-    return score((model.forward_from(x_mid + base - eta * step, layer + 1), y)
-                 for x_mid, base, step, y in cache)["loss"]
+    batches = ((model.forward_from(x_mid + base - eta * step, layer + 1), y) for x_mid, base, step, y in cache)
+    return score(batches, accuracy=False)["loss"]
 
 
 def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
-                teacher: PILLM | None = None, progress: bool = True) -> dict:
-    """Solve block ``layer``'s FFN readout in closed form; returns its record."""
+                teacher: PILLM | None = None, progress: bool = True, lams: tuple | None = None) -> dict:
+    """Solve block ``layer``'s FFN readout in closed form; returns its record.
+
+    With ``lams``, every relative ridge λ of it is solved from the one accumulation (the
+    statistics are left intact by a solve) and the (λ, η) pair with the lowest search loss is kept;
+    the record then also has ``lam_at_edge`` and ``accumulate_s``, and its search rows a ``lam``.
+    """
     block = model.config.block_size
     ffn = model.blocks[layer].ffn
     device = ffn.out_weight.device
@@ -247,32 +249,45 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     if world > 1:
         acc.all_reduce()
         dist.all_reduce(cross)
-    weight, bias, rec = acc.solve(cfg.lam)
-    w_base, w_step, b_base, b_step = weight[:, :c], weight[:, c:], bias[:c], bias[c:]
+    accumulate_s = time.perf_counter() - t0
 
-    search_log, at_edge = [], False
-    if target in SEARCHED:
-        etas = cfg.searched_etas
-        cache = _search_cache(model, layer, search, cfg.solve_batch_size, w_base, b_base, w_step, b_step)
-        for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or rank != 0, leave=False):
-            search_log.append({"eta": eta, "valid_loss": _search_loss(model, layer, cache, eta)})
+    lam_grid = (cfg.lam,) if lams is None else tuple(lams)
+    etas = cfg.searched_etas if target in SEARCHED else (0.0,)  # zero / teacher: Y = Y₀
+    search_log, solutions = [], {}
+    for lam in lam_grid:
+        weight, bias, rec = acc.solve(lam)
+        parts = solutions[lam] = (weight[:, :c], bias[:c], weight[:, c:], bias[c:], rec)  # W₀, b₀, W_Δ, b_Δ
+        if target not in SEARCHED and lams is None:
+            continue
+        cache = _search_cache(model, layer, search, cfg.solve_batch_size, *parts[:4])
+        for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or rank != 0 or len(etas) == 1,
+                        leave=False):
+            row = {"eta": eta, "valid_loss": _search_loss(model, layer, cache, eta)}
+            search_log.append(row if lams is None else {"lam": lam} | row)
         del cache
-        eta = min(search_log, key=lambda r: r["valid_loss"])["eta"]
-        at_edge = eta in (min(etas), max(etas))
-        if eta == min(etas) or (eta == max(etas) and max(etas) == max(cfg.eta_grid)):
-            warnings.warn(f"layer {layer}: the best step size η={eta:g} is at the edge of eta_grid; "
-                          "widen the grid", RuntimeWarning, stacklevel=2)
-    else:
-        eta = 0.0  # zero / teacher: Y = Y₀
+    best = min(search_log, key=lambda r: r["valid_loss"]) if search_log else {"eta": 0.0}
+    lam, eta = best.get("lam", lam_grid[0]), best["eta"]
+    eta_at_edge = len(etas) > 1 and eta in (min(etas), max(etas))
+    lam_at_edge = len(lam_grid) > 1 and lam in (min(lam_grid), max(lam_grid))
+    # the top of a grid cut by eta_max is a choice, not an edge to widen
+    if eta_at_edge and (eta == min(etas) or max(etas) == max(cfg.eta_grid)):
+        warnings.warn(f"layer {layer}: the best step size η={eta:g} is at the edge of eta_grid; "
+                      "widen the grid", RuntimeWarning, stacklevel=2)
+    if lam_at_edge:
+        warnings.warn(f"layer {layer}: the best λ={lam:g} is at the edge of lams; widen the grid",
+                      RuntimeWarning, stacklevel=2)
+    w_base, b_base, w_step, b_step, rec = solutions[lam]
     w, b = w_base - eta * w_step, b_base - eta * b_step
     ffn.set_solution(w, b)
-    _sync(device)
+    sync_device(device)
     record = rec.to_dict() | {
         "layer": layer, "target": target, "eta": eta, "search": search_log,
-        "eta_at_edge": at_edge, "n_features": ffn.n_features,
+        "eta_at_edge": eta_at_edge, "n_features": ffn.n_features,
         "r2": _fit_r2(acc, w, b, eta, cross, c),
         "seconds_total": time.perf_counter() - t0,
     }
+    if lams is not None:
+        record |= {"lam_at_edge": lam_at_edge, "accumulate_s": accumulate_s}
     return record
 
 
@@ -294,11 +309,12 @@ def _fit_r2(acc: RidgeAccumulator, w, b, eta: float, cross: torch.Tensor, c: int
 
 
 @torch.no_grad()
-def _set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
-    """Draw the layer's projections from its own inputs (computed with the layers below solved).
+def landmark_inputs(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> torch.Tensor:
+    """LayerNorm-ed inputs ``[n, C]`` of the layer's FFN, computed with the layers below as they are now.
 
-    Landmarks are sampled uniformly over the training stream with a generator seeded by
-    ``cfg.seed`` and the layer index, so every rank of a distributed run draws the same ones.
+    Sampled uniformly over the training stream with a generator seeded by ``cfg.seed`` and the
+    layer index, so every rank of a distributed run draws the same ones; twice as many rows as
+    the layer has landmarks, or all there are.
     """
     feats = model.blocks[layer].ffn.features
     n_needed = feats.proj_fwd.shape[1] * (2 if feats.fusion is not None else 1)
@@ -315,7 +331,13 @@ def _set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfi
     if u.shape[0] < n_needed:
         raise ValueError(f"layer {layer}: the training stream has {u.shape[0]} positions, fewer than the "
                          f"{n_needed} landmarks needed; lower expansion or use proj_init='random'")
-    feats.set_landmarks(u, model.config.proj_scale)
+    return u
+
+
+def set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
+    """Draw the layer's projections from its own inputs (:func:`landmark_inputs`)."""
+    model.blocks[layer].ffn.features.set_landmarks(landmark_inputs(model, layer, train, cfg),
+                                                    model.config.proj_scale)
 
 
 @torch.no_grad()
@@ -359,16 +381,16 @@ def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainCo
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout while collecting statistics
-    search = _search_windows(valid, cfg, model.config.block_size)
-    _sync(device)
+    search = search_windows(valid, cfg, model.config.block_size)
+    sync_device(device)
     t0 = time.perf_counter()
     for sweep in range(max(cfg.iterations, 1)):
         for layer in solvable:
             if model.config.proj_init == "landmarks" and sweep == 0 and name == "pil":
-                _set_landmarks(model, layer, train, cfg)
+                set_landmarks(model, layer, train, cfg)
             rec = solve_layer(model, layer, train, search, cfg, target, teacher, progress)
             log.solves.append(rec | {"phase": name, "sweep": sweep})
-    _sync(device)
+    sync_device(device)
     log.phases.append({"phase": "pil", "name": name, "seconds": time.perf_counter() - t0})
     model.train(was_training)
 
@@ -383,48 +405,36 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     validation loss (``search_tokens`` of the validation split; forward passes only). The
     unigram is add-one smoothed over the training stream.
 
-    ``C = Σ hᵀ onehot(y)`` is accumulated with ``index_add_`` (never a dense ``[N, V]`` one-hot).
+    ``C = Σ hᵀ onehot(y)`` is accumulated by :meth:`pillm.solver.RidgeAccumulator.update_labels`
+    (never a dense ``[N, V]`` one-hot).
     """
     if model.config.head != "solved":
         raise ValueError("solve_output_head needs a model built with head='solved'")
     device = next(model.parameters()).device
     d, v, block = model.config.n_embd, model.config.vocab_size, model.config.block_size
     model.eval()
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
-    g = torch.zeros(d, d, dtype=torch.float64, device=device)
-    cy = torch.zeros(v, d, dtype=torch.float64, device=device)  # Cᵀ
-    sum_h = torch.zeros(d, dtype=torch.float64, device=device)
-    counts = torch.zeros(v, dtype=torch.float64, device=device)
+    # float64 statistics: the Gram matrix of LN_f outputs is small (d × d), C is d × V
+    acc = RidgeAccumulator(d, v, fit_bias=True, dtype=torch.float64, device=device)
     x_all, y_all = train.windows(block)
     with torch.no_grad():
         for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve {name}", disable=not progress,
                       leave=False):
             x = model.residual_before(x_all[i:i + cfg.solve_batch_size], model.config.n_layer)
-            y = y_all[i:i + cfg.solve_batch_size].reshape(-1)
-            h = model.ln_f(x).reshape(-1, d).double()
-            keep = y != IGNORE_INDEX
-            h, y = h[keep], y[keep]
-            g += h.T @ h
-            cy.index_add_(0, y, h)
-            sum_h += h.sum(0)
-            counts += torch.bincount(y, minlength=v).double()
-    n = counts.sum()
-    h_bar, y_bar = sum_h / n, counts / n
-    g_c = g - n * torch.outer(h_bar, h_bar)
-    c_c = cy.T - n * torch.outer(h_bar, y_bar)
-    lam_abs = cfg.lam * float(torch.diagonal(g_c).mean())
-    w, info = ridge_solve(g_c, c_c, lam_abs)
-    b = y_bar - h_bar @ w
+            y = y_all[i:i + cfg.solve_batch_size]
+            acc.update_labels(model.ln_f(x), y.clamp_min(0), y != IGNORE_INDEX)
+    w, b, info = acc.solve(cfg.lam)
+    counts, n = acc.sum_y, acc.sum_y.sum()
     model.head_weight.copy_(w.float())
     model.head_bias.copy_(b.float())
     model.head_log_unigram.copy_(((counts + 1) / (n + v)).log().float())
-    search = _search_windows(valid, cfg, block)
+    search = search_windows(valid, cfg, block)
     table = _head_calibration(model, search, cfg.solve_batch_size, temperatures, mixes, progress)
     best = min(table, key=lambda r: r["valid_loss"])
     model.head_temperature.fill_(best["temperature"])
     model.head_mix.fill_(best["mix"])
-    _sync(device)
+    sync_device(device)
     log.solves.append({"phase": name, "layer": "head", "temperature": best["temperature"], "mix": best["mix"],
                        "search": table, **info.to_dict()})
     log.phases.append({"phase": "pil", "name": name, "seconds": time.perf_counter() - t0})
@@ -517,7 +527,7 @@ class AdamWRunner:
         model, cfg, device = self.model, self.cfg, self.device
         model.train()
         running = torch.zeros((), device=device)
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         batches = self.train.train_batches(model.config.block_size, cfg.batch_size, generator=self.generator)
         bar = tqdm(total=self.steps_per_epoch, desc=f"{name} epoch {self.epoch + 1}",
@@ -547,7 +557,7 @@ class AdamWRunner:
             bar.update(1)
         bar.close()
         mean_loss = self._check(running / max(seen, 1))
-        _sync(device)
+        sync_device(device)
         self.log.phases.append({"phase": "adamw", "name": name, "seconds": time.perf_counter() - t0,
                                 "epoch": self.epoch + 1, "train_loss": mean_loss})
         self.log.optimizer_steps += seen
@@ -589,12 +599,12 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
     if train.ids.device.type == "cpu":
         keep_freed_memory()
     if cfg.embed_init == "ppmi":
-        _sync(train.ids.device)
+        sync_device(train.ids.device)
         t0 = time.perf_counter()
         vec = ppmi_embeddings(train.ids, model.config.vocab_size, model.config.n_embd, cfg.ppmi_window)
         with torch.no_grad():  # same scale as the random init: only the directions change
             model.tok_emb.weight.copy_(vec * model.tok_emb.weight.std())
-        _sync(train.ids.device)
+        sync_device(train.ids.device)
         log.phases.append({"phase": "pil", "name": "embed", "seconds": time.perf_counter() - t0})
     _record_valid(model, valid, cfg, log, 0, "init")
 

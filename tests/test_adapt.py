@@ -1,4 +1,4 @@
-"""Adaptation runs (pillm/adapt.py): LoRA adapters start as the identity change and train alone,
+"""Adaptation runs (pillm/studies/adapt.py): LoRA adapters start as the identity change and train alone,
 specs are validated, and adaptation keys carry their own module without moving every other key."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pillm import experiments as ex
-from pillm.adapt import AdaptSpec, LoRALinear, add_attention_lora
+from pillm.studies.adapt import AdaptSpec, LoRALinear, add_attention_lora
 from pillm.model import PILLM, config_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""First-layer runs (pillm/firstlayer.py): each projection kind is what it says, the control
+"""First-layer runs (pillm/studies/firstlayer.py): each projection kind is what it says, the control
 reproduces the checkpoint's own solve, data-dependent projections see fresh inputs (the layers below
 already re-solved), nothing but the FFNs changes, and the runs carry their own module in their key."""
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pillm import experiments as ex
-from pillm.firstlayer import KINDS, FirstLayerSpec, execute, layer_inputs, projections
+from pillm.model import landmark_keys
+from pillm.studies.firstlayer import KINDS, FirstLayerSpec, execute, layer_inputs, projections
 from pillm.train import TrainConfig
 from conftest import TINY_TRAIN, attn_then_pil_checkpoint
 
@@ -42,10 +43,10 @@ def test_every_kind_gives_unit_scaled_preactivations(kind):
 def test_each_kind_is_built_from_what_it_claims():
     u, g = _inputs(), torch.Generator().manual_seed(1)
     m = 32
-    # landmarks: columns are the sampled inputs themselves (unit-normalised, then scaled)
+    # landmarks: columns are the sampled inputs themselves, less the inputs' mean (unit-normalised, then scaled)
     lm = projections("landmarks", u, m, 1, 1.0, g)[0]
-    assert torch.allclose(torch.nn.functional.normalize(lm.T, dim=1), torch.nn.functional.normalize(u[:m], dim=1),
-                          atol=1e-5)
+    centred = torch.nn.functional.normalize(u[:m] - u.mean(0), dim=1)
+    assert torch.allclose(torch.nn.functional.normalize(lm.T, dim=1), centred, atol=1e-5)
     # autoencoder: columns solve (UᵀU/n + εI) w = u_j, i.e. rows of the ridge pseudoinverse
     enc = projections("autoencoder", u, m, 1, 1.0, g)[0]
     gram = u.T @ u / u.shape[0]
@@ -72,8 +73,7 @@ def test_each_kind_is_built_from_what_it_claims():
     assert float(outside.norm() / pc.norm()) < 1e-4
     # mixed, two projections: one random, one of landmarks
     mixed = projections("mixed", u, m, 2, 1.0, g)
-    assert torch.allclose(torch.nn.functional.normalize(mixed[1].T, dim=1),
-                          torch.nn.functional.normalize(u[:m], dim=1), atol=1e-5)
+    assert torch.allclose(torch.nn.functional.normalize(mixed[1].T, dim=1), centred, atol=1e-5)
 
 
 def test_no_kind_turns_the_inputs_mean_into_a_constant_feature():
@@ -91,7 +91,7 @@ def test_no_kind_turns_the_inputs_mean_into_a_constant_feature():
 def test_a_single_projection_mixes_random_and_landmark_columns():
     u = _inputs()
     w = projections("mixed", u, 32, 1, 1.0, torch.Generator().manual_seed(1))[0]
-    keys = torch.nn.functional.normalize(u[:16], dim=1)
+    keys = torch.nn.functional.normalize(u[:16] - u.mean(0), dim=1)  # centred landmarks
     assert torch.allclose(torch.nn.functional.normalize(w[:, 16:].T, dim=1), keys, atol=1e-5)
     assert not torch.allclose(torch.nn.functional.normalize(w[:, :16].T, dim=1), keys, atol=1e-2)
 
@@ -137,12 +137,13 @@ def test_keys_are_drawn_from_fresh_inputs(checkpoint):
     feats = model.blocks[1].ffn.features
     u = layer_inputs(model, 1, corpus_train, cfg)
     m = feats.proj_fwd.shape[1]
-    keys = torch.nn.functional.normalize(u[:m].float(), dim=1)
+    keys = landmark_keys(u[:m], u).T
     assert torch.allclose(torch.nn.functional.normalize(feats.proj_fwd.T, dim=1), keys, atol=1e-5)
     # with layer 0's readout zeroed (its state before the re-solve) the inputs, hence the keys, differ
     model.blocks[0].ffn.out_weight.zero_()
     model.blocks[0].ffn.out_bias.zero_()
-    stale = torch.nn.functional.normalize(layer_inputs(model, 1, corpus_train, cfg)[:m].float(), dim=1)
+    u_stale = layer_inputs(model, 1, corpus_train, cfg)
+    stale = landmark_keys(u_stale[:m], u_stale).T
     assert not torch.allclose(stale, keys, atol=1e-3)
 
 

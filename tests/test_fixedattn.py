@@ -1,4 +1,4 @@
-"""Fixed-attention pure PIL (pillm/fixedattn.py): the position code is exactly shift-equivariant, a ``prevK``
+"""Fixed-attention pure PIL (pillm/studies/fixedattn.py): the position code is exactly shift-equivariant, a ``prevK``
 head attends to the token K back, an ``avg`` head averages the causal context, attention writes only into the
 token coordinates, bad head lists are refused, no optimizer step is taken, and the runs carry their own
 module in their key."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pillm import experiments as ex
-from pillm.fixedattn import FixedAttentionSpec, execute, fix_attention, position_codes, shift
+from pillm.studies.fixedattn import FixedAttentionSpec, execute, fix_attention, position_codes, shift
 from pillm.model import PILLM, config_for
 
 TRAIN = {"max_train_tokens": 2048, "max_eval_tokens": 1024, "search_tokens": 128, "eval_every_epoch": False,

@@ -1,4 +1,4 @@
-"""λ-path runs (pillm/lampath.py): one accumulation per layer gives the same solutions as solving each λ
+"""λ-path runs (pillm/studies/lampath.py): one accumulation per layer gives the same solutions as solving each λ
 apart, the control (one λ, the checkpoint's) reproduces the checkpoint, each layer keeps the (λ, η) pair
 its validation search prefers, bad grids are refused, and the runs carry their own module in their key."""
 
@@ -13,9 +13,9 @@ import torch
 
 from pillm import experiments as ex
 from pillm.data import TokenStream, load_tokenized
-from pillm.lampath import LambdaPathSpec, execute, solve_layer_path
+from pillm.studies.lampath import LambdaPathSpec, execute, solve_layer_path
 from pillm.run import load
-from pillm.train import TrainConfig, _search_windows, solve_layer
+from pillm.train import TrainConfig, search_windows, solve_layer
 from conftest import TINY_TRAIN, attn_then_pil_checkpoint
 
 TRAIN = TINY_TRAIN
@@ -47,16 +47,15 @@ def test_bad_grids_and_checkpoints_say_what_to_change(tmp_path):
 
 @pytest.mark.slow
 def test_one_accumulation_gives_each_lambdas_own_solve(checkpoint):
-    """Layer 0 solved by the path with λ = 1e-2 alone equals train.solve_layer with lam = 1e-2 (the
-    accumulation is repeated in lampath.py, so this guards the copy), and with a grid it keeps the pair
-    whose validation loss is lowest, no worse than that single solve."""
+    """Layer 0 solved by the path with λ = 1e-2 alone equals train.solve_layer with lam = 1e-2, and with a
+    grid it keeps the pair whose validation loss is lowest, no worse than that single solve."""
     train, valid = _streams()
     cfg = TrainConfig(method="attn_then_pil", **TRAIN | {"target": "global", "lam": 1e-2})
     model, _ = load(checkpoint, device="cpu")
     for block in model.blocks:
         block.ffn.out_weight.zero_()
         block.ffn.out_bias.zero_()
-    search = _search_windows(valid, cfg, model.config.block_size)
+    search = search_windows(valid, cfg, model.config.block_size)
     ref, path, grid, pair = model, copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
     rec_ref = solve_layer(ref, 0, train, search, cfg, "global", None, progress=False)
     rec_path = solve_layer_path(path, 0, train, search, cfg, (1e-2,), progress=False)

@@ -231,3 +231,16 @@ def test_an_unsolved_ffn_costs_nothing_in_the_forward(monkeypatch):
     assert not any(b.ffn_active for b in fresh.blocks)
     fresh.load_state_dict(model.state_dict())
     assert all(b.ffn_active for b in fresh.blocks)
+
+
+def test_landmark_keys_are_centred():
+    """Inputs sharing a common component μ (a LayerNorm bias): an uncentred key points along μ, so its
+    pre-activations sit far from zero (about ‖μ‖ standard deviations); a centred key sees μ only as a
+    random direction does (about one per-coordinate size of μ)."""
+    from pillm.model import landmark_keys
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2048, 256, generator=g) + 1.0  # μ = 1 in every coordinate, ‖μ‖ = 16
+    offset = lambda z: (z.mean(0).abs() / z.std(0)).median()  # noqa: E731
+    assert offset(u @ landmark_keys(u[:64], u)) < 1.5
+    assert offset(u @ F.normalize(u[:64], dim=1).T) > 5.0

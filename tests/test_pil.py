@@ -211,8 +211,11 @@ def test_every_procedure_runs_and_learns(streams, method):
     assert math.isfinite(ppl)
     if method != "pil_pure":
         assert log.optimizer_steps > 0
-    # beats a uniform model (ppl = V); the toy language has ~3 continuations per token
-    assert ppl < 0.8 * V, f"{method}: ppl {ppl:.1f}"
+    # Uniform is V = 40 and the optimum ~3 (three continuations per token). Each ceiling is about
+    # 1.3× what the method reaches here (seed 0, two epochs): one that stops learning fails.
+    ceiling = {"baseline": 12, "attn_only": 21, "lora": 15, "rf_adamw": 11, "pil_pure": 28,
+               "pil_then_attn": 10, "attn_then_pil": 16, "alternating": 10}[method]
+    assert ppl < ceiling, f"{method}: ppl {ppl:.1f}"
     seconds = {p["phase"] for p in log.phases}
     assert seconds <= {"pil", "adamw"}
 
@@ -299,7 +302,7 @@ def test_cached_step_size_search_matches_running_the_model(streams, target, monk
     train, valid = streams
     model = make().eval()
     c = cfg(target=target, eta_grid=(1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5))
-    search = train_mod._search_windows(valid, c, 32)
+    search = train_mod.search_windows(valid, c, 32)
     train_mod.solve_layer(model, 0, train, search, c, target, progress=False)  # layer 1 reads a solved layer
     solved = {}
     original = RidgeAccumulator.solve
@@ -323,7 +326,7 @@ def test_cached_head_calibration_matches_the_models_head(streams):
     log = RunLog()
     train_mod.solve_output_head(model, train, valid, c, log, temperatures=(0.5, 4.0, 64.0),
                                 mixes=(0.0, 0.3, 1.0), progress=False)
-    search = train_mod._search_windows(valid, c, 32)
+    search = train_mod.search_windows(valid, c, 32)
     for row in log.solves[-1]["search"]:
         model.head_temperature.fill_(row["temperature"])
         model.head_mix.fill_(row["mix"])
@@ -343,3 +346,16 @@ def test_eta_max_caps_the_search(streams):
     assert all(r["eta"] <= 1.0 and max(s["eta"] for s in r["search"]) <= 1.0 for r in log.solves)
     with pytest.raises(ValueError, match="eta_max"):
         cfg(eta_max=1e-9)
+
+
+def test_attention_then_pil_trains_attention_exactly_as_attention_only(streams):
+    """At one seed attention→PIL's AdamW phase is attention-only training: the same initialisation, and the
+    unsolved FFNs are skipped (no features computed, no dropout drawn), so attention ends bit-identical."""
+    models = {}
+    for method in ("attn_only", "attn_then_pil"):
+        model = make(ffn=ffn_kind_for(method), dropout=0.1)
+        run_procedure(model, *streams, cfg(method, epochs=1), progress=False)
+        models[method] = {k: v for k, v in model.state_dict().items() if ".ffn." not in k}
+    assert models["attn_only"].keys() == models["attn_then_pil"].keys()
+    for k, v in models["attn_only"].items():
+        assert torch.equal(v, models["attn_then_pil"][k]), k

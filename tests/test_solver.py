@@ -284,6 +284,10 @@ def test_degenerate_inputs_never_nan(dtype):
                 assert torch.isfinite(W).all(), (name, fit_bias, lam, rec)
                 assert b is None or torch.isfinite(b).all(), (name, fit_bias, lam, rec)
                 assert math.isfinite(rec.r2), (name, rec)
+                if name == "all_zero_H":  # no signal: the solution is W = 0 and the bias is the mean
+                    assert torch.count_nonzero(W) == 0, (fit_bias, lam, rec)
+                    if fit_bias:
+                        torch.testing.assert_close(b.double(), torch.as_tensor(Y.mean(0)), rtol=1e-6, atol=1e-6)
 
 
 def test_forced_solvers():
@@ -630,3 +634,19 @@ def test_all_reduce_is_noop_without_process_group():
     acc.all_reduce()
     for k, v in before.items():
         assert torch.equal(getattr(acc, k), v)
+
+
+def test_label_updates_equal_dense_one_hot_updates():
+    """Sparse targets (the solved head's next tokens) give the statistics and solution of dense one-hot rows."""
+    g = torch.Generator().manual_seed(0)
+    H = torch.randn(3, 50, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 9, (3, 50), generator=g)
+    mask = torch.rand(3, 50, generator=g) > 0.2
+    dense, sparse = (RidgeAccumulator(6, 9, dtype=torch.float64) for _ in range(2))
+    dense.update(H, torch.nn.functional.one_hot(labels, 9).double(), mask)
+    sparse.update_labels(H, labels, mask)
+    for name in ("G", "C", "sum_h", "sum_y", "sum_y2", "n"):
+        torch.testing.assert_close(getattr(sparse, name), getattr(dense, name), msg=name)
+    (wd, bd, _), (ws, bs, _) = dense.solve(1e-3), sparse.solve(1e-3)
+    torch.testing.assert_close(ws, wd)
+    torch.testing.assert_close(bs, bd)

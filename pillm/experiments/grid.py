@@ -24,8 +24,9 @@ from .files import experiment_dir, read_json, rel, sha, write_csv_atomic
 
 
 #: The run-dict key of each spec kind that is not a RunSpec, with the module and class that execute it.
-_OTHER_SPECS = {"adapt": ("adapt", "AdaptSpec"), "first_layer": ("firstlayer", "FirstLayerSpec"),
-                "lambda_path": ("lampath", "LambdaPathSpec"), "fixed_attention": ("fixedattn", "FixedAttentionSpec")}
+_OTHER_SPECS = {"adapt": ("studies.adapt", "AdaptSpec"), "first_layer": ("studies.firstlayer", "FirstLayerSpec"),
+                "lambda_path": ("studies.lampath", "LambdaPathSpec"),
+                "fixed_attention": ("studies.fixedattn", "FixedAttentionSpec")}
 
 
 @functools.cache
@@ -88,7 +89,7 @@ def expand(base: dict, **grid) -> list[dict]:
 
 
 def _spec_module(kind: str):
-    return importlib.import_module(f"..{_OTHER_SPECS[kind][0]}", __package__)  # pillm.adapt, .firstlayer, …
+    return importlib.import_module(f"..{_OTHER_SPECS[kind][0]}", __package__)  # pillm.studies.adapt, .firstlayer, …
 
 
 def run_spec(run: dict):
@@ -108,22 +109,22 @@ def _other_run(kind: str, name: str, labels: dict | None, fields: dict) -> dict:
 
 
 def make_adapt_run(name: str, labels: dict | None = None, **adapt) -> dict:
-    """A run dict for :func:`pillm.adapt.execute` (``AdaptSpec`` fields in ``adapt``)."""
+    """A run dict for :func:`pillm.studies.adapt.execute` (``AdaptSpec`` fields in ``adapt``)."""
     return _other_run("adapt", name, labels, adapt)
 
 
 def make_first_layer_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.firstlayer.execute` (``FirstLayerSpec`` fields)."""
+    """A run dict for :func:`pillm.studies.firstlayer.execute` (``FirstLayerSpec`` fields)."""
     return _other_run("first_layer", name, labels, fields)
 
 
 def make_lambda_path_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.lampath.execute` (``LambdaPathSpec`` fields)."""
+    """A run dict for :func:`pillm.studies.lampath.execute` (``LambdaPathSpec`` fields)."""
     return _other_run("lambda_path", name, labels, fields)
 
 
 def make_fixed_attention_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.fixedattn.execute` (``FixedAttentionSpec`` fields)."""
+    """A run dict for :func:`pillm.studies.fixedattn.execute` (``FixedAttentionSpec`` fields)."""
     return _other_run("fixed_attention", name, labels, fields)
 
 

@@ -49,7 +49,7 @@ def solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -
 
 
 def lambda_search(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
-    """The λ path of every layer of the λ-path runs in ``df`` (pillm.lampath): for each λ of the grid, the
+    """The λ path of every layer of the λ-path runs in ``df`` (pillm.studies.lampath): for each λ of the grid, the
     lowest validation-search loss over η, and whether the layer kept that λ."""
     rows = []
     for rec, s in _run_solves(experiment, df, profile, results_root):

@@ -14,7 +14,7 @@ PAPER_EXPERIMENTS = ("benchmark", "gap", "teacher", "first_layer", "training_str
                      "ngram", "tuning", "tinystories", "adaptation", "complexity", "protocol", "lambda_path",
                      "pure_attention")
 
-#: first_layer's projection kinds, controls first (pillm.firstlayer.KINDS; not imported: it needs torch)
+#: first_layer's projection kinds, controls first (pillm.studies.firstlayer.KINDS; not imported: it needs torch)
 PROJECTION_ORDER = ("same", "random", "landmarks", "whitened", "pca", "autoencoder", "mixed")
 METHOD_ORDER = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil",
                 "alternating")

@@ -1,4 +1,4 @@
-"""Rapid adaptation of a pretrained model to a new domain (issue 7, item 5).
+"""Rapid adaptation of a pretrained model to a new domain.
 
 A model pretrained on WikiText-2 (a run that kept its checkpoint) is adapted to PTB or to the
 TinyStories slice, read with the *pretraining* word vocabulary (unknown words become ``<unk>``; the
@@ -15,9 +15,6 @@ out-of-vocabulary rate is reported), in one of three ways:
 Reported: adaptation wall time, optimizer steps, trained parameters, new-domain validation and test
 perplexity before and after, and WikiText-2 test perplexity before and after (forgetting).
 
-Only adaptation runs execute this module, so it is hashed into their run keys alone
-(:func:`pillm.experiments.code_hash`): changing it leaves every other run current.
-
     pillm experiments --profile paper --only adaptation      # notebooks/adaptation.ipynb
 """
 
@@ -31,10 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import TokenStream, WordTokenizer, load_corpus, wikitext_tokenize
-from .evaluate import evaluate_stream
-from .run import environment, load, write_json_atomic
-from .train import AdamWRunner, RunLog, TrainConfig, _sync, pil_phase, resolve_device
+from ..data import TokenStream, WordTokenizer, load_corpus, wikitext_tokenize
+from ..evaluate import evaluate_stream
+from ..run import environment, load, write_json_atomic
+from ..solver import sync_device
+from ..train import AdamWRunner, RunLog, TrainConfig, pil_phase, resolve_device
 
 HOW = ("resolve", "lora", "finetune")
 DOMAINS = ("ptb", "tinystories")
@@ -128,7 +126,7 @@ def execute(spec: AdaptSpec, out: str | Path | None = None, *, progress: bool = 
               "wiki_test_ppl": _ppl(model, wiki, cfg)}
     train, valid = TokenStream(new["train"], device), TokenStream(new["valid"], device)
     log = RunLog()
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     if spec.how == "resolve":
         pil_phase(model, train, valid, cfg, log, name="adapt", progress=progress)
@@ -140,7 +138,7 @@ def execute(spec: AdaptSpec, out: str | Path | None = None, *, progress: bool = 
         runner = AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress)
         for _ in range(cfg.epochs):
             runner.run_epoch("adapt")
-    _sync(device)
+    sync_device(device)
     adapt_s = time.perf_counter() - t0
     model.eval()
     after = {"new_valid_ppl": _ppl(model, new["valid"], cfg), "new_test_ppl": _ppl(model, new["test"], cfg),

@@ -1,4 +1,4 @@
-"""Fixed attention that means something, for pure PIL (issue 7 item 4).
+"""Fixed attention that means something, for pure PIL.
 
 Pure PIL takes no optimizer step, so its attention stays whatever it was set to. At its random
 initialisation a head mixes the context with weights that carry no information about the words; this
@@ -22,9 +22,6 @@ Head kinds (each head of every layer; ``heads`` lists one per head):
 Every head's value reads the token part of ``x̂`` through a fixed random map, and the output projection writes
 only into the token coordinates, so the position code reaches every layer unchanged by attention.
 
-Only these runs execute this module, so it is hashed into their run keys alone
-(:func:`pillm.experiments.code_hash`).
-
     pillm experiments --profile paper --only pure_attention     # notebooks/pure_attention.ipynb
 """
 
@@ -38,11 +35,12 @@ from pathlib import Path
 
 import torch
 
-from .data import TokenStream, load_tokenized
-from .evaluate import evaluate_stream
-from .model import PILLM
-from .run import RunSpec, environment, save_checkpoint, write_json_atomic
-from .train import RunLog, _sync, ppmi_embeddings, resolve_device, run_procedure
+from ..data import TokenStream, load_tokenized
+from ..evaluate import evaluate_stream
+from ..model import PILLM
+from ..run import RunSpec, environment, save_checkpoint, write_json_atomic
+from ..solver import sync_device
+from ..train import RunLog, ppmi_embeddings, resolve_device, run_procedure
 
 _KIND = re.compile(r"prev([1-9]\d*)|avg")
 EMBEDS = ("random", "ppmi")
@@ -171,7 +169,7 @@ def execute(spec: FixedAttentionSpec, out: str | Path | None = None, *, progress
         with torch.no_grad():
             model.tok_emb.weight[:, p:] = vec.to(model.tok_emb.weight) * model.tok_emb.weight.std()
     layout = fix_attention(model, spec.heads, spec.sharpness, generator)
-    _sync(device)
+    sync_device(device)
     setup_s = time.perf_counter() - t0
     log = run_procedure(model, train, valid, tcfg, progress=progress)
     log.phases.insert(0, {"phase": "pil", "name": "fixed_attention", "seconds": setup_s})
