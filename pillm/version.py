@@ -8,4 +8,9 @@ golden file with ``python -m pillm.tripwire``.
 """
 
 #: Recorded in every ``result.json``, every run key and every experiment's staleness hash.
-COMPUTE_VERSION = 1
+#:
+#: - 1: the first paper runs.
+#: - 2: FFN weights drawn from their own generator (every FFN kind starts from the same embeddings and
+#:   attention at one seed); the solved head's unigram mixture grid reaches 1; centred landmark keys; the η
+#:   search scores 4,096 validation tokens unless ``search_tokens`` says otherwise.
+COMPUTE_VERSION = 2
