@@ -812,7 +812,7 @@ def test_each_other_kind_is_keyed_by_its_own_module_only(tmp_path, kind):
         for k, fields in OTHER_KIND_RUNS.items()}
     assert all(type(spec).__name__ == grid._OTHER_SPECS[k][1] for k, spec in specs.items())
     core, keys = ex.code_hash(package), {k: ex.run_key(spec, package) for k, spec in specs.items()}
-    module = package / f"{grid._OTHER_SPECS[kind][0]}.py"
+    module = package / f"{grid._OTHER_SPECS[kind][0].replace('.', '/')}.py"
     module.write_text(module.read_text() + "\n# edited\n")
     assert ex.code_hash(package) == core
     assert {k: ex.run_key(spec, package) != keys[k] for k, spec in specs.items()} == {k: k == kind for k in specs}
