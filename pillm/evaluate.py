@@ -80,16 +80,20 @@ def score(batches, accuracy: bool = True) -> dict:
 
     Sums stay on the device (float64 for the loss) until the end: one host sync per call.
     Targets equal to ``IGNORE_INDEX`` are not scored. ``accuracy=False`` skips the arg-max over
-    the vocabulary (``acc`` is then None): searches need only the loss.
+    the vocabulary (``acc`` is then None) and computes the loss as ``logsumexp − target logit``:
+    searches need only the loss.
     """
     nll = correct = count = 0
     for logits, y in batches:
         logits = logits.float()
         valid = y != IGNORE_INDEX
-        nll = nll + F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), ignore_index=IGNORE_INDEX,
-                                    reduction="sum").double()
         if accuracy:
+            nll = nll + F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), ignore_index=IGNORE_INDEX,
+                                        reduction="sum").double()
             correct = correct + ((logits.argmax(-1) == y) & valid).sum()
+        else:  # the same loss without writing the [.., V] log-probabilities (half the memory traffic)
+            target = logits.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            nll = nll + torch.where(valid, torch.logsumexp(logits, -1) - target, 0.0).sum().double()
         count = count + valid.sum()
     n = int(count)
     if n == 0:

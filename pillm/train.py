@@ -81,7 +81,7 @@ class TrainConfig:
     eta_max: float | None = None  # cap on the searched step size: grid points above it are skipped
     # validation tokens for the step-size search and the head calibration (the paper's runs: 16384);
     # each η costs one pass of the layers above and the head over them
-    search_tokens: int = 4096
+    search_tokens: int = 2048
     final_resolve: bool = False
     final_target: str = "global"
     solve_head: bool = False  # pil_pure: closed-form output head instead of the tied embedding

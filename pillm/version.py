@@ -11,6 +11,7 @@ golden file with ``python -m pillm.tripwire``.
 #:
 #: - 1: the first paper runs.
 #: - 2: FFN weights drawn from their own generator (every FFN kind starts from the same embeddings and
-#:   attention at one seed); the solved head's unigram mixture grid reaches 1; centred landmark keys; the η
-#:   search scores 4,096 validation tokens unless ``search_tokens`` says otherwise.
+#:   attention at one seed); unsolved FFNs skipped in the forward (so no dropout draws for them); the solved
+#:   head's unigram mixture grid reaches 1; centred landmark keys; the η search scores 2,048 validation
+#:   tokens unless ``search_tokens`` says otherwise.
 COMPUTE_VERSION = 2

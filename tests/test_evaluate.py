@@ -135,3 +135,15 @@ def test_generate_shapes_and_determinism():
     a = generate(model, ids, 12, top_k=5, generator=torch.Generator().manual_seed(1))
     b = generate(model, ids, 12, top_k=5, generator=torch.Generator().manual_seed(1))
     assert a.shape == (2, 15) and torch.equal(a, b)
+
+
+def test_score_without_accuracy_gives_the_same_loss():
+    from pillm.evaluate import score
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g) * 4
+    y = torch.randint(0, 11, (3, 5), generator=g)
+    y[0, :2] = IGNORE_INDEX
+    full, lean = score([(logits, y)]), score([(logits, y)], accuracy=False)
+    assert lean["loss"] == pytest.approx(full["loss"], rel=1e-6) and lean["tokens"] == full["tokens"] == 13
+    assert lean["acc"] is None

@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..data import TokenStream
 from ..model import PILLM, SolvedFFN, ffn_generator, landmark_keys
 from ..train import TrainConfig, landmark_inputs, solve_layer
 from .resolve import finish, open_checkpoint, timed_resolve

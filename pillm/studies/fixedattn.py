@@ -40,7 +40,7 @@ from ..evaluate import evaluate_stream
 from ..model import PILLM
 from ..run import RunSpec, environment, save_checkpoint, write_json_atomic
 from ..solver import sync_device
-from ..train import RunLog, ppmi_embeddings, resolve_device, run_procedure
+from ..train import ppmi_embeddings, resolve_device, run_procedure
 
 _KIND = re.compile(r"prev([1-9]\d*)|avg")
 EMBEDS = ("random", "ppmi")
