@@ -29,7 +29,7 @@ def _pillm(*args: str) -> list[str]:
 
 def _without_data(*args: str) -> list[str]:
     """`pillm ARGS` with every dataset folder hidden: the data folders searched are only ``$PILLM_DATA_DIR``."""
-    code = ("import os, sys, pathlib, pillm.data as d; "
+    code = ("import os, sys, pathlib, pillm.data.corpora as d; "
             "d.data_dir_candidates = lambda: [pathlib.Path(os.environ['PILLM_DATA_DIR'])]; "
             "from pillm.cli import main; sys.exit(main(sys.argv[1:]))")
     return [sys.executable, "-c", code, *args]
