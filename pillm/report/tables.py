@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import stats
-from .config import BEST_HYBRID, METHOD_ORDER, METHOD_TEX
+from .config import BENCH, BEST_HYBRID, METHOD_ORDER, METHOD_TEX
 from .numbers import fmt, fmt_paired
 from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
 
@@ -204,10 +205,11 @@ def provenance_table(res: Results, experiments, sha, version) -> Table:
         f = res.path(f"{e}/summary.csv")
         t.rows.append([_tex(e), _tex(f"results/{res.profile}/{e}/summary.csv"), sha(f) if f.is_file() else "not run",
                        str(p.get("git_commit") or "---")[:8], str(p.get("compute_version", version))])
-    for b in ("nvidia-h200", "nvidia-h200-2gpu"):
-        f = res.path(f"bench/{b}.json")
+    for rel_ in (BENCH, "bench/nvidia-h200-2gpu.json"):
+        b = Path(rel_).stem
+        f = res.path(rel_)
         if f.is_file():
-            d = res.json(f"bench/{b}.json")
+            d = res.json(rel_)
             t.rows.append([_tex(b), _tex(f"results/bench/{b}.json"), sha(f),
                            str((d.get("environment") or {}).get("git_commit") or "---")[:8],
                            str(d.get("compute_version", version))])
