@@ -5,6 +5,8 @@
   tests never read or write the repository's ``.cache/``.
 * Data-dependent fixtures skip (with the reason) when a dataset is not
   installed; a corrupt dataset is a failure, never a skip.
+* The notebooks of tests/test_notebooks.py execute in a pool of kernels that
+  starts with the session, beside the other tests; their tests run last.
 """
 
 from __future__ import annotations
@@ -109,3 +111,104 @@ def tinystories_corpus(_offline_and_private_cache) -> data.Corpus:
 @pytest.fixture(scope="session")
 def lambada_corpus(_offline_and_private_cache) -> data.Corpus:
     return _or_skip(data.load_corpus, "lambada")
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook pool (tests/test_notebooks.py)
+# --------------------------------------------------------------------------------------------
+
+NOTEBOOK_TEST = "test_notebook"
+# Longest first, so that the kernels finish together.
+NOTEBOOK_ORDER = ["benchmark", "training_curves", "tuning", "training_strategy", "adaptation", "first_layer", "gap"]
+# Run before each notebook in a reused kernel: a fresh namespace, figures closed, the kernel's initial
+# warning filters (changing them also clears the once-per-location registries, so warnings show again).
+RESET = """%reset -f
+import warnings as _w, matplotlib.pyplot as _plt
+_plt.close("all")
+_w.filterwarnings("ignore", message="__pillm_reset__")
+_w.filters[:] = __pillm_filters__
+del _w, _plt"""
+
+
+def pytest_collection_modifyitems(config, items):
+    """The notebook tests last: their kernels work from the session's start, beside the other tests."""
+    items.sort(key=lambda item: getattr(item, "originalname", "") == NOTEBOOK_TEST)
+
+
+def _notebook_worker(jobs, env: dict, notebooks: Path) -> None:
+    import queue
+
+    import nbformat
+    from jupyter_client import KernelManager
+    from nbclient import NotebookClient
+
+    from pillm import experiments as ex
+
+    km = KernelManager(kernel_name=ex.KERNEL)
+    km.start_kernel(cwd=str(notebooks), env=env)
+    first = True
+    try:
+        while True:
+            try:
+                name, future = jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                nb = nbformat.read(str(notebooks / name), as_version=4)
+                setup = "import warnings\n__pillm_filters__ = list(warnings.filters)" if first else RESET
+                first = False
+                nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
+                NotebookClient(nb, km=km, timeout=1200, allow_errors=True,
+                               resources={"metadata": {"path": str(notebooks)}}).execute()
+                nb.cells.pop(0)
+                future.set_result(nb)
+            except Exception as err:  # noqa: BLE001 - reported by the notebook's own test
+                future.set_exception(err)
+    finally:
+        km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def notebook_pool(request, tmp_path_factory, _offline_and_private_cache):
+    """Execute every selected notebook in a pool of kernels, started with the session so that the kernels
+    work while the other tests run; maps each notebook to a Future of its executed copy."""
+    import os
+    import queue
+    import threading
+    from concurrent.futures import Future
+
+    from pillm import experiments as ex
+
+    selected = [item.callspec.params["notebook"] for item in request.session.items
+                if getattr(item, "originalname", "") == NOTEBOOK_TEST and hasattr(item, "callspec")]
+    selected.sort(key=lambda n: NOTEBOOK_ORDER.index(n[:-6]) if n[:-6] in NOTEBOOK_ORDER else len(NOTEBOOK_ORDER))
+    futures = {name: Future() for name in selected}
+    if not selected:
+        yield futures
+        return
+    try:
+        ex.check_kernel()
+    except SystemExit as e:  # each notebook test fails with the reason; the other tests run
+        for f in futures.values():
+            f.set_exception(RuntimeError(str(e)))
+        yield futures
+        return
+    for corpus in ("wikitext2", "tinystories"):  # tokenize once (disk cache), not in every kernel
+        try:
+            data.load_tokenized(corpus)
+        except data.DataNotFoundError:
+            pass
+    env = os.environ | ex.REPRODUCIBLE_CPU_ENV | {"PILLM_RESULTS_DIR": str(tmp_path_factory.mktemp("nb-results")),
+                                                  "PILLM_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    jobs: queue.Queue = queue.Queue()
+    for name in selected:
+        jobs.put((name, futures[name]))
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    kernels = max(1, min(int(os.environ.get("PILLM_NB_KERNELS", "2")), len(selected)))
+    threads = [threading.Thread(target=_notebook_worker, args=(jobs, env, notebooks), daemon=True)
+               for _ in range(kernels)]
+    for t in threads:
+        t.start()
+    yield futures
+    for t in threads:
+        t.join()

@@ -1,10 +1,11 @@
 """Every notebook re-executed with its default (smoke) settings must reproduce the outputs committed with
 it (text, tables, printed numbers; images are not compared), as nbval would check them.
 
-The notebooks run in a small pool of Jupyter kernels (``PILLM_NB_KERNELS``, default 2), one notebook
-after another in each kernel (its namespace reset in between), so that the kernels' start-up and imports
-are paid once per kernel rather than once per notebook. The results root is fresh (``$PILLM_RESULTS_DIR``),
-so every run is recomputed and ``results/`` is left alone. The same check with nbval, by hand:
+The notebooks run in the ``notebook_pool`` of tests/conftest.py: a small pool of Jupyter kernels
+(``PILLM_NB_KERNELS``, default 2) that starts with the session and executes the notebooks one after another
+in each kernel (its namespace reset in between) while the other tests run; these tests come last and wait
+for their notebook. The results root is fresh (``$PILLM_RESULTS_DIR``), so every run is recomputed and
+``results/`` is left alone. The same check with nbval, by hand:
 
     cd notebooks && PILLM_RESULTS_DIR=$(mktemp -d) ../.venv/bin/python -m pytest --nbval . \\
         --nbval-sanitize-with ../nbval_sanitize.cfg -p no:cacheprovider
@@ -14,32 +15,15 @@ After changing a notebook, refresh its committed outputs with ``python notebooks
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import threading
-from concurrent.futures import Future
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from pillm import data
-from pillm import experiments as ex
-
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("[!_]*.ipynb"))
-# Longest first, so that the kernels finish together.
-ORDER = ["benchmark", "training_curves", "tuning", "training_strategy", "adaptation", "first_layer", "gap"]
 IGNORE = "nbval-ignore-output"
-# Run before each notebook in a reused kernel: a fresh namespace, figures closed, the kernel's initial
-# warning filters (changing them also clears the once-per-location registries, so warnings show again).
-RESET = """%reset -f
-import warnings as _w, matplotlib.pyplot as _plt
-_plt.close("all")
-_w.filterwarnings("ignore", message="__pillm_reset__")
-_w.filters[:] = __pillm_filters__
-del _w, _plt"""
 
 
 def _sanitizers() -> list[tuple[re.Pattern, str]]:
@@ -87,69 +71,11 @@ def differences(committed, executed) -> list[str]:
     return found
 
 
-def _worker(jobs: queue.Queue, env: dict) -> None:
-    from jupyter_client import KernelManager
-    from nbclient import NotebookClient
-
-    km = KernelManager(kernel_name=ex.KERNEL)
-    km.start_kernel(cwd=str(REPO / "notebooks"), env=env)
-    first = True
-    try:
-        while True:
-            try:
-                name, future = jobs.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                nb = nbformat.read(str(REPO / "notebooks" / name), as_version=4)
-                setup = "import warnings\n__pillm_filters__ = list(warnings.filters)" if first else RESET
-                first = False
-                nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
-                NotebookClient(nb, km=km, timeout=1200, allow_errors=True,
-                               resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-                nb.cells.pop(0)
-                future.set_result(nb)
-            except Exception as err:  # noqa: BLE001 - reported by the notebook's own test
-                future.set_exception(err)
-    finally:
-        km.shutdown_kernel(now=True)
-
-
-@pytest.fixture(scope="session")
-def executed(request, tmp_path_factory):
-    """Execute every selected notebook in a pool of kernels; each test waits for its own."""
-    try:
-        ex.check_kernel()
-    except SystemExit as e:
-        pytest.fail(str(e))
-    selected = [item.callspec.params["notebook"] for item in request.session.items
-                if getattr(item, "originalname", "") == "test_notebook" and hasattr(item, "callspec")]
-    selected.sort(key=lambda n: ORDER.index(n[:-6]) if n[:-6] in ORDER else len(ORDER))
-    for corpus in ("wikitext2", "tinystories"):  # tokenize once (disk cache), not in every kernel
-        try:
-            data.load_tokenized(corpus)
-        except data.DataNotFoundError:
-            pass
-    env = os.environ | ex.REPRODUCIBLE_CPU_ENV | {"PILLM_RESULTS_DIR": str(tmp_path_factory.mktemp("nb-results")),
-                                                  "PILLM_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    jobs: queue.Queue = queue.Queue()
-    futures = {name: Future() for name in selected}
-    for name in selected:
-        jobs.put((name, futures[name]))
-    kernels = max(1, min(int(os.environ.get("PILLM_NB_KERNELS", "2")), len(selected)))
-    threads = [threading.Thread(target=_worker, args=(jobs, env), daemon=True) for _ in range(kernels)]
-    for t in threads:
-        t.start()
-    yield futures
-    for t in threads:
-        t.join()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
-def test_notebook(notebook, executed):
+def test_notebook(notebook, notebook_pool):
     committed = nbformat.read(str(REPO / "notebooks" / notebook), as_version=4)
-    found = differences(committed, executed[notebook].result())
+    found = differences(committed, notebook_pool[notebook].result())
     assert not found, f"{notebook}: outputs differ from the committed ones:\n" + "\n".join(found)[:8000]
 
 
