@@ -15,7 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import claims, figures, numbers, tables
+from .claims import check as check_claims
+from .figures import render as render_figures
+from .numbers import compute as compute_numbers
+from .tables import Table, ablation_table, appendix_tables, main_table, provenance_table
 from .config import PAPER, PAPER_EXPERIMENTS, REPO, TEMPLATES, ReportError
 from .files import rel, sha256_short, write_if_changed
 from .results import NotRun, Results
@@ -69,7 +72,7 @@ def _data_path(res: Results, data: str) -> str:
 def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = True) -> dict:
     """Check the claims, then write numbers.tex, the tables and the figures. Returns what was written."""
     res = Results(results_root, profile)
-    outcomes = claims.check(res)
+    outcomes = check_claims(res)
     env = jinja_env()
     written: list[Path] = []
 
@@ -77,7 +80,7 @@ def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = Tr
         write_if_changed(path, text)
         written.append(path)
 
-    n = numbers.compute(res)
+    n = compute_numbers(res)
     nums = [{"name": x.name, "text": x.text, "note": x.note,
              "source": ("; ".join(_data_path(res, s) for s in x.source.split(" and ")) if x.value is not None
                         or x.text != r"\textit{not run}" else f"not run: {x.source}"),
@@ -87,14 +90,14 @@ def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = Tr
     write(dirs.tables / "numbers.tex", env.get_template("numbers.tex.j2").render(numbers=nums, profile=profile))
 
     all_tables = []
-    for make, name in ((tables.main_table, "main"), (tables.ablation_table, "ablations")):
+    for make, name in ((main_table, "main"), (ablation_table, "ablations")):
         try:
             all_tables.append(make(res))
         except NotRun as e:
-            all_tables.append(tables.Table(name, name, f"Not run in this results tree ({e}).".replace("_", r"\_"),
+            all_tables.append(Table(name, name, f"Not run in this results tree ({e}).".replace("_", r"\_"),
                                            "benchmark/summary.csv", ["Result"], [["not run"]]))
-    all_tables += tables.appendix_tables(res)
-    all_tables.append(tables.provenance_table(res, PAPER_EXPERIMENTS, sha256_short, 1))
+    all_tables += appendix_tables(res)
+    all_tables.append(provenance_table(res, PAPER_EXPERIMENTS, sha256_short, 1))
     tpl = env.get_template("table.tex.j2")
     for t in all_tables:
         t.notebook = t.notebook or _notebook(res, t.data.split("/")[0])
@@ -104,7 +107,7 @@ def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = Tr
 
     tpl = env.get_template("figure.tex.j2")
     nbs = {e: _notebook(res, e) for e in PAPER_EXPERIMENTS}
-    figs = figures.render(res, dirs.figures, nbs) if with_figures else {}
+    figs = render_figures(res, dirs.figures, nbs) if with_figures else {}
     for name, f in figs.items():
         if isinstance(f, str):
             why = f.replace("_", r"\_")
