@@ -70,7 +70,6 @@ Timings are medians of ``repeats`` calls after ``warmup`` calls, taken with CUDA
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
@@ -83,7 +82,7 @@ from typing import Any, Callable
 
 import torch
 
-from .solver import RidgeAccumulator, no_tf32
+from .solver import RidgeAccumulator, no_tf32, sync_device as sync
 from .version import COMPUTE_VERSION
 
 FULL_SIZES = (1024, 2048, 4096, 8192)
@@ -170,11 +169,6 @@ def device_slug(device: torch.device, quick: bool = False) -> str:
 # --------------------------------------------------------------------------------------------
 # Timing and ceilings
 # --------------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
@@ -751,13 +745,13 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
-    from .run import environment
+    from .run import environment, utc_now
 
     return {
         "benchmark": "pillm bench", "format": 1, "quick": s["quick"], "device": str(device),
         "device_name": device_name(device), "environment": environment(), "settings": s,
         "args": {k: v for k, v in vars(args).items() if k != "func"},
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "compute_version": COMPUTE_VERSION,
         "timing": "median of repeats after warm-up; CUDA events on GPU, perf_counter on CPU",
     }

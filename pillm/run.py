@@ -30,6 +30,7 @@ from .data import lambada_examples
 from .evaluate import evaluate_stream, generate, lambada
 from .model import PILLM, ModelConfig, config_for
 from .train import PIL_METHODS, TrainConfig, ffn_kind_for, resolve_device, run_procedure
+from .atomic import file_mode, umask, write_atomic, write_json_atomic
 from .version import COMPUTE_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,11 +62,16 @@ class RunSpec:
         return mcfg, tcfg
 
 
+def utc_now() -> str:
+    """The time now in UTC, as every record of this library writes it."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def environment() -> dict:
     """Provenance: software versions, device and the git commit of this repository."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
            "cuda": torch.version.cuda, "device_name": "cpu",
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+           "date": utc_now()}
     if torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)
         env["gpu_count"] = torch.cuda.device_count()
@@ -79,41 +85,6 @@ def environment() -> dict:
     except (OSError, subprocess.CalledProcessError):
         env["git_commit"] = os.environ.get("PILLM_GIT_COMMIT", "unknown")
     return env
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _file_mode() -> int:
-    """The mode a plain ``open`` would give a new file: 0o666 less the umask (mkstemp gives 0o600)."""
-    return 0o666 & ~_umask()
-
-
-def write_atomic(path, content) -> None:
-    """Write ``content`` (``str``, ``bytes``, or a callable given a text file) to ``path`` atomically.
-
-    The content goes into a temporary sibling that is renamed into place: readers see the old file or
-    the new one, never half of it; on error the temporary is removed. The file gets the user's umask.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _file_mode())
-        binary = isinstance(content, (bytes, bytearray))
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
-            content(f) if callable(content) else f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class RunExistsError(FileExistsError):
@@ -188,7 +159,7 @@ def _staged(directory: Path):
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-{os.getpid()}-"))
     old = directory.with_name(f".{directory.name}.partial-{os.getpid()}-old")
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700 would hide the run from colleagues
+        tmp.chmod(0o777 & ~umask())  # mkdtemp's 0o700 would hide the run from colleagues
         yield tmp
         if directory.exists():  # a directory cannot be renamed onto a non-empty one: move it aside first
             os.replace(directory, old)
@@ -215,7 +186,7 @@ def save_checkpoint(model: PILLM, tokenizer, directory: Path, extra: dict | None
     """``model.safetensors`` + ``config.json`` + the tokenizer, written into a temp dir then renamed."""
     with _staged(directory) as tmp:
         save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/head
-        (tmp / "model.safetensors").chmod(_file_mode())  # safetensors writes 0o600
+        (tmp / "model.safetensors").chmod(file_mode())  # safetensors writes 0o600
         write_json_atomic(tmp / "config.json", {"model": model.config.to_dict(), **(extra or {})})
         tokenizer.save(tmp / "tokenizer")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..run import REPO, environment, write_json_atomic
+from ..run import REPO, environment, utc_now, write_json_atomic
 from ..version import COMPUTE_VERSION
 from .files import experiment_dir, read_json, REGISTRY, rel, root_dir, sha, write_text_atomic
 from .grid import compile_match, FINISHED_ONLY, MATCH, PARTIAL
@@ -92,10 +91,6 @@ def _entry(registry: dict, name: str, profile: str) -> tuple[dict, dict]:
     return entry, params
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def run_one(name: str, profile: str, results_root=None, *, force: bool = False, registry=None) -> int:
     """Execute one registry notebook with papermill (called in its own process by run_experiments).
 
@@ -126,7 +121,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     out_nb = root / profile / f"{name}.ipynb"
     injected = {"profile": profile, "results_root": str(root), "progress": True,
                 "registry": None if registry is None else str(Path(registry).resolve())}
-    started, t0, wall_start = _now(), time.perf_counter(), time.time()
+    started, t0, wall_start = utc_now(), time.perf_counter(), time.time()
     error = None
     try:
         papermill.execute_notebook(str(notebook), str(out_nb), parameters=injected, kernel_name=KERNEL,
@@ -135,10 +130,10 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     except PapermillExecutionError as e:
         error = {"cell_index": _source_cell_index(out_nb, e.cell_index), "executed_cell_index": e.cell_index,
                  "execution_count": e.exec_count, "ename": e.ename, "evalue": e.evalue,
-                 "cell_source": (e.source or "").strip().splitlines()[:1], "notebook": str(out_nb), "date": _now()}
+                 "cell_source": (e.source or "").strip().splitlines()[:1], "notebook": str(out_nb), "date": utc_now()}
     except Exception as e:  # noqa: BLE001 - a dead kernel, a timeout, …: still a failure with a record
         error = {"cell_index": None, "execution_count": None, "ename": type(e).__name__, "evalue": str(e),
-                 "notebook": str(out_nb), "date": _now()}
+                 "notebook": str(out_nb), "date": utc_now()}
     wall = time.perf_counter() - t0
     try:
         _export_html(out_nb)
@@ -162,7 +157,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
         "notebook": rel(notebook), "executed_notebook": out_nb.name,
         "parameters": params, "registry": injected["registry"],
         "git_commit": env.get("git_commit"), "environment": env,
-        "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": _now(),
+        "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": utc_now(),
         "partial": partial,
     })
     if partial:  # a summary of some runs: the experiment still has to run
