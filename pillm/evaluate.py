@@ -33,7 +33,6 @@ def _windows(ids: torch.Tensor, block: int, stride: int) -> tuple[torch.Tensor, 
     starts = list(range(0, max(n - 1 - block, 0) + 1, stride))
     if starts[-1] + block < n - 1:  # cover the tail
         starts.append(n - 1 - block)
-    starts = [s for s in starts if s >= 0] or [0]
     t = min(block, n - 1)
     idx = torch.tensor(starts, device=ids.device)[:, None] + torch.arange(t, device=ids.device)[None, :]
     x, y = ids[idx], ids[idx + 1].clone()

@@ -158,11 +158,8 @@ def _suggest_lam(lam: float, eig_max: float, mean_diag: float, cond_threshold: f
 
 
 def _cond_from_eigs(evals: Tensor) -> float:
-    lo = float(evals[0])
-    hi = float(evals[-1])
-    if not (hi > 0.0) or not (lo > 0.0):
-        return math.inf
-    return hi / lo
+    lo, hi = float(evals[0]), float(evals[-1])
+    return hi / lo if hi > 0.0 and lo > 0.0 else math.inf
 
 
 def _eigh(A: Tensor, vectors: bool):
@@ -197,12 +194,8 @@ def _ridge_solve(A: Tensor, C: Tensor, lam_abs: float, solver: str, cond_thresho
     """
     if lam_abs:
         A.diagonal().add_(lam_abs)
-    fallback, reason = False, ""
-    eig_max = math.nan
-    W: Tensor | None = None
-    cond = math.inf
-    truncated = 0
-    if solver in ("auto", "cholesky"):
+    reason, eig_max, cond, truncated, W = "", math.nan, math.inf, 0, None
+    if solver != "eigh":
         L, info = torch.linalg.cholesky_ex(A)
         info_i = int(info)
         if info_i > 0:
@@ -210,33 +203,26 @@ def _ridge_solve(A: Tensor, C: Tensor, lam_abs: float, solver: str, cond_thresho
             if solver == "cholesky":
                 raise torch.linalg.LinAlgError(
                     f"Cholesky factorisation of G + λI failed (info={info_i}): the matrix is not numerically "
-                    f"positive definite (lam_abs={lam_abs:.3g}). Use a larger lam, or solver='auto' / 'eigh'."
-                )
+                    f"positive definite (lam_abs={lam_abs:.3g}). Use a larger lam, or solver='auto' / 'eigh'.")
             reason = f"cholesky failed (info={info_i})"
         else:
             W = torch.cholesky_solve(C, L)
-            del L
+            del L  # one D×D float64 matrix less before the eigenvalues
             evals = _eigh(A, vectors=False)
-            cond = _cond_from_eigs(evals)
-            eig_max = float(evals[-1])
-            if solver == "auto":
-                if cond > cond_threshold:
-                    reason = f"cond {cond:.2g} > {cond_threshold:.2g}"
-                elif not bool(torch.isfinite(W).all()):
-                    reason = "non-finite cholesky solution"
-            if reason:
-                W = None
-        fallback = bool(reason)
+            cond, eig_max = _cond_from_eigs(evals), float(evals[-1])
+            if solver == "auto" and cond > cond_threshold:
+                reason = f"cond {cond:.2g} > {cond_threshold:.2g}"
+            elif solver == "auto" and not bool(torch.isfinite(W).all()):
+                reason = "non-finite cholesky solution"
     used = "cholesky"
-    if W is None:  # eigen path: forced, or fallback
+    if W is None or reason:  # eigen path: forced, or a fallback
         W, evals, truncated = _eig_pinv_solve(A, C, rcond)
         if reason.startswith("cholesky failed") or solver == "eigh":
             cond = _cond_from_eigs(evals)
         eig_max = float(evals[-1])
         used = "eigh"
-    return W, {"solver": used, "fallback": fallback, "reason": reason, "cond": float(cond),
+    return W, {"solver": used, "fallback": bool(reason), "reason": reason, "cond": float(cond),
                "truncated": truncated, "eig_max": eig_max}
-
 
 class RidgeAccumulator:
     """Streams ``G = Σ HᵀH`` and ``C = Σ HᵀY`` over batches; O(D² + D·K) memory.
@@ -251,19 +237,11 @@ class RidgeAccumulator:
     device : where the statistics live (default: CPU).  Inputs are moved there.
     """
 
-    def __init__(
-        self,
-        n_features: int,
-        n_outputs: int,
-        *,
-        fit_bias: bool = True,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> None:
+    def __init__(self, n_features: int, n_outputs: int, *, fit_bias: bool = True,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
         if int(n_features) < 1 or int(n_outputs) < 1:
-            raise ValueError(
-                f"n_features and n_outputs must be >= 1 (got n_features={n_features}, n_outputs={n_outputs})"
-            )
+            raise ValueError(f"n_features and n_outputs must be >= 1 (got n_features={n_features}, "
+                             f"n_outputs={n_outputs})")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64 (got {dtype})")
         self.n_features = D = int(n_features)
@@ -285,10 +263,9 @@ class RidgeAccumulator:
     def _check_width(name: str, t: Tensor, field: str, expected: int, what: str) -> None:
         got = t.shape[-1] if t.dim() else 0
         if t.dim() < 1 or got != expected:
-            raise ValueError(
-                f"{name} has {got} {what} (shape {tuple(t.shape)}) but the accumulator expects {field}={expected}; "
-                f"pass {name} with last dimension {expected} or build the accumulator with {field}={got}"
-            )
+            raise ValueError(f"{name} has {got} {what} (shape {tuple(t.shape)}) but the accumulator expects "
+                             f"{field}={expected}; pass {name} with last dimension {expected} or build the "
+                             f"accumulator with {field}={got}")
 
     @torch.no_grad()
     def update(self, H: Tensor, Y: Tensor, mask: Tensor | None = None) -> None:
@@ -304,15 +281,11 @@ class RidgeAccumulator:
             Y = Y.unsqueeze(-1)
         self._check_width("Y", Y, "n_outputs", K, "outputs")
         if H.shape[:-1] != Y.shape[:-1]:
-            raise ValueError(
-                f"H rows {tuple(H.shape[:-1])} != Y rows {tuple(Y.shape[:-1])}: H [..., D] and Y [..., K] must "
-                f"have the same leading dimensions (one target row per feature row)"
-            )
+            raise ValueError(f"H rows {tuple(H.shape[:-1])} != Y rows {tuple(Y.shape[:-1])}: H [..., D] and "
+                             "Y [..., K] must have the same leading dimensions (one target row per feature row)")
         if mask is not None and tuple(mask.shape) != tuple(H.shape[:-1]):
-            raise ValueError(
-                f"mask shape {tuple(mask.shape)} != leading dims of H {tuple(H.shape[:-1])}; pass a bool mask "
-                f"with one entry per row"
-            )
+            raise ValueError(f"mask shape {tuple(mask.shape)} != leading dims of H {tuple(H.shape[:-1])}; "
+                             "pass a bool mask with one entry per row")
 
         H2 = H.reshape(-1, D).to(device=self.device, dtype=self.dtype)
         Y2 = Y.reshape(-1, K).to(device=self.device, dtype=self.dtype)
@@ -387,14 +360,8 @@ class RidgeAccumulator:
 
 
     @torch.no_grad()
-    def solve(
-        self,
-        lam: float,
-        *,
-        solver: str = "auto",
-        cond_threshold: float = 1e10,
-        rcond: float | None = None,
-    ) -> tuple[Tensor, Tensor | None, SolveRecord]:
+    def solve(self, lam: float, *, solver: str = "auto", cond_threshold: float = 1e10,
+              rcond: float | None = None) -> tuple[Tensor, Tensor | None, SolveRecord]:
         """Ridge solution for relative ``lam``: returns ``W`` [D, K], ``b`` [K] (None without bias), record.
 
         ``W`` and ``b`` are in the accumulator dtype on its device.  The accumulator is not modified,
@@ -415,10 +382,8 @@ class RidgeAccumulator:
         Gc, Cc, n, h_bar, y_bar = self.centered_stats()
         stats_ok = torch.isfinite(Gc).all() & torch.isfinite(Cc).all() & torch.isfinite(self.sum_y2).all()
         if not bool(stats_ok):
-            raise ValueError(
-                "accumulated statistics contain NaN/Inf: some H or Y rows fed to update() were non-finite "
-                "(mask them out with the mask argument)"
-            )
+            raise ValueError("accumulated statistics contain NaN/Inf: some H or Y rows fed to update() were non-finite "
+                             "(mask them out with the mask argument)")
         mean_diag = float(Gc.diagonal().mean())
         lam_abs = lam * mean_diag if mean_diag > 0 else 0.0
         rcond = self.n_features * _EPS64 if rcond is None else rcond
@@ -436,10 +401,7 @@ class RidgeAccumulator:
 
         # R² from sufficient statistics (float64).
         sum_y2 = self.sum_y2
-        if self.fit_bias:
-            syy = (sum_y2 - n * y_bar.square()).sum()
-        else:
-            syy = sum_y2.sum()
+        syy = (sum_y2 - n * y_bar.square()).sum() if self.fit_bias else sum_y2.sum()
         ss_tot = float((sum_y2 - self.sum_y.square() / n).sum())
         quad = (W * (A @ W)).sum() - lam_abs * W.square().sum()  # tr(Wᵀ G_c W)
         ss_res = max(float(syy - 2.0 * (W * Cc).sum() + quad), 0.0)

@@ -10,10 +10,8 @@ inputs, never stale ones). No optimizer step. With ``lams = (checkpoint's λ,)``
 checkpoint's own solve: the control of this experiment.
 
 Cost over the checkpoint's solve: one Cholesky per λ (``D³/3`` for ``D`` features) and ``len(lams)`` times
-the η search's validation passes; the pass over the training split, which dominates, is made once.
-
-The solve is :func:`pillm.train.solve_layer` with a λ grid; the re-solve scaffolding is
-:mod:`pillm.studies.resolve`'s.
+the η search's validation passes; the pass over the training split, which dominates, is made once. The
+solve is :func:`pillm.train.solve_layer` with a λ grid.
 
     pillm experiments --profile paper --only lambda_path     # notebooks/lambda_path.ipynb
 """
@@ -24,7 +22,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import TokenStream
 from ..model import PILLM
 from ..train import TrainConfig, solve_layer
 from .resolve import finish, open_checkpoint, timed_resolve
@@ -61,22 +58,15 @@ class LambdaPathSpec:
         return TrainConfig(**{"method": "attn_then_pil", **self.train})
 
 
-def solve_layer_path(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig,
-                     lams: tuple, progress: bool = True) -> dict:
-    """Solve block ``layer``'s FFN readout for every λ of ``lams`` from one pass over ``train``; keep the
-    (λ, η) pair with the lowest loss on ``search`` (the validation windows). Returns the layer's record."""
-    return solve_layer(model, layer, train, search, cfg, cfg.target, None, progress, lams=lams)
-
-
 def execute(spec: LambdaPathSpec, out: str | Path | None = None, *, progress: bool = True) -> tuple[dict, PILLM]:
     """Re-solve ``spec.checkpoint``'s FFNs with λ chosen per layer; writes ``out/result.json``."""
     r = open_checkpoint(spec.checkpoint, spec.dataset, spec.tokenizer, spec.train, "λ-path")
     r.before["lam"] = r.cfg.lam
-    log, solve_s = timed_resolve(
-        r, lambda layer: solve_layer_path(r.model, layer, r.train, r.search, r.cfg, spec.lams, progress), "lambda_path")
+    log, solve_s = timed_resolve(r, lambda layer: solve_layer(r.model, layer, r.train, r.search, r.cfg, r.cfg.target,
+                                                              None, progress, lams=spec.lams), "lambda_path")
     result = finish(r, spec, "lambda_path", log, solve_s, out, target=r.cfg.target, lams=list(spec.lams),
                     chosen_lams=[s["lam"] for s in log.solves])
     return result, r.model
 
 
-__all__ = ["LAMS", "LambdaPathSpec", "execute", "solve_layer_path"]
+__all__ = ["LAMS", "LambdaPathSpec", "execute"]
