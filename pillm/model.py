@@ -158,8 +158,9 @@ def scaled_to(w: torch.Tensor, u: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def landmark_projections(u: torch.Tensor, m: int, count: int, scale: float) -> list[torch.Tensor]:
-    """``count`` projections ``[C, m]`` whose columns are consecutive rows of ``u`` (:func:`landmark_keys`),
-    scaled so that their pre-activations over ``u`` have standard deviation ``scale``."""
+    """Data-dependent projections (Nyström-style landmarks; the FFN as a key-value memory): ``count`` matrices
+    ``[C, m]`` whose columns are consecutive rows of the layer's LayerNorm-ed inputs ``u`` (:func:`landmark_keys`),
+    scaled so that their pre-activations over ``u`` have standard deviation ``scale``, as random ones do."""
     if u.shape[0] < count * m:
         raise ValueError(f"need at least {count * m} input rows for the landmarks, got {u.shape[0]}")
     return [scaled_to(landmark_keys(u[i * m:(i + 1) * m], u), u, scale) for i in range(count)]
@@ -179,15 +180,11 @@ class RandomFeatures(nn.Module):
         self.n_features = 2 * m if self.fusion == "concat" else m
 
     @torch.no_grad()
-    def set_landmarks(self, u: torch.Tensor, scale: float = 1.0) -> None:
-        """Data-dependent projections (Nyström-style landmarks; the FFN as a key-value memory).
-
-        ``u [≥ n_proj·M, C]`` are LayerNorm-ed inputs of this layer; each projection column becomes
-        one of them (:func:`landmark_keys`: centred, unit-normalised), then scaled so that its
-        pre-activations over ``u`` have standard deviation ``scale`` (as the random projections do).
-        """
+    def set_projections(self, make) -> None:
+        """Replace the projections by ``make(M, count)``: ``count`` matrices ``[C, M]``, one per projection
+        (e.g. :func:`landmark_projections` of the layer's own inputs)."""
         names = ["proj_fwd"] + (["proj_bwd"] if self.fusion is not None else [])
-        for name, w in zip(names, landmark_projections(u, self.proj_fwd.shape[1], len(names), scale)):
+        for name, w in zip(names, make(self.proj_fwd.shape[1], len(names))):
             getattr(self, name).copy_(w)
 
     def forward(self, u):
@@ -406,10 +403,7 @@ class PILLM(nn.Module):
         return h @ self.tok_emb.weight.T  # tied
 
     def forward(self, ids):
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+        return self.forward_from(self.embed(ids), 0)
 
     def residual_before(self, ids, layer: int):
         """Residual stream entering block ``layer`` (computed with the current lower blocks)."""

@@ -70,8 +70,7 @@ def utc_now() -> str:
 def environment() -> dict:
     """Provenance: software versions, device and the git commit of this repository."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-           "cuda": torch.version.cuda, "device_name": "cpu",
-           "date": utc_now()}
+           "cuda": torch.version.cuda, "device_name": "cpu", "date": utc_now()}
     if torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)
         env["gpu_count"] = torch.cuda.device_count()
@@ -271,8 +270,7 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
         # are computed on the same activations the teacher's FFN saw.
         shared = {k: v for k, v in teacher.state_dict().items() if ".ffn." not in k}
         model.load_state_dict(shared, strict=False)
-    train = TokenStream(corpus.train, device)
-    valid = TokenStream(corpus.valid, device)
+    train, valid = TokenStream(corpus.train, device), TokenStream(corpus.valid, device)
     t0 = time.perf_counter()
     log = run_procedure(model, train, valid, tcfg, teacher=teacher, progress=progress)
     total_s = time.perf_counter() - t0

@@ -59,12 +59,10 @@ Solve (always float64; D ≤ ~16k, so this is cheap next to accumulation)
 * A device eigensolver that fails to converge is retried on the CPU.
 
 Precision floor of float32 accumulation: ``G`` carries relative round-off of ~1e-7 (more with large
-feature means), so relative λ below ~1e-6 regularises mostly noise; with ``lam = 0`` and rank-deficient
-data the eigen path then inverts noise eigenvalues (finite, fits the training data, but the null-space
-part of ``W`` is noise). Use ``lam ≳ 1e-6`` or ``dtype=float64``.
-
-The result is never NaN/Inf provided the accumulated statistics are finite (non-finite ones raise
-``ValueError``), rank-deficient ``H``, ``κ`` up to 1e16 and ``lam = 0`` included.
+feature means), so relative λ below ~1e-6 regularises mostly noise, and with ``lam = 0`` on rank-deficient
+data the eigen path inverts noise eigenvalues (finite, but the null-space part of ``W`` is noise): use
+``lam ≳ 1e-6`` or ``dtype=float64``. The result is never NaN/Inf when the statistics are finite
+(non-finite ones raise ``ValueError``), rank-deficient ``H``, κ up to 1e16 and ``lam = 0`` included.
 
 R² from sufficient statistics (no second pass over the data)
 ------------------------------------------------------------
@@ -96,7 +94,6 @@ from torch import Tensor
 __all__ = ["SolveRecord", "RidgeAccumulator", "no_tf32", "sync_device", "SOLVERS"]
 
 SOLVERS = ("auto", "cholesky", "eigh")
-_EPS64 = torch.finfo(torch.float64).eps
 # Relative tolerance under which SS_tot / SS_res count as zero (see module docstring).
 _R2_ZERO_RTOL = 1e-10
 
@@ -256,9 +253,6 @@ class RidgeAccumulator:
         self.sum_y2 = torch.zeros(K, dtype=torch.float64, device=dev)
         self.n = torch.zeros((), dtype=torch.int64, device=dev)
 
-    def _tensors(self) -> dict[str, Tensor]:
-        return {"G": self.G, "C": self.C, "sum_h": self.sum_h, "sum_y": self.sum_y, "sum_y2": self.sum_y2, "n": self.n}
-
     @staticmethod
     def _check_width(name: str, t: Tensor, field: str, expected: int, what: str) -> None:
         got = t.shape[-1] if t.dim() else 0
@@ -271,9 +265,8 @@ class RidgeAccumulator:
     def update(self, H: Tensor, Y: Tensor, mask: Tensor | None = None) -> None:
         """Add a batch.  ``H`` [..., D], ``Y`` [..., K] (same leading dims, flattened), ``mask`` [...] bool.
 
-        Rows where ``mask`` is False contribute nothing (they are zeroed with ``torch.where``, so even
-        NaN/Inf garbage there is harmless).  ``Y`` may also be ``[...]`` when K == 1.
-        No host synchronisation happens here.
+        Rows where ``mask`` is False contribute nothing, even NaN/Inf garbage.  ``Y`` may also be ``[...]``
+        when K == 1.  No host synchronisation happens here.
         """
         D, K = self.n_features, self.n_outputs
         self._check_width("H", H, "n_features", D, "features")
@@ -340,7 +333,7 @@ class RidgeAccumulator:
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        for t in self._tensors().values():
+        for t in (self.G, self.C, self.sum_h, self.sum_y, self.sum_y2, self.n):
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 
     def centered_stats(self) -> tuple[Tensor, Tensor, int, Tensor | None, Tensor | None]:
@@ -352,8 +345,7 @@ class RidgeAccumulator:
         Cc = self.C.to(torch.float64, copy=True)
         if not self.fit_bias:
             return Gc, Cc, n, None, None
-        h_bar = self.sum_h / n
-        y_bar = self.sum_y / n
+        h_bar, y_bar = self.sum_h / n, self.sum_y / n
         Gc.addr_(self.sum_h, h_bar, alpha=-1.0)  # G - n h̄ h̄ᵀ, in place, no D×D temporary
         Cc.addr_(self.sum_h, y_bar, alpha=-1.0)  # C - n h̄ ȳᵀ
         return Gc, Cc, n, h_bar, y_bar
@@ -386,18 +378,16 @@ class RidgeAccumulator:
                              "(mask them out with the mask argument)")
         mean_diag = float(Gc.diagonal().mean())
         lam_abs = lam * mean_diag if mean_diag > 0 else 0.0
-        rcond = self.n_features * _EPS64 if rcond is None else rcond
+        rcond = self.n_features * torch.finfo(torch.float64).eps if rcond is None else rcond
         W, info = _ridge_solve(Gc, Cc, lam_abs, solver, cond_threshold, rcond)
+        eig_max = info.pop("eig_max")
         A = Gc  # now G_c + λ_abs I (overwritten in place)
         if info["fallback"]:
-            warnings.warn(
-                f"RidgeAccumulator.solve: {info['reason']}; fell back to the eigen pseudo-inverse "
-                f"(cond(G+λI)={info['cond']:.3g} with lam={lam:g} (relative), lam_abs={lam_abs:.3g}; "
-                f"{info['truncated']} eigenvalues truncated). Consider a larger λ, e.g. "
-                f"lam>={_suggest_lam(lam, info['eig_max'], mean_diag, cond_threshold):.1g}.",
-                RuntimeWarning,
-                stacklevel=3,  # caller of the torch.no_grad-wrapped function
-            )
+            warnings.warn(f"RidgeAccumulator.solve: {info['reason']}; fell back to the eigen pseudo-inverse "
+                          f"(cond(G+λI)={info['cond']:.3g} with lam={lam:g} (relative), lam_abs={lam_abs:.3g}; "
+                          f"{info['truncated']} eigenvalues truncated). Consider a larger λ, e.g. "
+                          f"lam>={_suggest_lam(lam, eig_max, mean_diag, cond_threshold):.1g}.",
+                          RuntimeWarning, stacklevel=3)  # the caller of the torch.no_grad-wrapped function
 
         # R² from sufficient statistics (float64).
         sum_y2 = self.sum_y2
@@ -414,7 +404,6 @@ class RidgeAccumulator:
         b = (y_bar - h_bar @ W).to(self.dtype) if self.fit_bias else None
         W_out = W.to(self.dtype)
         sync_device(self.device)
-        del info["eig_max"]
         rec = SolveRecord(**info, tokens=n, lam=lam, lam_abs=lam_abs, r2=float(r2),
                           seconds=time.perf_counter() - t0)
         return W_out, b, rec

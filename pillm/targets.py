@@ -68,10 +68,8 @@ def layer_data(model: PILLM, layer: int, ids: torch.Tensor, next_ids: torch.Tens
         raise ValueError(f"block {layer} has FFN kind {model.config.ffn!r}; only pil/bipil/rf_adamw layers are solved")
     mask = (next_ids != IGNORE_INDEX).reshape(-1)
     with torch.no_grad():
-        x_in = model.residual_before(ids, layer)
-        x_mid = block.attend(x_in)
-        u = block.ln2(x_mid)
-        feats = block.ffn.features(u)
+        x_mid = block.attend(model.residual_before(ids, layer))
+        feats = block.ffn.features(block.ln2(x_mid))
         current = feats @ block.ffn.out_weight + block.ffn.out_bias  # Y₀: the layer's output now
     c = x_mid.shape[-1]
     zeros = torch.zeros_like(x_mid)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from .data import TokenStream
 from .evaluate import evaluate_stream, score
-from .model import IGNORE_INDEX, PILLM, DictConfig
+from .model import IGNORE_INDEX, PILLM, DictConfig, landmark_projections
 from .solver import RidgeAccumulator, sync_device
 from .targets import SEARCHED, check_target, layer_data
 
@@ -141,11 +141,9 @@ def resolve_device(name: str) -> torch.device:
 def keep_freed_memory() -> None:
     """Let glibc keep large freed blocks for reuse instead of returning them to the system.
 
-    Every training step and every scored batch allocates a fresh logits buffer ``[B, T, V]``
-    (hundreds of MB at a word-level vocabulary). Above glibc's mmap threshold (at most 32 MB
-    by default) each one is a new mapping, paid again in page faults: a third of a CPU run's
-    time. Raising the thresholds keeps those pages mapped. Without glibc, or where glibc refuses
-    the value, nothing changes.
+    Every step allocates a fresh logits buffer ``[B, T, V]`` (hundreds of MB at a word-level vocabulary);
+    above glibc's mmap threshold each is a new mapping, paid again in page faults: a third of a CPU
+    run's time. Without glibc, or where glibc refuses the value, nothing changes.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -371,9 +369,10 @@ def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainCo
     t0 = time.perf_counter()
     for sweep in range(max(cfg.iterations, 1)):
         for layer in solvable:
-            if model.config.proj_init == "landmarks" and sweep == 0 and name == "pil":  # from the layer's inputs
-                model.blocks[layer].ffn.features.set_landmarks(landmark_inputs(model, layer, train, cfg),
-                                                                model.config.proj_scale)
+            if model.config.proj_init == "landmarks" and sweep == 0 and name == "pil":
+                u = landmark_inputs(model, layer, train, cfg)
+                model.blocks[layer].ffn.features.set_projections(
+                    lambda m, count: landmark_projections(u, m, count, model.config.proj_scale))
             rec = solve_layer(model, layer, train, search, cfg, target, teacher, progress)
             log.solves.append(rec | {"phase": name, "sweep": sweep})
     sync_device(device)
@@ -390,9 +389,6 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     unigram mixture, ``p = (1 − α)·softmax(T·scores) + α·unigram``, are chosen jointly by
     validation loss (``search_tokens`` of the validation split; forward passes only). The
     unigram is add-one smoothed over the training stream.
-
-    ``C = Σ hᵀ onehot(y)`` is accumulated by :meth:`pillm.solver.RidgeAccumulator.update_labels`
-    (never a dense ``[N, V]`` one-hot).
     """
     if model.config.head != "solved":
         raise ValueError("solve_output_head needs a model built with head='solved'")
@@ -500,8 +496,7 @@ class AdamWRunner:
         n_batches = train.num_batches(model.config.block_size, cfg.batch_size)
         self.steps_per_epoch = max(1, n_batches // self.world)
         self.total_steps = max(1, total_epochs * self.steps_per_epoch)
-        self.step = 0
-        self.epoch = 0
+        self.step = self.epoch = 0
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.forward = model
         if self.world > 1:

@@ -92,12 +92,8 @@ def encode_domain(domain: str, tok: WordTokenizer, max_train_tokens: int | None 
     PTB is already word-tokenized (lower case, ``N`` for numbers); TinyStories is raw text and is
     split the way WikiText was (:func:`pillm.data.wikitext_tokenize`) first."""
     corpus = load_corpus(domain)
-    ids = {}
-    for split, docs in corpus.splits.items():
-        if split not in ("train", "valid", "test"):
-            continue
-        lines = docs if domain == "ptb" else [wikitext_tokenize(d) for d in docs]
-        ids[split] = tok.encode_lines(lines)
+    ids = {split: tok.encode_lines(docs if domain == "ptb" else [wikitext_tokenize(d) for d in docs])
+           for split, docs in corpus.splits.items() if split in ("train", "valid", "test")}
     if max_train_tokens is not None:
         ids["train"] = ids["train"][:max_train_tokens]
     words = ids["test"]  # tokens, line ends included

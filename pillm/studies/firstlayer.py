@@ -1,11 +1,9 @@
 """First layers better than random, still in closed form.
 
 A model trained by attention→PIL (a run that kept its checkpoint) gets new FFN projections of one
-kind, optionally a wider feature map, and then every readout is re-solved bottom-up on its training
-split as in its own closed-form phase: readouts zeroed first (so the base target is the zero output
-of an unsolved layer), the checkpoint's target, λ and η grid (η chosen on validation). Each layer's projections are drawn
-from that layer's LayerNorm-ed inputs *after* the layers below were re-solved (fresh inputs, never
-stale ones). No optimizer step: embeddings and attention stay the checkpoint's.
+kind, optionally a wider feature map, and every readout is re-solved bottom-up as in its own
+closed-form phase (:mod:`pillm.studies.resolve`). Each layer's projections are drawn from that layer's
+LayerNorm-ed inputs *after* the layers below were re-solved (fresh inputs, never stale ones).
 
 Projection kinds; every projection column is scaled so that its pre-activations over the sampled
 inputs have standard deviation ``proj_scale``, as the random projections do:
@@ -32,15 +30,15 @@ from pathlib import Path
 import torch
 
 from ..model import PILLM, SolvedFFN, ffn_generator, landmark_keys, landmark_projections, scaled_to
-from ..train import TrainConfig, landmark_inputs, solve_layer
-from .resolve import finish, open_checkpoint, timed_resolve
+from ..train import landmark_inputs, solve_layer
+from .resolve import ResolveSpec, finish, open_checkpoint, timed_resolve
 
 KINDS = ("same", "random", "landmarks", "whitened", "pca", "autoencoder", "mixed")
 PCA_VARIANCE = 0.9  # the principal subspace of ``pca`` keeps this share of the input variance
 
 
 @dataclass
-class FirstLayerSpec:
+class FirstLayerSpec(ResolveSpec):
     """One run: which attention→PIL checkpoint, which projections, how many features per projection."""
 
     checkpoint: str  # a run directory's checkpoint/ (written with save_checkpoint=True)
@@ -55,10 +53,6 @@ class FirstLayerSpec:
             raise ValueError(f"projection must be one of {KINDS}, not {self.projection!r}")
         if self.expansion is not None and self.expansion < 1:
             raise ValueError(f"expansion must be at least 1 (features per projection / n_embd), not {self.expansion}")
-
-    def config(self) -> TrainConfig:
-        # attention→PIL: the procedure whose closed-form phase this run repeats
-        return TrainConfig(**{"method": "attn_then_pil", **self.train})
 
 
 def projections(kind: str, u: torch.Tensor, m: int, count: int, scale: float,
@@ -124,13 +118,10 @@ def execute(spec: FirstLayerSpec, out: str | Path | None = None, *, progress: bo
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def solve_one(layer: int) -> dict:
-        feats = model.blocks[layer].ffn.features
         if spec.projection != "same":
-            names = ["proj_fwd"] + (["proj_bwd"] if feats.fusion is not None else [])
             u = landmark_inputs(model, layer, r.train, cfg)
-            for name, w in zip(names, projections(spec.projection, u, feats.proj_fwd.shape[1], len(names),
-                                                  model.config.proj_scale, generator)):
-                getattr(feats, name).copy_(w)
+            model.blocks[layer].ffn.features.set_projections(
+                lambda m, count: projections(spec.projection, u, m, count, model.config.proj_scale, generator))
         return solve_layer(model, layer, r.train, r.search, cfg, cfg.target, None, progress)
 
     log, solve_s = timed_resolve(r, solve_one, "first_layer")

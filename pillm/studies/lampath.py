@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model import PILLM
-from ..train import TrainConfig, solve_layer
-from .resolve import finish, open_checkpoint, timed_resolve
+from ..train import solve_layer
+from .resolve import ResolveSpec, finish, open_checkpoint, timed_resolve
 
 #: Decades around the hybrids' λ = 1e-4 (relative to the mean diagonal of HᵀH) up to 10: the λ ablation
 #: chose 1e-1, the top of its grid (results/paper/ablation_lambda), so the grid reaches two decades above.
@@ -32,7 +32,7 @@ LAMS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 @dataclass
-class LambdaPathSpec:
+class LambdaPathSpec(ResolveSpec):
     """One run: which attention→PIL checkpoint, and the λ grid every layer chooses from."""
 
     checkpoint: str  # a run directory's checkpoint/ (written with save_checkpoint=True), or the run directory
@@ -52,10 +52,6 @@ class LambdaPathSpec:
         if "lam" in self.train:
             raise ValueError("train['lam'] would be ignored: a λ-path run chooses λ from `lams`; "
                              "give lams=(λ,) to solve with one λ")
-
-    def config(self) -> TrainConfig:
-        # attention→PIL: the procedure whose closed-form phase this run repeats
-        return TrainConfig(**{"method": "attn_then_pil", **self.train})
 
 
 def execute(spec: LambdaPathSpec, out: str | Path | None = None, *, progress: bool = True) -> tuple[dict, PILLM]:

@@ -27,6 +27,14 @@ SOLVE_SETTINGS = ("lam", "eta_grid", "search_tokens", "max_train_tokens", "max_e
                   "target", "seed")
 
 
+class ResolveSpec:
+    """What the specs of the re-solve studies share: the training config is attention→PIL's, whose closed-form
+    phase they repeat (with the spec's ``train`` overrides)."""
+
+    def config(self) -> TrainConfig:
+        return TrainConfig(**{"method": "attn_then_pil", **self.train})
+
+
 @dataclass
 class Resolve:
     """An opened checkpoint and what its re-solve reads."""
