@@ -33,7 +33,6 @@ def _windows(ids: torch.Tensor, block: int, stride: int) -> tuple[torch.Tensor, 
     starts = list(range(0, max(n - 1 - block, 0) + 1, stride))
     if starts[-1] + block < n - 1:  # cover the tail
         starts.append(n - 1 - block)
-    starts = [s for s in starts if s >= 0] or [0]
     t = min(block, n - 1)
     idx = torch.tensor(starts, device=ids.device)[:, None] + torch.arange(t, device=ids.device)[None, :]
     x, y = ids[idx], ids[idx + 1].clone()
@@ -117,7 +116,7 @@ def lambada(model: PILLM, tokenizer, examples: list[tuple[str, str]], *, batch_s
     device = next(model.parameters()).device
     block = model.config.block_size
     unk = getattr(tokenizer, "unk_id", None)
-    items, oov = [], 0  # (input ids, word ids, is_oov)
+    items = []  # (input ids, word ids, is_oov)
     for context, word in examples:
         ctx = tokenizer.encode(context, add_eos=False)
         tgt = tokenizer.encode(word if tokenizer.kind == "word" else " " + word, add_eos=False)
@@ -125,10 +124,7 @@ def lambada(model: PILLM, tokenizer, examples: list[tuple[str, str]], *, batch_s
             raise ValueError(f"target word {word!r} encodes to no tokens")
         if len(tgt) > block:
             raise ValueError(f"target word {word!r} has {len(tgt)} tokens, more than block_size={block}")
-        is_oov = unk is not None and unk in tgt
-        oov += is_oov
-        full = (ctx + tgt)[-(block + 1):]
-        items.append((full[:-1], tgt, is_oov))
+        items.append(((ctx + tgt)[-(block + 1):-1], tgt, unk is not None and unk in tgt))
     was_training = model.training
     model.eval()
     correct, word_nll = 0, 0.0
@@ -153,7 +149,8 @@ def lambada(model: PILLM, tokenizer, examples: list[tuple[str, str]], *, batch_s
         correct += sum(h and not is_oov for h, (_, _, is_oov) in zip(hit, chunk))
     model.train(was_training)
     n = len(items)
-    return {"acc": correct / n, "word_ppl": math.exp(min(word_nll / n, 700.0)), "oov_rate": oov / n, "n": n}
+    return {"acc": correct / n, "word_ppl": math.exp(min(word_nll / n, 700.0)),
+            "oov_rate": sum(is_oov for _, _, is_oov in items) / n, "n": n}
 
 
 @torch.no_grad()

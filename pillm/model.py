@@ -57,8 +57,20 @@ def _choice(name: str, value, allowed) -> None:
         raise ValueError(f"{name}={value!r} is not valid; allowed values: {', '.join(map(str, allowed))}")
 
 
+class DictConfig:
+    """``to_dict`` / ``from_dict`` of the config dataclasses; keys a stored dict has and the class lacks are ignored."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(DictConfig):
     vocab_size: int = 33278
     block_size: int = 128  # context length T
     n_layer: int = 4
@@ -96,14 +108,6 @@ class ModelConfig:
     @property
     def hidden(self) -> int:
         return int(round(self.expansion * self.n_embd))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def config_for(size: str, **overrides) -> ModelConfig:
@@ -148,6 +152,20 @@ def landmark_keys(rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return F.normalize(rows.float() - u.float().mean(0), dim=1).T
 
 
+def scaled_to(w: torch.Tensor, u: torch.Tensor, scale: float) -> torch.Tensor:
+    """``w [C, M]`` with each column scaled so that ``u @ w`` has standard deviation ``scale``."""
+    return w * (scale / (u.float() @ w).std(dim=0).clamp_min(1e-6))
+
+
+def landmark_projections(u: torch.Tensor, m: int, count: int, scale: float) -> list[torch.Tensor]:
+    """Data-dependent projections (Nyström-style landmarks; the FFN as a key-value memory): ``count`` matrices
+    ``[C, m]`` whose columns are consecutive rows of the layer's LayerNorm-ed inputs ``u`` (:func:`landmark_keys`),
+    scaled so that their pre-activations over ``u`` have standard deviation ``scale``, as random ones do."""
+    if u.shape[0] < count * m:
+        raise ValueError(f"need at least {count * m} input rows for the landmarks, got {u.shape[0]}")
+    return [scaled_to(landmark_keys(u[i * m:(i + 1) * m], u), u, scale) for i in range(count)]
+
+
 class RandomFeatures(nn.Module):
     """Fixed random feature map H = φ(u) [.., M]; never trained, never solved."""
 
@@ -161,25 +179,13 @@ class RandomFeatures(nn.Module):
             self.register_buffer("proj_bwd", _randn((c, m), std, generator))
         self.n_features = 2 * m if self.fusion == "concat" else m
 
-    def preactivations(self, u):
-        return u @ self.proj_fwd
-
     @torch.no_grad()
-    def set_landmarks(self, u: torch.Tensor, scale: float = 1.0) -> None:
-        """Data-dependent projections (Nyström-style landmarks; the FFN as a key-value memory).
-
-        ``u [≥ n_proj·M, C]`` are LayerNorm-ed inputs of this layer; each projection column becomes
-        one of them (:func:`landmark_keys`: centred, unit-normalised), then scaled so that its
-        pre-activations over ``u`` have standard deviation ``scale`` (as the random projections do).
-        """
+    def set_projections(self, make) -> None:
+        """Replace the projections by ``make(M, count)``: ``count`` matrices ``[C, M]``, one per projection
+        (e.g. :func:`landmark_projections` of the layer's own inputs)."""
         names = ["proj_fwd"] + (["proj_bwd"] if self.fusion is not None else [])
-        m = self.proj_fwd.shape[1]
-        if u.shape[0] < len(names) * m:
-            raise ValueError(f"need at least {len(names) * m} input rows for the landmarks, got {u.shape[0]}")
-        for i, name in enumerate(names):
-            keys = landmark_keys(u[i * m:(i + 1) * m], u)  # [C, M]
-            std = (u.float() @ keys).std(dim=0).clamp_min(1e-6)  # per-feature pre-activation spread
-            getattr(self, name).copy_(keys * (scale / std))
+        for name, w in zip(names, make(self.proj_fwd.shape[1], len(names))):
+            getattr(self, name).copy_(w)
 
     def forward(self, u):
         h = F.gelu(u @ self.proj_fwd)
@@ -339,11 +345,6 @@ class Block(nn.Module):
         """Residual stream after attention, ``x_mid = x + Attn(LN₁ x)`` — what the FFN reads."""
         return x + self.drop(self.attn(self.ln1(x)))
 
-    def ffn_out(self, x_mid):
-        if not self.ffn_active:
-            return torch.zeros_like(x_mid)
-        return self.ffn(self.ln2(x_mid))
-
     def forward(self, x):
         x = self.attend(x)
         if self.ffn_active:
@@ -402,10 +403,7 @@ class PILLM(nn.Module):
         return h @ self.tok_emb.weight.T  # tied
 
     def forward(self, ids):
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+        return self.forward_from(self.embed(ids), 0)
 
     def residual_before(self, ids, layer: int):
         """Residual stream entering block ``layer`` (computed with the current lower blocks)."""
@@ -419,9 +417,6 @@ class PILLM(nn.Module):
         for block in self.blocks[layer:]:
             x = block(x)
         return self.head(x)
-
-    def ffn_layers(self):
-        return [b.ffn for b in self.blocks]
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

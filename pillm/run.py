@@ -29,7 +29,7 @@ from .data import TokenStream, load_tokenized, load_tokenizer
 from .data import lambada_examples
 from .evaluate import evaluate_stream, generate, lambada
 from .model import PILLM, ModelConfig, config_for
-from .train import PIL_METHODS, TrainConfig, ffn_kind_for, resolve_device, run_procedure
+from .train import TrainConfig, ffn_kind_for, rank_world, resolve_device, run_procedure
 from .atomic import file_mode, umask, write_atomic, write_json_atomic
 from .version import COMPUTE_VERSION
 
@@ -70,8 +70,7 @@ def utc_now() -> str:
 def environment() -> dict:
     """Provenance: software versions, device and the git commit of this repository."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-           "cuda": torch.version.cuda, "device_name": "cpu",
-           "date": utc_now()}
+           "cuda": torch.version.cuda, "device_name": "cpu", "date": utc_now()}
     if torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(0)
         env["gpu_count"] = torch.cuda.device_count()
@@ -96,10 +95,6 @@ class CheckpointError(ValueError):
 
 
 _RUN_FILES = {"result.json", "run.json", "checkpoint"}  # what a run directory holds
-
-
-def _staging_siblings(directory: Path) -> list[Path]:
-    return sorted(directory.parent.glob(f".{directory.name}.partial-*"))
 
 
 def check_out(out, *, overwrite: bool = False) -> Path:
@@ -153,7 +148,7 @@ def _staged(directory: Path):
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _staging_siblings(directory):
+    for stale in directory.parent.glob(f".{directory.name}.partial-*"):
         if not _pid_alive(stale.name.rsplit("-", 2)[-2]):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-{os.getpid()}-"))
@@ -178,7 +173,7 @@ def _pid_alive(pid: str) -> bool:
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:  # someone else's live process
-        return True
+        pass
     return True
 
 
@@ -275,8 +270,7 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
         # are computed on the same activations the teacher's FFN saw.
         shared = {k: v for k, v in teacher.state_dict().items() if ".ffn." not in k}
         model.load_state_dict(shared, strict=False)
-    train = TokenStream(corpus.train, device)
-    valid = TokenStream(corpus.valid, device)
+    train, valid = TokenStream(corpus.train, device), TokenStream(corpus.valid, device)
     t0 = time.perf_counter()
     log = run_procedure(model, train, valid, tcfg, teacher=teacher, progress=progress)
     total_s = time.perf_counter() - t0
@@ -290,18 +284,13 @@ def execute(spec: RunSpec, out: str | Path | None = None, *, progress: bool = Tr
     if spec.samples:
         extra["samples"] = sample_texts(model, corpus.tokenizer, **spec.samples)
     result = result_record(spec, mcfg, tcfg, model, corpus, log, scores, total_s, extra)
-    if out is not None and _is_main_process():  # under torchrun every rank holds the same model
+    if out is not None and rank_world()[0] == 0:  # under torchrun every rank holds the same model
         with staged_directory(out, overwrite=overwrite) as tmp:
             if spec.save_checkpoint:
                 save_checkpoint(model, corpus.tokenizer, tmp / "checkpoint",
                                 {"train": tcfg.to_dict(), "dataset": spec.dataset, "method": spec.method})
             write_json_atomic(tmp / "result.json", result)  # its presence means the run is done
     return result, model
-
-
-def _is_main_process() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def result_record(spec: RunSpec, mcfg: ModelConfig, tcfg: TrainConfig, model: PILLM, corpus, log, scores: dict,
@@ -322,4 +311,4 @@ def result_record(spec: RunSpec, mcfg: ModelConfig, tcfg: TrainConfig, model: PI
 
 
 __all__ = ["RunSpec", "execute", "load", "environment", "write_atomic", "write_json_atomic", "save_checkpoint",
-           "staged_directory", "check_out", "checkpoint_dir", "RunExistsError", "CheckpointError", "PIL_METHODS"]
+           "staged_directory", "check_out", "checkpoint_dir", "RunExistsError", "CheckpointError"]

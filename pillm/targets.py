@@ -68,29 +68,18 @@ def layer_data(model: PILLM, layer: int, ids: torch.Tensor, next_ids: torch.Tens
         raise ValueError(f"block {layer} has FFN kind {model.config.ffn!r}; only pil/bipil/rf_adamw layers are solved")
     mask = (next_ids != IGNORE_INDEX).reshape(-1)
     with torch.no_grad():
-        x_in = model.residual_before(ids, layer)
-        x_mid = block.attend(x_in)
-        u = block.ln2(x_mid)
-        feats = block.ffn.features(u)
+        x_mid = block.attend(model.residual_before(ids, layer))
+        feats = block.ffn.features(block.ln2(x_mid))
         current = feats @ block.ffn.out_weight + block.ffn.out_bias  # Y₀: the layer's output now
     c = x_mid.shape[-1]
     zeros = torch.zeros_like(x_mid)
 
     if target == "zero":
         base, step = zeros, zeros
-    elif target == "local":
+    elif target in ("local", "global"):  # local: the head right after this block (an early exit)
         f = (x_mid + current).detach().requires_grad_(True)
-        loss = F.cross_entropy(model.head(f).flatten(0, 1), next_ids.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, f)
-        base, step = current, grad
-    elif target == "global":
-        f = (x_mid + current).detach().requires_grad_(True)
-        x = f
-        for upper in model.blocks[layer + 1:]:
-            x = upper(x)
-        loss = F.cross_entropy(model.head(x).flatten(0, 1), next_ids.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
+        logits = model.forward_from(f, layer + 1) if target == "global" else model.head(f)
+        loss = F.cross_entropy(logits.flatten(0, 1), next_ids.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
         (grad,) = torch.autograd.grad(loss, f)
         base, step = current, grad
     elif target == "next_embedding":
@@ -102,9 +91,10 @@ def layer_data(model: PILLM, layer: int, ids: torch.Tensor, next_ids: torch.Tens
             raise ValueError("target='teacher' needs a trained mlp teacher model (pass teacher=...)")
         if teacher.config.ffn != "mlp" or teacher.config.n_layer != model.config.n_layer:
             raise ValueError("the teacher must be an 'mlp' model with the same number of layers")
+        t_block = teacher.blocks[layer]
         with torch.no_grad():
-            t_mid = teacher.blocks[layer].attend(teacher.residual_before(ids, layer))
-            base, step = teacher.blocks[layer].ffn_out(t_mid), zeros
+            t_mid = t_block.attend(teacher.residual_before(ids, layer))
+            base, step = t_block.ffn(t_block.ln2(t_mid)), zeros
 
     return LayerData(features=feats.reshape(-1, feats.shape[-1]), base=base.detach().reshape(-1, c),
                      step=step.detach().reshape(-1, c), mask=mask)

@@ -30,7 +30,7 @@ import ctypes
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -39,12 +39,11 @@ from tqdm import tqdm
 
 from .data import TokenStream
 from .evaluate import evaluate_stream, score
-from .model import IGNORE_INDEX, PILLM, ModelConfig
+from .model import IGNORE_INDEX, PILLM, DictConfig, landmark_projections
 from .solver import RidgeAccumulator, sync_device
 from .targets import SEARCHED, check_target, layer_data
 
 METHODS = ("baseline", "attn_only", "lora", "rf_adamw", "pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
-PIL_METHODS = ("pil_pure", "pil_then_attn", "attn_then_pil", "alternating")
 FIXED_FFN = {"baseline": "mlp", "attn_only": "none", "lora": "lora", "rf_adamw": "rf_adamw"}
 EMBED_INITS = ("random", "ppmi")
 DEFAULT_ETA_GRID = tuple(10.0 ** (k / 2) for k in range(-8, 13))  # 1e-4 … 1e6, half decades
@@ -64,7 +63,7 @@ def ffn_kind_for(method: str, bipil: bool = True) -> str:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     method: str = "baseline"
     epochs: int = 10
     batch_size: int = 32
@@ -130,14 +129,6 @@ class TrainConfig:
         """The step sizes the search tries: ``eta_grid`` up to ``eta_max``."""
         return tuple(e for e in self.eta_grid if self.eta_max is None or e <= self.eta_max)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -150,11 +141,9 @@ def resolve_device(name: str) -> torch.device:
 def keep_freed_memory() -> None:
     """Let glibc keep large freed blocks for reuse instead of returning them to the system.
 
-    Every training step and every scored batch allocates a fresh logits buffer ``[B, T, V]``
-    (hundreds of MB at a word-level vocabulary). Above glibc's mmap threshold (at most 32 MB
-    by default) each one is a new mapping, paid again in page faults: a third of a CPU run's
-    time. Raising the thresholds keeps those pages mapped. Without glibc, or where glibc refuses
-    the value, nothing changes.
+    Every step allocates a fresh logits buffer ``[B, T, V]`` (hundreds of MB at a word-level vocabulary);
+    above glibc's mmap threshold each is a new mapping, paid again in page faults: a third of a CPU
+    run's time. Without glibc, or where glibc refuses the value, nothing changes.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -165,7 +154,7 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -234,7 +223,7 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     device = ffn.out_weight.device
     c = model.config.n_embd
     x_all, y_all = train.windows(block)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     x_all, y_all = x_all[rank::world], y_all[rank::world]  # each rank streams its own shard
     acc = RidgeAccumulator(ffn.n_features, 2 * c, fit_bias=True, device=device)
     cross = torch.zeros(c, dtype=torch.float64, device=device)  # Σ Y₀·Δ per column, for R²(η)
@@ -334,12 +323,6 @@ def landmark_inputs(model: PILLM, layer: int, train: TokenStream, cfg: TrainConf
     return u
 
 
-def set_landmarks(model: PILLM, layer: int, train: TokenStream, cfg: TrainConfig) -> None:
-    """Draw the layer's projections from its own inputs (:func:`landmark_inputs`)."""
-    model.blocks[layer].ffn.features.set_landmarks(landmark_inputs(model, layer, train, cfg),
-                                                    model.config.proj_scale)
-
-
 @torch.no_grad()
 def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 2, *,
                     alpha: float = 0.75) -> torch.Tensor:
@@ -387,7 +370,9 @@ def pil_phase(model: PILLM, train: TokenStream, valid: TokenStream, cfg: TrainCo
     for sweep in range(max(cfg.iterations, 1)):
         for layer in solvable:
             if model.config.proj_init == "landmarks" and sweep == 0 and name == "pil":
-                set_landmarks(model, layer, train, cfg)
+                u = landmark_inputs(model, layer, train, cfg)
+                model.blocks[layer].ffn.features.set_projections(
+                    lambda m, count: landmark_projections(u, m, count, model.config.proj_scale))
             rec = solve_layer(model, layer, train, search, cfg, target, teacher, progress)
             log.solves.append(rec | {"phase": name, "sweep": sweep})
     sync_device(device)
@@ -404,9 +389,6 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     unigram mixture, ``p = (1 − α)·softmax(T·scores) + α·unigram``, are chosen jointly by
     validation loss (``search_tokens`` of the validation split; forward passes only). The
     unigram is add-one smoothed over the training stream.
-
-    ``C = Σ hᵀ onehot(y)`` is accumulated by :meth:`pillm.solver.RidgeAccumulator.update_labels`
-    (never a dense ``[N, V]`` one-hot).
     """
     if model.config.head != "solved":
         raise ValueError("solve_output_head needs a model built with head='solved'")
@@ -508,14 +490,13 @@ class AdamWRunner:
         self.progress = progress
         self.optimizer, n_params = make_optimizer(model, cfg, self.device)
         log.updated_params = max(log.updated_params, n_params)
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         # Every rank takes the same number of steps (DDP pairs gradient all-reduces step by step),
         # so with several ranks the last num_batches % world batches of an epoch are dropped.
         n_batches = train.num_batches(model.config.block_size, cfg.batch_size)
         self.steps_per_epoch = max(1, n_batches // self.world)
         self.total_steps = max(1, total_epochs * self.steps_per_epoch)
-        self.step = 0
-        self.epoch = 0
+        self.step = self.epoch = 0
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.forward = model
         if self.world > 1:
@@ -608,15 +589,16 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
         log.phases.append({"phase": "pil", "name": "embed", "seconds": time.perf_counter() - t0})
     _record_valid(model, valid, cfg, log, 0, "init")
 
-    def adamw_epochs(runner: AdamWRunner, n: int, name: str, resolve_between: bool = False) -> None:
-        for _ in range(n):
+    def adamw_epochs(name: str, resolve_between: bool = False) -> None:  # one optimizer, one LR schedule
+        runner = AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress)
+        for _ in range(cfg.epochs):
             runner.run_epoch(name)
             if resolve_between:
                 pil_phase(model, train, valid, cfg, log, name=f"resolve{runner.epoch}", teacher=teacher, progress=progress)
             _record_valid(model, valid, cfg, log, runner.epoch, name)
 
     if m in FIXED_FFN:
-        adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "adamw")
+        adamw_epochs("adamw")
     elif m == "pil_pure":
         if cfg.solve_head:  # a head first, so that the FFNs' local targets have a gradient to follow
             solve_output_head(model, train, valid, cfg, log, name="head0", progress=progress)
@@ -627,15 +609,14 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
     elif m == "pil_then_attn":
         pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
         _record_valid(model, valid, cfg, log, 0, "pil")
-        adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "attn")
+        adamw_epochs("attn")
     elif m == "attn_then_pil":
-        adamw_epochs(AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress), cfg.epochs, "attn")
+        adamw_epochs("attn")
         pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
         _record_valid(model, valid, cfg, log, cfg.epochs, "pil")
     elif m == "alternating":
         pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
-        runner = AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress)
-        adamw_epochs(runner, cfg.epochs, "attn", resolve_between=True)
+        adamw_epochs("attn", resolve_between=True)
 
     if cfg.final_resolve:
         if model.config.ffn not in ("pil", "bipil"):

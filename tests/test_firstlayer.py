@@ -11,8 +11,8 @@ import torch
 
 from pillm import experiments as ex
 from pillm.model import landmark_keys
-from pillm.studies.firstlayer import KINDS, FirstLayerSpec, execute, layer_inputs, projections
-from pillm.train import TrainConfig
+from pillm.studies.firstlayer import KINDS, FirstLayerSpec, execute, projections
+from pillm.train import TrainConfig, landmark_inputs
 from conftest import TINY_TRAIN, attn_then_pil_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,14 +135,14 @@ def test_keys_are_drawn_from_fresh_inputs(checkpoint):
     corpus_train = _train_stream(model)
     cfg = TrainConfig(method="attn_then_pil", **TRAIN)
     feats = model.blocks[1].ffn.features
-    u = layer_inputs(model, 1, corpus_train, cfg)
+    u = landmark_inputs(model, 1, corpus_train, cfg)
     m = feats.proj_fwd.shape[1]
     keys = landmark_keys(u[:m], u).T
     assert torch.allclose(torch.nn.functional.normalize(feats.proj_fwd.T, dim=1), keys, atol=1e-5)
     # with layer 0's readout zeroed (its state before the re-solve) the inputs, hence the keys, differ
     model.blocks[0].ffn.out_weight.zero_()
     model.blocks[0].ffn.out_bias.zero_()
-    u_stale = layer_inputs(model, 1, corpus_train, cfg)
+    u_stale = landmark_inputs(model, 1, corpus_train, cfg)
     stale = landmark_keys(u_stale[:m], u_stale).T
     assert not torch.allclose(stale, keys, atol=1e-3)
 

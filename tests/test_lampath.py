@@ -13,7 +13,7 @@ import torch
 
 from pillm import experiments as ex
 from pillm.data import TokenStream, load_tokenized
-from pillm.studies.lampath import LambdaPathSpec, execute, solve_layer_path
+from pillm.studies.lampath import LambdaPathSpec, execute
 from pillm.run import load
 from pillm.train import TrainConfig, search_windows, solve_layer
 from conftest import TINY_TRAIN, attn_then_pil_checkpoint
@@ -58,13 +58,13 @@ def test_one_accumulation_gives_each_lambdas_own_solve(checkpoint):
     search = search_windows(valid, cfg, model.config.block_size)
     ref, path, grid, pair = model, copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
     rec_ref = solve_layer(ref, 0, train, search, cfg, "global", None, progress=False)
-    rec_path = solve_layer_path(path, 0, train, search, cfg, (1e-2,), progress=False)
+    rec_path = solve_layer(path, 0, train, search, cfg, cfg.target, progress=False, lams=(1e-2,))
     assert rec_path["eta"] == rec_ref["eta"] and rec_path["lam"] == 1e-2
     assert torch.allclose(path.blocks[0].ffn.out_weight, ref.blocks[0].ffn.out_weight, rtol=1e-5, atol=1e-7)
     best_ref = min(r["valid_loss"] for r in rec_ref["search"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rec = solve_layer_path(grid, 0, train, search, cfg, (1e-4, 1e-2, 1.0, 1e3), progress=False)
+        rec = solve_layer(grid, 0, train, search, cfg, cfg.target, progress=False, lams=(1e-4, 1e-2, 1.0, 1e3))
     assert {r["lam"] for r in rec["search"]} == {1e-4, 1e-2, 1.0, 1e3}
     assert len(rec["search"]) == 4 * len(cfg.eta_grid)
     best = min(rec["search"], key=lambda r: r["valid_loss"])
@@ -74,7 +74,7 @@ def test_one_accumulation_gives_each_lambdas_own_solve(checkpoint):
     edge = [str(w.message) for w in caught if "is at the edge of lams" in str(w.message)]
     assert len(edge) == rec["lam_at_edge"]  # warned exactly when the choice sits at the grid's edge
     with pytest.warns(RuntimeWarning, match="best λ=.* is at the edge of lams"):  # two points: always an edge
-        solve_layer_path(pair, 0, train, search, cfg, (1e-2, 1.0), progress=False)
+        solve_layer(pair, 0, train, search, cfg, cfg.target, progress=False, lams=(1e-2, 1.0))
 
 
 @pytest.mark.slow

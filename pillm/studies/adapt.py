@@ -92,12 +92,8 @@ def encode_domain(domain: str, tok: WordTokenizer, max_train_tokens: int | None 
     PTB is already word-tokenized (lower case, ``N`` for numbers); TinyStories is raw text and is
     split the way WikiText was (:func:`pillm.data.wikitext_tokenize`) first."""
     corpus = load_corpus(domain)
-    ids = {}
-    for split, docs in corpus.splits.items():
-        if split not in ("train", "valid", "test"):
-            continue
-        lines = docs if domain == "ptb" else [wikitext_tokenize(d) for d in docs]
-        ids[split] = tok.encode_lines(lines)
+    ids = {split: tok.encode_lines(docs if domain == "ptb" else [wikitext_tokenize(d) for d in docs])
+           for split, docs in corpus.splits.items() if split in ("train", "valid", "test")}
     if max_train_tokens is not None:
         ids["train"] = ids["train"][:max_train_tokens]
     words = ids["test"]  # tokens, line ends included
@@ -122,8 +118,8 @@ def execute(spec: AdaptSpec, out: str | Path | None = None, *, progress: bool = 
                          f"vocabulary, but this checkpoint has a {type(tok).__name__}; pretrain with tokenizer='word'")
     new = encode_domain(spec.domain, tok, cfg.max_train_tokens)
     wiki = tok.encode_lines(load_corpus("wikitext2").splits["test"])
-    before = {"new_valid_ppl": _ppl(model, new["valid"], cfg), "new_test_ppl": _ppl(model, new["test"], cfg),
-              "wiki_test_ppl": _ppl(model, wiki, cfg)}
+    splits = {"new_valid_ppl": new["valid"], "new_test_ppl": new["test"], "wiki_test_ppl": wiki}
+    before = {k: _ppl(model, ids, cfg) for k, ids in splits.items()}
     train, valid = TokenStream(new["train"], device), TokenStream(new["valid"], device)
     log = RunLog()
     sync_device(device)
@@ -141,8 +137,7 @@ def execute(spec: AdaptSpec, out: str | Path | None = None, *, progress: bool = 
     sync_device(device)
     adapt_s = time.perf_counter() - t0
     model.eval()
-    after = {"new_valid_ppl": _ppl(model, new["valid"], cfg), "new_test_ppl": _ppl(model, new["test"], cfg),
-             "wiki_test_ppl": _ppl(model, wiki, cfg)}
+    after = {k: _ppl(model, ids, cfg) for k, ids in splits.items()}
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad) if spec.how != "resolve" else 0
     result = {
         "kind": "adaptation", "method": spec.how, "how": spec.how, "domain": spec.domain, "seed": cfg.seed,

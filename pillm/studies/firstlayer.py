@@ -1,11 +1,9 @@
 """First layers better than random, still in closed form.
 
 A model trained by attention→PIL (a run that kept its checkpoint) gets new FFN projections of one
-kind, optionally a wider feature map, and then every readout is re-solved bottom-up on its training
-split as in its own closed-form phase: readouts zeroed first (so the base target is the zero output
-of an unsolved layer), the checkpoint's target, λ and η grid (η chosen on validation). Each layer's projections are drawn
-from that layer's LayerNorm-ed inputs *after* the layers below were re-solved (fresh inputs, never
-stale ones). No optimizer step: embeddings and attention stay the checkpoint's.
+kind, optionally a wider feature map, and every readout is re-solved bottom-up as in its own
+closed-form phase (:mod:`pillm.studies.resolve`). Each layer's projections are drawn from that layer's
+LayerNorm-ed inputs *after* the layers below were re-solved (fresh inputs, never stale ones).
 
 Projection kinds; every projection column is scaled so that its pre-activations over the sampled
 inputs have standard deviation ``proj_scale``, as the random projections do:
@@ -31,16 +29,16 @@ from pathlib import Path
 
 import torch
 
-from ..model import PILLM, SolvedFFN, ffn_generator, landmark_keys
-from ..train import TrainConfig, landmark_inputs, solve_layer
-from .resolve import finish, open_checkpoint, timed_resolve
+from ..model import PILLM, SolvedFFN, ffn_generator, landmark_keys, landmark_projections, scaled_to
+from ..train import landmark_inputs, solve_layer
+from .resolve import ResolveSpec, finish, open_checkpoint, timed_resolve
 
 KINDS = ("same", "random", "landmarks", "whitened", "pca", "autoencoder", "mixed")
 PCA_VARIANCE = 0.9  # the principal subspace of ``pca`` keeps this share of the input variance
 
 
 @dataclass
-class FirstLayerSpec:
+class FirstLayerSpec(ResolveSpec):
     """One run: which attention→PIL checkpoint, which projections, how many features per projection."""
 
     checkpoint: str  # a run directory's checkpoint/ (written with save_checkpoint=True)
@@ -56,15 +54,6 @@ class FirstLayerSpec:
         if self.expansion is not None and self.expansion < 1:
             raise ValueError(f"expansion must be at least 1 (features per projection / n_embd), not {self.expansion}")
 
-    def config(self) -> TrainConfig:
-        # attention→PIL: the procedure whose closed-form phase this run repeats
-        return TrainConfig(**{"method": "attn_then_pil", **self.train})
-
-
-def _scaled(w: torch.Tensor, u: torch.Tensor, scale: float) -> torch.Tensor:
-    """``w [C, M]`` with each column scaled so that ``u @ w`` has standard deviation ``scale``."""
-    return w * (scale / (u @ w).std(dim=0).clamp_min(1e-6))
-
 
 def projections(kind: str, u: torch.Tensor, m: int, count: int, scale: float,
                 generator: torch.Generator) -> list[torch.Tensor]:
@@ -74,17 +63,15 @@ def projections(kind: str, u: torch.Tensor, m: int, count: int, scale: float,
     n, c = u.shape
     gauss = lambda rows: torch.randn(rows, m, generator=generator).to(u.device)  # noqa: E731
     if kind == "random":
-        return [_scaled(gauss(c), u, scale) for _ in range(count)]
+        return [scaled_to(gauss(c), u, scale) for _ in range(count)]
     if kind == "mixed":  # one random and one landmark projection (a single one: half each)
         if count == 1:
             half = m // 2
             keys = landmark_keys(u[:m - half], u)
-            return [_scaled(torch.cat([gauss(c)[:, :half], keys], dim=1), u, scale)]
-        return [_scaled(gauss(c), u, scale)] + projections("landmarks", u, m, count - 1, scale, generator)
+            return [scaled_to(torch.cat([gauss(c)[:, :half], keys], dim=1), u, scale)]
+        return [scaled_to(gauss(c), u, scale)] + projections("landmarks", u, m, count - 1, scale, generator)
     if kind == "landmarks":
-        if n < count * m:
-            raise ValueError(f"need at least {count * m} input rows for the landmarks, got {n}")
-        return [_scaled(landmark_keys(u[i * m:(i + 1) * m], u), u, scale) for i in range(count)]
+        return landmark_projections(u, m, count, scale)
     # Second moments about zero, not about the mean: the feature map u ↦ φ(u·w) has no bias, so a direction
     # whitened about the mean would turn the inputs' mean into a large constant in every pre-activation.
     gram = u.T @ u / n
@@ -93,22 +80,19 @@ def projections(kind: str, u: torch.Tensor, m: int, count: int, scale: float,
             raise ValueError(f"need at least {count * m} input rows for the encoder, got {n}")
         ridge = gram + 1e-3 * gram.diagonal().mean() * torch.eye(c, device=u.device)
         enc = torch.linalg.solve(ridge, u[:count * m].T)  # [C, count·m]: rows of the ridge pseudoinverse
-        return [_scaled(enc[:, i * m:(i + 1) * m], u, scale) for i in range(count)]
+        return [scaled_to(enc[:, i * m:(i + 1) * m], u, scale) for i in range(count)]
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     keep = evals > 1e-5 * float(evals[-1])  # LayerNorm-ed inputs can have an (almost) null direction: left out
     evals, evecs = evals[keep], evecs[:, keep]
     if kind == "whitened":
         root = evecs @ torch.diag(evals.rsqrt()) @ evecs.T  # (UᵀU/n)^{-1/2}, pseudo-inverse root
-        return [_scaled(root @ gauss(c), u, scale) for _ in range(count)]
+        return [scaled_to(root @ gauss(c), u, scale) for _ in range(count)]
     if kind == "pca":
         share = evals.flip(0).cumsum(0) / evals.sum()
         k = int((share < PCA_VARIANCE).sum()) + 1
         basis = evecs[:, -k:] * evals[-k:].rsqrt()  # [C, k]: the top-k directions, whitened
-        return [_scaled(basis @ gauss(k), u, scale) for _ in range(count)]
+        return [scaled_to(basis @ gauss(k), u, scale) for _ in range(count)]
     raise ValueError(f"unknown projection kind {kind!r}; choose from {KINDS}")
-
-
-layer_inputs = landmark_inputs  # the layer's inputs, sampled as proj_init='landmarks' samples them
 
 
 def widen(model: PILLM, expansion: float, seed: int) -> None:
@@ -134,13 +118,10 @@ def execute(spec: FirstLayerSpec, out: str | Path | None = None, *, progress: bo
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def solve_one(layer: int) -> dict:
-        feats = model.blocks[layer].ffn.features
         if spec.projection != "same":
-            names = ["proj_fwd"] + (["proj_bwd"] if feats.fusion is not None else [])
-            u = layer_inputs(model, layer, r.train, cfg)
-            for name, w in zip(names, projections(spec.projection, u, feats.proj_fwd.shape[1], len(names),
-                                                  model.config.proj_scale, generator)):
-                getattr(feats, name).copy_(w)
+            u = landmark_inputs(model, layer, r.train, cfg)
+            model.blocks[layer].ffn.features.set_projections(
+                lambda m, count: projections(spec.projection, u, m, count, model.config.proj_scale, generator))
         return solve_layer(model, layer, r.train, r.search, cfg, cfg.target, None, progress)
 
     log, solve_s = timed_resolve(r, solve_one, "first_layer")
@@ -149,4 +130,4 @@ def execute(spec: FirstLayerSpec, out: str | Path | None = None, *, progress: bo
     return result, model
 
 
-__all__ = ["FirstLayerSpec", "KINDS", "execute", "projections", "layer_inputs", "widen"]
+__all__ = ["FirstLayerSpec", "KINDS", "execute", "projections", "widen"]

@@ -38,7 +38,7 @@ import torch
 from ..data import TokenStream, load_tokenized
 from ..evaluate import evaluate_stream
 from ..model import PILLM
-from ..run import RunSpec, environment, save_checkpoint, write_json_atomic
+from ..run import RunSpec, result_record, save_checkpoint, write_json_atomic
 from ..solver import sync_device
 from ..train import ppmi_embeddings, resolve_device, run_procedure
 
@@ -175,19 +175,10 @@ def execute(spec: FixedAttentionSpec, out: str | Path | None = None, *, progress
     log.phases.insert(0, {"phase": "pil", "name": "fixed_attention", "seconds": setup_s})
     total_s = time.perf_counter() - t0
     ev = dict(batch_size=tcfg.batch_size, max_tokens=tcfg.max_eval_tokens)
-    v, t = evaluate_stream(model, valid.ids, **ev), evaluate_stream(model, corpus.test, **ev)
-    result = {
-        "kind": "fixed_attention", "method": "pil_pure", "heads": list(spec.heads), "embed": spec.embed,
-        "layout": layout, "dataset": spec.dataset, "size": spec.size, "seed": tcfg.seed, "spec": asdict(spec),
-        "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(),
-        "valid_ppl": v["ppl"], "valid_acc": v["acc"], "valid_loss": v["loss"],
-        "test_ppl": t["ppl"], "test_acc": t["acc"], "test_loss": t["loss"], "test_tokens": t["tokens"],
-        "train_s": 0.0, "pil_s": log.seconds("pil") + setup_s, "total_s": total_s,
-        "optimizer_steps": log.optimizer_steps, "updated_params": log.updated_params,
-        "params": model.parameter_counts(), "solves": log.solves, "phases": log.phases, "curve": log.curve,
-        "train_tokens": int(corpus.train.numel()), "data_files": corpus.files, "data_note": corpus.note,
-        "environment": environment(), "complete": True,
-    }
+    scores = {"valid": evaluate_stream(model, valid.ids, **ev), "test": evaluate_stream(model, corpus.test, **ev)}
+    result = result_record(rs, mcfg, tcfg, model, corpus, log, scores, total_s, {
+        "kind": "fixed_attention", "heads": list(spec.heads), "embed": spec.embed, "layout": layout,
+        "spec": asdict(spec)})
     if out is not None:
         out = Path(out)
         if spec.save_checkpoint:

@@ -10,10 +10,8 @@ inputs, never stale ones). No optimizer step. With ``lams = (checkpoint's λ,)``
 checkpoint's own solve: the control of this experiment.
 
 Cost over the checkpoint's solve: one Cholesky per λ (``D³/3`` for ``D`` features) and ``len(lams)`` times
-the η search's validation passes; the pass over the training split, which dominates, is made once.
-
-The solve is :func:`pillm.train.solve_layer` with a λ grid; the re-solve scaffolding is
-:mod:`pillm.studies.resolve`'s.
+the η search's validation passes; the pass over the training split, which dominates, is made once. The
+solve is :func:`pillm.train.solve_layer` with a λ grid.
 
     pillm experiments --profile paper --only lambda_path     # notebooks/lambda_path.ipynb
 """
@@ -24,10 +22,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import TokenStream
 from ..model import PILLM
-from ..train import TrainConfig, solve_layer
-from .resolve import finish, open_checkpoint, timed_resolve
+from ..train import solve_layer
+from .resolve import ResolveSpec, finish, open_checkpoint, timed_resolve
 
 #: Decades around the hybrids' λ = 1e-4 (relative to the mean diagonal of HᵀH) up to 10: the λ ablation
 #: chose 1e-1, the top of its grid (results/paper/ablation_lambda), so the grid reaches two decades above.
@@ -35,7 +32,7 @@ LAMS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 @dataclass
-class LambdaPathSpec:
+class LambdaPathSpec(ResolveSpec):
     """One run: which attention→PIL checkpoint, and the λ grid every layer chooses from."""
 
     checkpoint: str  # a run directory's checkpoint/ (written with save_checkpoint=True), or the run directory
@@ -56,27 +53,16 @@ class LambdaPathSpec:
             raise ValueError("train['lam'] would be ignored: a λ-path run chooses λ from `lams`; "
                              "give lams=(λ,) to solve with one λ")
 
-    def config(self) -> TrainConfig:
-        # attention→PIL: the procedure whose closed-form phase this run repeats
-        return TrainConfig(**{"method": "attn_then_pil", **self.train})
-
-
-def solve_layer_path(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig,
-                     lams: tuple, progress: bool = True) -> dict:
-    """Solve block ``layer``'s FFN readout for every λ of ``lams`` from one pass over ``train``; keep the
-    (λ, η) pair with the lowest loss on ``search`` (the validation windows). Returns the layer's record."""
-    return solve_layer(model, layer, train, search, cfg, cfg.target, None, progress, lams=lams)
-
 
 def execute(spec: LambdaPathSpec, out: str | Path | None = None, *, progress: bool = True) -> tuple[dict, PILLM]:
     """Re-solve ``spec.checkpoint``'s FFNs with λ chosen per layer; writes ``out/result.json``."""
     r = open_checkpoint(spec.checkpoint, spec.dataset, spec.tokenizer, spec.train, "λ-path")
     r.before["lam"] = r.cfg.lam
-    log, solve_s = timed_resolve(
-        r, lambda layer: solve_layer_path(r.model, layer, r.train, r.search, r.cfg, spec.lams, progress), "lambda_path")
+    log, solve_s = timed_resolve(r, lambda layer: solve_layer(r.model, layer, r.train, r.search, r.cfg, r.cfg.target,
+                                                              None, progress, lams=spec.lams), "lambda_path")
     result = finish(r, spec, "lambda_path", log, solve_s, out, target=r.cfg.target, lams=list(spec.lams),
                     chosen_lams=[s["lam"] for s in log.solves])
     return result, r.model
 
 
-__all__ = ["LAMS", "LambdaPathSpec", "execute", "solve_layer_path"]
+__all__ = ["LAMS", "LambdaPathSpec", "execute"]

@@ -1,9 +1,9 @@
 """The re-solve path of a trained attention→PIL checkpoint, shared by the first-layer and λ-path studies.
 
 A study opens the checkpoint (:func:`open_checkpoint`: its own solve settings unless the spec overrides
-them, the checks, the corpus, the perplexities before), zeroes the readouts (:func:`zero_readouts`: an
-unsolved layer is the identity, as before the first solve), re-solves the layers bottom-up its own way,
-and :func:`finish` scores the result and writes the fields every re-solve result has.
+them, the checks, the corpus, the perplexities before), re-solves the layers bottom-up its own way from
+zeroed readouts (:func:`timed_resolve`), and :func:`finish` scores the result and writes the fields every
+re-solve result has.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from ..data import TokenizedCorpus, TokenStream, load_tokenized
 from ..evaluate import evaluate_stream
 from ..model import PILLM, SolvedFFN
-from ..run import environment, load, write_json_atomic
+from ..run import checkpoint_dir, environment, load, write_json_atomic
 from ..solver import sync_device
 from ..train import RunLog, TrainConfig, resolve_device, search_windows
 
@@ -27,9 +27,12 @@ SOLVE_SETTINGS = ("lam", "eta_grid", "search_tokens", "max_train_tokens", "max_e
                   "target", "seed")
 
 
-def checkpoint_dir(path) -> Path:
-    path = Path(path)
-    return path / "checkpoint" if (path / "checkpoint").is_dir() else path
+class ResolveSpec:
+    """What the specs of the re-solve studies share: the training config is attention→PIL's, whose closed-form
+    phase they repeat (with the spec's ``train`` overrides)."""
+
+    def config(self) -> TrainConfig:
+        return TrainConfig(**{"method": "attn_then_pil", **self.train})
 
 
 @dataclass
@@ -77,19 +80,15 @@ def open_checkpoint(checkpoint, dataset: str, tokenizer: str, overrides: dict, s
     return r
 
 
-def zero_readouts(r: Resolve) -> None:
-    """Every closed-form readout set to zero: an unsolved layer is the identity, as before the first solve."""
-    for layer in r.layers:
-        r.model.blocks[layer].ffn.clear()
-
-
 def timed_resolve(r: Resolve, solve_one, phase: str) -> tuple[RunLog, float]:
-    """Zero the readouts, then ``solve_one(layer) → record`` bottom-up; returns the log and the seconds."""
+    """Zero the readouts (an unsolved layer is the identity, as before the first solve), then
+    ``solve_one(layer) → record`` bottom-up; returns the log and the seconds."""
     log = RunLog()
     device = next(r.model.parameters()).device
     sync_device(device)
     t0 = time.perf_counter()
-    zero_readouts(r)
+    for layer in r.layers:
+        r.model.blocks[layer].ffn.clear()
     for layer in r.layers:  # bottom-up: each layer's inputs with the layers below already re-solved
         log.solves.append(solve_one(layer) | {"phase": phase, "sweep": 0})
     sync_device(device)
