@@ -186,24 +186,23 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
     ht = h.mT
 
     def bare_pair():
-        with no_tf32():
-            g_bare.addmm_(ht, h)
-            c_bare.addmm_(ht, y)
-
-    def dense():
-        with no_tf32():
-            torch.mm(ht, h, out=g_dense)
+        g_bare.addmm_(ht, h)
+        c_bare.addmm_(ht, y)
 
     flops, nbytes = gram_flops(n, d, k), gram_bytes(n, d, k)
     dense_flops, dense_bytes = 2.0 * n * d * d, 4.0 * (n * d + d * d)
     rec: dict[str, Any] = {"D": d, "N": n, "K": k, "flops_update": flops, "bytes_update": nbytes,
                            "intensity_flop_per_byte": flops / nbytes, "flops_dense": dense_flops,
                            "bytes_dense": dense_bytes, "layout": "Hᵀ (transposed view) × H"}
-    rec["dense_mm"] = _timing(time_calls(dense, device, **kw), dense_flops, dense_bytes)
+    with no_tf32():
+        rec["dense_mm"] = _timing(time_calls(lambda: torch.mm(ht, h, out=g_dense), device, **kw), dense_flops,
+                                  dense_bytes)
+        runs = {key: time_calls(fn, device, **kw) for key, fn in (
+            ("update_masked", lambda: acc.update(h, y, mask)), ("update", lambda: acc.update(h, y)),
+            ("addmm_pair", bare_pair))}
     dense_rate = dense_flops / rec["dense_mm"]["seconds_median"]
-    for key, fn in (("update_masked", lambda: acc.update(h, y, mask)), ("update", lambda: acc.update(h, y)),
-                    ("addmm_pair", bare_pair)):
-        r = rec[key] = _timing(time_calls(fn, device, **kw), flops, nbytes)
+    for key, secs in runs.items():
+        r = rec[key] = _timing(secs, flops, nbytes)
         r["rate_over_dense"] = (flops / r["seconds_median"]) / dense_rate
         r["roofline_seconds"] = max(flops / dense_rate, nbytes / bandwidth)
         r["fraction_of_roofline"] = r["roofline_seconds"] / r["seconds_median"]
@@ -211,12 +210,6 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
     rec["gram_rate_ratio_unmasked"] = rec["update"]["rate_over_dense"]
     rec["update_over_addmm_pair"] = rec["addmm_pair"]["seconds_median"] / rec["update_masked"]["seconds_median"]
     return rec, acc
-
-
-def solve_flops(d: int, k: int) -> dict:
-    """Approximate float64 flop counts of the solve paths (docs/PERF_NOTES.md)."""
-    return {"cholesky": d**3 / 3 + 2.0 * d * d * k, "eigvalsh": 4.0 / 3.0 * d**3,
-            "auto": d**3 / 3 + 2.0 * d * d * k + 4.0 / 3.0 * d**3, "eigh": 9.0 * d**3 + 4.0 * d * d * k}
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, dict]:
@@ -242,7 +235,9 @@ def bench_solve(acc: RidgeAccumulator, s: dict, device: torch.device, *, warm: b
     ``warm``: run both paths once untimed first (solver handles, kernel loading); do it at the smallest D.
     """
     d, k = acc.n_features, acc.n_outputs
-    rec: dict[str, Any] = {"D": d, "K": k, "lam": s["lam"], "flops": solve_flops(d, k)}
+    chol, eigvalsh = d**3 / 3 + 2.0 * d * d * k, 4.0 / 3.0 * d**3  # approximate float64 flops (PERF_NOTES.md)
+    flops = {"cholesky": chol, "eigvalsh": eigvalsh, "auto": chol + eigvalsh, "eigh": 9.0 * d**3 + 4.0 * d * d * k}
+    rec: dict[str, Any] = {"D": d, "K": k, "lam": s["lam"], "flops": flops}
     for path in ("auto", "eigh"):
         if warm:
             acc.solve(s["lam"], solver=path)
@@ -261,30 +256,19 @@ def bench_solve(acc: RidgeAccumulator, s: dict, device: torch.device, *, warm: b
 
 
 # 3. PIL phase vs baseline training
-def synthetic_tokens(n: int, vocab: int, seed: int) -> torch.Tensor:
-    """A learnable toy stream: ``next = (3·cur + noise) mod vocab`` with noise in {0, 1, 2}."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randint(0, 3, (n,), generator=g)
-    ids = torch.empty(n, dtype=torch.long)
-    ids[0] = 0
-    for i in range(1, n):  # n is small (quick mode only)
-        ids[i] = (3 * ids[i - 1] + noise[i]) % vocab
-    return ids
-
-
 def load_streams(s: dict, device: torch.device):
     """Train / valid :class:`TokenStream` on the device: ``s["dataset"]`` (a corpus name or ``synthetic``).
 
-    ``synthetic`` (the ``--quick`` default) is a small-vocabulary toy language, so that CPU runs
-    are not dominated by WikiText-2's 33k-word output head.
+    ``synthetic`` (the ``--quick`` default): uniform random tokens of a small vocabulary, so that CPU runs are
+    not dominated by WikiText-2's 33k-word output head (the timings do not depend on what the tokens say).
     """
     from .data import TokenStream, load_tokenized
 
     name = s["dataset"]
     if name == "synthetic":
         vocab = SYNTHETIC_VOCAB
-        train = synthetic_tokens(s["max_train_tokens"] or 8192, vocab, s["seed"])
-        valid = synthetic_tokens(4096, vocab, s["seed"] + 1)
+        g = torch.Generator().manual_seed(s["seed"])
+        train, valid = (torch.randint(vocab, (n,), generator=g) for n in (s["max_train_tokens"], 4096))
     else:
         corpus = load_tokenized(name, max_train_tokens=s["max_train_tokens"])
         train, valid, vocab = corpus.train, corpus.valid, corpus.vocab_size
@@ -337,13 +321,11 @@ def pil_phase_flops(mcfg, n_tokens: int, search_tokens: int, n_eta: int) -> dict
     proj = mcfg.hidden * (2 if mcfg.ffn == "bipil" else 1)  # random-projection columns
     attn = 2.0 * 4 * c * c + 4.0 * t * c  # qkv + out projections, QKᵀ and AV
     block = attn + 2.0 * c * proj + 2.0 * d * c
-    full_forward = n_layer * block + 2.0 * c * v
-    out = {"gram": 0.0, "local_target": 0.0, "forward": 0.0, "eta_search": 0.0}
-    for layer in range(n_layer):
-        out["gram"] += n_tokens * (2.0 * d * d + 2.0 * d * 2 * c)
-        out["local_target"] += n_tokens * 4.0 * c * v
-        out["forward"] += n_tokens * (layer * block + attn + 2 * 2.0 * c * proj + 2.0 * d * c)
-        out["eta_search"] += n_eta * search_tokens * full_forward
+    lower_blocks = n_layer * (n_layer - 1) / 2  # blocks below each layer, summed over the layers
+    out = {"gram": n_layer * n_tokens * (2.0 * d * d + 2.0 * d * 2 * c),
+           "local_target": n_layer * n_tokens * 4.0 * c * v,
+           "forward": n_tokens * (lower_blocks * block + n_layer * (attn + 2 * 2.0 * c * proj + 2.0 * d * c)),
+           "eta_search": n_layer * n_eta * search_tokens * (n_layer * block + 2.0 * c * v)}
     out["total"] = sum(out.values())
     out["features_D"] = d
     return out
@@ -431,8 +413,8 @@ def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compi
     }
 
 
-def bench_training(s: dict, device: torch.device, compile_: bool, ceilings: dict) -> dict:
-    train, valid, vocab, name = load_streams(s, device)
+def bench_training(s: dict, device: torch.device, streams: tuple, compile_: bool, ceilings: dict) -> dict:
+    train, valid, vocab, name = streams
     _log(f"training: {name}, {len(train)} train tokens, vocab {vocab}; PIL phase")
     pil, _ = time_pil_phase(s, device, train, valid, vocab)
     _log(f"PIL phase {pil['seconds']:.2f} s; baseline: {s['baseline_epochs']} epoch(s)")
@@ -450,8 +432,8 @@ def bench_training(s: dict, device: torch.device, compile_: bool, ceilings: dict
 
 
 # 5. A hybrid's whole training vs the baseline's
-def gap_variant(name: str) -> tuple[str, dict, dict]:
-    """``(name, options, parameters)`` of a variant of the ``gap`` experiment's paper profile
+def gap_variant(name: str) -> tuple[dict, dict]:
+    """``(options, parameters)`` of a variant of the ``gap`` experiment's paper profile
     (pillm/experiments.yaml): its run options and the profile's parameters."""
     from .experiments.registry import load_registry
 
@@ -460,7 +442,7 @@ def gap_variant(name: str) -> tuple[str, dict, dict]:
     if name not in variants:
         raise ValueError(f"--hybrid {name!r} is not a variant of the gap experiment's paper profile; "
                          f"choose one of: {', '.join(variants)}")
-    return name, dict(variants[name]), params
+    return dict(variants[name]), params
 
 
 def time_variant(s: dict, device: torch.device, train, valid, vocab: int, options: dict, params: dict) -> dict:
@@ -489,12 +471,12 @@ def time_variant(s: dict, device: torch.device, train, valid, vocab: int, option
             "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "params": model.parameter_counts()}
 
 
-def bench_hybrid(s: dict, device: torch.device, variant: str, baseline: dict) -> dict:
+def bench_hybrid(s: dict, device: torch.device, streams: tuple, variant: str, baseline: dict) -> dict:
     """The gap variant ``variant`` and attention only, each trained alone, against ``baseline`` (part 3's
     record) for the same number of epochs."""
-    train, valid, vocab, name = load_streams(s, device)
+    train, valid, vocab, name = streams
     _log(f"hybrid: the gap variant {variant!r}, alone, on {name}")
-    variant, options, params = gap_variant(variant)
+    options, params = gap_variant(variant)
     rec = {"variant": variant} | time_variant(s, device, train, valid, vocab, options, params)
     if rec["epochs"] != baseline["train_epochs"]:
         raise ValueError(f"the hybrid trains {rec['epochs']} epochs but the baseline's timed run is "
@@ -643,13 +625,14 @@ def run_single(args: argparse.Namespace, device: torch.device, stem: str) -> dic
             result["solve"] = {"dtype": "float64", "lam_relative": s["lam"], "per_size": solve_rows}
         write_outputs(result | headline, Path(args.out), stem, figure=False)
     if "train" in parts:
-        tr = result["training"] = bench_training(s, device, bool(args.compile), result["ceilings"])
+        streams = load_streams(s, device)
+        tr = result["training"] = bench_training(s, device, streams, bool(args.compile), result["ceilings"])
         headline |= {k: tr[k] for k in ("pil_phase_over_baseline_epoch", "pil_phase_over_baseline_train")}
         headline |= {"baseline_mfu": tr["baseline"]["mfu"], "baseline_tokens_per_s": tr["baseline"]["tokens_per_s"],
                      "compile_used": tr["baseline"]["compile_used"]}
         write_outputs(result | headline, Path(args.out), stem, figure=False)
     if "hybrid" in parts:
-        h = result["hybrid"] = bench_hybrid(s, device, args.hybrid, result["training"]["baseline"])
+        h = result["hybrid"] = bench_hybrid(s, device, streams, args.hybrid, tr["baseline"])
         headline |= {k: v for k, v in h.items() if "_over_" in k}
     return result | headline | {"seconds_total": time.perf_counter() - t_start, "complete": True}
 
@@ -684,21 +667,6 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
 # 4. Several GPUs (torchrun)
 def ffn_weights(model) -> list[torch.Tensor]:
     return [b.ffn.out_weight.detach().float().cpu().clone() for b in model.blocks if b.ffn is not None]
-
-
-def _gather_rank_checks(weights: list[torch.Tensor], rec: dict, device: torch.device) -> list[dict]:
-    """Every rank compares its solution with rank 0's (broadcast); the checks are gathered on all ranks."""
-    import torch.distributed as dist
-
-    diff = 0.0
-    for w in weights:
-        ref = w.to(device, copy=True)
-        dist.broadcast(ref, src=0)
-        diff = max(diff, float((w.to(device) - ref).abs().max()))
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, {"rank": dist.get_rank(), "max_abs_diff_vs_rank0": diff,
-                                 "pil_seconds": rec["seconds"], "etas": [r["eta"] for r in rec["per_layer"]]})
-    return out
 
 
 def allreduce_rate(d: int, k: int, device: torch.device, s: dict) -> dict:
@@ -757,12 +725,16 @@ def run_distributed(args: argparse.Namespace) -> dict | None:
         _log(f"{world} devices: PIL phase, sharded")
         multi, model = time_pil_phase(s, device, train, valid, vocab)
         wn = ffn_weights(model)
-        per_rank = _gather_rank_checks(wn, multi, device)
+        per_rank: list[Any] = [None] * world  # every rank's solution, to compare with rank 0's
+        dist.all_gather_object(per_rank, {"rank": rank, "pil_seconds": multi["seconds"], "weights": wn,
+                                          "etas": [r["eta"] for r in multi["per_layer"]]})
         allreduce = allreduce_rate(multi["features_D"], multi["outputs_K"], device, s)
     finally:
         dist.destroy_process_group()
     if rank != 0:
         return None
+    for r in per_rank:
+        r["max_abs_diff_vs_rank0"] = max(float((a - b).abs().max()) for a, b in zip(r.pop("weights"), wn))
     max_abs = max(float((a - b).abs().max()) for a, b in zip(w1, wn))
     scale = max(float(a.abs().max()) for a in w1)
     t_multi = multi["wall_seconds"]
@@ -813,21 +785,20 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if args.combine:
         path = combine([Path(f) for f in args.combine], Path(args.out))
         result = json.loads(path.read_text())
-        print(json.dumps({"json": str(path), **{k: result[k] for k in result.get("repeat_keys", [])}}, indent=2))
-        return 0
-    if args.distributed:
-        result = run_distributed(args)
-        if result is None:
-            return 0
-        unit = "gpu" if result["backend"] == "nccl" else "proc"
-        stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
     else:
-        from .train import resolve_device
+        if args.distributed:
+            result = run_distributed(args)
+            if result is None:
+                return 0
+            unit = "gpu" if result["backend"] == "nccl" else "proc"
+            stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
+        else:
+            from .train import resolve_device
 
-        device = resolve_device(args.device or "auto")
-        stem = device_slug(device, bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
-        result = run_single(args, device, stem)
-    path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
+            device = resolve_device(args.device or "auto")
+            stem = device_slug(device, bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
+            result = run_single(args, device, stem)
+        path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
     keys = [k for k in result if k.startswith(HEADLINE_PREFIXES + ("max_", "compile"))]
     print(json.dumps({"json": str(path), **{k: result[k] for k in keys}}, indent=2))
     return 0
