@@ -507,7 +507,7 @@ def _finite(obj):
 
 
 def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool = True) -> Path:
-
+    """``<out_dir>/<stem>.json`` (non-finite numbers as strings) and, unless ``figure`` is false, ``<stem>.pdf``."""
     path = Path(out_dir) / f"{stem}.json"
     write_json_atomic(path, _finite(result))
     if figure:
@@ -658,7 +658,8 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
         values = [float(r[k]) for r in records]
         out[k], out[f"{k}_min"], out[f"{k}_max"] = statistics.median(values), min(values), max(values)
     out["repeat_keys"] = keys
-    out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}} for p, r in zip(paths, records)]
+    out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}}
+                      for p, r in zip(paths, records)]
     out["timing"] = f"median over {len(records)} repeats of the whole benchmark, each alone on the device"
     stem = device_slug(torch.device(records[0]["device"]), bool(records[0]["quick"]))
     return write_outputs(out, out_dir, stem, figure=False)
