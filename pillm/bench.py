@@ -163,9 +163,9 @@ def gram_flops(n: int, d: int, k: int) -> float:
     return 2.0 * n * d * d + 2.0 * n * d * k
 
 
-def gram_bytes(n: int, d: int, k: int, itemsize: int = 4) -> float:
-    """Minimal traffic of one update: read H, Y once; read and write G, C."""
-    return float(itemsize) * (n * d + n * k + 2 * (d * d + d * k))
+def gram_bytes(n: int, d: int, k: int) -> float:
+    """Minimal fp32 traffic of one update: read H, Y once; read and write G, C."""
+    return 4.0 * (n * d + n * k + 2 * (d * d + d * k))
 
 
 def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple[dict, RidgeAccumulator]:
@@ -212,9 +212,14 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
     return rec, acc
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, dict]:
-    """Run ``fn`` once between device syncs: (result, seconds, peak memory record, reset before the call)."""
+def _timed(fn: Callable[[], Any], device: torch.device, barrier: Callable[[], Any] = lambda: None
+           ) -> tuple[Any, float, dict]:
+    """Run ``fn`` once between device syncs and ``barrier`` calls: (result, seconds, peak memory record).
+
+    ``barrier``: ``torch.distributed.barrier`` when every rank runs ``fn``, so that the time is the slowest rank's.
+    """
     mem: dict[str, Any] = {"peak_bytes": None, "peak_extra_bytes": None}
+    barrier()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -222,6 +227,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, dic
     t0 = time.perf_counter()
     out = fn()
     sync(device)
+    barrier()
     seconds = time.perf_counter() - t0
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -345,18 +351,12 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
     tcfg = TrainConfig(method="pil_pure", target="local", lam=s["lam"], search_tokens=s["search_tokens"],
                        solve_batch_size=s["solve_batch_size"], device=str(device), seed=s["seed"],
                        eval_every_epoch=False)
-
-    barrier = dist.barrier if grouped else lambda: None  # the sharded phase ends when the slowest rank does
+    barrier = dist.barrier if grouped else lambda: None
 
     def run(stream) -> tuple[Any, RunLog, float]:
         model, log = _fresh(mcfg, s["seed"], device), RunLog()
-        barrier()
-        sync(device)
-        t0 = time.perf_counter()
-        pil_phase(model, stream, valid, tcfg, log, progress=False)
-        sync(device)
-        barrier()
-        return model, log, time.perf_counter() - t0
+        _, wall, _ = _timed(lambda: pil_phase(model, stream, valid, tcfg, log, progress=False), device, barrier)
+        return model, log, wall
 
     block = mcfg.block_size
     run(_warm_slice(train, 2 * (dist.get_world_size() if grouped else 1) * tcfg.solve_batch_size, block))
@@ -506,7 +506,7 @@ def _finite(obj):
     return obj
 
 
-def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool = True) -> Path:
+def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool) -> Path:
     """``<out_dir>/<stem>.json`` (non-finite numbers as strings) and, unless ``figure`` is false, ``<stem>.pdf``."""
     path = Path(out_dir) / f"{stem}.json"
     write_json_atomic(path, _finite(result))
