@@ -6,70 +6,22 @@
     python -m pillm bench --quick --device cpu --out /tmp/b # tiny sizes, CPU, seconds (tests)
     python -m pillm bench --parts train,hybrid --hybrid NAME --baseline-epochs 10   # a gap variant vs the baseline
 
-Everything below is measured in one process, against ceilings measured in the same run.
-Timings are medians of ``repeats`` calls after ``warmup`` calls, taken with CUDA events on a GPU
-(``time.perf_counter`` on the CPU); inputs are random normal, never zeros.  FLOP models
-(``N`` rows/tokens, ``D`` features, ``K`` outputs, ``C`` = n_embd, ``V`` vocab, ``T`` context,
-``L`` layers, fp32 = 4 bytes):
+Everything is measured in one process, against ceilings measured in the same run (dense fp32 and bf16 matmul,
+copy bandwidth). Timings are medians of repeats after warm-up calls (CUDA events on a GPU, ``perf_counter`` on
+a CPU) on random normal inputs. ``docs/PERF_NOTES.md`` gives each FLOP model and what bounds each ratio.
 
-1. **Gram accumulation** (:func:`bench_gram`).  One :meth:`RidgeAccumulator.update` of
-   ``H [N, D]``, ``Y [N, K]`` does ``G += HᵀH`` and ``C += HᵀY``:
-
-       flops = 2·N·D² + 2·N·D·K
-       bytes = 4·(N·D + N·K)  +  4·2·(D² + D·K)      (read H, Y once; read + write G, C)
-
-   compared with a dense fp32 (TF32 off) matmul of the same shape ``[D, N]×[N, D]``
-   (``2·N·D²`` flops) timed in the same run: ``gram_rate_ratio = rate(update) / rate(dense)``,
-   where ``rate = flops / median seconds``.  The ratio is reported for the call the PIL phase
-   makes (with a padding ``mask``: one extra ``torch.where`` pass over ``H`` and ``Y``), without the
-   mask, and for the bare pair of ``addmm_`` calls.  The roofline floor of each call is
-   ``max(flops / dense fp32 rate, bytes / copy bandwidth)``; with ``N = 16384`` the intensity is
-   455 flop/byte at ``D = 1024`` and 2050 at ``D = 8192`` (the fp32 ridge point of an H200 is
-   ~12), so every size is compute-bound and the ceiling of the ratio is ≈ 1.
-
-2. **Solve** (:func:`bench_solve`).  ``RidgeAccumulator.solve`` in float64 on the statistics
-   accumulated in 1. ``solver="auto"``: Cholesky (``D³/3``) + ``cholesky_solve`` (``2·D²·K``) +
-   the κ check ``eigvalsh`` (≈ ``4/3·D³`` for the tridiagonal reduction, mostly memory-bound);
-   ``solver="eigh"`` (the fallback path, forced): ``eigh`` (≈ ``9·D³``) + ``2·(2·D²·K)``.
-   Peak GPU memory of each call (``torch.cuda.max_memory_allocated``, reset before each) is
-   reported in bytes, absolute and above what was allocated before the call.
-
-3. **PIL phase vs baseline training** (:func:`bench_training`).  The real code: one
-   :func:`pillm.train.pil_phase` (every layer, the whole train stream, Bi-PIL concat, expansion 4,
-   target ``local``) and :class:`pillm.train.AdamWRunner` epochs of the ``mlp`` baseline (bf16
-   autocast on CUDA, fused AdamW, data on the device, optional ``torch.compile``).  Baseline model
-   FLOPs per token (PaLM convention, causal mask not discounted):
-
-       6·P + 12·L·C·T          (P = weights used in matmuls: every Linear + the tied head)
-
-   and MFU = (flops/token · tokens/s) / the dense matmul rate of the dtype the baseline computes in
-   (bf16 under autocast on CUDA, fp32 on CPU), measured in the same run.
-   The PIL phase FLOP model per layer ``l`` (see :func:`pil_phase_flops`): the Gram
-   ``2·N·D² + 2·N·D·2C``, the local target (head forward + backward to its input, ``4·N·C·V``,
-   in fp32), the forward passes to layer ``l`` and the η search on the validation slice.
-   ``pil_phase_over_baseline_epoch = pil_s / steady baseline epoch`` and
-   ``pil_phase_over_baseline_train = pil_s / (time of the baseline's whole run)``, the run being
-   ``TrainConfig().epochs`` epochs; measured when ``--baseline-epochs`` reaches that number,
-   otherwise projected as ``first epoch + (epochs − 1) × steady epoch`` (flagged
-   ``training.baseline.train_projected``).  ``docs/PERF_NOTES.md`` derives what bounds each ratio.
-
-4. **Several GPUs** (:func:`run_distributed`, ``--distributed`` under ``torchrun``).  Rank 0 first
-   times the PIL phase alone (before joining the process group, so nothing is sharded), then all
-   ranks time it together (each streams ``windows[rank::world]``; ``G, C`` are all-reduced per
-   layer: ``4·(D² + 2·D·C)`` bytes), ``pil_phase_speedup_<world>gpu = t₁ / t_world``, and the two
-   solutions are compared (max |ΔW|).  NVLink multicast is forced off (``NCCL_NVLS_ENABLE=0``).
-
-5. **A hybrid's whole training vs the baseline's** (:func:`time_hybrid`, ``--parts train,hybrid``).
-   A variant of the ``gap`` experiment's paper profile (``--hybrid NAME``, a variant in experiments.yaml),
-   built exactly as the experiment builds it, trained by :func:`pillm.train.run_procedure` alone in this process after part 3 has
-   warmed the kernels: its AdamW epochs and every closed-form sweep, the η search included, evaluation excluded
-   (as for the baseline).  ``hybrid_over_baseline_train = hybrid seconds / the baseline's whole run`` (part 3;
-   measured with ``--baseline-epochs`` at the run's epochs, else projected and flagged).
+1. ``gram``: ``RidgeAccumulator.update`` per D; ``gram_rate_ratio`` = its FLOP/s ÷ a dense fp32 matmul's.
+2. ``solve``: ``RidgeAccumulator.solve`` (float64) per D, Cholesky and eigh paths: seconds and peak memory.
+3. ``train``: one PIL phase against the ``mlp`` baseline's AdamW epochs; ``pil_phase_over_baseline_train`` =
+   PIL seconds ÷ the baseline's whole run (``TrainConfig().epochs``, projected unless measured).
+4. ``--distributed`` (torchrun): ``pil_phase_speedup_<world>gpu`` = the PIL phase on rank 0 alone ÷ on all ranks.
+5. ``hybrid``: a gap variant's whole training; ``hybrid_over_baseline_train`` = its seconds ÷ the baseline's run.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -82,41 +34,50 @@ from typing import Any, Callable
 
 import torch
 
+from .atomic import write_atomic, write_json_atomic
 from .solver import RidgeAccumulator, no_tf32, sync_device as sync
 from .version import COMPUTE_VERSION
 
 FULL_SIZES = (1024, 2048, 4096, 8192)
 QUICK_SIZES = (64, 128)
+DEFAULT_PARTS = ("gram", "solve", "train")
+PARTS = DEFAULT_PARTS + ("hybrid",)  # hybrid: a whole training run (minutes on a GPU), only when asked for
+#: Top-level keys of the headline ratios: printed, and summarised over repeats by ``--combine``.
+HEADLINE_PREFIXES = ("gram_rate", "pil_phase", "baseline_", "hybrid_", "attn_only_")
+SYNTHETIC_VOCAB = 512
+#: Timed beside the hybrid: the same Transformer with no FFN, trained by AdamW alone. An attention-first
+#: hybrid's AdamW phase trains exactly this model (its unsolved FFNs are skipped), so the two should cost the same.
+ATTN_ONLY = {"method": "attn_only"}
 # NVLink multicast can take a shared host's GPUs out of service: keep it off in every process.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def _log(msg: str) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------
-
-
-def settings(args: argparse.Namespace, device: torch.device | None = None) -> dict:
-    """Sizes for this run: full (GPU) or ``--quick`` (CPU-friendly, seconds); flags override.
+def settings(args: argparse.Namespace, device: torch.device) -> dict:
+    """Sizes for this run: full (GPU) or ``--quick`` (CPU-friendly, seconds).
 
     The ceiling measurements shrink on a CPU (an 8192³ fp32 product takes minutes there).
     """
     quick = bool(args.quick)
-    small_ceiling = quick or (device is not None and device.type != "cuda")
-    s = dict(
+    small_ceiling = quick or device.type != "cuda"
+    sizes = list(QUICK_SIZES if quick else FULL_SIZES)
+    if args.sizes:
+        sizes = [int(v) for v in str(args.sizes).replace(" ", "").split(",") if v]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--sizes must be positive integers, e.g. 1024,2048 (got {args.sizes!r})")
+    if args.baseline_epochs is not None and args.baseline_epochs < 1:
+        raise ValueError(f"--baseline-epochs must be >= 1, got {args.baseline_epochs}")
+    return dict(
         quick=quick,
-        sizes=list(QUICK_SIZES if quick else FULL_SIZES),
+        sizes=sizes,
         rows=1024 if quick else 16384,  # N rows per update
         outputs=32 if quick else 256,  # K
         warmup=1 if quick else 3,
         repeats=3 if quick else 10,
-        solve_repeats=1,
         ceiling_n=(256 if quick else 1024) if small_ceiling else 8192,  # square matmul: fp32 / bf16 ceilings
         copy_bytes=(16 if quick else 256 if small_ceiling else 2048) * 2**20,
         size="tiny" if quick else "small",
@@ -124,53 +85,21 @@ def settings(args: argparse.Namespace, device: torch.device | None = None) -> di
         max_train_tokens=8192 if quick else None,
         search_tokens=512 if quick else 16384,
         solve_batch_size=16 if quick else 64,
-        baseline_epochs=1,
+        baseline_epochs=args.baseline_epochs or 1,
         dataset="synthetic" if quick else "wikitext2",
         lam=1e-4,
         seed=0,
     )
-    if args.sizes:
-        s["sizes"] = [int(v) for v in str(args.sizes).replace(" ", "").split(",") if v]
-    if getattr(args, "dataset", None):
-        s["dataset"] = args.dataset
-    if args.max_train_tokens is not None:
-        s["max_train_tokens"] = int(args.max_train_tokens) or None
-    if args.baseline_epochs is not None:
-        s["baseline_epochs"] = int(args.baseline_epochs)
-    if getattr(args, "rows", None):
-        s["rows"] = int(args.rows)
-    if getattr(args, "repeats", None):
-        s["repeats"] = int(args.repeats)
-    if s["baseline_epochs"] < 1:
-        raise ValueError(f"--baseline-epochs must be >= 1, got {s['baseline_epochs']}")
-    if not s["sizes"] or min(s["sizes"]) < 1:
-        raise ValueError(f"--sizes must be positive integers, e.g. 1024,2048 (got {args.sizes!r})")
-    return s
-
-
-def pick_device(name: str | None) -> torch.device:
-    from .train import resolve_device
-
-    return resolve_device(name or "auto")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
 
 
 def device_slug(device: torch.device, quick: bool = False) -> str:
     """``NVIDIA H200`` → ``nvidia-h200``; ``cpu``; ``-quick`` appended for ``--quick`` runs."""
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-") or "device"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
     return f"{slug}-quick" if quick else slug
 
 
-# --------------------------------------------------------------------------------------------
 # Timing and ceilings
-# --------------------------------------------------------------------------------------------
-
-
 def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls.
 
@@ -208,51 +137,35 @@ def _timing(seconds: list[float], flops: float | None = None, nbytes: float | No
     return d
 
 
-def matmul_rate(n: int, dtype: torch.dtype, device: torch.device, *, warmup: int, repeats: int) -> dict:
-    """Dense ``[n, n]×[n, n]`` matmul (2·n³ flops) in ``dtype``; fp32 with TF32 off."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    with no_tf32():
-        secs = time_calls(lambda: torch.mm(a, b, out=c), device, warmup=warmup, repeats=repeats)
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "tf32": False, **_timing(secs, 2.0 * n**3)}
-
-
-def copy_bandwidth(nbytes: int, device: torch.device, *, warmup: int, repeats: int) -> dict:
-    """Device-to-device copy; bytes counted read + written (2 × size)."""
-    src = torch.randn(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    secs = time_calls(lambda: dst.copy_(src), device, warmup=warmup, repeats=repeats)
-    return {"size_bytes": src.numel() * 4, **_timing(secs, None, 2.0 * src.numel() * 4)}
-
-
 def measure_ceilings(s: dict, device: torch.device) -> dict:
+    """Dense ``[n, n]×[n, n]`` matmul (2·n³ flops) in fp32 (TF32 off) and bf16; a device-to-device copy
+    (bytes counted read + written)."""
     _log("ceilings: fp32 (TF32 off) and bf16 dense matmul, copy bandwidth")
     kw = dict(warmup=s["warmup"], repeats=s["repeats"])
-    return {
-        "fp32_dense": matmul_rate(s["ceiling_n"], torch.float32, device, **kw),
-        "bf16_dense": matmul_rate(s["ceiling_n"], torch.bfloat16, device, **kw),
-        "copy": copy_bandwidth(s["copy_bytes"], device, **kw),
-    }
+    n = s["ceiling_n"]
+    out = {}
+    for key, dtype in (("fp32_dense", torch.float32), ("bf16_dense", torch.bfloat16)):
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        c = torch.empty(n, n, device=device, dtype=dtype)
+        with no_tf32():
+            secs = time_calls(lambda: torch.mm(a, b, out=c), device, **kw)
+        out[key] = {"n": n, "dtype": str(dtype).removeprefix("torch."), "tf32": False, **_timing(secs, 2.0 * n**3)}
+    src = torch.randn(s["copy_bytes"] // 4, device=device)
+    dst = torch.empty_like(src)
+    secs = time_calls(lambda: dst.copy_(src), device, **kw)
+    out["copy"] = {"size_bytes": src.numel() * 4, **_timing(secs, None, 2.0 * src.numel() * 4)}
+    return out
 
 
-# --------------------------------------------------------------------------------------------
-# 1. Gram accumulation
-# --------------------------------------------------------------------------------------------
-
-
+# 1. Gram accumulation, 2. solve
 def gram_flops(n: int, d: int, k: int) -> float:
     """Flops of one update: ``G += HᵀH`` (2·N·D²) and ``C += HᵀY`` (2·N·D·K)."""
     return 2.0 * n * d * d + 2.0 * n * d * k
 
 
-def gram_bytes(n: int, d: int, k: int, itemsize: int = 4) -> float:
-    """Minimal traffic of one update: read H, Y once; read and write G, C."""
-    return float(itemsize) * (n * d + n * k + 2 * (d * d + d * k))
-
-
-def roofline_seconds(flops: float, nbytes: float, flop_rate: float, byte_rate: float) -> float:
-    return max(flops / flop_rate, nbytes / byte_rate)
+def gram_bytes(n: int, d: int, k: int) -> float:
+    """Minimal fp32 traffic of one update: read H, Y once; read and write G, C."""
+    return 4.0 * (n * d + n * k + 2 * (d * d + d * k))
 
 
 def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple[dict, RidgeAccumulator]:
@@ -273,52 +186,40 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
     ht = h.mT
 
     def bare_pair():
-        with no_tf32():
-            g_bare.addmm_(ht, h)
-            c_bare.addmm_(ht, y)
-
-    def dense():
-        with no_tf32():
-            torch.mm(ht, h, out=g_dense)
+        g_bare.addmm_(ht, h)
+        c_bare.addmm_(ht, y)
 
     flops, nbytes = gram_flops(n, d, k), gram_bytes(n, d, k)
-    dense_flops = 2.0 * n * d * d
-    dense_bytes = 4.0 * (n * d + d * d)
+    dense_flops, dense_bytes = 2.0 * n * d * d, 4.0 * (n * d + d * d)
     rec: dict[str, Any] = {"D": d, "N": n, "K": k, "flops_update": flops, "bytes_update": nbytes,
                            "intensity_flop_per_byte": flops / nbytes, "flops_dense": dense_flops,
                            "bytes_dense": dense_bytes, "layout": "Hᵀ (transposed view) × H"}
-    rec["dense_mm"] = _timing(time_calls(dense, device, **kw), dense_flops, dense_bytes)
-    rec["update_masked"] = _timing(time_calls(lambda: acc.update(h, y, mask), device, **kw), flops, nbytes)
-    rec["update"] = _timing(time_calls(lambda: acc.update(h, y), device, **kw), flops, nbytes)
-    rec["addmm_pair"] = _timing(time_calls(bare_pair, device, **kw), flops, nbytes)
+    with no_tf32():
+        rec["dense_mm"] = _timing(time_calls(lambda: torch.mm(ht, h, out=g_dense), device, **kw), dense_flops,
+                                  dense_bytes)
+        runs = {key: time_calls(fn, device, **kw) for key, fn in (
+            ("update_masked", lambda: acc.update(h, y, mask)), ("update", lambda: acc.update(h, y)),
+            ("addmm_pair", bare_pair))}
     dense_rate = dense_flops / rec["dense_mm"]["seconds_median"]
-    for key in ("update_masked", "update", "addmm_pair"):
-        r = rec[key]
+    for key, secs in runs.items():
+        r = rec[key] = _timing(secs, flops, nbytes)
         r["rate_over_dense"] = (flops / r["seconds_median"]) / dense_rate
-        floor = roofline_seconds(flops, nbytes, dense_rate, bandwidth)
-        r["roofline_seconds"] = floor
-        r["fraction_of_roofline"] = floor / r["seconds_median"]
+        r["roofline_seconds"] = max(flops / dense_rate, nbytes / bandwidth)
+        r["fraction_of_roofline"] = r["roofline_seconds"] / r["seconds_median"]
     rec["gram_rate_ratio"] = rec["update_masked"]["rate_over_dense"]
     rec["gram_rate_ratio_unmasked"] = rec["update"]["rate_over_dense"]
     rec["update_over_addmm_pair"] = rec["addmm_pair"]["seconds_median"] / rec["update_masked"]["seconds_median"]
-    del h, y, mask, g_bare, c_bare, g_dense, ht
     return rec, acc
 
 
-# --------------------------------------------------------------------------------------------
-# 2. Solve
-# --------------------------------------------------------------------------------------------
+def _timed(fn: Callable[[], Any], device: torch.device, barrier: Callable[[], Any] = lambda: None
+           ) -> tuple[Any, float, dict]:
+    """Run ``fn`` once between device syncs and ``barrier`` calls: (result, seconds, peak memory record).
 
-
-def solve_flops(d: int, k: int) -> dict:
-    """Approximate float64 flop counts of the solve paths (see the module docstring)."""
-    return {"cholesky": d**3 / 3 + 2.0 * d * d * k, "eigvalsh": 4.0 / 3.0 * d**3,
-            "auto": d**3 / 3 + 2.0 * d * d * k + 4.0 / 3.0 * d**3, "eigh": 9.0 * d**3 + 4.0 * d * d * k}
-
-
-def _peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, dict]:
-    """Run ``fn`` once: (result, seconds, memory record); peak stats reset before the call."""
+    ``barrier``: ``torch.distributed.barrier`` when every rank runs ``fn``, so that the time is the slowest rank's.
+    """
     mem: dict[str, Any] = {"peak_bytes": None, "peak_extra_bytes": None}
+    barrier()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -326,6 +227,7 @@ def _peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[Any, floa
     t0 = time.perf_counter()
     out = fn()
     sync(device)
+    barrier()
     seconds = time.perf_counter() - t0
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -339,107 +241,75 @@ def bench_solve(acc: RidgeAccumulator, s: dict, device: torch.device, *, warm: b
     ``warm``: run both paths once untimed first (solver handles, kernel loading); do it at the smallest D.
     """
     d, k = acc.n_features, acc.n_outputs
-    rec: dict[str, Any] = {"D": d, "K": k, "lam": s["lam"], "flops": solve_flops(d, k)}
-    if warm:
-        for path in ("auto", "eigh"):
-            acc.solve(s["lam"], solver=path)
+    chol, eigvalsh = d**3 / 3 + 2.0 * d * d * k, 4.0 / 3.0 * d**3  # approximate float64 flops (PERF_NOTES.md)
+    flops = {"cholesky": chol, "eigvalsh": eigvalsh, "auto": chol + eigvalsh, "eigh": 9.0 * d**3 + 4.0 * d * d * k}
+    rec: dict[str, Any] = {"D": d, "K": k, "lam": s["lam"], "flops": flops}
     for path in ("auto", "eigh"):
-        runs = []
-        for _ in range(s["solve_repeats"]):
-            (w, b, info), seconds, mem = _peak_memory(lambda: acc.solve(s["lam"], solver=path), device)
-            runs.append((seconds, mem, info))
-            del w, b
-        seconds = statistics.median(r[0] for r in runs)
-        info = runs[-1][2]
+        if warm:
+            acc.solve(s["lam"], solver=path)
+        (_w, _b, info), seconds, mem = _timed(lambda path=path: acc.solve(s["lam"], solver=path), device)
         rec[path] = {"seconds": seconds, "solver_used": info.solver, "fallback": info.fallback,
-                     "cond": info.cond, "r2": info.r2, **runs[-1][1]}
+                     "cond": info.cond, "r2": info.r2, **mem}
     # Kernel breakdown of the auto path on A = G_c + λ I (float64).
     gc, cc, *_ = acc.centered_stats()
     gc.diagonal().add_(s["lam"] * float(gc.diagonal().mean()))
-
-    def chol():
-        factor, _info = torch.linalg.cholesky_ex(gc)
-        return torch.cholesky_solve(cc, factor)
-
-    _, t_chol, m_chol = _peak_memory(chol, device)
-    _, t_eigvals, m_eigvals = _peak_memory(lambda: torch.linalg.eigvalsh(gc), device)
+    _, t_chol, m_chol = _timed(lambda: torch.cholesky_solve(cc, torch.linalg.cholesky_ex(gc)[0]), device)
+    _, t_eigvals, m_eigvals = _timed(lambda: torch.linalg.eigvalsh(gc), device)
     rec["kernels"] = {"cholesky_and_solve": {"seconds": t_chol, **m_chol},
                       "eigvalsh_kappa_check": {"seconds": t_eigvals, **m_eigvals}}
     rec["kappa_check_share_of_auto"] = t_eigvals / rec["auto"]["seconds"]
-    del gc, cc
     return rec
 
 
-# --------------------------------------------------------------------------------------------
 # 3. PIL phase vs baseline training
-# --------------------------------------------------------------------------------------------
-
-
-SYNTHETIC_VOCAB = 512
-
-
-def synthetic_tokens(n: int, vocab: int, seed: int) -> torch.Tensor:
-    """A learnable toy stream: ``next = (3·cur + noise) mod vocab`` with noise in {0, 1, 2}."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randint(0, 3, (n,), generator=g)
-    ids = torch.empty(n, dtype=torch.long)
-    ids[0] = 0
-    for i in range(1, n):  # n is small (quick mode only)
-        ids[i] = (3 * ids[i - 1] + noise[i]) % vocab
-    return ids
-
-
 def load_streams(s: dict, device: torch.device):
     """Train / valid :class:`TokenStream` on the device: ``s["dataset"]`` (a corpus name or ``synthetic``).
 
-    ``synthetic`` (the ``--quick`` default) is a small-vocabulary toy language, so that CPU runs
-    are not dominated by WikiText-2's 33k-word output head.
+    ``synthetic`` (the ``--quick`` default): uniform random tokens of a small vocabulary, so that CPU runs are
+    not dominated by WikiText-2's 33k-word output head (the timings do not depend on what the tokens say).
     """
     from .data import TokenStream, load_tokenized
 
     name = s["dataset"]
     if name == "synthetic":
         vocab = SYNTHETIC_VOCAB
-        train = synthetic_tokens(s["max_train_tokens"] or 8192, vocab, s["seed"])
-        valid = synthetic_tokens(4096, vocab, s["seed"] + 1)
+        g = torch.Generator().manual_seed(s["seed"])
+        train, valid = (torch.randint(vocab, (n,), generator=g) for n in (s["max_train_tokens"], 4096))
     else:
         corpus = load_tokenized(name, max_train_tokens=s["max_train_tokens"])
         train, valid, vocab = corpus.train, corpus.valid, corpus.vocab_size
     return TokenStream(train, device), TokenStream(valid, device), vocab, name
 
 
-def pil_model_config(s: dict, vocab: int):
+def model_config(s: dict, vocab: int, ffn: str):
+    """The benchmark's model: ``bipil`` (concat fusion) for the PIL phase, ``mlp`` for the baseline."""
     from .model import config_for
 
-    return config_for(s["size"], vocab_size=vocab, ffn="bipil", fusion="concat", expansion=s["expansion"])
+    return config_for(s["size"], vocab_size=vocab, ffn=ffn, expansion=s["expansion"])
 
 
-def baseline_model_config(s: dict, vocab: int):
-    from .model import config_for
+def _fresh(mcfg, seed: int, device: torch.device):
+    """A new model on the device, initialised from ``seed`` (every timed model of a kind starts the same)."""
+    from .model import PILLM
 
-    return config_for(s["size"], vocab_size=vocab, ffn="mlp", expansion=s["expansion"])
-
-
-def pil_train_config(s: dict, device: torch.device):
-    from .train import TrainConfig
-
-    return TrainConfig(method="pil_pure", target="local", lam=s["lam"], search_tokens=s["search_tokens"],
-                       solve_batch_size=s["solve_batch_size"], device=str(device), seed=s["seed"],
-                       eval_every_epoch=False)
+    torch.manual_seed(seed)
+    return PILLM(mcfg).to(device)
 
 
-def matmul_params(model) -> int:
-    """Weights used in matmuls: every 2-D parameter but the position embedding (a lookup).
+def _warm_slice(stream, windows: int, block: int):
+    from .data import TokenStream
 
-    The token embedding counts once, as the tied output head.
-    """
-    return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("pos_emb"))
+    return TokenStream(stream.ids[: windows * block + block + 1], stream.device)
 
 
 def baseline_flops_per_token(model) -> dict:
-    """Training flops per token: ``6·P + 12·L·C·T`` (PaLM; attention not discounted for causality)."""
+    """Training flops per token: ``6·P + 12·L·C·T`` (PaLM; attention not discounted for causality).
+
+    P: the weights used in matmuls, every 2-D parameter but the position embedding (a lookup); the token
+    embedding counts once, as the tied output head.
+    """
     c = model.config
-    p = matmul_params(model)
+    p = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("pos_emb"))
     attn = 12.0 * c.n_layer * c.n_embd * c.block_size
     return {"matmul_params": p, "dense": 6.0 * p, "attention": attn, "total": 6.0 * p + attn}
 
@@ -456,47 +326,41 @@ def pil_phase_flops(mcfg, n_tokens: int, search_tokens: int, n_eta: int) -> dict
     d = mcfg.hidden * (2 if mcfg.ffn == "bipil" and mcfg.fusion == "concat" else 1)
     proj = mcfg.hidden * (2 if mcfg.ffn == "bipil" else 1)  # random-projection columns
     attn = 2.0 * 4 * c * c + 4.0 * t * c  # qkv + out projections, QKᵀ and AV
-    ffn = 2.0 * c * proj + 2.0 * d * c
-    block = attn + ffn
-    full_forward = n_layer * block + 2.0 * c * v
-    out = {"gram": 0.0, "local_target": 0.0, "forward": 0.0, "eta_search": 0.0}
-    for layer in range(n_layer):
-        out["gram"] += n_tokens * (2.0 * d * d + 2.0 * d * 2 * c)
-        out["local_target"] += n_tokens * 4.0 * c * v
-        out["forward"] += n_tokens * (layer * block + attn + 2 * 2.0 * c * proj + 2.0 * d * c)
-        out["eta_search"] += n_eta * search_tokens * full_forward
+    block = attn + 2.0 * c * proj + 2.0 * d * c
+    lower_blocks = n_layer * (n_layer - 1) / 2  # blocks below each layer, summed over the layers
+    out = {"gram": n_layer * n_tokens * (2.0 * d * d + 2.0 * d * 2 * c),
+           "local_target": n_layer * n_tokens * 4.0 * c * v,
+           "forward": n_tokens * (lower_blocks * block + n_layer * (attn + 2 * 2.0 * c * proj + 2.0 * d * c)),
+           "eta_search": n_layer * n_eta * search_tokens * (n_layer * block + 2.0 * c * v)}
     out["total"] = sum(out.values())
     out["features_D"] = d
     return out
 
 
-def _warm_slice(stream, windows: int, block: int):
-    from .data import TokenStream
+def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> tuple[dict, Any]:
+    """One :func:`pil_phase` on a fresh Bi-PIL model, after a warm-up on a small slice; (record, model).
 
-    return TokenStream(stream.ids[: windows * block + block + 1], stream.device)
+    Under an initialised process group every rank streams its shard, and the wall clock runs between barriers.
+    """
+    import torch.distributed as dist
 
+    from .train import RunLog, TrainConfig, pil_phase, search_windows as _search_windows
 
-def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int, *, warm: bool = True) -> tuple[dict, Any]:
-    """One :func:`pil_phase` on a fresh Bi-PIL model (after a warm-up on a small slice); (record, model)."""
-    from .model import PILLM
-    from .train import RunLog, pil_phase, search_windows as _search_windows
+    grouped = dist.is_available() and dist.is_initialized()
+    mcfg = model_config(s, vocab, "bipil")
+    tcfg = TrainConfig(method="pil_pure", target="local", lam=s["lam"], search_tokens=s["search_tokens"],
+                       solve_batch_size=s["solve_batch_size"], device=str(device), seed=s["seed"],
+                       eval_every_epoch=False)
+    barrier = dist.barrier if grouped else lambda: None
 
-    mcfg, tcfg = pil_model_config(s, vocab), pil_train_config(s, device)
-    if warm:
-        torch.manual_seed(s["seed"])
-        scratch = PILLM(mcfg).to(device)
-        pil_phase(scratch, _warm_slice(train, 2 * tcfg.solve_batch_size, mcfg.block_size), valid, tcfg, RunLog(),
-                  progress=False)
-        del scratch
-    torch.manual_seed(s["seed"])
-    model = PILLM(mcfg).to(device)
-    log = RunLog()
-    sync(device)
-    t0 = time.perf_counter()
-    pil_phase(model, train, valid, tcfg, log, progress=False)
-    sync(device)
-    wall = time.perf_counter() - t0
+    def run(stream) -> tuple[Any, RunLog, float]:
+        model, log = _fresh(mcfg, s["seed"], device), RunLog()
+        _, wall, _ = _timed(lambda: pil_phase(model, stream, valid, tcfg, log, progress=False), device, barrier)
+        return model, log, wall
+
     block = mcfg.block_size
+    run(_warm_slice(train, 2 * (dist.get_world_size() if grouped else 1) * tcfg.solve_batch_size, block))
+    model, log, wall = run(train)
     n_tokens = train.windows(block)[0].shape[0] * block  # solve_layer streams every whole window
     search_windows = _search_windows(valid, tcfg, block)[0].shape[0]  # the windows the η search scores
     flops = pil_phase_flops(mcfg, n_tokens, search_windows * block, len(tcfg.eta_grid))
@@ -516,32 +380,24 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int, *, w
 
 def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compile_: bool) -> dict:
     """``baseline_epochs`` AdamW epochs of the ``mlp`` model via :class:`AdamWRunner` (after a short warm-up)."""
-    from .model import PILLM
     from .train import AdamWRunner, RunLog, TrainConfig
 
-    mcfg = baseline_model_config(s, vocab)
+    mcfg = model_config(s, vocab, "mlp")
     epochs = s["baseline_epochs"]
     tcfg = TrainConfig(method="baseline", epochs=epochs, device=str(device), compile=compile_, seed=s["seed"],
                        eval_every_epoch=False)
     # Warm-up (kernels, allocator, autotuning) on a throwaway model and a slice of a few batches.
-    torch.manual_seed(s["seed"])
-    scratch = PILLM(mcfg).to(device)
-    AdamWRunner(scratch, _warm_slice(train, 4 * tcfg.batch_size, mcfg.block_size), valid, tcfg, RunLog(), 1,
-                progress=False).run_epoch("warmup")
-    del scratch
-    torch.manual_seed(s["seed"])
-    model = PILLM(mcfg).to(device)
-    log = RunLog()
+    AdamWRunner(_fresh(mcfg, s["seed"], device), _warm_slice(train, 4 * tcfg.batch_size, mcfg.block_size), valid, tcfg,
+                RunLog(), 1, progress=False).run_epoch("warmup")
+    model, log = _fresh(mcfg, s["seed"], device), RunLog()
     runner = AdamWRunner(model, train, valid, tcfg, log, epochs, progress=False)
     compiled = runner.forward is not model and not isinstance(runner.forward, torch.nn.parallel.DistributedDataParallel)
     losses = [runner.run_epoch("baseline") for _ in range(epochs)]
     epoch_s = [p["seconds"] for p in log.phases if p["phase"] == "adamw"]
     steady = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
     ref_epochs = TrainConfig().epochs
-    if epochs >= ref_epochs:
-        train_s, projected = sum(epoch_s[:ref_epochs]), False
-    else:
-        train_s, projected = sum(epoch_s) + (ref_epochs - epochs) * steady, True
+    projected = epochs < ref_epochs
+    train_s = sum(epoch_s) + (ref_epochs - epochs) * steady if projected else sum(epoch_s[:ref_epochs])
     tokens = train.num_train_windows(mcfg.block_size) * mcfg.block_size
     fpt = baseline_flops_per_token(model)
     return {
@@ -557,8 +413,8 @@ def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compi
     }
 
 
-def bench_training(s: dict, device: torch.device, compile_: bool, ceilings: dict) -> dict:
-    train, valid, vocab, name = load_streams(s, device)
+def bench_training(s: dict, device: torch.device, streams: tuple, compile_: bool, ceilings: dict) -> dict:
+    train, valid, vocab, name = streams
     _log(f"training: {name}, {len(train)} train tokens, vocab {vocab}; PIL phase")
     pil, _ = time_pil_phase(s, device, train, valid, vocab)
     _log(f"PIL phase {pil['seconds']:.2f} s; baseline: {s['baseline_epochs']} epoch(s)")
@@ -575,8 +431,9 @@ def bench_training(s: dict, device: torch.device, compile_: bool, ceilings: dict
     }
 
 
-def gap_variant(name: str) -> tuple[str, dict, dict]:
-    """``(name, options, parameters)`` of a variant of the ``gap`` experiment's paper profile
+# 5. A hybrid's whole training vs the baseline's
+def gap_variant(name: str) -> tuple[dict, dict]:
+    """``(options, parameters)`` of a variant of the ``gap`` experiment's paper profile
     (pillm/experiments.yaml): its run options and the profile's parameters."""
     from .experiments.registry import load_registry
 
@@ -585,7 +442,7 @@ def gap_variant(name: str) -> tuple[str, dict, dict]:
     if name not in variants:
         raise ValueError(f"--hybrid {name!r} is not a variant of the gap experiment's paper profile; "
                          f"choose one of: {', '.join(variants)}")
-    return name, dict(variants[name]), params
+    return dict(variants[name]), params
 
 
 def time_variant(s: dict, device: torch.device, train, valid, vocab: int, options: dict, params: dict) -> dict:
@@ -598,7 +455,6 @@ def time_variant(s: dict, device: torch.device, train, valid, vocab: int, option
     No warm-up of its own: it runs after part 3, which warmed the AdamW and closed-form kernels.
     """
     from .experiments.grid import make_run, run_spec
-    from .model import PILLM
     from .train import run_procedure
 
     train_cfg = {**(params.get("train") or {}), "device": str(device), "eval_every_epoch": False,
@@ -607,31 +463,20 @@ def time_variant(s: dict, device: torch.device, train, valid, vocab: int, option
         train_cfg |= {"search_tokens": s["search_tokens"], "solve_batch_size": s["solve_batch_size"]}
     base = {"size": s["size"], "dataset": s["dataset"], "model": dict(params.get("model") or {}),
             "train": train_cfg, "save_checkpoint": False}
-    spec = run_spec(make_run(base, **options, seed=s["seed"]))
-    mcfg, tcfg = spec.configs(vocab)
-    torch.manual_seed(tcfg.seed)
-    model = PILLM(mcfg).to(device)
-    sync(device)
-    t0 = time.perf_counter()
-    log = run_procedure(model, train, valid, tcfg, progress=False)
-    sync(device)
-    seconds = time.perf_counter() - t0
+    mcfg, tcfg = run_spec(make_run(base, **options, seed=s["seed"])).configs(vocab)
+    model = _fresh(mcfg, tcfg.seed, device)
+    log, seconds, _ = _timed(lambda: run_procedure(model, train, valid, tcfg, progress=False), device)
     return {"options": options, "seconds": seconds, "adamw_seconds": log.seconds("adamw"),
             "pil_seconds": log.seconds("pil"), "optimizer_steps": log.optimizer_steps, "epochs": tcfg.epochs,
             "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "params": model.parameter_counts()}
 
 
-#: Timed beside the hybrid: the same Transformer with no FFN, trained by AdamW alone. An attention-first
-#: hybrid's AdamW phase trains exactly this model (its unsolved FFNs are skipped), so the two should cost the same.
-ATTN_ONLY = {"method": "attn_only"}
-
-
-def bench_hybrid(s: dict, device: torch.device, variant: str, baseline: dict) -> dict:
+def bench_hybrid(s: dict, device: torch.device, streams: tuple, variant: str, baseline: dict) -> dict:
     """The gap variant ``variant`` and attention only, each trained alone, against ``baseline`` (part 3's
     record) for the same number of epochs."""
-    train, valid, vocab, name = load_streams(s, device)
+    train, valid, vocab, name = streams
     _log(f"hybrid: the gap variant {variant!r}, alone, on {name}")
-    variant, options, params = gap_variant(variant)
+    options, params = gap_variant(variant)
     rec = {"variant": variant} | time_variant(s, device, train, valid, vocab, options, params)
     if rec["epochs"] != baseline["train_epochs"]:
         raise ValueError(f"the hybrid trains {rec['epochs']} epochs but the baseline's timed run is "
@@ -649,11 +494,7 @@ def bench_hybrid(s: dict, device: torch.device, variant: str, baseline: dict) ->
                   "hybrid_adamw_over_attn_only": rec["adamw_seconds"] / attn["seconds"]}
 
 
-# --------------------------------------------------------------------------------------------
 # Output
-# --------------------------------------------------------------------------------------------
-
-
 def _finite(obj):
     """JSON-safe copy: non-finite floats become strings ("inf", "nan")."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -665,9 +506,8 @@ def _finite(obj):
     return obj
 
 
-def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool = True) -> Path:
-    from .run import write_json_atomic
-
+def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool) -> Path:
+    """``<out_dir>/<stem>.json`` (non-finite numbers as strings) and, unless ``figure`` is false, ``<stem>.pdf``."""
     path = Path(out_dir) / f"{stem}.json"
     write_json_atomic(path, _finite(result))
     if figure:
@@ -679,111 +519,95 @@ def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool = True) -
 
 
 def plot(result: dict, path: Path) -> None:
-    """Three panels: Gram rate vs D, solve time / memory vs D, PIL phase vs baseline times."""
+    """Gram rate vs D, solve time / memory vs D, PIL phase vs baseline times; with ``--distributed``, the PIL
+    phase on one device vs all."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if "world_size" in result:  # --distributed: one panel, 1 device vs all
+    if "world_size" in result:
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
         w = result["world_size"]
         ax.bar(["1 device", f"{w} devices"], [result["pil_phase_seconds_1"], result[f"pil_phase_seconds_{w}"]],
                color=["C0", "C2"])
         ax.set(ylabel="seconds", title=f"PIL phase: speedup {result['pil_phase_speedup']:.2f}×")
-        _save_figure(fig, path)
-        return
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    gram = result.get("gram", {}).get("per_size", [])
-    if gram:
-        ds = [r["D"] for r in gram]
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        gram = result.get("gram", {}).get("per_size", [])
         for key, label in (("dense_mm", "dense fp32 mm"), ("addmm_pair", "2× addmm_"),
                            ("update", "update"), ("update_masked", "update (mask)")):
-            axes[0].plot(ds, [r[key]["tflops"] for r in gram], marker="o", label=label)
-        axes[0].set(xscale="log", xlabel="D (features)", ylabel="TFLOP/s", title="Gram accumulation (fp32)")
-        _d_ticks(axes[0], ds)
-        axes[0].legend(fontsize=7)
-    solve = result.get("solve", {}).get("per_size", [])
-    if solve:
-        ds = [r["D"] for r in solve]
+            axes[0].plot([r["D"] for r in gram], [r[key]["tflops"] for r in gram], marker="o", label=label)
+        axes[0].set(xlabel="D (features)", ylabel="TFLOP/s", title="Gram accumulation (fp32)")
+        solve = result.get("solve", {}).get("per_size", [])
         for key in ("auto", "eigh"):
-            axes[1].plot(ds, [r[key]["seconds"] for r in solve], marker="o", label=f"solve {key}")
-        axes[1].set(xscale="log", yscale="log", xlabel="D", ylabel="seconds", title="Ridge solve (float64)")
-        _d_ticks(axes[1], ds)
-        axes[1].legend(fontsize=7)
-        if solve[0]["auto"].get("peak_extra_bytes") is not None:
+            axes[1].plot([r["D"] for r in solve], [r[key]["seconds"] for r in solve], marker="o", label=f"solve {key}")
+        axes[1].set(yscale="log", xlabel="D", ylabel="seconds", title="Ridge solve (float64)")
+        if solve and solve[0]["eigh"].get("peak_extra_bytes") is not None:
             ax2 = axes[1].twinx()
-            ax2.plot(ds, [r["eigh"]["peak_extra_bytes"] / 2**30 for r in solve], "k--", label="eigh peak extra")
+            ax2.plot([r["D"] for r in solve], [r["eigh"]["peak_extra_bytes"] / 2**30 for r in solve], "k--",
+                     label="eigh peak extra")
             ax2.set_ylabel("GiB")
-    tr = result.get("training")
-    if tr:
-        b = tr["baseline"]
-        labels = ["PIL phase", "baseline\n1 epoch",
-                  f"baseline\n{b['train_epochs']} epochs" + ("\n(projected)" if b["train_projected"] else "")]
-        vals = [tr["pil"]["seconds"], tr["baseline"]["epoch_seconds_steady"], tr["baseline"]["train_seconds"]]
-        axes[2].bar(labels, vals, color=["C2", "C0", "C0"])
-        axes[2].set(ylabel="seconds", title="PIL phase vs baseline")
-    fig.suptitle(f"pillm bench — {result.get('device_name', '')}", fontsize=9)
-    _save_figure(fig, path)
-
-
-def _d_ticks(ax, ds: list[int]) -> None:
-    from matplotlib.ticker import NullLocator
-
-    ax.set_xticks(ds, [str(d) for d in ds])
-    ax.xaxis.set_minor_locator(NullLocator())
-
-
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+        for ax in axes[:2]:
+            ax.set_xscale("log", base=2)
+            ax.legend(fontsize=7)
+        if tr := result.get("training"):
+            b = tr["baseline"]
+            labels = ["PIL phase", "baseline\n1 epoch",
+                      f"baseline\n{b['train_epochs']} epochs" + ("\n(projected)" if b["train_projected"] else "")]
+            axes[2].bar(labels, [tr["pil"]["seconds"], b["epoch_seconds_steady"], b["train_seconds"]],
+                        color=["C2", "C0", "C0"])
+            axes[2].set(ylabel="seconds", title="PIL phase vs baseline")
+        fig.suptitle(f"pillm bench — {result.get('device_name', '')}", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp)
+    pdf = io.BytesIO()
+    fig.savefig(pdf, format="pdf")
+    write_atomic(path, pdf.getvalue())
     plt.close(fig)
-    os.replace(tmp, path)
 
 
+# Single-device run and repeats
 def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
     from .run import environment, utc_now
 
     return {
         "benchmark": "pillm bench", "format": 1, "quick": s["quick"], "device": str(device),
-        "device_name": device_name(device), "environment": environment(), "settings": s,
-        "args": {k: v for k, v in vars(args).items() if k != "func"},
-        "date": utc_now(),
-        "compute_version": COMPUTE_VERSION,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "environment": environment(), "settings": s, "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "date": utc_now(), "compute_version": COMPUTE_VERSION,
         "timing": "median of repeats after warm-up; CUDA events on GPU, perf_counter on CPU",
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Single-device run
-# --------------------------------------------------------------------------------------------
+def _parts(args) -> tuple[str, ...]:
+    parts = tuple(p for p in str(args.parts or ",".join(DEFAULT_PARTS)).split(",") if p)
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise ValueError(f"--parts {','.join(bad)} is not valid; allowed values: {', '.join(PARTS)}")
+    if "hybrid" in parts and "train" not in parts:
+        raise ValueError("--parts hybrid is timed against the baseline of part train: use --parts train,hybrid")
+    if "hybrid" in parts and not args.hybrid:
+        raise ValueError("--parts ...,hybrid needs --hybrid NAME: a variant of the gap experiment's paper profile "
+                         "in pillm/experiments.yaml (e.g. the best hybrid on validation that the paper reports)")
+    return parts
 
-DEFAULT_PARTS = ("gram", "solve", "train")
-PARTS = DEFAULT_PARTS + ("hybrid",)
-HYBRID_HEADLINE = ("hybrid_over_baseline_train", "hybrid_adamw_over_baseline_train",
-                   "hybrid_sweeps_over_baseline_train", "attn_only_over_baseline_train", "hybrid_adamw_over_attn_only")  # hybrid: a whole training run (minutes on a GPU), only when asked for
 
-
-def run_single(args: argparse.Namespace, save: Callable[[dict], Any] = lambda r: None) -> dict:
-    """Ceilings, then Gram + solve per D, then PIL phase vs baseline; ``save(partial)`` after each part."""
-    device = pick_device(args.device)
+def run_single(args: argparse.Namespace, device: torch.device, stem: str) -> dict:
+    """Ceilings, then Gram + solve per D, then PIL phase vs baseline, then the hybrid; the JSON is written
+    (``"complete": false``) after each part, so a later failure keeps the numbers."""
     s = settings(args, device)
     parts = _parts(args)
     torch.manual_seed(s["seed"])
     t_start = time.perf_counter()
     result = _header(s, args, device) | {"complete": False}
     result["ceilings"] = measure_ceilings(s, device)
-    fp32 = result["ceilings"]["fp32_dense"]
-    bw = result["ceilings"]["copy"]["bytes"] / result["ceilings"]["copy"]["seconds_median"]
+    copy = result["ceilings"]["copy"]
     headline: dict[str, Any] = {}
     if "gram" in parts or "solve" in parts:
         gram_rows, solve_rows = [], []
         for i, d in enumerate(sorted(s["sizes"])):
             _log(f"gram D={d} N={s['rows']} K={s['outputs']}")
-            rec, acc = bench_gram(d, s, device, bw)
+            rec, acc = bench_gram(d, s, device, copy["bytes"] / copy["seconds_median"])
             gram_rows.append(rec)
             if "solve" in parts:
                 _log(f"solve D={d}")
@@ -791,32 +615,26 @@ def run_single(args: argparse.Namespace, save: Callable[[dict], Any] = lambda r:
             del acc
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        largest = max(gram_rows, key=lambda r: r["D"])
+        largest = gram_rows[-1]
         result["gram"] = {"dtype": "float32", "tf32": False, "rows": s["rows"], "outputs": s["outputs"],
-                          "fp32_dense_square_tflops": fp32["tflops"], "per_size": gram_rows}
-        headline["gram_rate_ratio"] = largest["gram_rate_ratio"]
-        headline["gram_rate_ratio_unmasked"] = largest["gram_rate_ratio_unmasked"]
-        headline["gram_rate_ratio_D"] = largest["D"]
+                          "fp32_dense_square_tflops": result["ceilings"]["fp32_dense"]["tflops"],
+                          "per_size": gram_rows}
+        headline |= {"gram_rate_ratio": largest["gram_rate_ratio"],
+                     "gram_rate_ratio_unmasked": largest["gram_rate_ratio_unmasked"], "gram_rate_ratio_D": largest["D"]}
         if solve_rows:
             result["solve"] = {"dtype": "float64", "lam_relative": s["lam"], "per_size": solve_rows}
-        save(result | headline)  # a later failure keeps these numbers
+        write_outputs(result | headline, Path(args.out), stem, figure=False)
     if "train" in parts:
-        tr = bench_training(s, device, bool(args.compile), result["ceilings"])
-        result["training"] = tr
-        headline["pil_phase_over_baseline_epoch"] = tr["pil_phase_over_baseline_epoch"]
-        headline["pil_phase_over_baseline_train"] = tr["pil_phase_over_baseline_train"]
-        headline["baseline_mfu"] = tr["baseline"]["mfu"]
-        headline["baseline_tokens_per_s"] = tr["baseline"]["tokens_per_s"]
-        headline["compile_used"] = tr["baseline"]["compile_used"]
-        save(result | headline)
+        streams = load_streams(s, device)
+        tr = result["training"] = bench_training(s, device, streams, bool(args.compile), result["ceilings"])
+        headline |= {k: tr[k] for k in ("pil_phase_over_baseline_epoch", "pil_phase_over_baseline_train")}
+        headline |= {"baseline_mfu": tr["baseline"]["mfu"], "baseline_tokens_per_s": tr["baseline"]["tokens_per_s"],
+                     "compile_used": tr["baseline"]["compile_used"]}
+        write_outputs(result | headline, Path(args.out), stem, figure=False)
     if "hybrid" in parts:
-        result["hybrid"] = bench_hybrid(s, device, args.hybrid, result["training"]["baseline"])
-        for key in HYBRID_HEADLINE:
-            headline[key] = result["hybrid"][key]
-    result.update(headline)
-    result["seconds_total"] = time.perf_counter() - t_start
-    result["complete"] = True
-    return result
+        h = result["hybrid"] = bench_hybrid(s, device, streams, args.hybrid, tr["baseline"])
+        headline |= {k: v for k, v in h.items() if "_over_" in k}
+    return result | headline | {"seconds_total": time.perf_counter() - t_start, "complete": True}
 
 
 def combine(paths: list[Path], out_dir: Path) -> Path:
@@ -840,149 +658,16 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
         values = [float(r[k]) for r in records]
         out[k], out[f"{k}_min"], out[f"{k}_max"] = statistics.median(values), min(values), max(values)
     out["repeat_keys"] = keys
-    out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}} for p, r in zip(paths, records)]
+    out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}}
+                      for p, r in zip(paths, records)]
     out["timing"] = f"median over {len(records)} repeats of the whole benchmark, each alone on the device"
     stem = device_slug(torch.device(records[0]["device"]), bool(records[0]["quick"]))
     return write_outputs(out, out_dir, stem, figure=False)
 
 
-HEADLINE_PREFIXES = ("gram_rate", "pil_phase", "baseline_", "hybrid_", "attn_only_")
-
-
-def _parts(args) -> tuple[str, ...]:
-    parts = tuple(p for p in str(getattr(args, "parts", None) or ",".join(DEFAULT_PARTS)).split(",") if p)
-    bad = [p for p in parts if p not in PARTS]
-    if bad:
-        raise ValueError(f"--parts {','.join(bad)} is not valid; allowed values: {', '.join(PARTS)}")
-    if "hybrid" in parts and "train" not in parts:
-        raise ValueError("--parts hybrid is timed against the baseline of part train: use --parts train,hybrid")
-    if "hybrid" in parts and not getattr(args, "hybrid", None):
-        raise ValueError("--parts ...,hybrid needs --hybrid NAME: a variant of the gap experiment's paper profile "
-                         "in pillm/experiments.yaml (e.g. the best hybrid on validation that the paper reports)")
-    return parts
-
-
-# --------------------------------------------------------------------------------------------
 # 4. Several GPUs (torchrun)
-# --------------------------------------------------------------------------------------------
-
-
-def disable_multicast() -> dict:
-    """Force NVLink multicast off (``NCCL_NVLS_ENABLE=0`` …) before NCCL starts; returns the overrides."""
-    changed = {}
-    for key, value in NO_MULTICAST_ENV.items():
-        if os.environ.get(key) != value:
-            changed[key] = os.environ.get(key)
-            os.environ[key] = value
-    return changed
-
-
 def ffn_weights(model) -> list[torch.Tensor]:
     return [b.ffn.out_weight.detach().float().cpu().clone() for b in model.blocks if b.ffn is not None]
-
-
-def _rank_device(args: argparse.Namespace) -> torch.device:
-    """This rank's device: ``cuda:LOCAL_RANK`` (made current) when CUDA is used, else the CPU."""
-    if torch.cuda.is_available() and (args.device or "auto") != "cpu":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
-def _init_group(device: torch.device) -> None:
-    import datetime
-
-    import torch.distributed as dist
-
-    # A long timeout: the other ranks wait here while rank 0 times the phase alone.
-    kw = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30), **kw)
-    warm = torch.ones(1 << 20, device=device)
-    dist.all_reduce(warm)  # communicator set-up outside the timing
-
-
-def _time_sharded(s: dict, device: torch.device, train, valid, vocab: int) -> tuple[float, dict, list[torch.Tensor]]:
-    """PIL phase on every rank (sharded), after a warm-up on a slice; wall clock between barriers."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    block = pil_model_config(s, vocab).block_size
-    time_pil_phase(s, device, _warm_slice(train, 2 * world * s["solve_batch_size"], block), valid, vocab, warm=False)
-    dist.barrier()
-    sync(device)
-    t0 = time.perf_counter()
-    rec, model = time_pil_phase(s, device, train, valid, vocab, warm=False)
-    sync(device)
-    dist.barrier()
-    return time.perf_counter() - t0, rec, ffn_weights(model)
-
-
-def _gather_rank_checks(weights: list[torch.Tensor], rec: dict, device: torch.device) -> list[dict]:
-    """Every rank compares its solution with rank 0's (broadcast); the checks are gathered on all ranks."""
-    import torch.distributed as dist
-
-    diff = 0.0
-    for w in weights:
-        ref = w.to(device, copy=True)
-        dist.broadcast(ref, src=0)
-        diff = max(diff, float((w.to(device) - ref).abs().max()))
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, {"rank": dist.get_rank(), "max_abs_diff_vs_rank0": diff,
-                                 "pil_seconds": rec["seconds"], "etas": [r["eta"] for r in rec["per_layer"]]})
-    return out
-
-
-def run_distributed(args: argparse.Namespace) -> dict | None:
-    """Time the PIL phase on 1 device (rank 0 alone) and on all ranks; compare the solutions.
-
-    Must run under ``torchrun``; the group is NCCL on GPUs (one per rank) and gloo on CPU.
-    Returns the result on rank 0 (None elsewhere).
-    """
-    import torch.distributed as dist
-
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world < 2:
-        raise ValueError("--distributed needs several processes: torchrun --nproc_per_node=2 -m pillm bench "
-                         "--distributed")
-    previous = disable_multicast()
-    device = _rank_device(args)
-    s = settings(args, device)
-    train, valid, vocab, name = load_streams(s, device)
-    t_start = time.perf_counter()
-    if rank == 0:  # rank 0 alone, before the group exists: nothing is sharded
-        _log(f"1 device: PIL phase on {name} ({len(train)} tokens)")
-        single, model1 = time_pil_phase(s, device, train, valid, vocab)
-        w1 = ffn_weights(model1)
-        del model1
-    _init_group(device)
-    try:
-        _log(f"{world} devices: PIL phase, sharded")
-        t_multi, multi, wn = _time_sharded(s, device, train, valid, vocab)
-        per_rank = _gather_rank_checks(wn, multi, device)
-        allreduce = allreduce_rate(multi["features_D"], multi["outputs_K"], device, s)
-    finally:
-        dist.destroy_process_group()
-    if rank != 0:
-        return None
-    max_abs = max(float((a - b).abs().max()) for a, b in zip(w1, wn))
-    scale = max(float(a.abs().max()) for a in w1)
-    speedup = single["wall_seconds"] / t_multi  # both: wall clock between device syncs
-    result = _header(s, args, device) | {
-        "world_size": world, "backend": "nccl" if device.type == "cuda" else "gloo", "dataset": name,
-        "env_set": {k: os.environ[k] for k in NO_MULTICAST_ENV}, "env_previous": previous,
-        "single": single, "multi": {**multi, "seconds_phase_rank0": multi["seconds"], "seconds": t_multi,
-                                    "per_rank": per_rank},
-        "allreduce": allreduce,
-        f"pil_phase_speedup_{world}gpu": speedup, "pil_phase_speedup": speedup,
-        "pil_phase_seconds_1": single["wall_seconds"], f"pil_phase_seconds_{world}": t_multi,
-        "max_abs_diff_W": max_abs, "max_rel_diff_W": max_abs / scale if scale > 0 else max_abs,
-        "ranks_identical": all(r["max_abs_diff_vs_rank0"] == 0.0 for r in per_rank),
-        "etas_identical": all(r["etas"] == [x["eta"] for x in single["per_layer"]] for r in per_rank),
-    }
-    result["seconds_total"] = time.perf_counter() - t_start
-    result["complete"] = True
-    return result
 
 
 def allreduce_rate(d: int, k: int, device: torch.device, s: dict) -> dict:
@@ -1004,23 +689,80 @@ def allreduce_rate(d: int, k: int, device: torch.device, s: dict) -> dict:
     return t
 
 
-# --------------------------------------------------------------------------------------------
+def run_distributed(args: argparse.Namespace) -> dict | None:
+    """Time the PIL phase on 1 device (rank 0 alone) and on all ranks; compare the solutions.
+
+    Must run under ``torchrun``; the group is NCCL on GPUs (one per rank) and gloo on CPU.
+    Returns the result on rank 0 (None elsewhere).
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world < 2:
+        raise ValueError("--distributed needs several processes: torchrun --nproc_per_node=2 -m pillm bench "
+                         "--distributed")
+    previous = {k: os.environ.get(k) for k, v in NO_MULTICAST_ENV.items() if os.environ.get(k) != v}
+    os.environ.update(NO_MULTICAST_ENV)  # before NCCL starts
+    device = torch.device("cpu")
+    if torch.cuda.is_available() and (args.device or "auto") != "cpu":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    s = settings(args, device)
+    train, valid, vocab, name = load_streams(s, device)
+    t_start = time.perf_counter()
+    if rank == 0:  # rank 0 alone, before the group exists: nothing is sharded
+        _log(f"1 device: PIL phase on {name} ({len(train)} tokens)")
+        single, model = time_pil_phase(s, device, train, valid, vocab)
+        w1 = ffn_weights(model)
+        del model
+    # A long timeout: the other ranks wait here while rank 0 times the phase alone.
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kw = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kw)
+    try:
+        dist.all_reduce(torch.ones(1 << 20, device=device))  # communicator set-up outside the timing
+        _log(f"{world} devices: PIL phase, sharded")
+        multi, model = time_pil_phase(s, device, train, valid, vocab)
+        wn = ffn_weights(model)
+        per_rank: list[Any] = [None] * world  # every rank's solution, to compare with rank 0's
+        dist.all_gather_object(per_rank, {"rank": rank, "pil_seconds": multi["seconds"], "weights": wn,
+                                          "etas": [r["eta"] for r in multi["per_layer"]]})
+        allreduce = allreduce_rate(multi["features_D"], multi["outputs_K"], device, s)
+    finally:
+        dist.destroy_process_group()
+    if rank != 0:
+        return None
+    for r in per_rank:
+        r["max_abs_diff_vs_rank0"] = max(float((a - b).abs().max()) for a, b in zip(r.pop("weights"), wn))
+    max_abs = max(float((a - b).abs().max()) for a, b in zip(w1, wn))
+    scale = max(float(a.abs().max()) for a in w1)
+    t_multi = multi["wall_seconds"]
+    speedup = single["wall_seconds"] / t_multi  # both: wall clock between device syncs (and barriers)
+    return _header(s, args, device) | {
+        "world_size": world, "backend": backend, "dataset": name,
+        "env_set": {k: os.environ[k] for k in NO_MULTICAST_ENV}, "env_previous": previous,
+        "single": single, "multi": {**multi, "seconds_phase_rank0": multi["seconds"], "seconds": t_multi,
+                                    "per_rank": per_rank},
+        "allreduce": allreduce,
+        f"pil_phase_speedup_{world}gpu": speedup, "pil_phase_speedup": speedup,
+        "pil_phase_seconds_1": single["wall_seconds"], f"pil_phase_seconds_{world}": t_multi,
+        "max_abs_diff_W": max_abs, "max_rel_diff_W": max_abs / scale if scale > 0 else max_abs,
+        "ranks_identical": all(r["max_abs_diff_vs_rank0"] == 0.0 for r in per_rank),
+        "etas_identical": all(r["etas"] == [x["eta"] for x in single["per_layer"]] for r in per_rank),
+        "seconds_total": time.perf_counter() - t_start, "complete": True,
+    }
+
+
 # Entry points
-# --------------------------------------------------------------------------------------------
-
-
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/bench", help="output directory (default results/bench)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, CPU-friendly (seconds); used by the tests")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--sizes", help="comma-separated feature counts D for the Gram/solve benchmarks "
                                    f"(default {','.join(map(str, FULL_SIZES))})")
-    p.add_argument("--rows", type=int, help="rows N per Gram update (default 16384)")
-    p.add_argument("--repeats", type=int, help="timed repeats per measurement (default 10)")
     p.add_argument("--baseline-epochs", type=int, help="baseline AdamW epochs to time (default 1; 10 = the full run)")
-    p.add_argument("--max-train-tokens", type=int, help="truncate the train split (0 = all)")
-    p.add_argument("--dataset", help="corpus for the PIL/baseline timing: wikitext2 (default) or synthetic "
-                                     "(the --quick default: small vocabulary, no data files)")
     p.add_argument("--compile", action="store_true", help="torch.compile the baseline (TrainConfig.compile)")
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: PIL phase on every rank vs rank 0 alone → <slug>-<world>gpu.json")
@@ -1044,18 +786,20 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if args.combine:
         path = combine([Path(f) for f in args.combine], Path(args.out))
         result = json.loads(path.read_text())
-        print(json.dumps({"json": str(path), **{k: result[k] for k in result.get("repeat_keys", [])}}, indent=2))
-        return 0
-    if args.distributed:
-        result = run_distributed(args)
-        if result is None:
-            return 0
-        unit = "gpu" if result["backend"] == "nccl" else "proc"
-        stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
     else:
-        stem = device_slug(pick_device(args.device), bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
-        result = run_single(args, save=lambda partial: write_outputs(partial, Path(args.out), stem, figure=False))
-    path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
+        if args.distributed:
+            result = run_distributed(args)
+            if result is None:
+                return 0
+            unit = "gpu" if result["backend"] == "nccl" else "proc"
+            stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
+        else:
+            from .train import resolve_device
+
+            device = resolve_device(args.device or "auto")
+            stem = device_slug(device, bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
+            result = run_single(args, device, stem)
+        path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
     keys = [k for k in result if k.startswith(HEADLINE_PREFIXES + ("max_", "compile"))]
     print(json.dumps({"json": str(path), **{k: result[k] for k in keys}}, indent=2))
     return 0

@@ -89,7 +89,6 @@ def test_flop_models():
     assert bench.gram_flops(16384, 4096, 256) == 2 * 16384 * 4096**2 + 2 * 16384 * 4096 * 256
     # read H, Y once; read + write G, C
     assert bench.gram_bytes(10, 4, 2) == 4 * (10 * 4 + 10 * 2 + 2 * (16 + 8))
-    assert bench.roofline_seconds(1e12, 1e9, 1e12, 1e12) == 1.0
     model = PILLM(config_for("tiny", vocab_size=100, ffn="mlp"))
     f = bench.baseline_flops_per_token(model)
     c = model.config
@@ -178,7 +177,7 @@ def test_hybrid_part_says_what_to_change(tmp_path):
         bench.gap_variant("attn_then_pil+nothing")
     with pytest.raises(ValueError, match="needs --hybrid NAME"):
         bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--parts", "train,hybrid"])
-    assert bench.gap_variant("attn_then_pil")[:2] == ("attn_then_pil", {"method": "attn_then_pil"})
+    assert bench.gap_variant("attn_then_pil")[0] == {"method": "attn_then_pil"}
 
 
 def test_combine_takes_the_median_of_complete_repeats(tmp_path):

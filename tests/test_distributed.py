@@ -6,13 +6,18 @@ on each rank and all-reduces the statistics; every rank then solves the same ``G
 and the same η — and with the solution of a single process, up to float32 summation order.
 
 Both processes are spawned once (``torch.multiprocessing.spawn``, ``file://`` rendezvous in a temp
-dir) and run both checks; results come back as files.
+dir) and run both checks; results come back as files. The last test runs ``pillm bench --distributed`` under
+``torchrun``, the command the GPU benchmark uses.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +170,20 @@ def test_ddp_epoch_keeps_ranks_identical(ranks):
     for k, v in d0["params"].items():
         assert torch.equal(v, d1["params"][k]), k  # gradients all-reduced: identical updates
     assert any(not torch.equal(v, init[k]) for k, v in d0["params"].items())  # and it trained
+
+
+def test_bench_distributed_compares_one_process_with_two(tmp_path):
+    """``torchrun … pillm bench --distributed`` (2 CPU processes, gloo): rank 0 alone, then both, same solution."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", "-m", "pillm",
+           "bench", "--quick", "--device", "cpu", "--distributed", "--no-figure", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / f"cpu-quick-{WORLD}proc.json").read_text())
+    assert r["complete"] and r["backend"] == "gloo" and r["world_size"] == WORLD
+    assert r["ranks_identical"] and r["etas_identical"] and r["max_rel_diff_W"] < 1e-3
+    speedup = r["pil_phase_seconds_1"] / r[f"pil_phase_seconds_{WORLD}"]
+    assert r[f"pil_phase_speedup_{WORLD}gpu"] == pytest.approx(speedup)
+    assert [p["rank"] for p in r["multi"]["per_rank"]] == list(range(WORLD))
+    assert r["allreduce"]["seconds_median"] > 0
