@@ -13,5 +13,6 @@ golden file with ``python -m pillm.tripwire``.
 #: - 2: FFN weights drawn from their own generator (every FFN kind starts from the same embeddings and
 #:   attention at one seed); unsolved FFNs skipped in the forward (so no dropout draws for them); the solved
 #:   head's unigram mixture grid reaches 1; centred landmark keys; the η search scores 2,048 validation
-#:   tokens unless ``search_tokens`` says otherwise.
+#:   tokens unless ``search_tokens`` says otherwise; the fixed-attention study counts its attention
+#:   set-up once in ``pil_s``.
 COMPUTE_VERSION = 2
