@@ -92,9 +92,13 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
     )
 
 
-def device_slug(device: torch.device, quick: bool = False) -> str:
-    """``NVIDIA H200`` → ``nvidia-h200``; ``cpu``; ``-quick`` appended for ``--quick`` runs."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def device_slug(device: torch.device | str, quick: bool = False) -> str:
+    """``NVIDIA H200`` → ``nvidia-h200``; ``cpu``; ``-quick`` appended for ``--quick`` runs. A string is the
+    device's name as a result records it (``--combine`` names the file on a machine without that GPU)."""
+    if isinstance(device, str):
+        name = device
+    else:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
     return f"{slug}-quick" if quick else slug
 
@@ -661,7 +665,7 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
     out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}}
                       for p, r in zip(paths, records)]
     out["timing"] = f"median over {len(records)} repeats of the whole benchmark, each alone on the device"
-    stem = device_slug(torch.device(records[0]["device"]), bool(records[0]["quick"]))
+    stem = device_slug(str(records[0]["device_name"]), bool(records[0]["quick"]))
     return write_outputs(out, out_dir, stem, figure=False)
 
 

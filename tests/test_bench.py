@@ -185,11 +185,14 @@ def test_combine_takes_the_median_of_complete_repeats(tmp_path):
 
     paths = []
     for i, ratio in enumerate([2.0, 1.0, 4.0]):
-        rec = {"complete": True, "device": "cpu", "device_name": "cpu", "quick": True, "compute_version": 2,
+        rec = {"complete": True, "device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "quick": True,
+               "compute_version": 2,
                "hybrid_over_baseline_train": ratio, "hybrid": {"seconds": ratio}}
-        paths.append(tmp_path / f"cpu-quick-r{i}.json")
+        paths.append(tmp_path / f"nvidia-h100-80gb-hbm3-quick-r{i}.json")
         paths[-1].write_text(json.dumps(rec))
-    out = json.loads(combine(paths, tmp_path).read_text())
+    written = combine(paths, tmp_path)  # a GPU's repeats, combined on a machine without one
+    assert written.name == "nvidia-h100-80gb-hbm3-quick.json"
+    out = json.loads(written.read_text())
     assert out["hybrid_over_baseline_train"] == 2.0
     assert (out["hybrid_over_baseline_train_min"], out["hybrid_over_baseline_train_max"]) == (1.0, 4.0)
     assert [r["hybrid_over_baseline_train"] for r in out["repeats"]] == [2.0, 1.0, 4.0]
