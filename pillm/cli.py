@@ -204,14 +204,16 @@ def _train_parser(sub) -> None:
     p.add_argument("--no-checkpoint", dest="save_checkpoint", action="store_false",
                    help="write result.json only, no checkpoint/")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _debug_flag(p)
     _add_config_flags(p.add_argument_group("model (ModelConfig fields)"), ModelConfig, _model_default)
     _add_config_flags(p.add_argument_group("training (TrainConfig fields)"), TrainConfig, _train_default)
+    _common(p, cmd_train)
 
 
-def _debug_flag(p) -> None:
+def _common(p, handler) -> None:
+    """The ``--debug`` flag of every command, and the function that runs it."""
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the traceback of an error (also PILLM_DEBUG=1)")
+    p.set_defaults(handler=handler)
 
 
 def spec_from_args(args):
@@ -304,7 +306,7 @@ def _evaluate_parser(sub) -> None:
                    help="score only the first N tokens of the split (default: all)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _debug_flag(p)
+    _common(p, cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
@@ -349,7 +351,7 @@ def _generate_parser(sub) -> None:
                    help="sample among the K most likely tokens (default: 40)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    _debug_flag(p)
+    _common(p, cmd_generate)
 
 
 def cmd_generate(args) -> int:
@@ -367,18 +369,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from . import bench
-
-    return bench.main(args)
-
-
-def cmd_experiments(args) -> int:
-    from . import experiments
-
-    return experiments.main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pillm", description="PIL-LM: Transformer language models whose feed-forward layers "
                      "are solved in closed form.", formatter_class=_Help,
@@ -389,15 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _generate_parser(sub)
-    from .bench import add_arguments as _bench_arguments
-
-    _bench_arguments(sub.add_parser("bench", help="performance benchmarks; writes results/bench/<device>.json"))
-    from .experiments import add_arguments as _experiments_arguments
-
-    _experiments_arguments(sub.add_parser("experiments", help="execute the experiment notebooks that are missing "
-                                          "or stale (papermill); results/<profile>/ with provenance"))
+    from . import bench, experiments
     from .report import add_subcommands as _paper_subcommands  # `pillm paper`, `pillm arxiv`
 
+    bench.add_arguments(sub.add_parser("bench", help="performance benchmarks; writes results/bench/<device>.json"))
+    experiments.add_arguments(sub.add_parser("experiments", help="execute the experiment notebooks that are missing "
+                                             "or stale (papermill); results/<profile>/ with provenance"))
+    parser.commands["bench"].set_defaults(handler=bench.main)
+    parser.commands["experiments"].set_defaults(handler=experiments.main)
     _paper_subcommands(sub)
     return parser
 
@@ -438,12 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         _check_train_args(parser.commands["train"], args)
     debug = getattr(args, "debug", False) or os.environ.get("PILLM_DEBUG", "") not in ("", "0")
-    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "bench": cmd_bench,
-               "experiments": cmd_experiments}.get(args.command, getattr(args, "handler", None))
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        return handler(args)
+        return args.handler(args)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -11,9 +11,7 @@ import pandas as pd
 
 from ..run import REPO, write_atomic
 
-PACKAGE = Path(__file__).resolve().parents[1]  # pillm/
-
-REGISTRY = PACKAGE / "experiments.yaml"
+REGISTRY = Path(__file__).resolve().parents[1] / "experiments.yaml"
 
 
 def read_json(path: Path):

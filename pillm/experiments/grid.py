@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+import unittest.mock
 import warnings
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
@@ -102,30 +103,19 @@ def run_spec(run: dict):
     return RunSpec(**{k: v for k, v in run.items() if k in _SPEC_FIELDS})
 
 
-def _other_run(kind: str, name: str, labels: dict | None, fields: dict) -> dict:
+def _other_run(kind: str, name: str, labels: dict | None = None, **fields) -> dict:
+    """A run dict of a study (``kind`` in :data:`_OTHER_SPECS`): ``fields`` of its spec, ``labels`` as
+    extra summary columns."""
     run = {"name": name, kind: fields, "vary": dict(labels or {})}
     run_spec(run)  # validate now, not in a worker
     return run
 
 
-def make_adapt_run(name: str, labels: dict | None = None, **adapt) -> dict:
-    """A run dict for :func:`pillm.studies.adapt.execute` (``AdaptSpec`` fields in ``adapt``)."""
-    return _other_run("adapt", name, labels, adapt)
-
-
-def make_first_layer_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.studies.firstlayer.execute` (``FirstLayerSpec`` fields)."""
-    return _other_run("first_layer", name, labels, fields)
-
-
-def make_lambda_path_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.studies.lampath.execute` (``LambdaPathSpec`` fields)."""
-    return _other_run("lambda_path", name, labels, fields)
-
-
-def make_fixed_attention_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.studies.fixedattn.execute` (``FixedAttentionSpec`` fields)."""
-    return _other_run("fixed_attention", name, labels, fields)
+#: ``make_adapt_run(name, labels=None, **AdaptSpec fields)``, and the same for the other studies.
+make_adapt_run = functools.partial(_other_run, "adapt")
+make_first_layer_run = functools.partial(_other_run, "first_layer")
+make_lambda_path_run = functools.partial(_other_run, "lambda_path")
+make_fixed_attention_run = functools.partial(_other_run, "fixed_attention")
 
 
 def _kind_of(spec) -> str:
@@ -290,20 +280,10 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
 RUN_LOGS = "logs"
 
 
-@contextlib.contextmanager
 def _environ(values: dict[str, str]):
     """Set environment variables for the block (the runs read them), then restore them: a later grid in the
     same kernel must not record this one's concurrent runs."""
-    previous = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return unittest.mock.patch.dict(os.environ, values)
 
 
 def _execute_logged(experiment: str, run: dict, rdir: Path, key: str, log: Path) -> dict:
