@@ -41,11 +41,8 @@ class TokenizedCorpus:
         return self.tokenizer.vocab_size
 
     def __repr__(self) -> str:
-        return (
-            f"TokenizedCorpus(name={self.name!r}, tokenizer={self.tokenizer!r}, "
-            f"train={self.train.numel():,}, valid={self.valid.numel():,}, "
-            f"test={self.test.numel():,})"
-        )
+        sizes = ", ".join(f"{s}={getattr(self, s).numel():,}" for s in _SPLITS)
+        return f"TokenizedCorpus(name={self.name!r}, tokenizer={self.tokenizer!r}, {sizes})"
 
 
 def default_cache_dir() -> Path:
@@ -63,23 +60,15 @@ def _tokenizer_kind(name: str, tokenizer: str) -> str:
 
 
 def _cache_key(name: str, kind: str, bpe_vocab_size: int | None, files: dict[str, str]) -> str:
-    payload = {
-        "name": name,
-        "tokenizer": kind,
-        "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,  # irrelevant for words
-        "files": dict(sorted(files.items())),
-        "format": FORMAT_VERSION,
-    }
+    payload = {"name": name, "tokenizer": kind, "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
+               "files": dict(sorted(files.items())), "format": FORMAT_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _tokenize_corpus(corpus: Corpus, kind: str, bpe_vocab_size: int):
     """Fit a tokenizer on train and encode every split.  Returns (tokenizer, {split: ids})."""
     train = corpus.splits["train"]
-    if kind == "word":
-        tok = WordTokenizer.build(train)
-    else:
-        tok = BPETokenizer.train(train, vocab_size=bpe_vocab_size)
+    tok = WordTokenizer.build(train) if kind == "word" else BPETokenizer.train(train, vocab_size=bpe_vocab_size)
     return tok, {split: tok.encode_lines(corpus.splits[split]) for split in _SPLITS}
 
 
@@ -125,35 +114,21 @@ def _write_cache(entry: Path, tok, tensors: dict[str, torch.Tensor], meta: dict)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_tokenized(
-    name: str,
-    tokenizer: str = "auto",
-    *,
-    bpe_vocab_size: int = 8192,
-    cache_dir: str | os.PathLike | None = None,
-    max_train_tokens: int | None = None,
-) -> TokenizedCorpus:
+def load_tokenized(name: str, tokenizer: str = "auto", *, bpe_vocab_size: int = 8192,
+                   cache_dir: str | os.PathLike | None = None, max_train_tokens: int | None = None) -> TokenizedCorpus:
     """Corpus ``name`` as token streams, tokenized once and cached on disk.
 
-    Parameters
-    ----------
-    tokenizer : "auto" (word for wikitext2/ptb, bpe for tinystories), "word" or
-        "bpe".  The tokenizer is always fit on the train split only.
-    bpe_vocab_size : target vocabulary size of a BPE tokenizer.
-    cache_dir : cache root; default :func:`default_cache_dir`.  Entries are keyed
-        by (name, tokenizer kind, bpe_vocab_size, the data files' sha256,
-        FORMAT_VERSION), so changed data or code never reads a stale entry.  An
-        unreadable entry is rebuilt.
-    max_train_tokens : keep only the first this many train tokens (after
-        caching; handy for quick tests).
+    ``tokenizer``: "auto" (word for wikitext2/ptb, bpe for tinystories), "word" or "bpe"; it is fit on the
+    train split only. ``cache_dir``: default :func:`default_cache_dir`; entries are keyed by (name, tokenizer
+    kind, ``bpe_vocab_size``, the data files' sha256, :data:`FORMAT_VERSION`), so changed data or code never
+    reads a stale entry, and an unreadable entry is rebuilt. ``max_train_tokens``: keep only the first this
+    many train tokens (after caching).
     """
     check_corpus_name(name)
     if name == "lambada":
-        raise ValueError(
-            "LAMBADA has no train split to fit a tokenizer on. Evaluate it with the "
-            "tokenizer of a model trained on another corpus, e.g. "
-            "load_tokenizer(run_dir).encode(context) on lambada_examples()."
-        )
+        raise ValueError("LAMBADA has no train split to fit a tokenizer on. Evaluate it with the tokenizer of a "
+                         "model trained on another corpus, e.g. load_tokenizer(run_dir).encode(context) on "
+                         "lambada_examples().")
     kind = _tokenizer_kind(name, tokenizer)
     # Provenance first, without parsing: a cache hit then only hashes the files
     # (once per process), which is much cheaper than reading them as text.
@@ -181,16 +156,9 @@ def load_tokenized(
         corpus = corpus or load_corpus(name)
         tok, tensors = _tokenize_corpus(corpus, kind, bpe_vocab_size)
         note = corpus.note
-        meta = {
-            "key": key,
-            "name": name,
-            "tokenizer": kind,
-            "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
-            "files": files,
-            "note": note,
-            "format": FORMAT_VERSION,
-            "num_tokens": {s: t.numel() for s, t in tensors.items()},
-        }
+        meta = {"key": key, "name": name, "tokenizer": kind, "files": files, "note": note, "format": FORMAT_VERSION,
+                "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
+                "num_tokens": {s: t.numel() for s, t in tensors.items()}}
         try:
             _write_cache(entry, tok, tensors, meta)
         except OSError as err:  # e.g. a read-only cache dir: work uncached
@@ -199,20 +167,7 @@ def load_tokenized(
     train = tensors["train"]
     if max_train_tokens is not None:
         train = train[:max_train_tokens].clone()  # clone: free the full stream's memory
-    return TokenizedCorpus(
-        name=name,
-        tokenizer=tok,
-        train=train,
-        valid=tensors["valid"],
-        test=tensors["test"],
-        files=files,
-        note=note,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Batching
-# ---------------------------------------------------------------------------
+    return TokenizedCorpus(name, tok, train, tensors["valid"], tensors["test"], files=files, note=note)
 
 
 class TokenStream:
@@ -261,14 +216,8 @@ class TokenStream:
         """Batches per :meth:`train_batches` epoch (the last, partial one included)."""
         return -(-self.num_train_windows(block_size) // batch_size)  # ceil division
 
-    def train_batches(
-        self,
-        block_size: int,
-        batch_size: int,
-        *,
-        generator: torch.Generator | None = None,
-        offset: int | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, block_size: int, batch_size: int, *, generator: torch.Generator | None = None,
+                      offset: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled, non-overlapping ``[B, T]`` (x, y) batches.
 
         The windows start at a random ``offset`` in ``[0, T)`` (drawn from
