@@ -1,10 +1,8 @@
 """Interpolated modified Kneser-Ney n-gram language models (a count-based anchor).
 
-This is a pure-Python re-implementation of the estimator of KenLM's ``lmplz``
-(Heafield et al. 2013), i.e. interpolated modified Kneser-Ney smoothing
-(Chen & Goodman 1998), so that word-level perplexities of the neural models in
-this repo can be put next to the classic count-based baselines without a C++
-dependency.
+A pure-Python re-implementation of the estimator of KenLM's ``lmplz`` (Heafield et al. 2013), interpolated
+modified Kneser-Ney smoothing (Chen & Goodman 1998): the classic count-based baselines beside the neural
+models' word-level perplexities, without a C++ dependency.
 
 Model
 -----
@@ -57,11 +55,8 @@ perplexities (:data:`KENLM_REFERENCE`): orders 2-5 within 0.03%, order 1
 gives test 926.0 / 269.9 / 230.9 for orders 1-3, 1.3-2.2% off.  WikiText-2
 test: 241,211 words + 4,358 ``</s>`` = 245,569 predicted tokens, no OOV.
 
-Example
--------
 >>> lm = KneserNey.fit([["a", "b"], ["a", "c", "b"]], order=2)   # doctest: +SKIP
->>> lm.logprob("b", ("a",))                                      # doctest: +SKIP
->>> lm.perplexity([["a", "b"]])                                  # doctest: +SKIP
+>>> lm.logprob("b", ("a",)), lm.perplexity([["a", "b"]])        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -71,33 +66,14 @@ import time
 from collections import Counter
 from typing import Iterable, Sequence
 
-__all__ = [
-    "BOS",
-    "EOS",
-    "UNK",
-    "KENLM_REFERENCE",
-    "FALLBACK_DISCOUNTS",
-    "NGramCounts",
-    "KneserNey",
-    "discounts_from_counts",
-    "count_of_counts",
-    "wikitext_sentences",
-    "evaluate_orders",
-]
+__all__ = ["BOS", "EOS", "UNK", "KENLM_REFERENCE", "FALLBACK_DISCOUNTS", "NGramCounts", "KneserNey",
+           "discounts_from_counts", "count_of_counts", "wikitext_sentences", "evaluate_orders", "summary"]
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 #: Test (and one valid) perplexities of KenLM ``lmplz`` modified Kneser-Ney
 #: models on WikiText-2 word tokens, order -> perplexity.
-KENLM_REFERENCE = {
-    "test": {1: 914.4, 2: 264.0, 3: 226.1, 4: 221.3, 5: 220.1},
-    "valid": {5: 234.9},
-}
-
-
-# --------------------------------------------------------------------------
-# Discounts
-# --------------------------------------------------------------------------
+KENLM_REFERENCE = {"test": {1: 914.4, 2: 264.0, 3: 226.1, 4: 221.3, 5: 220.1}, "valid": {5: 234.9}}
 
 
 def count_of_counts(counts: Iterable[int], upto: int = 4) -> list[int]:
@@ -124,32 +100,18 @@ def discounts_from_counts(n: Sequence[int], fallback: Sequence[float] | None = N
     default).  WikiText-2 needs the fallback at order 1 of a unigram model: its
     vocabulary was cut at 3 occurrences, so n1 = n2 = 0 for raw unigram counts.
     """
-    try:
-        return _discounts(n)
-    except ValueError:
-        if fallback is None:
-            raise
-        return tuple(float(d) for d in fallback)
-
-
-def _discounts(n: Sequence[int]) -> tuple[float, float, float]:
     n1, n2, n3, n4 = n[1], n[2], n[3], n[4]
-    if min(n1, n2, n3) == 0:
-        raise ValueError(
-            f"cannot estimate Kneser-Ney discounts: count-of-counts n1..n4 = {n1, n2, n3, n4} "
-            "(need n1, n2, n3 > 0; is this small or artificial data?)"
-        )
-    y = n1 / (n1 + 2.0 * n2)
-    d = (1.0 - 2.0 * y * n2 / n1, 2.0 - 3.0 * y * n3 / n2, 3.0 - 4.0 * y * n4 / n3)
-    for k, dk in enumerate(d, start=1):
-        if not 0.0 <= dk <= k:
-            raise ValueError(f"Kneser-Ney discount D{k} = {dk} out of range [0, {k}] (n = {n1, n2, n3, n4})")
-    return d
-
-
-# --------------------------------------------------------------------------
-# Counting
-# --------------------------------------------------------------------------
+    d = None
+    if min(n1, n2, n3) > 0:
+        y = n1 / (n1 + 2.0 * n2)
+        d = (1.0 - 2.0 * y * n2 / n1, 2.0 - 3.0 * y * n3 / n2, 3.0 - 4.0 * y * n4 / n3)
+        if all(0.0 <= dk <= k for k, dk in enumerate(d, start=1)):
+            return d
+    if fallback is not None:
+        return tuple(float(x) for x in fallback)
+    raise ValueError(f"cannot estimate Kneser-Ney discounts from count-of-counts n1..n4 = {n1, n2, n3, n4}: "
+                     + ("need n1, n2, n3 > 0 (is this small or artificial data?)" if d is None
+                        else f"(D1, D2, D3+) = {d} is out of the range [0, k]"))
 
 
 class NGramCounts:
@@ -192,12 +154,8 @@ class NGramCounts:
                 # all windows of length n; each starts with <s> at most once
                 raw[n].update(zip(*(ids[j:] for j in range(n))))
         raw[1].pop((bos,), None)  # <s> is never predicted
-        self.raw = raw
+        self.raw, self.bos = raw, bos
         self._adjusted: dict[int, Counter] = {}
-
-    @property
-    def bos(self) -> int:
-        return self.vocab[BOS]
 
     def adjusted(self, n: int) -> dict:
         """Adjusted counts at order n < max_order (cached)."""
@@ -215,10 +173,6 @@ class NGramCounts:
                 adj.pop((bos,), None)
             self._adjusted[n] = adj
         return self._adjusted[n]
-
-    def counts_for(self, n: int, order: int) -> dict:
-        """The counts a model of ``order`` uses at order ``n``."""
-        return self.raw[n] if n == order else self.adjusted(n)
 
 
 class _OrderTable:
@@ -258,8 +212,6 @@ class KneserNey:
         self.counts: NGramCounts | None = None
         self.tables: list[_OrderTable | None] = [None] * (order + 1)  # tables[n], n = 1..order
         self.unigram: list[float] = []  # p(w) for every word id (uniform-interpolated)
-
-    # ---- estimation ------------------------------------------------------
 
     @classmethod
     def fit(cls, sentences: Iterable[Sequence[str]], order: int,
@@ -302,15 +254,9 @@ class KneserNey:
         return self
 
     @property
-    def vocab(self) -> dict[str, int]:
-        return self.counts.vocab
-
-    @property
     def discounts(self) -> list[tuple[float, float, float]]:
         """(D1, D2, D3+) of orders 1..order."""
         return [self.tables[n].discounts for n in range(1, self.order + 1)]
-
-    # ---- querying --------------------------------------------------------
 
     def _id(self, word: str) -> int:
         return self.counts.vocab.get(word, 0)  # OOV -> <unk> (id 0)
@@ -376,11 +322,6 @@ class KneserNey:
                 "tokens": tokens, "oov": oov, "logprob": total}
 
 
-# --------------------------------------------------------------------------
-# WikiText-2 evaluation
-# --------------------------------------------------------------------------
-
-
 def wikitext_sentences(lines: Iterable[str], skip_blank: bool = False) -> list[list[str]]:
     """One sentence per line, tokens ``line.split()``; blank lines kept unless ``skip_blank``."""
     out = [line.split() for line in lines]
@@ -423,17 +364,6 @@ def evaluate_orders(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wik
     return rows
 
 
-if __name__ == "__main__":  # python -m pillm.ngram
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    ap.add_argument("--dataset", default="wikitext2")
-    ap.add_argument("--skip-blank", action="store_true")
-    args = ap.parse_args()
-    evaluate_orders(args.orders, args.dataset, args.skip_blank, verbose=True)
-
-
 def summary(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wikitext2"):
     """A tidy table (pandas) of :func:`evaluate_orders`, with the KenLM reference beside each order.
 
@@ -450,3 +380,14 @@ def summary(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wikitext2")
                         "tokens": r["tokens"], "oov": r.get("oov", 0), "seconds": r["seconds"]} for r in rows])
     df["test_vs_kenlm_pct"] = 100 * (df["test_ppl"] / df["kenlm_test_ppl"] - 1)
     return df
+
+
+if __name__ == "__main__":  # python -m pillm.ngram
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--dataset", default="wikitext2")
+    ap.add_argument("--skip-blank", action="store_true")
+    args = ap.parse_args()
+    evaluate_orders(args.orders, args.dataset, args.skip_blank, verbose=True)
