@@ -6,53 +6,46 @@ models' word-level perplexities, without a C++ dependency.
 
 Model
 -----
-Sentences are padded as ``<s> w_1 ... w_m </s>``; ``</s>`` is predicted (and
-counted in perplexity), ``<s>`` is only ever context.  For a model of order N:
+Sentences are padded as ``<s> w_1 ... w_m </s>``; ``</s>`` is predicted (and counted in perplexity), ``<s>``
+is only ever context.  For a model of order N:
 
-* **Counts.**  The N-grams get their raw counts.  A lower-order n-gram (n < N)
-  gets its *adjusted* (continuation) count ``N1+(. g)``, the number of distinct
-  words seen immediately to its left -- except n-grams that start with
-  ``<s>``, which cannot be extended to the left and keep their raw counts.
-* **Discounts.**  For every order, from the count-of-counts ``n_k`` of the
-  counts used at that order (Chen & Goodman eq. 26)::
+* **Counts.**  The N-grams get their raw counts.  A lower-order n-gram (n < N) gets its *adjusted*
+  (continuation) count ``N1+(. g)``, the number of distinct words seen immediately to its left -- except
+  n-grams that start with ``<s>``, which cannot be extended to the left and keep their raw counts.
+* **Discounts.**  For every order, from the count-of-counts ``n_k`` of the counts used at that order
+  (Chen & Goodman eq. 26)::
 
       Y = n1 / (n1 + 2 n2)
       D1 = 1 - 2 Y n2 / n1,   D2 = 2 - 3 Y n3 / n2,   D3+ = 3 - 4 Y n4 / n3
 
-* **Interpolation.**  With ``a`` the count of the order, ``h`` a context and
-  ``h'`` the context without its first word::
+* **Interpolation.**  With ``a`` the count of the order, ``h`` a context and ``h'`` the context without its
+  first word::
 
       p(w | h) = (a(h w) - D(a(h w))) / sum_v a(h v)  +  gamma(h) p(w | h')
       gamma(h) = (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) / sum_v a(h v)
 
-  where ``N_k(h .)`` counts the words following ``h`` with count k (3: >= 3).
-  A context never seen at some order passes the lower-order probability
-  through unchanged (KenLM's backoff weight of 1).  The unigram distribution
-  is interpolated with the uniform distribution over the vocabulary (every
-  word type seen in training, ``</s>`` and ``<unk>``; not ``<s>``), so any
-  word gets a finite probability and a distribution sums to exactly 1.
-* **OOV.**  A word not seen in training is scored as ``<unk>`` (counted in
-  the perplexity, and in ``oov``).  In WikiText ``<unk>`` is an ordinary
-  (frequent) training word and gets its estimated probability; if ``<unk>``
-  never occurs in training it keeps only its uniform share, as in KenLM.
-  (Stock ``lmplz`` refuses ``<unk>`` in its input, or deletes it with
-  ``--skip_symbols``; the references treat it as a word.)
-* **Discount fallback.**  Where count-of-counts give no valid discounts
-  (``n1``, ``n2`` or ``n3`` = 0), ``lmplz --discount_fallback`` uses
-  D = (0.5, 1, 1.5); so does this module by default.  WikiText-2 needs it for
-  the unigram model (its vocabulary was cut at 3 occurrences: n1 = n2 = 0), and
-  there every word gets the same discount D3+, which the uniform term gives
-  straight back: the order-1 model *is* the maximum-likelihood unigram.
+  where ``N_k(h .)`` counts the words following ``h`` with count k (3: >= 3).  A context never seen at some
+  order passes the lower-order probability through unchanged (KenLM's backoff weight of 1).  The unigram
+  distribution is interpolated with the uniform distribution over the vocabulary (every word type seen in
+  training, ``</s>`` and ``<unk>``; not ``<s>``), so any word gets a finite probability and a distribution
+  sums to exactly 1.
+* **OOV.**  A word not seen in training is scored as ``<unk>`` (counted in the perplexity, and in ``oov``).
+  In WikiText ``<unk>`` is an ordinary (frequent) training word and gets its estimated probability; if
+  ``<unk>`` never occurs in training it keeps only its uniform share, as in KenLM.  (Stock ``lmplz`` refuses
+  ``<unk>`` in its input, or deletes it with ``--skip_symbols``; the references treat it as a word.)
+* **Discount fallback.**  Where count-of-counts give no valid discounts (``n1``, ``n2`` or ``n3`` = 0),
+  ``lmplz --discount_fallback`` uses D = (0.5, 1, 1.5); so does this module by default.  WikiText-2 needs it
+  for the unigram model (its vocabulary was cut at 3 occurrences: n1 = n2 = 0), and there every word gets
+  the same discount D3+, which the uniform term gives straight back: the order-1 model *is* the
+  maximum-likelihood unigram.
 
 Protocol decisions (WikiText-2, see :func:`evaluate_orders`)
 ------------------------------------------------------------
-Every line of a split file is one sentence, tokens are ``line.split()``.
-*Blank lines are kept* as empty sentences ``<s> </s>`` in training and in
-scoring (each contributes one predicted ``</s>``): this is what ``lmplz`` and
-``query`` do with an empty line, and it is what reproduces the KenLM reference
-perplexities (:data:`KENLM_REFERENCE`): orders 2-5 within 0.03%, order 1
-911.7 vs 914.4 (-0.3%).  Dropping blank lines (``skip_blank=True``) instead
-gives test 926.0 / 269.9 / 230.9 for orders 1-3, 1.3-2.2% off.  WikiText-2
+Every line of a split file is one sentence, tokens are ``line.split()``.  *Blank lines are kept* as empty
+sentences ``<s> </s>`` in training and in scoring (each contributes one predicted ``</s>``): this is what
+``lmplz`` and ``query`` do with an empty line, and it is what reproduces the KenLM reference perplexities
+(:data:`KENLM_REFERENCE`): orders 2-5 within 0.03%, order 1 911.7 vs 914.4 (-0.3%).  Dropping blank lines
+(``skip_blank=True``) instead gives test 926.0 / 269.9 / 230.9 for orders 1-3, 1.3-2.2% off.  WikiText-2
 test: 241,211 words + 4,358 ``</s>`` = 245,569 predicted tokens, no OOV.
 
 >>> lm = KneserNey.fit([["a", "b"], ["a", "c", "b"]], order=2)   # doctest: +SKIP
@@ -93,12 +86,9 @@ def discounts_from_counts(n: Sequence[int], fallback: Sequence[float] | None = N
                           ) -> tuple[float, float, float]:
     """Modified Kneser-Ney discounts (D1, D2, D3+) from count-of-counts.
 
-    ``n[k]`` is the number of n-grams with count k (``n[0]`` is ignored), as
-    returned by :func:`count_of_counts`.  When a discount is undefined
-    (n1, n2 or n3 is 0) or out of range [0, k], return ``fallback`` if given
-    (``lmplz --discount_fallback``), else raise ``ValueError`` (``lmplz``'s
-    default).  WikiText-2 needs the fallback at order 1 of a unigram model: its
-    vocabulary was cut at 3 occurrences, so n1 = n2 = 0 for raw unigram counts.
+    ``n[k]`` is the number of n-grams with count k (``n[0]`` is ignored), as returned by
+    :func:`count_of_counts`.  When a discount is undefined (n1, n2 or n3 is 0) or out of range [0, k], return
+    ``fallback`` if given (``lmplz --discount_fallback``), else raise ``ValueError`` (``lmplz``'s default).
     """
     n1, n2, n3, n4 = n[1], n[2], n[3], n[4]
     d = None
@@ -117,13 +107,11 @@ def discounts_from_counts(n: Sequence[int], fallback: Sequence[float] | None = N
 class NGramCounts:
     """Raw and adjusted n-gram counts up to ``max_order``, counted once.
 
-    Words are mapped to integer ids (``vocab``); n-grams are tuples of ids.
-    ``raw[n]`` holds raw counts of all n-grams (n = 1..max_order) of the padded
-    sentences, without the ``<s>`` unigram.  ``adjusted(n)`` gives the counts a
-    model of higher order uses at order n: continuation counts, except raw
-    counts for n-grams that start with ``<s>``.  A model of any order
-    k <= max_order can be built from one ``NGramCounts`` (raw counts at order
-    k, adjusted counts below), so fitting orders 1..5 counts only once.
+    Words are mapped to integer ids (``vocab``); n-grams are tuples of ids.  ``raw[n]`` holds raw counts of
+    all n-grams (n = 1..max_order) of the padded sentences, without the ``<s>`` unigram.  ``adjusted(n)``
+    gives the counts a model of higher order uses at order n: continuation counts, except raw counts for
+    n-grams that start with ``<s>``.  A model of any order k <= max_order can be built from one
+    ``NGramCounts`` (raw counts at order k, adjusted counts below), so fitting orders 1..5 counts only once.
     """
 
     def __init__(self, sentences: Iterable[Sequence[str]], max_order: int):
@@ -200,9 +188,8 @@ class _OrderTable:
 class KneserNey:
     """Interpolated modified Kneser-Ney language model of a fixed order.
 
-    Build with :meth:`fit` (or :meth:`from_counts` to share one counting pass
-    between several orders); query with :meth:`logprob` (natural log) and
-    :meth:`perplexity`.
+    Build with :meth:`fit` (or :meth:`from_counts` to share one counting pass between several orders); query
+    with :meth:`logprob` (natural log) and :meth:`perplexity`.
     """
 
     def __init__(self, order: int):
@@ -218,9 +205,8 @@ class KneserNey:
             discount_fallback: Sequence[float] | None = FALLBACK_DISCOUNTS) -> "KneserNey":
         """Count n-grams of ``sentences`` (lists of tokens, no ``<s>``/``</s>``) and estimate.
 
-        ``discount_fallback``: discounts used at an order whose count-of-counts
-        give no valid discounts (``lmplz --discount_fallback``); ``None`` raises
-        ``ValueError`` there instead.
+        ``discount_fallback``: discounts used at an order whose count-of-counts give no valid discounts
+        (``lmplz --discount_fallback``); ``None`` raises ``ValueError`` there instead.
         """
         return cls.from_counts(NGramCounts(sentences, order), order, discount_fallback)
 
@@ -230,8 +216,7 @@ class KneserNey:
                     _shared: dict | None = None) -> "KneserNey":
         """Model of ``order`` (default ``counts.max_order``) from precounted n-grams.
 
-        ``_shared`` (a dict) caches the adjusted-count tables between models
-        built from the same counts.
+        ``_shared`` (a dict) caches the adjusted-count tables between models built from the same counts.
         """
         order = counts.max_order if order is None else order
         if not 1 <= order <= counts.max_order:
@@ -239,13 +224,11 @@ class KneserNey:
         self = cls(order)
         self.counts = counts
         shared = {} if _shared is None else _shared
-        for n in range(1, order + 1):
-            if n == order:
-                self.tables[n] = _OrderTable(counts.raw[n], discount_fallback)
-            else:
-                if n not in shared:
-                    shared[n] = _OrderTable(counts.adjusted(n), discount_fallback)
-                self.tables[n] = shared[n]
+        for n in range(1, order):
+            if n not in shared:
+                shared[n] = _OrderTable(counts.adjusted(n), discount_fallback)
+            self.tables[n] = shared[n]
+        self.tables[order] = _OrderTable(counts.raw[order], discount_fallback)
         t1 = self.tables[1]
         vsize = len(counts.words) - 1  # every type but <s> (<unk> and </s> included)
         uniform = t1.gamma[()] / vsize
@@ -278,9 +261,8 @@ class KneserNey:
     def prob(self, word: str, context: tuple[str, ...] = ()) -> float:
         """Interpolated probability of ``word`` after ``context`` (oldest word first).
 
-        Only the last ``order - 1`` context words are used; put ``<s>`` first
-        to condition on a sentence start.  OOV words (and context words) are
-        treated as ``<unk>``.
+        Only the last ``order - 1`` context words are used; put ``<s>`` first to condition on a sentence
+        start.  OOV words (and context words) are treated as ``<unk>``.
         """
         ctx = tuple(self._id(c) for c in context[max(0, len(context) - self.order + 1):]) if self.order > 1 else ()
         return self._prob_ids(self._id(word), ctx)
@@ -292,9 +274,8 @@ class KneserNey:
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> dict:
         """Perplexity over ``sentences``, every word plus one ``</s>`` each predicted.
 
-        Returns ``{"ppl", "tokens", "oov", "logprob"}`` (natural-log total).
-        OOV words are scored as ``<unk>`` and included (KenLM's "perplexity
-        including OOVs"); ``oov`` counts them.
+        Returns ``{"ppl", "tokens", "oov", "logprob"}`` (natural-log total).  OOV words are scored as
+        ``<unk>`` and included (KenLM's "perplexity including OOVs"); ``oov`` counts them.
         """
         vocab = self.counts.vocab
         bos, eos = vocab[BOS], vocab[EOS]
@@ -332,12 +313,10 @@ def evaluate_orders(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wik
                     skip_blank: bool = False, verbose: bool = False) -> list[dict]:
     """Fit modified-KN models of every order on ``dataset`` train; score valid and test.
 
-    Counts once at ``max(orders)`` and derives every model from those counts
-    (lower orders share their adjusted-count tables).  Returns one row per
-    order: ``{order, valid_ppl, test_ppl, tokens, oov, seconds}`` where
-    ``tokens`` is the number of predicted test tokens (``</s>`` included) and
-    ``seconds`` the time for building that order's model and scoring both
-    splits (the shared counting time is in the first row's ``count_seconds``).
+    Counts once at ``max(orders)`` and derives every model from those counts (lower orders share their
+    adjusted-count tables).  Returns one row per order: ``{order, valid_ppl, test_ppl, tokens, oov, seconds}``
+    where ``tokens`` is the number of predicted test tokens (``</s>`` included) and ``seconds`` the time for
+    building that order's model and scoring both splits (the counting time is ``count_seconds``).
     """
     from pillm.data import load_corpus
 

@@ -74,18 +74,10 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
 def resolve_file(relpath: str, *, verify: bool = True) -> Path:
     """Path of dataset file ``relpath`` (e.g. ``"ptb/ptb.train.txt"``), checksum-verified.
 
-    The first directory of :func:`data_dir_candidates` that holds the file wins.
-    A copy that fails verification is an error, even if a later directory holds a
-    good copy: silently reading a different file than the user pointed us to
-    would make results irreproducible.
-
-    Raises
-    ------
-    DataNotFoundError
-        If no candidate directory holds the file.
-    DataError
-        If the file's sha256 differs from :data:`SHA256`, or ``verify`` is set
-        for a path that has no pinned checksum.
+    The first directory of :func:`data_dir_candidates` that holds the file wins.  A copy that fails
+    verification is an error (:class:`DataError`), even if a later directory holds a good copy: silently
+    reading a different file than the user pointed us to would make results irreproducible.  A path without
+    a pinned checksum is an error too unless ``verify`` is False; no copy anywhere: :class:`DataNotFoundError`.
     """
     relpath = Path(relpath).as_posix()
     expected = SHA256.get(relpath)
@@ -168,11 +160,8 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _split_stories(lines: Sequence[str]) -> list[str]:
-    """Complete stories of a TinyStories text file, stripped.
-
-    Stories are terminated by a ``<|endoftext|>`` line.  Text after the last
-    separator is a story cut off by the 2 MiB slice and is dropped.
-    """
+    """Complete stories of a TinyStories text file, stripped: each ends with a ``<|endoftext|>`` line; the
+    text after the last one is a story cut off by the 2 MiB slice and is dropped."""
     stories, current = [], []
     for line in lines:
         if line.strip() == END_OF_TEXT:
@@ -268,19 +257,13 @@ def check_corpus_name(name: str) -> None:
 def load_corpus(name: str) -> Corpus:
     """Load corpus ``name`` (one of :data:`CORPORA`) from the verified local files.
 
-    If a file is missing from every candidate directory, the Hugging Face hub
-    is tried (unless ``PILLM_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set); hub
-    data is not checksummed and its ``files`` entries read ``"hub:<id>"``.
-    A corrupt local file is always an error.
+    If a file is missing from every candidate directory, the Hugging Face hub is tried (unless
+    ``PILLM_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set); hub data is not checksummed and its ``files`` entries
+    read ``"hub:<id>"``.  A corrupt local file is always an error.
 
-    Corpora
-    -------
-    wikitext2 : word level; lines of ``wikitext-2/{train,valid,test}.txt``.
-    ptb : word level; lines of ``ptb/ptb.{train,valid,test}.txt``.
-    tinystories : text level; complete stories of the 2 MiB slice, 90% train,
-        then the held-out 10% halved into valid | test (see ``note``).
-    lambada : text level; "test" (OpenAI jsonl texts), "test_plain" and
-        "dev_plain" (original tokenized passages).  No train split.
+    wikitext2, ptb: word level, the lines of the split files.  tinystories: text level, the complete stories
+    of the 2 MiB slice, 90% train, the held-out 10% halved into valid | test (see ``note``).  lambada: text
+    level, "test" (OpenAI jsonl texts), "test_plain" and "dev_plain" (original tokenized passages); no train.
     """
     check_corpus_name(name)
     level = "word" if name in ("wikitext2", "ptb") else "text"
@@ -309,18 +292,15 @@ def _split_last_word(text: str) -> tuple[str, str]:
 def lambada_examples(kind: str = "openai") -> list[tuple[str, str]]:
     """LAMBADA as (context, target_word) pairs.
 
-    The target is the passage's last whitespace-separated word; the context is
-    everything before it, trailing whitespace stripped (so a scorer should
-    predict ``" " + target`` after ``context`` for BPE models).  This is the
-    lm-evaluation-harness convention; in 38 OpenAI passages the target keeps an
-    opening quote glued to it (e.g. ``'"Nadia'``).
+    The target is the passage's last whitespace-separated word; the context is everything before it, trailing
+    whitespace stripped (so a scorer should predict ``" " + target`` after ``context`` for BPE models).  This
+    is the lm-evaluation-harness convention; in 38 OpenAI passages the target keeps an opening quote glued to
+    it (e.g. ``'"Nadia'``).
 
-    kind : "openai" (detokenized test jsonl, the GPT-2/3 setup), "openai_wikitext"
-        (the same passages, cased, tokenized like WikiText by
-        :func:`wikitext_tokenize`, target stripped of quotes and punctuation: for
-        word-level models trained on WikiText, whose vocabulary is cased), "plain"
-        (the original tokenized, lower-cased test passages) or "dev_plain" (the
-        original development set).
+    ``kind``: "openai" (detokenized test jsonl, the GPT-2/3 setup), "openai_wikitext" (the same passages,
+    cased, tokenized like WikiText by :func:`wikitext_tokenize`, target stripped of quotes and punctuation: for
+    word-level models trained on WikiText, whose vocabulary is cased), "plain" (the original tokenized,
+    lower-cased test passages) or "dev_plain" (the original development set).
     """
     if kind == "openai_wikitext":
         return [(wikitext_tokenize(ctx), word.strip(_QUOTES_PUNCT) or word)

@@ -91,10 +91,8 @@ def _read_cache(entry: Path, key: str, kind: str):
 
 
 def _write_cache(entry: Path, tok, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write a cache entry atomically: build it in a temp dir next to it, then rename.
-
-    A crash mid-write leaves at most a ``.tmp-*`` directory, never a half entry.
-    """
+    """Write a cache entry atomically: built in a temporary directory beside it, then renamed (a crash
+    mid-write leaves at most a ``.tmp-*`` directory, never a half entry)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
     try:
@@ -130,8 +128,8 @@ def load_tokenized(name: str, tokenizer: str = "auto", *, bpe_vocab_size: int = 
                          "model trained on another corpus, e.g. load_tokenizer(run_dir).encode(context) on "
                          "lambada_examples().")
     kind = _tokenizer_kind(name, tokenizer)
-    # Provenance first, without parsing: a cache hit then only hashes the files
-    # (once per process), which is much cheaper than reading them as text.
+    # Provenance first, without parsing: a cache hit then only hashes the files (once per process), which is
+    # much cheaper than reading them as text.
     corpus = None
     try:
         files = {s: local_checksums(name)[s] for s in _SPLITS}  # resolves and verifies the local files
@@ -171,11 +169,8 @@ def load_tokenized(name: str, tokenizer: str = "auto", *, bpe_vocab_size: int = 
 
 
 class TokenStream:
-    """A whole split as one 1-D LongTensor, moved to ``device`` once.
-
-    Batches are views or on-device gathers of this tensor, so a training loop
-    makes no host->device copies per step.
-    """
+    """A whole split as one 1-D LongTensor, moved to ``device`` once: batches are views or on-device gathers
+    of it, so a training loop makes no host->device copies per step."""
 
     def __init__(self, ids: torch.Tensor, device: str | torch.device = "cpu"):
         ids = torch.as_tensor(ids)
@@ -187,28 +182,23 @@ class TokenStream:
     def __len__(self) -> int:
         return self.ids.numel()
 
-    def windows(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """All non-overlapping (x, y) windows from the start, each ``[n, T]``.
-
-        ``y`` is ``x`` shifted by one token; ``n = (len - 1) // T``.  Use this for
-        evaluation: every token except the first is predicted exactly once,
-        except for a tail shorter than T.
-        """
-        T = block_size
-        n = (len(self) - 1) // T
+    def _windows(self, offset: int, n: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` consecutive (x, y) windows ``[n, T]`` from ``offset``, ``y`` shifted by one token."""
         if n < 1:
             raise ValueError(f"Stream of {len(self)} tokens is too short for block_size={T}.")
-        x = self.ids[: n * T].view(n, T)
-        y = self.ids[1 : n * T + 1].view(n, T)
-        return x, y
+        return self.ids[offset:offset + n * T].view(n, T), self.ids[offset + 1:offset + n * T + 1].view(n, T)
+
+    def windows(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All non-overlapping (x, y) windows from the start, each ``[n, T]`` with ``n = (len - 1) // T``.  For
+        evaluation: every token except the first is predicted exactly once, except for a tail shorter than T."""
+        return self._windows(0, (len(self) - 1) // block_size, block_size)
 
     def num_train_windows(self, block_size: int) -> int:
         """Windows per training epoch, the same for every start offset in [0, T).
 
-        With offset ``o`` a window needs ``o + n*T + 1 <= len`` tokens; the worst
-        offset is ``T - 1``, hence ``n = (len - T) // T``.  Fixing ``n`` keeps the
-        epoch length (and so LR schedules) independent of the random offset, at
-        the cost of at most one window per epoch.
+        With offset ``o`` a window needs ``o + n*T + 1 <= len`` tokens; the worst offset is ``T - 1``, hence
+        ``n = (len - T) // T``.  Fixing ``n`` keeps the epoch length (and so LR schedules) independent of the
+        random offset, at the cost of at most one window per epoch.
         """
         return (len(self) - block_size) // block_size
 
@@ -220,30 +210,25 @@ class TokenStream:
                       offset: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled, non-overlapping ``[B, T]`` (x, y) batches.
 
-        The windows start at a random ``offset`` in ``[0, T)`` (drawn from
-        ``generator``, or the global torch RNG, unless given), so successive
-        epochs see different window boundaries.  The rows are shuffled with
-        ``torch.randperm``; every window appears exactly once, and the last
-        batch may be smaller than ``batch_size``.
+        The windows start at a random ``offset`` in ``[0, T)`` (drawn from ``generator``, or the global torch
+        RNG, unless given), so successive epochs see different window boundaries.  The rows are shuffled with
+        ``torch.randperm``; every window appears exactly once, and the last batch may be smaller than
+        ``batch_size``.
 
-        Random numbers are drawn on the generator's device.  If that differs from
-        the stream's device (a CPU generator with CUDA data, the common case for
-        reproducibility), the permutation is drawn on the CPU and moved once per
-        epoch: one small copy per epoch, not per batch.
+        Random numbers are drawn on the generator's device.  If that differs from the stream's device (a CPU
+        generator with CUDA data, the common case for reproducibility), the permutation is drawn on the CPU and
+        moved once per epoch: one small copy per epoch, not per batch.
         """
         T, B = block_size, batch_size
         if T < 1 or B < 1:
             raise ValueError("block_size and batch_size must be positive.")
         n = self.num_train_windows(T)
-        if n < 1:
-            raise ValueError(f"Stream of {len(self)} tokens is too short for block_size={T}.")
         rng_device = generator.device if generator is not None else self.device
         if offset is None:
             offset = int(torch.randint(T, (1,), generator=generator, device=rng_device).item())
         elif not 0 <= offset < T:
             raise ValueError(f"offset must be in [0, {T}), got {offset}.")
-        x = self.ids[offset : offset + n * T].view(n, T)
-        y = self.ids[offset + 1 : offset + n * T + 1].view(n, T)
+        x, y = self._windows(offset, n, T)
         perm = torch.randperm(n, generator=generator, device=rng_device).to(self.device)
         for start in range(0, n, B):
             rows = perm[start : start + B]
