@@ -125,7 +125,7 @@ def _field_type(f):
 _LOWEST = {"epochs": 0, "iterations": 0, "seed": 0, "max_train_tokens": None}  # else 1; None: checked later
 
 
-def _add_config_flags(group, cls, default_of) -> None:
+def _add_config_flags(group, cls) -> None:
     """One flag per field of the config dataclass ``cls``, typed as the field and defaulting to ``None``
     (the dataclass decides), its help showing the dataclass default."""
     for f in fields(cls):
@@ -133,7 +133,7 @@ def _add_config_flags(group, cls, default_of) -> None:
             continue
         typ = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
-        help_ = f"{_FIELD_HELP.get(f.name, f.name.replace('_', ' '))} (default: {default_of(f)})"
+        help_ = f"{_FIELD_HELP.get(f.name, f.name.replace('_', ' '))} (default: {_default(f)})"
         kw = dict(default=None, help=help_)
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -149,14 +149,13 @@ def _add_config_flags(group, cls, default_of) -> None:
         group.add_argument(flag, **kw)
 
 
-def _model_default(f) -> str:
+def _default(f) -> str:
+    """A config field's default as its flag's help shows it."""
     if f.name in _PRESET_FIELDS:
         return "set by --size"
+    if f.name.startswith("max_") and f.default is None:
+        return "whole split"
     return str(f.default if f.default is not MISSING else f.default_factory())
-
-
-def _train_default(f) -> str:
-    return "whole split" if f.default is None else str(f.default)
 
 
 MODEL_FLAGS = [f.name for f in fields(ModelConfig) if f.name not in _NOT_FLAGS]
@@ -204,8 +203,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--no-checkpoint", dest="save_checkpoint", action="store_false",
                    help="write result.json only, no checkpoint/")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_flags(p.add_argument_group("model (ModelConfig fields)"), ModelConfig, _model_default)
-    _add_config_flags(p.add_argument_group("training (TrainConfig fields)"), TrainConfig, _train_default)
+    _add_config_flags(p.add_argument_group("model (ModelConfig fields)"), ModelConfig)
+    _add_config_flags(p.add_argument_group("training (TrainConfig fields)"), TrainConfig)
     _common(p, cmd_train)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..run import REPO, RunSpec, execute, write_json_atomic
+from ..run import RunSpec, execute, write_json_atomic
 from ..version import COMPUTE_VERSION
 from .files import experiment_dir, read_json, rel, sha, write_csv_atomic
 
@@ -185,8 +185,7 @@ def _teacher_identity(checkpoint) -> dict:
     path = Path(checkpoint).resolve()
     if (path / "checkpoint").is_dir():  # given the run directory, as pillm.run.load accepts
         path = path / "checkpoint"
-    meta = read_json(path.parent / "run.json") or {}
-    return {"path": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "key": meta.get("key")}
+    return {"path": rel(path), "key": (read_json(path.parent / "run.json") or {}).get("key")}
 
 
 def _finished_runs(profile_dir: Path) -> dict[str, tuple[Path, dict]]:
