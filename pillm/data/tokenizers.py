@@ -77,10 +77,9 @@ class WordTokenizer:
         return " ".join(self.itos[i] for i in _as_id_list(ids))
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "tokenizer.json", "w", encoding="utf-8") as f:
-            json.dump({"kind": self.kind, "itos": self.itos}, f, ensure_ascii=False)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        obj = {"kind": self.kind, "itos": self.itos}
+        (Path(directory) / "tokenizer.json").write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "WordTokenizer":
@@ -155,11 +154,9 @@ class BPETokenizer:
         return self.tokenizer.decode(_as_id_list(ids), skip_special_tokens=False)
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(directory / "tokenizer.json"))
-        with open(directory / "pillm_tokenizer.json", "w", encoding="utf-8") as f:
-            json.dump({"kind": self.kind}, f)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
+        (Path(directory) / "pillm_tokenizer.json").write_text(json.dumps({"kind": self.kind}), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "BPETokenizer":
@@ -177,8 +174,7 @@ def load_tokenizer(directory: str | os.PathLike) -> WordTokenizer | BPETokenizer
     path = directory / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"No tokenizer.json in {directory}.")
-    with open(path, encoding="utf-8") as f:
-        obj = json.load(f)
+    obj = json.loads(path.read_text(encoding="utf-8"))
     if obj.get("kind") == WordTokenizer.kind:
         return WordTokenizer(obj["itos"])
     marker = directory / "pillm_tokenizer.json"

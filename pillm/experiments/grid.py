@@ -71,10 +71,7 @@ def make_run(base: dict, name: str | None = None, labels: dict | None = None, **
             raise ValueError(f"base key {key!r} is not a RunSpec field (put it in 'model' or 'train')")
     for key, value in vary.items():
         where = _route(key)
-        if where == "spec":
-            run[key] = value
-        else:
-            run[where][key] = value
+        (run if where == "spec" else run[where])[key] = value
     run["vary"] = {**base.get("vary", {}), **(labels or {}), **vary}
     run["name"] = name or ",".join(f"{k}={_fmt(v)}" for k, v in vary.items()) or "run"
     return run
@@ -94,9 +91,8 @@ def _spec_module(kind: str):
 
 
 def run_spec(run: dict):
-    """The spec of a run dict: a :class:`RunSpec`, an ``AdaptSpec`` for ``{"adapt": {...}}``, a
-    ``FirstLayerSpec`` for ``{"first_layer": {...}}``, a ``LambdaPathSpec`` for ``{"lambda_path": {...}}`` or a
-    ``FixedAttentionSpec`` for ``{"fixed_attention": {...}}``."""
+    """The spec of a run dict: a :class:`RunSpec`, or for a study's run (``{"adapt": {...}}``, …) the spec
+    class that :data:`_OTHER_SPECS` names."""
     for kind, (_, cls) in _OTHER_SPECS.items():
         if kind in run:
             return getattr(_spec_module(kind), cls)(**run[kind])
@@ -279,12 +275,6 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
 RUN_LOGS = "logs"
 
 
-def _environ(values: dict[str, str]):
-    """Set environment variables for the block (the runs read them), then restore them: a later grid in the
-    same kernel must not record this one's concurrent runs."""
-    return unittest.mock.patch.dict(os.environ, values)
-
-
 def _execute_logged(experiment: str, run: dict, rdir: Path, key: str, log: Path) -> dict:
     """:func:`_execute_run` in a worker process, its output (progress bars included) written to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +419,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         # in a worker's environment from the start; a bar update every few seconds keeps the run logs small.
         worker_env = {"PILLM_CONCURRENT_RUNS": str(jobs + others),
                       "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5")}
-        with _environ(worker_env):
+        with unittest.mock.patch.dict(os.environ, worker_env):  # restored after: later grids of this kernel differ
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                      initargs=(counter, visible_gpus(torch.cuda.device_count()))) as pool:
                 # Longest first, so that a time-limited call is not left waiting for one slow run
@@ -446,7 +436,8 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
     else:
-        with _environ({"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time, beside the other processes' runs
+        # one at a time, beside the other processes' runs (the environment is restored after the grid)
+        with unittest.mock.patch.dict(os.environ, {"PILLM_CONCURRENT_RUNS": str(1 + others)}):
             for n, i in enumerate(pending, 1):
                 if progress:
                     print(f"[{experiment}] run {n}/{len(pending)}: {runs[i]['name']}", flush=True)
