@@ -153,10 +153,8 @@ class Corpus:
 
 def _read_lines(path: Path) -> list[str]:
     """Lines of a text file without their "\\n" (same lines as ``for line in f``)."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if lines and lines[-1] == "":  # the final newline does not start a new line
-        lines.pop()
-    return lines
+    text = path.read_text(encoding="utf-8")
+    return text.removesuffix("\n").split("\n") if text else []  # the final newline does not start a new line
 
 
 def _split_stories(lines: Sequence[str]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -244,10 +243,8 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
             print(f"[{i}/{len(names)}] {name}: done in {took:.1f} s", flush=True)
             ran.append(name)
         else:
-            info = experiment_dir(name, profile, root) / "failed.json"
-            why = ""
-            if info.exists():
-                e = json.loads(info.read_text())
+            e, why = read_json(experiment_dir(name, profile, root) / "failed.json"), ""
+            if e:
                 cell = "" if e["cell_index"] is None else f"cell {e['cell_index']} raised "
                 why = f": {cell}{e['ename']}: {e['evalue']} (see {e['notebook']})"
             print(f"[{i}/{len(names)}] {name}: FAILED after {took:.1f} s (exit {rc}){why}", flush=True)
