@@ -234,20 +234,14 @@ def _check_train_args(parser, args) -> None:
     if tcfg.max_train_tokens is not None and tcfg.max_train_tokens < mcfg.block_size + 1:
         parser.error(f"argument --max-train-tokens: {tcfg.max_train_tokens} is too few; use at least "
                      f"{mcfg.block_size + 1} (the block size of --size {args.size}, plus one), or leave it out")
-    if tcfg.max_eval_tokens is not None and tcfg.max_eval_tokens < 1:
-        parser.error(f"argument --max-eval-tokens: {tcfg.max_eval_tokens} is not allowed; use at least 1")
     if tcfg.epochs == 0 and args.method not in NO_OPTIMIZER:
         parser.error(f"argument --epochs: 0 trains nothing with --method {args.method}; use at least 1 "
                      f"(0 is allowed only for {', '.join(NO_OPTIMIZER)})")
     if tcfg.target == "teacher" and args.teacher is None:
         parser.error("argument --teacher: --target teacher needs --teacher DIR (a trained baseline's checkpoint)")
-    _check_device(parser, tcfg.device)
+    if (device := tcfg.device).startswith("cuda"):
+        import torch
 
-
-def _check_device(parser, device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
         if not torch.cuda.is_available():
             parser.error(f"argument --device: {device} requested but CUDA is not available here; use cpu or auto")
         index = int(device.partition(":")[2] or 0)
