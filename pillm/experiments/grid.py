@@ -298,14 +298,6 @@ def _worker_init(counter, gpus: list[str]) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
-def _parallel_jobs() -> int:
-    """Concurrent runs: ``PILLM_JOBS`` (default 1). Small models leave a GPU mostly idle, so
-    several runs per GPU raise throughput; each run is still timed on its own (shared GPU: the
-    timings of concurrent runs are slower than alone, which ``result.json`` records as
-    ``environment.concurrent_runs``)."""
-    return max(1, int(os.environ.get("PILLM_JOBS", "1")))
-
-
 #: Set to 1 (``pillm experiments --finished-only``) to summarize only the runs that have finished and
 #: run none: ``partial.json`` then lists the missing ones, and the experiment is not marked complete.
 FINISHED_ONLY = "PILLM_FINISHED_ONLY"
@@ -403,7 +395,9 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         keep = _finished_subset(experiment, runs, missing, partial)
         pending = [keep.index(i) for i in pending]
         runs, dirs, keys, specs, results = ([xs[i] for i in keep] for xs in (runs, dirs, keys, specs, results))
-    jobs = min(_parallel_jobs(), len(pending))
+    # Concurrent runs, PILLM_JOBS (default 1): small models leave a GPU mostly idle, so several runs per GPU raise
+    # throughput. Each run is still timed on its own; result.json records environment.concurrent_runs.
+    jobs = min(max(1, int(os.environ.get("PILLM_JOBS", "1"))), len(pending))
     # PILLM_OTHER_RUNS: runs that other processes execute on the same machine at the same time
     # (tools/device_experiments.sh runs several grids at once); recorded with each run either way.
     others = int(os.environ.get("PILLM_OTHER_RUNS", "0"))

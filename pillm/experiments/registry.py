@@ -147,13 +147,10 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     env = environment()  # runs git twice: once is enough
     partial = next(filter(None, map(read_json, sorted(exp_dir.glob(f"*{PARTIAL}")))), None)
     write_json_atomic(exp_dir / "provenance.json", {
-        "experiment": name, "profile": profile, "hash": digest,
-        "notebook": rel(notebook), "executed_notebook": out_nb.name,
-        "parameters": params, "registry": injected["registry"],
-        "git_commit": env.get("git_commit"), "environment": env,
-        "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": utc_now(),
-        "partial": partial,
-    })
+        "experiment": name, "profile": profile, "hash": digest, "notebook": rel(notebook),
+        "executed_notebook": out_nb.name, "parameters": params, "registry": injected["registry"],
+        "git_commit": env.get("git_commit"), "environment": env, "runs": run_provenance(exp_dir), "wall_s": wall,
+        "started": started, "finished": utc_now(), "partial": partial})
     if partial:  # a summary of some runs: the experiment still has to run
         print(f"{name}: partial, {partial['finished']} of {partial['runs']} runs summarized", file=sys.stderr)
         return 0
