@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
 __all__ = ["BOS", "EOS", "UNK", "KENLM_REFERENCE", "FALLBACK_DISCOUNTS", "NGramCounts", "KneserNey",
@@ -172,16 +172,12 @@ class _OrderTable:
         self.count_of_counts = count_of_counts(counts.values())
         d1, d2, d3 = self.discounts = discounts_from_counts(self.count_of_counts, fallback)
         disc = (0.0, d1, d2, d3)
-        # sum of counts and N_k per context
-        denom: dict = {}
-        mass: dict = {}
+        denom, mass = defaultdict(int), defaultdict(float)  # per context: sum of counts, discounted mass
         for g, c in counts.items():
-            if c <= 0:
-                continue
-            h = g[:-1]
-            denom[h] = denom.get(h, 0) + c
-            mass[h] = mass.get(h, 0.0) + disc[c if c < 3 else 3]
-        self.prob = {g: (c - disc[c if c < 3 else 3]) / denom[g[:-1]] for g, c in counts.items() if c > 0}
+            if c > 0:
+                denom[g[:-1]] += c
+                mass[g[:-1]] += disc[min(c, 3)]
+        self.prob = {g: (c - disc[min(c, 3)]) / denom[g[:-1]] for g, c in counts.items() if c > 0}
         self.gamma = {h: mass[h] / denom[h] for h in denom}
 
 
