@@ -399,7 +399,8 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     # throughput. Each run is still timed on its own; result.json records environment.concurrent_runs.
     jobs = min(max(1, int(os.environ.get("PILLM_JOBS", "1"))), len(pending))
     # PILLM_OTHER_RUNS: runs that other processes execute on the same machine at the same time
-    # (tools/device_experiments.sh runs several grids at once); recorded with each run either way.
+    # (tools/device_experiments.sh runs several grids at once); recorded with each run either way, through an
+    # environment set for this grid only (patch.dict restores it: a later grid in the kernel records its own).
     others = int(os.environ.get("PILLM_OTHER_RUNS", "0"))
     if jobs > 1:
         import multiprocessing as mp
@@ -413,7 +414,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         # in a worker's environment from the start; a bar update every few seconds keeps the run logs small.
         worker_env = {"PILLM_CONCURRENT_RUNS": str(jobs + others),
                       "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5")}
-        with unittest.mock.patch.dict(os.environ, worker_env):  # restored after: later grids of this kernel differ
+        with unittest.mock.patch.dict(os.environ, worker_env):
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                      initargs=(counter, visible_gpus(torch.cuda.device_count()))) as pool:
                 # Longest first, so that a time-limited call is not left waiting for one slow run
@@ -430,8 +431,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
     else:
-        # one at a time, beside the other processes' runs (the environment is restored after the grid)
-        with unittest.mock.patch.dict(os.environ, {"PILLM_CONCURRENT_RUNS": str(1 + others)}):
+        with unittest.mock.patch.dict(os.environ, {"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time
             for n, i in enumerate(pending, 1):
                 if progress:
                     print(f"[{experiment}] run {n}/{len(pending)}: {runs[i]['name']}", flush=True)
