@@ -51,25 +51,22 @@ _NOT_FLAGS = {"method", "eta_grid", "vocab_size", "ffn", "head"}
 _CHOICES = {"target": TARGETS, "final_target": TARGETS, "embed_init": EMBED_INITS, "fusion": FUSIONS,
             "proj_init": PROJ_INITS}
 _FIELD_HELP = {
-    "block_size": "context length in tokens",
-    "n_layer": "Transformer blocks", "n_head": "attention heads", "n_embd": "model width",
-    "dropout": "dropout probability (gradient phases)",
+    "block_size": "context length in tokens", "n_layer": "Transformer blocks", "n_head": "attention heads",
+    "n_embd": "model width", "dropout": "dropout probability (gradient phases)",
     "expansion": "feed-forward hidden width / model width (per projection for Bi-PIL)",
     "fusion": "how Bi-PIL fuses its two random projections",
     "lora_rank": "rank of the lora method's feed-forward layers",
     "proj_scale": "standard deviation of the random pre-activations",
     "proj_init": "random projections, or landmarks drawn from the layer's own inputs",
     "epochs": "passes over the training tokens (0 only for pil_pure)",
-    "batch_size": "sequences per optimizer step and per evaluation batch",
-    "lr": "AdamW peak learning rate", "min_lr_ratio": "the cosine schedule decays to lr × this",
-    "warmup_frac": "share of the steps spent warming up", "weight_decay": "AdamW weight decay",
-    "grad_clip": "gradient norm clip",
+    "batch_size": "sequences per optimizer step and per evaluation batch", "lr": "AdamW peak learning rate",
+    "min_lr_ratio": "the cosine schedule decays to lr × this", "warmup_frac": "share of the steps spent warming up",
+    "weight_decay": "AdamW weight decay", "grad_clip": "gradient norm clip",
     "lam": "ridge λ, relative to the mean diagonal of HᵀH",
     "target": "what each solved layer regresses on (see the list below)",
     "iterations": "re-solves of every layer per closed-form phase",
     "search_tokens": "validation tokens for the step-size search",
-    "final_resolve": "re-solve every layer once more at the end",
-    "final_target": "target of the final re-solve",
+    "final_resolve": "re-solve every layer once more at the end", "final_target": "target of the final re-solve",
     "solve_head": "pil_pure: closed-form output head calibrated on validation",
     "embed_init": "ppmi: token embeddings from an SVD of the PPMI matrix (closed form)",
     "ppmi_window": "co-occurrence window for --embed-init ppmi",
@@ -79,8 +76,7 @@ _FIELD_HELP = {
     "eval_every_epoch": "record validation perplexity after every epoch",
     "log_every": "optimizer steps between progress updates",
     "seed": "random seed (the same seed gives every method the same initialisation)",
-    "device": "auto, cpu, cuda or cuda:N",
-    "amp": "bf16 autocast on CUDA", "compile": "torch.compile the model",
+    "device": "auto, cpu, cuda or cuda:N", "amp": "bf16 autocast on CUDA", "compile": "torch.compile the model",
 }
 _PRESET_FIELDS = {k for preset in PRESETS.values() for k in preset}
 
@@ -125,7 +121,7 @@ def _field_type(f):
 _LOWEST = {"epochs": 0, "iterations": 0, "seed": 0, "max_train_tokens": None}  # else 1; None: checked later
 
 
-def _add_config_flags(group, cls, default_of) -> None:
+def _add_config_flags(group, cls) -> None:
     """One flag per field of the config dataclass ``cls``, typed as the field and defaulting to ``None``
     (the dataclass decides), its help showing the dataclass default."""
     for f in fields(cls):
@@ -133,7 +129,7 @@ def _add_config_flags(group, cls, default_of) -> None:
             continue
         typ = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
-        help_ = f"{_FIELD_HELP.get(f.name, f.name.replace('_', ' '))} (default: {default_of(f)})"
+        help_ = f"{_FIELD_HELP.get(f.name, f.name.replace('_', ' '))} (default: {_default(f)})"
         kw = dict(default=None, help=help_)
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -149,14 +145,13 @@ def _add_config_flags(group, cls, default_of) -> None:
         group.add_argument(flag, **kw)
 
 
-def _model_default(f) -> str:
+def _default(f) -> str:
+    """A config field's default as its flag's help shows it."""
     if f.name in _PRESET_FIELDS:
         return "set by --size"
+    if f.name.startswith("max_") and f.default is None:
+        return "whole split"
     return str(f.default if f.default is not MISSING else f.default_factory())
-
-
-def _train_default(f) -> str:
-    return "whole split" if f.default is None else str(f.default)
 
 
 MODEL_FLAGS = [f.name for f in fields(ModelConfig) if f.name not in _NOT_FLAGS]
@@ -204,14 +199,16 @@ def _train_parser(sub) -> None:
     p.add_argument("--no-checkpoint", dest="save_checkpoint", action="store_false",
                    help="write result.json only, no checkpoint/")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _debug_flag(p)
-    _add_config_flags(p.add_argument_group("model (ModelConfig fields)"), ModelConfig, _model_default)
-    _add_config_flags(p.add_argument_group("training (TrainConfig fields)"), TrainConfig, _train_default)
+    _add_config_flags(p.add_argument_group("model (ModelConfig fields)"), ModelConfig)
+    _add_config_flags(p.add_argument_group("training (TrainConfig fields)"), TrainConfig)
+    _common(p, cmd_train)
 
 
-def _debug_flag(p) -> None:
+def _common(p, handler) -> None:
+    """The ``--debug`` flag of every command, and the function that runs it."""
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show the traceback of an error (also PILLM_DEBUG=1)")
+    p.set_defaults(handler=handler)
 
 
 def spec_from_args(args):
@@ -237,20 +234,14 @@ def _check_train_args(parser, args) -> None:
     if tcfg.max_train_tokens is not None and tcfg.max_train_tokens < mcfg.block_size + 1:
         parser.error(f"argument --max-train-tokens: {tcfg.max_train_tokens} is too few; use at least "
                      f"{mcfg.block_size + 1} (the block size of --size {args.size}, plus one), or leave it out")
-    if tcfg.max_eval_tokens is not None and tcfg.max_eval_tokens < 1:
-        parser.error(f"argument --max-eval-tokens: {tcfg.max_eval_tokens} is not allowed; use at least 1")
     if tcfg.epochs == 0 and args.method not in NO_OPTIMIZER:
         parser.error(f"argument --epochs: 0 trains nothing with --method {args.method}; use at least 1 "
                      f"(0 is allowed only for {', '.join(NO_OPTIMIZER)})")
     if tcfg.target == "teacher" and args.teacher is None:
         parser.error("argument --teacher: --target teacher needs --teacher DIR (a trained baseline's checkpoint)")
-    _check_device(parser, tcfg.device)
+    if (device := tcfg.device).startswith("cuda"):
+        import torch
 
-
-def _check_device(parser, device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
         if not torch.cuda.is_available():
             parser.error(f"argument --device: {device} requested but CUDA is not available here; use cpu or auto")
         index = int(device.partition(":")[2] or 0)
@@ -304,7 +295,7 @@ def _evaluate_parser(sub) -> None:
                    help="score only the first N tokens of the split (default: all)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _debug_flag(p)
+    _common(p, cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
@@ -349,7 +340,7 @@ def _generate_parser(sub) -> None:
                    help="sample among the K most likely tokens (default: 40)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    _debug_flag(p)
+    _common(p, cmd_generate)
 
 
 def cmd_generate(args) -> int:
@@ -367,18 +358,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from . import bench
-
-    return bench.main(args)
-
-
-def cmd_experiments(args) -> int:
-    from . import experiments
-
-    return experiments.main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pillm", description="PIL-LM: Transformer language models whose feed-forward layers "
                      "are solved in closed form.", formatter_class=_Help,
@@ -389,15 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _generate_parser(sub)
-    from .bench import add_arguments as _bench_arguments
-
-    _bench_arguments(sub.add_parser("bench", help="performance benchmarks; writes results/bench/<device>.json"))
-    from .experiments import add_arguments as _experiments_arguments
-
-    _experiments_arguments(sub.add_parser("experiments", help="execute the experiment notebooks that are missing "
-                                          "or stale (papermill); results/<profile>/ with provenance"))
+    from . import bench, experiments
     from .report import add_subcommands as _paper_subcommands  # `pillm paper`, `pillm arxiv`
 
+    bench.add_arguments(sub.add_parser("bench", help="performance benchmarks; writes results/bench/<device>.json"))
+    experiments.add_arguments(sub.add_parser("experiments", help="execute the experiment notebooks that are missing "
+                                             "or stale (papermill); results/<profile>/ with provenance"))
+    parser.commands["bench"].set_defaults(handler=bench.main)
+    parser.commands["experiments"].set_defaults(handler=experiments.main)
     _paper_subcommands(sub)
     return parser
 
@@ -438,12 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         _check_train_args(parser.commands["train"], args)
     debug = getattr(args, "debug", False) or os.environ.get("PILLM_DEBUG", "") not in ("", "0")
-    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "bench": cmd_bench,
-               "experiments": cmd_experiments}.get(args.command, getattr(args, "handler", None))
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        return handler(args)
+        return args.handler(args)
     except KeyboardInterrupt:
         if debug:
             raise

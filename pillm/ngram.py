@@ -1,103 +1,72 @@
 """Interpolated modified Kneser-Ney n-gram language models (a count-based anchor).
 
-This is a pure-Python re-implementation of the estimator of KenLM's ``lmplz``
-(Heafield et al. 2013), i.e. interpolated modified Kneser-Ney smoothing
-(Chen & Goodman 1998), so that word-level perplexities of the neural models in
-this repo can be put next to the classic count-based baselines without a C++
-dependency.
+A pure-Python re-implementation of the estimator of KenLM's ``lmplz`` (Heafield et al. 2013), interpolated
+modified Kneser-Ney smoothing (Chen & Goodman 1998): the classic count-based baselines beside the neural
+models' word-level perplexities, without a C++ dependency.
 
 Model
 -----
-Sentences are padded as ``<s> w_1 ... w_m </s>``; ``</s>`` is predicted (and
-counted in perplexity), ``<s>`` is only ever context.  For a model of order N:
+Sentences are padded as ``<s> w_1 ... w_m </s>``; ``</s>`` is predicted (and counted in perplexity), ``<s>``
+is only ever context.  For a model of order N:
 
-* **Counts.**  The N-grams get their raw counts.  A lower-order n-gram (n < N)
-  gets its *adjusted* (continuation) count ``N1+(. g)``, the number of distinct
-  words seen immediately to its left -- except n-grams that start with
-  ``<s>``, which cannot be extended to the left and keep their raw counts.
-* **Discounts.**  For every order, from the count-of-counts ``n_k`` of the
-  counts used at that order (Chen & Goodman eq. 26)::
+* **Counts.**  The N-grams get their raw counts.  A lower-order n-gram (n < N) gets its *adjusted*
+  (continuation) count ``N1+(. g)``, the number of distinct words seen immediately to its left -- except
+  n-grams that start with ``<s>``, which cannot be extended to the left and keep their raw counts.
+* **Discounts.**  For every order, from the count-of-counts ``n_k`` of the counts used at that order
+  (Chen & Goodman eq. 26)::
 
       Y = n1 / (n1 + 2 n2)
       D1 = 1 - 2 Y n2 / n1,   D2 = 2 - 3 Y n3 / n2,   D3+ = 3 - 4 Y n4 / n3
 
-* **Interpolation.**  With ``a`` the count of the order, ``h`` a context and
-  ``h'`` the context without its first word::
+* **Interpolation.**  With ``a`` the count of the order, ``h`` a context and ``h'`` the context without its
+  first word::
 
       p(w | h) = (a(h w) - D(a(h w))) / sum_v a(h v)  +  gamma(h) p(w | h')
       gamma(h) = (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) / sum_v a(h v)
 
-  where ``N_k(h .)`` counts the words following ``h`` with count k (3: >= 3).
-  A context never seen at some order passes the lower-order probability
-  through unchanged (KenLM's backoff weight of 1).  The unigram distribution
-  is interpolated with the uniform distribution over the vocabulary (every
-  word type seen in training, ``</s>`` and ``<unk>``; not ``<s>``), so any
-  word gets a finite probability and a distribution sums to exactly 1.
-* **OOV.**  A word not seen in training is scored as ``<unk>`` (counted in
-  the perplexity, and in ``oov``).  In WikiText ``<unk>`` is an ordinary
-  (frequent) training word and gets its estimated probability; if ``<unk>``
-  never occurs in training it keeps only its uniform share, as in KenLM.
-  (Stock ``lmplz`` refuses ``<unk>`` in its input, or deletes it with
-  ``--skip_symbols``; the references treat it as a word.)
-* **Discount fallback.**  Where count-of-counts give no valid discounts
-  (``n1``, ``n2`` or ``n3`` = 0), ``lmplz --discount_fallback`` uses
-  D = (0.5, 1, 1.5); so does this module by default.  WikiText-2 needs it for
-  the unigram model (its vocabulary was cut at 3 occurrences: n1 = n2 = 0), and
-  there every word gets the same discount D3+, which the uniform term gives
-  straight back: the order-1 model *is* the maximum-likelihood unigram.
+  where ``N_k(h .)`` counts the words following ``h`` with count k (3: >= 3).  A context never seen at some
+  order passes the lower-order probability through unchanged (KenLM's backoff weight of 1).  The unigram
+  distribution is interpolated with the uniform distribution over the vocabulary (every word type seen in
+  training, ``</s>`` and ``<unk>``; not ``<s>``), so any word gets a finite probability and a distribution
+  sums to exactly 1.
+* **OOV.**  A word not seen in training is scored as ``<unk>`` (counted in the perplexity, and in ``oov``).
+  In WikiText ``<unk>`` is an ordinary (frequent) training word and gets its estimated probability; if
+  ``<unk>`` never occurs in training it keeps only its uniform share, as in KenLM.  (Stock ``lmplz`` refuses
+  ``<unk>`` in its input, or deletes it with ``--skip_symbols``; the references treat it as a word.)
+* **Discount fallback.**  Where count-of-counts give no valid discounts (``n1``, ``n2`` or ``n3`` = 0),
+  ``lmplz --discount_fallback`` uses D = (0.5, 1, 1.5); so does this module by default.  WikiText-2 needs it
+  for the unigram model (its vocabulary was cut at 3 occurrences: n1 = n2 = 0), and there every word gets
+  the same discount D3+, which the uniform term gives straight back: the order-1 model *is* the
+  maximum-likelihood unigram.
 
 Protocol decisions (WikiText-2, see :func:`evaluate_orders`)
 ------------------------------------------------------------
-Every line of a split file is one sentence, tokens are ``line.split()``.
-*Blank lines are kept* as empty sentences ``<s> </s>`` in training and in
-scoring (each contributes one predicted ``</s>``): this is what ``lmplz`` and
-``query`` do with an empty line, and it is what reproduces the KenLM reference
-perplexities (:data:`KENLM_REFERENCE`): orders 2-5 within 0.03%, order 1
-911.7 vs 914.4 (-0.3%).  Dropping blank lines (``skip_blank=True``) instead
-gives test 926.0 / 269.9 / 230.9 for orders 1-3, 1.3-2.2% off.  WikiText-2
+Every line of a split file is one sentence, tokens are ``line.split()``.  *Blank lines are kept* as empty
+sentences ``<s> </s>`` in training and in scoring (each contributes one predicted ``</s>``): this is what
+``lmplz`` and ``query`` do with an empty line, and it is what reproduces the KenLM reference perplexities
+(:data:`KENLM_REFERENCE`): orders 2-5 within 0.03%, order 1 911.7 vs 914.4 (-0.3%).  Dropping blank lines
+(``skip_blank=True``) instead gives test 926.0 / 269.9 / 230.9 for orders 1-3, 1.3-2.2% off.  WikiText-2
 test: 241,211 words + 4,358 ``</s>`` = 245,569 predicted tokens, no OOV.
 
-Example
--------
 >>> lm = KneserNey.fit([["a", "b"], ["a", "c", "b"]], order=2)   # doctest: +SKIP
->>> lm.logprob("b", ("a",))                                      # doctest: +SKIP
->>> lm.perplexity([["a", "b"]])                                  # doctest: +SKIP
+>>> lm.logprob("b", ("a",)), lm.perplexity([["a", "b"]])        # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
-__all__ = [
-    "BOS",
-    "EOS",
-    "UNK",
-    "KENLM_REFERENCE",
-    "FALLBACK_DISCOUNTS",
-    "NGramCounts",
-    "KneserNey",
-    "discounts_from_counts",
-    "count_of_counts",
-    "wikitext_sentences",
-    "evaluate_orders",
-]
+__all__ = ["BOS", "EOS", "UNK", "KENLM_REFERENCE", "FALLBACK_DISCOUNTS", "NGramCounts", "KneserNey",
+           "discounts_from_counts", "count_of_counts", "wikitext_sentences", "evaluate_orders", "summary"]
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 #: Test (and one valid) perplexities of KenLM ``lmplz`` modified Kneser-Ney
 #: models on WikiText-2 word tokens, order -> perplexity.
-KENLM_REFERENCE = {
-    "test": {1: 914.4, 2: 264.0, 3: 226.1, 4: 221.3, 5: 220.1},
-    "valid": {5: 234.9},
-}
-
-
-# --------------------------------------------------------------------------
-# Discounts
-# --------------------------------------------------------------------------
+KENLM_REFERENCE = {"test": {1: 914.4, 2: 264.0, 3: 226.1, 4: 221.3, 5: 220.1}, "valid": {5: 234.9}}
 
 
 def count_of_counts(counts: Iterable[int], upto: int = 4) -> list[int]:
@@ -117,51 +86,32 @@ def discounts_from_counts(n: Sequence[int], fallback: Sequence[float] | None = N
                           ) -> tuple[float, float, float]:
     """Modified Kneser-Ney discounts (D1, D2, D3+) from count-of-counts.
 
-    ``n[k]`` is the number of n-grams with count k (``n[0]`` is ignored), as
-    returned by :func:`count_of_counts`.  When a discount is undefined
-    (n1, n2 or n3 is 0) or out of range [0, k], return ``fallback`` if given
-    (``lmplz --discount_fallback``), else raise ``ValueError`` (``lmplz``'s
-    default).  WikiText-2 needs the fallback at order 1 of a unigram model: its
-    vocabulary was cut at 3 occurrences, so n1 = n2 = 0 for raw unigram counts.
+    ``n[k]`` is the number of n-grams with count k (``n[0]`` is ignored), as returned by
+    :func:`count_of_counts`.  When a discount is undefined (n1, n2 or n3 is 0) or out of range [0, k], return
+    ``fallback`` if given (``lmplz --discount_fallback``), else raise ``ValueError`` (``lmplz``'s default).
     """
-    try:
-        return _discounts(n)
-    except ValueError:
-        if fallback is None:
-            raise
-        return tuple(float(d) for d in fallback)
-
-
-def _discounts(n: Sequence[int]) -> tuple[float, float, float]:
     n1, n2, n3, n4 = n[1], n[2], n[3], n[4]
-    if min(n1, n2, n3) == 0:
-        raise ValueError(
-            f"cannot estimate Kneser-Ney discounts: count-of-counts n1..n4 = {n1, n2, n3, n4} "
-            "(need n1, n2, n3 > 0; is this small or artificial data?)"
-        )
-    y = n1 / (n1 + 2.0 * n2)
-    d = (1.0 - 2.0 * y * n2 / n1, 2.0 - 3.0 * y * n3 / n2, 3.0 - 4.0 * y * n4 / n3)
-    for k, dk in enumerate(d, start=1):
-        if not 0.0 <= dk <= k:
-            raise ValueError(f"Kneser-Ney discount D{k} = {dk} out of range [0, {k}] (n = {n1, n2, n3, n4})")
-    return d
-
-
-# --------------------------------------------------------------------------
-# Counting
-# --------------------------------------------------------------------------
+    d = None
+    if min(n1, n2, n3) > 0:
+        y = n1 / (n1 + 2.0 * n2)
+        d = (1.0 - 2.0 * y * n2 / n1, 2.0 - 3.0 * y * n3 / n2, 3.0 - 4.0 * y * n4 / n3)
+        if all(0.0 <= dk <= k for k, dk in enumerate(d, start=1)):
+            return d
+    if fallback is not None:
+        return tuple(float(x) for x in fallback)
+    raise ValueError(f"cannot estimate Kneser-Ney discounts from count-of-counts n1..n4 = {n1, n2, n3, n4}: "
+                     + ("need n1, n2, n3 > 0 (is this small or artificial data?)" if d is None
+                        else f"(D1, D2, D3+) = {d} is out of the range [0, k]"))
 
 
 class NGramCounts:
     """Raw and adjusted n-gram counts up to ``max_order``, counted once.
 
-    Words are mapped to integer ids (``vocab``); n-grams are tuples of ids.
-    ``raw[n]`` holds raw counts of all n-grams (n = 1..max_order) of the padded
-    sentences, without the ``<s>`` unigram.  ``adjusted(n)`` gives the counts a
-    model of higher order uses at order n: continuation counts, except raw
-    counts for n-grams that start with ``<s>``.  A model of any order
-    k <= max_order can be built from one ``NGramCounts`` (raw counts at order
-    k, adjusted counts below), so fitting orders 1..5 counts only once.
+    Words are mapped to integer ids (``vocab``); n-grams are tuples of ids.  ``raw[n]`` holds raw counts of
+    all n-grams (n = 1..max_order) of the padded sentences, without the ``<s>`` unigram.  ``adjusted(n)``
+    gives the counts a model of higher order uses at order n: continuation counts, except raw counts for
+    n-grams that start with ``<s>``.  A model of any order k <= max_order can be built from one
+    ``NGramCounts`` (raw counts at order k, adjusted counts below), so fitting orders 1..5 counts only once.
     """
 
     def __init__(self, sentences: Iterable[Sequence[str]], max_order: int):
@@ -192,12 +142,8 @@ class NGramCounts:
                 # all windows of length n; each starts with <s> at most once
                 raw[n].update(zip(*(ids[j:] for j in range(n))))
         raw[1].pop((bos,), None)  # <s> is never predicted
-        self.raw = raw
+        self.raw, self.bos = raw, bos
         self._adjusted: dict[int, Counter] = {}
-
-    @property
-    def bos(self) -> int:
-        return self.vocab[BOS]
 
     def adjusted(self, n: int) -> dict:
         """Adjusted counts at order n < max_order (cached)."""
@@ -216,10 +162,6 @@ class NGramCounts:
             self._adjusted[n] = adj
         return self._adjusted[n]
 
-    def counts_for(self, n: int, order: int) -> dict:
-        """The counts a model of ``order`` uses at order ``n``."""
-        return self.raw[n] if n == order else self.adjusted(n)
-
 
 class _OrderTable:
     """Discounted probabilities and interpolation weights of one order."""
@@ -230,25 +172,20 @@ class _OrderTable:
         self.count_of_counts = count_of_counts(counts.values())
         d1, d2, d3 = self.discounts = discounts_from_counts(self.count_of_counts, fallback)
         disc = (0.0, d1, d2, d3)
-        # sum of counts and N_k per context
-        denom: dict = {}
-        mass: dict = {}
+        denom, mass = defaultdict(int), defaultdict(float)  # per context: sum of counts, discounted mass
         for g, c in counts.items():
-            if c <= 0:
-                continue
-            h = g[:-1]
-            denom[h] = denom.get(h, 0) + c
-            mass[h] = mass.get(h, 0.0) + disc[c if c < 3 else 3]
-        self.prob = {g: (c - disc[c if c < 3 else 3]) / denom[g[:-1]] for g, c in counts.items() if c > 0}
+            if c > 0:
+                denom[g[:-1]] += c
+                mass[g[:-1]] += disc[min(c, 3)]
+        self.prob = {g: (c - disc[min(c, 3)]) / denom[g[:-1]] for g, c in counts.items() if c > 0}
         self.gamma = {h: mass[h] / denom[h] for h in denom}
 
 
 class KneserNey:
     """Interpolated modified Kneser-Ney language model of a fixed order.
 
-    Build with :meth:`fit` (or :meth:`from_counts` to share one counting pass
-    between several orders); query with :meth:`logprob` (natural log) and
-    :meth:`perplexity`.
+    Build with :meth:`fit` (or :meth:`from_counts` to share one counting pass between several orders); query
+    with :meth:`logprob` (natural log) and :meth:`perplexity`.
     """
 
     def __init__(self, order: int):
@@ -259,16 +196,13 @@ class KneserNey:
         self.tables: list[_OrderTable | None] = [None] * (order + 1)  # tables[n], n = 1..order
         self.unigram: list[float] = []  # p(w) for every word id (uniform-interpolated)
 
-    # ---- estimation ------------------------------------------------------
-
     @classmethod
     def fit(cls, sentences: Iterable[Sequence[str]], order: int,
             discount_fallback: Sequence[float] | None = FALLBACK_DISCOUNTS) -> "KneserNey":
         """Count n-grams of ``sentences`` (lists of tokens, no ``<s>``/``</s>``) and estimate.
 
-        ``discount_fallback``: discounts used at an order whose count-of-counts
-        give no valid discounts (``lmplz --discount_fallback``); ``None`` raises
-        ``ValueError`` there instead.
+        ``discount_fallback``: discounts used at an order whose count-of-counts give no valid discounts
+        (``lmplz --discount_fallback``); ``None`` raises ``ValueError`` there instead.
         """
         return cls.from_counts(NGramCounts(sentences, order), order, discount_fallback)
 
@@ -278,8 +212,7 @@ class KneserNey:
                     _shared: dict | None = None) -> "KneserNey":
         """Model of ``order`` (default ``counts.max_order``) from precounted n-grams.
 
-        ``_shared`` (a dict) caches the adjusted-count tables between models
-        built from the same counts.
+        ``_shared`` (a dict) caches the adjusted-count tables between models built from the same counts.
         """
         order = counts.max_order if order is None else order
         if not 1 <= order <= counts.max_order:
@@ -287,13 +220,11 @@ class KneserNey:
         self = cls(order)
         self.counts = counts
         shared = {} if _shared is None else _shared
-        for n in range(1, order + 1):
-            if n == order:
-                self.tables[n] = _OrderTable(counts.raw[n], discount_fallback)
-            else:
-                if n not in shared:
-                    shared[n] = _OrderTable(counts.adjusted(n), discount_fallback)
-                self.tables[n] = shared[n]
+        for n in range(1, order):
+            if n not in shared:
+                shared[n] = _OrderTable(counts.adjusted(n), discount_fallback)
+            self.tables[n] = shared[n]
+        self.tables[order] = _OrderTable(counts.raw[order], discount_fallback)
         t1 = self.tables[1]
         vsize = len(counts.words) - 1  # every type but <s> (<unk> and </s> included)
         uniform = t1.gamma[()] / vsize
@@ -302,15 +233,9 @@ class KneserNey:
         return self
 
     @property
-    def vocab(self) -> dict[str, int]:
-        return self.counts.vocab
-
-    @property
     def discounts(self) -> list[tuple[float, float, float]]:
         """(D1, D2, D3+) of orders 1..order."""
         return [self.tables[n].discounts for n in range(1, self.order + 1)]
-
-    # ---- querying --------------------------------------------------------
 
     def _id(self, word: str) -> int:
         return self.counts.vocab.get(word, 0)  # OOV -> <unk> (id 0)
@@ -332,9 +257,8 @@ class KneserNey:
     def prob(self, word: str, context: tuple[str, ...] = ()) -> float:
         """Interpolated probability of ``word`` after ``context`` (oldest word first).
 
-        Only the last ``order - 1`` context words are used; put ``<s>`` first
-        to condition on a sentence start.  OOV words (and context words) are
-        treated as ``<unk>``.
+        Only the last ``order - 1`` context words are used; put ``<s>`` first to condition on a sentence
+        start.  OOV words (and context words) are treated as ``<unk>``.
         """
         ctx = tuple(self._id(c) for c in context[max(0, len(context) - self.order + 1):]) if self.order > 1 else ()
         return self._prob_ids(self._id(word), ctx)
@@ -346,9 +270,8 @@ class KneserNey:
     def perplexity(self, sentences: Iterable[Sequence[str]]) -> dict:
         """Perplexity over ``sentences``, every word plus one ``</s>`` each predicted.
 
-        Returns ``{"ppl", "tokens", "oov", "logprob"}`` (natural-log total).
-        OOV words are scored as ``<unk>`` and included (KenLM's "perplexity
-        including OOVs"); ``oov`` counts them.
+        Returns ``{"ppl", "tokens", "oov", "logprob"}`` (natural-log total).  OOV words are scored as
+        ``<unk>`` and included (KenLM's "perplexity including OOVs"); ``oov`` counts them.
         """
         vocab = self.counts.vocab
         bos, eos = vocab[BOS], vocab[EOS]
@@ -376,11 +299,6 @@ class KneserNey:
                 "tokens": tokens, "oov": oov, "logprob": total}
 
 
-# --------------------------------------------------------------------------
-# WikiText-2 evaluation
-# --------------------------------------------------------------------------
-
-
 def wikitext_sentences(lines: Iterable[str], skip_blank: bool = False) -> list[list[str]]:
     """One sentence per line, tokens ``line.split()``; blank lines kept unless ``skip_blank``."""
     out = [line.split() for line in lines]
@@ -391,12 +309,10 @@ def evaluate_orders(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wik
                     skip_blank: bool = False, verbose: bool = False) -> list[dict]:
     """Fit modified-KN models of every order on ``dataset`` train; score valid and test.
 
-    Counts once at ``max(orders)`` and derives every model from those counts
-    (lower orders share their adjusted-count tables).  Returns one row per
-    order: ``{order, valid_ppl, test_ppl, tokens, oov, seconds}`` where
-    ``tokens`` is the number of predicted test tokens (``</s>`` included) and
-    ``seconds`` the time for building that order's model and scoring both
-    splits (the shared counting time is in the first row's ``count_seconds``).
+    Counts once at ``max(orders)`` and derives every model from those counts (lower orders share their
+    adjusted-count tables).  Returns one row per order: ``{order, valid_ppl, test_ppl, tokens, oov, seconds}``
+    where ``tokens`` is the number of predicted test tokens (``</s>`` included) and ``seconds`` the time for
+    building that order's model and scoring both splits (the counting time is ``count_seconds``).
     """
     from pillm.data import load_corpus
 
@@ -423,17 +339,6 @@ def evaluate_orders(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wik
     return rows
 
 
-if __name__ == "__main__":  # python -m pillm.ngram
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    ap.add_argument("--dataset", default="wikitext2")
-    ap.add_argument("--skip-blank", action="store_true")
-    args = ap.parse_args()
-    evaluate_orders(args.orders, args.dataset, args.skip_blank, verbose=True)
-
-
 def summary(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wikitext2"):
     """A tidy table (pandas) of :func:`evaluate_orders`, with the KenLM reference beside each order.
 
@@ -450,3 +355,14 @@ def summary(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wikitext2")
                         "tokens": r["tokens"], "oov": r.get("oov", 0), "seconds": r["seconds"]} for r in rows])
     df["test_vs_kenlm_pct"] = 100 * (df["test_ppl"] / df["kenlm_test_ppl"] - 1)
     return df
+
+
+if __name__ == "__main__":  # python -m pillm.ngram
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--dataset", default="wikitext2")
+    ap.add_argument("--skip-blank", action="store_true")
+    args = ap.parse_args()
+    evaluate_orders(args.orders, args.dataset, args.skip_blank, verbose=True)

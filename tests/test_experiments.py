@@ -812,7 +812,7 @@ OTHER_KIND_RUNS = {
 def test_each_other_kind_has_its_own_keys(tmp_path, kind):
     """Every kind of run builds its spec and has a key of its own (the kind is part of it)."""
     assert set(OTHER_KIND_RUNS) == set(grid._OTHER_SPECS)
-    specs = {k: grid.run_spec(grid._other_run(k, "r", None, dict(fields, **(
+    specs = {k: grid.run_spec(grid._other_run(k, "r", None, **dict(fields, **(
         {"checkpoint": str(tmp_path / fields["checkpoint"])} if "checkpoint" in fields else {}))))
         for k, fields in OTHER_KIND_RUNS.items()}
     assert all(type(spec).__name__ == grid._OTHER_SPECS[k][1] for k, spec in specs.items())

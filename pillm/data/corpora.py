@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,16 +19,9 @@ class DataError(RuntimeError):
 
 
 class DataNotFoundError(DataError):
-    """A dataset file exists in none of the searched places (and the hub did not help).
+    """A dataset file exists in none of the searched places (and the hub did not help): "not installed
+    here", which callers may skip, unlike "installed but corrupt"."""
 
-    A subclass so that callers (e.g. test fixtures) can tell "not installed here"
-    apart from "installed but corrupt", which must never be skipped silently.
-    """
-
-
-# ---------------------------------------------------------------------------
-# Files and checksums
-# ---------------------------------------------------------------------------
 
 #: sha256 of every file in ``shared/data/SHA256SUMS``, keyed by relative path.
 #: Hard-coded so that a changed or truncated copy can never slip through.
@@ -44,10 +38,6 @@ SHA256: dict[str, str] = {
     "wikitext-2/train.txt": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
     "wikitext-2/valid.txt": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
 }
-
-# (absolute path, size, mtime_ns) -> sha256.  Hashing 13 MB on every call would
-# dominate small scripts; a file that changes gets a new mtime and is re-hashed.
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def data_dir_candidates() -> list[Path]:
@@ -74,38 +64,26 @@ def file_sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _cached_sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    digest = _SHA_CACHE.get(key)
-    if digest is None:
-        digest = _SHA_CACHE[key] = file_sha256(path)
-    return digest
+@functools.cache
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    """Hashing 13 MB on every call would dominate small scripts: a file is hashed once per (path, size,
+    mtime), so a file that changes is hashed again."""
+    return file_sha256(path)
 
 
 def resolve_file(relpath: str, *, verify: bool = True) -> Path:
     """Path of dataset file ``relpath`` (e.g. ``"ptb/ptb.train.txt"``), checksum-verified.
 
-    The first directory of :func:`data_dir_candidates` that holds the file wins.
-    A copy that fails verification is an error, even if a later directory holds a
-    good copy: silently reading a different file than the user pointed us to
-    would make results irreproducible.
-
-    Raises
-    ------
-    DataNotFoundError
-        If no candidate directory holds the file.
-    DataError
-        If the file's sha256 differs from :data:`SHA256`, or ``verify`` is set
-        for a path that has no pinned checksum.
+    The first directory of :func:`data_dir_candidates` that holds the file wins.  A copy that fails
+    verification is an error (:class:`DataError`), even if a later directory holds a good copy: silently
+    reading a different file than the user pointed us to would make results irreproducible.  A path without
+    a pinned checksum is an error too unless ``verify`` is False; no copy anywhere: :class:`DataNotFoundError`.
     """
     relpath = Path(relpath).as_posix()
     expected = SHA256.get(relpath)
     if verify and expected is None:
-        raise DataError(
-            f"No pinned sha256 for {relpath!r}; known files: {sorted(SHA256)}. "
-            "Pass verify=False to read an unpinned file."
-        )
+        raise DataError(f"No pinned sha256 for {relpath!r}; known files: {sorted(SHA256)}. "
+                        "Pass verify=False to read an unpinned file.")
     searched = []
     for directory in data_dir_candidates():
         path = directory / relpath
@@ -113,31 +91,20 @@ def resolve_file(relpath: str, *, verify: bool = True) -> Path:
         if not path.is_file():
             continue
         if verify:
-            actual = _cached_sha256(path)
+            st = path.stat()
+            actual = _sha256_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
             if actual != expected:
-                raise DataError(
-                    f"Checksum mismatch for {path} ({relpath}):\n"
-                    f"  expected sha256 {expected}\n"
-                    f"  actual   sha256 {actual}\n"
-                    "The file is corrupt or a different version. Replace it with the "
-                    "original (see shared/data/README.md) or remove it; pillm does not "
-                    "fall back to other copies when one is corrupt."
-                )
+                raise DataError(f"Checksum mismatch for {path} ({relpath}):\n  expected sha256 {expected}\n"
+                                f"  actual   sha256 {actual}\nThe file is corrupt or a different version. "
+                                "Replace it with the original (see shared/data/README.md) or remove it; pillm "
+                                "does not fall back to other copies when one is corrupt.")
         return path
     where = "\n".join(f"  - {p}" for p in searched)
-    raise DataNotFoundError(
-        f"Data file {relpath!r} not found. Searched:\n{where}\n"
-        f"Expected sha256: {expected or '(not pinned)'}\n"
-        "To fix: set PILLM_DATA_DIR to a directory that holds "
-        f"{relpath!r}, or put (or symlink) the dataset folders into "
-        f"{REPO_ROOT / 'data'} (git-ignored). The expected layout and sources are "
-        "described in shared/data/README.md."
-    )
+    raise DataNotFoundError(f"Data file {relpath!r} not found. Searched:\n{where}\nExpected sha256: "
+                            f"{expected or '(not pinned)'}\nTo fix: set PILLM_DATA_DIR to a directory that holds "
+                            f"{relpath!r}, or put (or symlink) the dataset folders into {REPO_ROOT / 'data'} "
+                            "(git-ignored). The expected layout and sources are described in shared/data/README.md.")
 
-
-# ---------------------------------------------------------------------------
-# Corpora
-# ---------------------------------------------------------------------------
 
 CORPORA = ("wikitext2", "ptb", "tinystories", "lambada")
 
@@ -149,52 +116,28 @@ _TINYSTORIES_N_STORIES = 2316
 
 # split -> file, for the corpora whose splits are separate files.
 _SPLIT_FILES = {
-    "wikitext2": {
-        "train": "wikitext-2/train.txt",
-        "valid": "wikitext-2/valid.txt",
-        "test": "wikitext-2/test.txt",
-    },
-    "ptb": {
-        "train": "ptb/ptb.train.txt",
-        "valid": "ptb/ptb.valid.txt",
-        "test": "ptb/ptb.test.txt",
-    },
+    "wikitext2": {s: f"wikitext-2/{s}.txt" for s in ("train", "valid", "test")},
+    "ptb": {s: f"ptb/ptb.{s}.txt" for s in ("train", "valid", "test")},
     "tinystories": {s: _TINYSTORIES_FILE for s in ("train", "valid", "test")},
-    "lambada": {
-        "test": "lambada/lambada_test.jsonl",
-        "test_plain": "lambada/lambada_test_plain_text.txt",
-        "dev_plain": "lambada/lambada_development_plain_text.txt",
-    },
+    "lambada": {"test": "lambada/lambada_test.jsonl", "test_plain": "lambada/lambada_test_plain_text.txt",
+                "dev_plain": "lambada/lambada_development_plain_text.txt"},
 }
 
 # Hugging Face hub fallbacks: (path, config) for datasets.load_dataset.
-_HUB_IDS = {
-    "wikitext2": ("wikitext", "wikitext-2-v1"),
-    "ptb": ("ptb_text_only", None),
-    "tinystories": ("roneneldan/TinyStories", None),
-    "lambada": ("EleutherAI/lambada_openai", "default"),
-}
+_HUB_IDS = {"wikitext2": ("wikitext", "wikitext-2-v1"), "ptb": ("ptb_text_only", None),
+            "tinystories": ("roneneldan/TinyStories", None), "lambada": ("EleutherAI/lambada_openai", "default")}
 
-_WORD_NOTE = (
-    "Lines of the pre-tokenized files as-is (blank lines kept); word tokenization "
-    "appends <eos> to every line (pytorch/examples word_language_model)."
-)
+_WORD_NOTE = ("Lines of the pre-tokenized files as-is (blank lines kept); word tokenization appends <eos> to "
+              "every line (pytorch/examples word_language_model).")
 
 
 @dataclass
 class Corpus:
     """A corpus as lists of documents (strings), one list per split.
 
-    Attributes
-    ----------
-    name : one of :data:`CORPORA`.
-    splits : split name -> documents.  "train"/"valid"/"test" for language
-        modelling corpora; LAMBADA has "test", "test_plain" and "dev_plain".
-    level : "word" (pre-tokenized text, split on whitespace) or "text" (raw
-        text, meant for BPE).
-    files : split -> sha256 of the file it came from, or "hub:<dataset id>".
-        This is the provenance of the data and part of every cache key.
-    note : how the splits were made (e.g. TinyStories' held-out stories).
+    ``splits``: "train"/"valid"/"test" (LAMBADA: "test", "test_plain", "dev_plain"). ``level``: "word"
+    (pre-tokenized, split on whitespace) or "text" (raw, for BPE). ``files``: split -> sha256 of its file, or
+    "hub:<dataset id>": the provenance of the data, part of every cache key. ``note``: how the splits were made.
     """
 
     name: str
@@ -210,18 +153,13 @@ class Corpus:
 
 def _read_lines(path: Path) -> list[str]:
     """Lines of a text file without their "\\n" (same lines as ``for line in f``)."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if lines and lines[-1] == "":  # the final newline does not start a new line
-        lines.pop()
-    return lines
+    text = path.read_text(encoding="utf-8")
+    return text.removesuffix("\n").split("\n") if text else []  # the final newline does not start a new line
 
 
 def _split_stories(lines: Sequence[str]) -> list[str]:
-    """Complete stories of a TinyStories text file, stripped.
-
-    Stories are terminated by a ``<|endoftext|>`` line.  Text after the last
-    separator is a story cut off by the 2 MiB slice and is dropped.
-    """
+    """Complete stories of a TinyStories text file, stripped: each ends with a ``<|endoftext|>`` line; the
+    text after the last one is a story cut off by the 2 MiB slice and is dropped."""
     stories, current = [], []
     for line in lines:
         if line.strip() == END_OF_TEXT:
@@ -239,19 +177,12 @@ def _hold_out(stories: list[str]) -> tuple[dict[str, list[str]], str]:
     n = len(stories)
     n_train = (9 * n) // 10  # integer arithmetic: no float rounding surprises
     n_valid = (n - n_train) // 2
-    splits = {
-        "train": stories[:n_train],
-        "valid": stories[n_train : n_train + n_valid],
-        "test": stories[n_train + n_valid :],
-    }
-    note = (
-        f"TinyStories has no valid/test in this slice: of {n:,} complete stories "
-        f"(in file order), the first {n_train:,} (90%) are train, the last "
-        f"{n - n_train:,} are held out and halved in order: valid = the next "
-        f"{n_valid:,}, test = the last {n - n_train - n_valid:,}. valid/test are "
-        "held-out *training* stories, "
-        "not the official TinyStories validation set."
-    )
+    splits = {"train": stories[:n_train], "valid": stories[n_train:n_train + n_valid],
+              "test": stories[n_train + n_valid:]}
+    note = (f"TinyStories has no valid/test in this slice: of {n:,} complete stories (in file order), the first "
+            f"{n_train:,} (90%) are train, the last {n - n_train:,} are held out and halved in order: valid = the "
+            f"next {n_valid:,}, test = the last {n - n_train - n_valid:,}. valid/test are held-out *training* "
+            "stories, not the official TinyStories validation set.")
     return splits, note
 
 
@@ -259,13 +190,9 @@ def _parse_local(name: str, paths: dict[str, Path]) -> tuple[dict[str, list[str]
     if name in ("wikitext2", "ptb"):
         return {s: _read_lines(p) for s, p in paths.items()}, _WORD_NOTE
     if name == "tinystories":
-        stories = _split_stories(_read_lines(paths["train"]))
-        splits, note = _hold_out(stories)
-        note = (
-            "Source: the first 2 MiB of TinyStories-train.txt; the final story, "
-            "cut off by the slice, is dropped. " + note
-        )
-        return splits, note
+        splits, note = _hold_out(_split_stories(_read_lines(paths["train"])))
+        return splits, ("Source: the first 2 MiB of TinyStories-train.txt; the final story, cut off by the slice, "
+                        "is dropped. " + note)
     if name == "lambada":
         texts = []
         for i, line in enumerate(_read_lines(paths["test"])):
@@ -275,17 +202,11 @@ def _parse_local(name: str, paths: dict[str, Path]) -> tuple[dict[str, list[str]
                 texts.append(json.loads(line)["text"])
             except (ValueError, KeyError, TypeError) as err:
                 raise DataError(f"{paths['test']}:{i + 1}: not a {{'text': ...}} JSON line ({err})")
-        splits = {
-            "test": texts,
-            "test_plain": _read_lines(paths["test_plain"]),
-            "dev_plain": _read_lines(paths["dev_plain"]),
-        }
-        note = (
-            "test: OpenAI's detokenized LAMBADA test set (GPT-2/3 evaluations); "
-            "test_plain / dev_plain: the original tokenized, lower-cased passages "
-            "(Paperno et al. 2016). The target is the last word of each passage."
-        )
-        return splits, note
+        splits = {"test": texts, "test_plain": _read_lines(paths["test_plain"]),
+                  "dev_plain": _read_lines(paths["dev_plain"])}
+        return splits, ("test: OpenAI's detokenized LAMBADA test set (GPT-2/3 evaluations); test_plain / dev_plain: "
+                        "the original tokenized, lower-cased passages (Paperno et al. 2016). The target is the last "
+                        "word of each passage.")
     raise AssertionError(name)
 
 
@@ -303,45 +224,26 @@ def _hub_load(name: str) -> tuple[dict[str, list[str]], str]:
     from datasets import load_dataset  # imported lazily: slow, and rarely needed
 
     path, config = _HUB_IDS[name]
-    if name == "wikitext2":
-        ds = load_dataset(path, config)
-        # HF lines keep their "\n"; drop it to match the local files' lines.
-        splits = {
-            ours: [t.removesuffix("\n") for t in ds[theirs]["text"]]
-            for ours, theirs in (("train", "train"), ("valid", "validation"), ("test", "test"))
-        }
-        return splits, "From the Hugging Face hub. " + _WORD_NOTE
-    if name == "ptb":
-        ds = load_dataset(path)
-        splits = {
-            ours: list(ds[theirs]["sentence"])
-            for ours, theirs in (("train", "train"), ("valid", "validation"), ("test", "test"))
-        }
+    if name in ("wikitext2", "ptb"):
+        ds, column = load_dataset(path, config), "text" if name == "wikitext2" else "sentence"
+        # WikiText's lines keep their "\n"; drop it to match the local files' lines.
+        splits = {ours: [t.removesuffix("\n") for t in ds[theirs][column]]
+                  for ours, theirs in (("train", "train"), ("valid", "validation"), ("test", "test"))}
         return splits, "From the Hugging Face hub. " + _WORD_NOTE
     if name == "tinystories":
         # Stream, so only the first stories are downloaded, not the 1.9 GB file.
         rows = load_dataset(path, split="train", streaming=True).take(_TINYSTORIES_N_STORIES)
         stories = [s for s in (row["text"].strip() for row in rows) if s]
         splits, note = _hold_out(stories)
-        return splits, (
-            f"From the Hugging Face hub: the first {len(stories):,} stories of the "
-            "train split. " + note
-        )
-    if name == "lambada":
-        texts = list(load_dataset(path, config, split="test")["text"])
-        return {"test": texts}, (
-            "From the Hugging Face hub: only OpenAI's test set ('test'); the plain-text "
-            "test/dev files are not available there."
-        )
-    raise AssertionError(name)
+        return splits, f"From the Hugging Face hub: the first {len(stories):,} stories of the train split. " + note
+    texts = list(load_dataset(path, config, split="test")["text"])  # lambada
+    return {"test": texts}, ("From the Hugging Face hub: only OpenAI's test set ('test'); the plain-text test/dev "
+                             "files are not available there.")
 
 
 def _corpus_paths(name: str) -> dict[str, Path]:
     """split -> verified local path (raises DataNotFoundError / DataError)."""
-    resolved: dict[str, Path] = {}
-    for relpath in dict.fromkeys(_SPLIT_FILES[name].values()):
-        resolved[relpath] = resolve_file(relpath)
-    return {split: resolved[rel] for split, rel in _SPLIT_FILES[name].items()}
+    return {split: resolve_file(relpath) for split, relpath in _SPLIT_FILES[name].items()}
 
 
 def check_corpus_name(name: str) -> None:
@@ -353,19 +255,13 @@ def check_corpus_name(name: str) -> None:
 def load_corpus(name: str) -> Corpus:
     """Load corpus ``name`` (one of :data:`CORPORA`) from the verified local files.
 
-    If a file is missing from every candidate directory, the Hugging Face hub
-    is tried (unless ``PILLM_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set); hub
-    data is not checksummed and its ``files`` entries read ``"hub:<id>"``.
-    A corrupt local file is always an error.
+    If a file is missing from every candidate directory, the Hugging Face hub is tried (unless
+    ``PILLM_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set); hub data is not checksummed and its ``files`` entries
+    read ``"hub:<id>"``.  A corrupt local file is always an error.
 
-    Corpora
-    -------
-    wikitext2 : word level; lines of ``wikitext-2/{train,valid,test}.txt``.
-    ptb : word level; lines of ``ptb/ptb.{train,valid,test}.txt``.
-    tinystories : text level; complete stories of the 2 MiB slice, 90% train,
-        then the held-out 10% halved into valid | test (see ``note``).
-    lambada : text level; "test" (OpenAI jsonl texts), "test_plain" and
-        "dev_plain" (original tokenized passages).  No train split.
+    wikitext2, ptb: word level, the lines of the split files.  tinystories: text level, the complete stories
+    of the 2 MiB slice, 90% train, the held-out 10% halved into valid | test (see ``note``).  lambada: text
+    level, "test" (OpenAI jsonl texts), "test_plain" and "dev_plain" (original tokenized passages); no train.
     """
     check_corpus_name(name)
     level = "word" if name in ("wikitext2", "ptb") else "text"
@@ -373,46 +269,36 @@ def load_corpus(name: str) -> Corpus:
         paths = _corpus_paths(name)
     except DataNotFoundError as missing:
         if _env_flag("PILLM_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE"):
-            raise DataNotFoundError(
-                f"{missing}\n(The Hugging Face hub was not tried: PILLM_OFFLINE or "
-                "HF_DATASETS_OFFLINE is set.)"
-            ) from None
+            raise DataNotFoundError(f"{missing}\n(The Hugging Face hub was not tried: PILLM_OFFLINE or "
+                                    "HF_DATASETS_OFFLINE is set.)") from None
         try:
             splits, note = _hub_load(name)
         except Exception as hub_err:  # noqa: BLE001 - any hub failure means "not available"
-            raise DataNotFoundError(
-                f"{missing}\nThe Hugging Face hub fallback ({_hub_id(name)[4:]}) failed "
-                f"too: {type(hub_err).__name__}: {hub_err}"
-            ) from hub_err
-        files = {split: _hub_id(name) for split in splits}
-        return Corpus(name, splits, level, files, note)
+            raise DataNotFoundError(f"{missing}\nThe Hugging Face hub fallback ({_hub_id(name)[4:]}) failed too: "
+                                    f"{type(hub_err).__name__}: {hub_err}") from hub_err
+        return Corpus(name, splits, level, {split: _hub_id(name) for split in splits}, note)
     splits, note = _parse_local(name, paths)
     files = {split: SHA256[_SPLIT_FILES[name][split]] for split in splits}
     return Corpus(name, splits, level, files, note)
 
 
 def _split_last_word(text: str) -> tuple[str, str]:
-    parts = text.rstrip().rsplit(None, 1)
-    if len(parts) == 1:
-        return "", parts[0]
-    return parts[0], parts[1]  # rsplit(None) already drops the whitespace in between
+    *context, word = text.rstrip().rsplit(None, 1)  # rsplit(None) drops the whitespace in between
+    return (context[0] if context else ""), word
 
 
 def lambada_examples(kind: str = "openai") -> list[tuple[str, str]]:
     """LAMBADA as (context, target_word) pairs.
 
-    The target is the passage's last whitespace-separated word; the context is
-    everything before it, trailing whitespace stripped (so a scorer should
-    predict ``" " + target`` after ``context`` for BPE models).  This is the
-    lm-evaluation-harness convention; in 38 OpenAI passages the target keeps an
-    opening quote glued to it (e.g. ``'"Nadia'``).
+    The target is the passage's last whitespace-separated word; the context is everything before it, trailing
+    whitespace stripped (so a scorer should predict ``" " + target`` after ``context`` for BPE models).  This
+    is the lm-evaluation-harness convention; in 38 OpenAI passages the target keeps an opening quote glued to
+    it (e.g. ``'"Nadia'``).
 
-    kind : "openai" (detokenized test jsonl, the GPT-2/3 setup), "openai_wikitext"
-        (the same passages, cased, tokenized like WikiText by
-        :func:`wikitext_tokenize`, target stripped of quotes and punctuation: for
-        word-level models trained on WikiText, whose vocabulary is cased), "plain"
-        (the original tokenized, lower-cased test passages) or "dev_plain" (the
-        original development set).
+    ``kind``: "openai" (detokenized test jsonl, the GPT-2/3 setup), "openai_wikitext" (the same passages,
+    cased, tokenized like WikiText by :func:`wikitext_tokenize`, target stripped of quotes and punctuation: for
+    word-level models trained on WikiText, whose vocabulary is cased), "plain" (the original tokenized,
+    lower-cased test passages) or "dev_plain" (the original development set).
     """
     if kind == "openai_wikitext":
         return [(wikitext_tokenize(ctx), word.strip(_QUOTES_PUNCT) or word)
@@ -423,10 +309,8 @@ def lambada_examples(kind: str = "openai") -> list[tuple[str, str]]:
                          "'dev_plain'.")
     corpus = load_corpus("lambada")
     if split not in corpus.splits:
-        raise DataNotFoundError(
-            f"LAMBADA split {split!r} is not available ({corpus.note}). Put the LAMBADA "
-            "files into a data directory (see resolve_file)."
-        )
+        raise DataNotFoundError(f"LAMBADA split {split!r} is not available ({corpus.note}). Put the LAMBADA "
+                                "files into a data directory (see resolve_file).")
     return [_split_last_word(text) for text in corpus.splits[split] if text.strip()]
 
 

@@ -41,11 +41,8 @@ class TokenizedCorpus:
         return self.tokenizer.vocab_size
 
     def __repr__(self) -> str:
-        return (
-            f"TokenizedCorpus(name={self.name!r}, tokenizer={self.tokenizer!r}, "
-            f"train={self.train.numel():,}, valid={self.valid.numel():,}, "
-            f"test={self.test.numel():,})"
-        )
+        sizes = ", ".join(f"{s}={getattr(self, s).numel():,}" for s in _SPLITS)
+        return f"TokenizedCorpus(name={self.name!r}, tokenizer={self.tokenizer!r}, {sizes})"
 
 
 def default_cache_dir() -> Path:
@@ -63,23 +60,15 @@ def _tokenizer_kind(name: str, tokenizer: str) -> str:
 
 
 def _cache_key(name: str, kind: str, bpe_vocab_size: int | None, files: dict[str, str]) -> str:
-    payload = {
-        "name": name,
-        "tokenizer": kind,
-        "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,  # irrelevant for words
-        "files": dict(sorted(files.items())),
-        "format": FORMAT_VERSION,
-    }
+    payload = {"name": name, "tokenizer": kind, "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
+               "files": dict(sorted(files.items())), "format": FORMAT_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _tokenize_corpus(corpus: Corpus, kind: str, bpe_vocab_size: int):
     """Fit a tokenizer on train and encode every split.  Returns (tokenizer, {split: ids})."""
     train = corpus.splits["train"]
-    if kind == "word":
-        tok = WordTokenizer.build(train)
-    else:
-        tok = BPETokenizer.train(train, vocab_size=bpe_vocab_size)
+    tok = WordTokenizer.build(train) if kind == "word" else BPETokenizer.train(train, vocab_size=bpe_vocab_size)
     return tok, {split: tok.encode_lines(corpus.splits[split]) for split in _SPLITS}
 
 
@@ -102,10 +91,8 @@ def _read_cache(entry: Path, key: str, kind: str):
 
 
 def _write_cache(entry: Path, tok, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write a cache entry atomically: build it in a temp dir next to it, then rename.
-
-    A crash mid-write leaves at most a ``.tmp-*`` directory, never a half entry.
-    """
+    """Write a cache entry atomically: built in a temporary directory beside it, then renamed (a crash
+    mid-write leaves at most a ``.tmp-*`` directory, never a half entry)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
     try:
@@ -125,38 +112,24 @@ def _write_cache(entry: Path, tok, tensors: dict[str, torch.Tensor], meta: dict)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_tokenized(
-    name: str,
-    tokenizer: str = "auto",
-    *,
-    bpe_vocab_size: int = 8192,
-    cache_dir: str | os.PathLike | None = None,
-    max_train_tokens: int | None = None,
-) -> TokenizedCorpus:
+def load_tokenized(name: str, tokenizer: str = "auto", *, bpe_vocab_size: int = 8192,
+                   cache_dir: str | os.PathLike | None = None, max_train_tokens: int | None = None) -> TokenizedCorpus:
     """Corpus ``name`` as token streams, tokenized once and cached on disk.
 
-    Parameters
-    ----------
-    tokenizer : "auto" (word for wikitext2/ptb, bpe for tinystories), "word" or
-        "bpe".  The tokenizer is always fit on the train split only.
-    bpe_vocab_size : target vocabulary size of a BPE tokenizer.
-    cache_dir : cache root; default :func:`default_cache_dir`.  Entries are keyed
-        by (name, tokenizer kind, bpe_vocab_size, the data files' sha256,
-        FORMAT_VERSION), so changed data or code never reads a stale entry.  An
-        unreadable entry is rebuilt.
-    max_train_tokens : keep only the first this many train tokens (after
-        caching; handy for quick tests).
+    ``tokenizer``: "auto" (word for wikitext2/ptb, bpe for tinystories), "word" or "bpe"; it is fit on the
+    train split only. ``cache_dir``: default :func:`default_cache_dir`; entries are keyed by (name, tokenizer
+    kind, ``bpe_vocab_size``, the data files' sha256, :data:`FORMAT_VERSION`), so changed data or code never
+    reads a stale entry, and an unreadable entry is rebuilt. ``max_train_tokens``: keep only the first this
+    many train tokens (after caching).
     """
     check_corpus_name(name)
     if name == "lambada":
-        raise ValueError(
-            "LAMBADA has no train split to fit a tokenizer on. Evaluate it with the "
-            "tokenizer of a model trained on another corpus, e.g. "
-            "load_tokenizer(run_dir).encode(context) on lambada_examples()."
-        )
+        raise ValueError("LAMBADA has no train split to fit a tokenizer on. Evaluate it with the tokenizer of a "
+                         "model trained on another corpus, e.g. load_tokenizer(run_dir).encode(context) on "
+                         "lambada_examples().")
     kind = _tokenizer_kind(name, tokenizer)
-    # Provenance first, without parsing: a cache hit then only hashes the files
-    # (once per process), which is much cheaper than reading them as text.
+    # Provenance first, without parsing: a cache hit then only hashes the files (once per process), which is
+    # much cheaper than reading them as text.
     corpus = None
     try:
         files = {s: local_checksums(name)[s] for s in _SPLITS}  # resolves and verifies the local files
@@ -181,16 +154,9 @@ def load_tokenized(
         corpus = corpus or load_corpus(name)
         tok, tensors = _tokenize_corpus(corpus, kind, bpe_vocab_size)
         note = corpus.note
-        meta = {
-            "key": key,
-            "name": name,
-            "tokenizer": kind,
-            "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
-            "files": files,
-            "note": note,
-            "format": FORMAT_VERSION,
-            "num_tokens": {s: t.numel() for s, t in tensors.items()},
-        }
+        meta = {"key": key, "name": name, "tokenizer": kind, "files": files, "note": note, "format": FORMAT_VERSION,
+                "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
+                "num_tokens": {s: t.numel() for s, t in tensors.items()}}
         try:
             _write_cache(entry, tok, tensors, meta)
         except OSError as err:  # e.g. a read-only cache dir: work uncached
@@ -199,28 +165,12 @@ def load_tokenized(
     train = tensors["train"]
     if max_train_tokens is not None:
         train = train[:max_train_tokens].clone()  # clone: free the full stream's memory
-    return TokenizedCorpus(
-        name=name,
-        tokenizer=tok,
-        train=train,
-        valid=tensors["valid"],
-        test=tensors["test"],
-        files=files,
-        note=note,
-    )
-
-
-# ---------------------------------------------------------------------------
-# Batching
-# ---------------------------------------------------------------------------
+    return TokenizedCorpus(name, tok, train, tensors["valid"], tensors["test"], files=files, note=note)
 
 
 class TokenStream:
-    """A whole split as one 1-D LongTensor, moved to ``device`` once.
-
-    Batches are views or on-device gathers of this tensor, so a training loop
-    makes no host->device copies per step.
-    """
+    """A whole split as one 1-D LongTensor, moved to ``device`` once: batches are views or on-device gathers
+    of it, so a training loop makes no host->device copies per step."""
 
     def __init__(self, ids: torch.Tensor, device: str | torch.device = "cpu"):
         ids = torch.as_tensor(ids)
@@ -232,28 +182,23 @@ class TokenStream:
     def __len__(self) -> int:
         return self.ids.numel()
 
-    def windows(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """All non-overlapping (x, y) windows from the start, each ``[n, T]``.
-
-        ``y`` is ``x`` shifted by one token; ``n = (len - 1) // T``.  Use this for
-        evaluation: every token except the first is predicted exactly once,
-        except for a tail shorter than T.
-        """
-        T = block_size
-        n = (len(self) - 1) // T
+    def _windows(self, offset: int, n: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` consecutive (x, y) windows ``[n, T]`` from ``offset``, ``y`` shifted by one token."""
         if n < 1:
             raise ValueError(f"Stream of {len(self)} tokens is too short for block_size={T}.")
-        x = self.ids[: n * T].view(n, T)
-        y = self.ids[1 : n * T + 1].view(n, T)
-        return x, y
+        return self.ids[offset:offset + n * T].view(n, T), self.ids[offset + 1:offset + n * T + 1].view(n, T)
+
+    def windows(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All non-overlapping (x, y) windows from the start, each ``[n, T]`` with ``n = (len - 1) // T``.  For
+        evaluation: every token except the first is predicted exactly once, except for a tail shorter than T."""
+        return self._windows(0, (len(self) - 1) // block_size, block_size)
 
     def num_train_windows(self, block_size: int) -> int:
         """Windows per training epoch, the same for every start offset in [0, T).
 
-        With offset ``o`` a window needs ``o + n*T + 1 <= len`` tokens; the worst
-        offset is ``T - 1``, hence ``n = (len - T) // T``.  Fixing ``n`` keeps the
-        epoch length (and so LR schedules) independent of the random offset, at
-        the cost of at most one window per epoch.
+        With offset ``o`` a window needs ``o + n*T + 1 <= len`` tokens; the worst offset is ``T - 1``, hence
+        ``n = (len - T) // T``.  Fixing ``n`` keeps the epoch length (and so LR schedules) independent of the
+        random offset, at the cost of at most one window per epoch.
         """
         return (len(self) - block_size) // block_size
 
@@ -261,40 +206,29 @@ class TokenStream:
         """Batches per :meth:`train_batches` epoch (the last, partial one included)."""
         return -(-self.num_train_windows(block_size) // batch_size)  # ceil division
 
-    def train_batches(
-        self,
-        block_size: int,
-        batch_size: int,
-        *,
-        generator: torch.Generator | None = None,
-        offset: int | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, block_size: int, batch_size: int, *, generator: torch.Generator | None = None,
+                      offset: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled, non-overlapping ``[B, T]`` (x, y) batches.
 
-        The windows start at a random ``offset`` in ``[0, T)`` (drawn from
-        ``generator``, or the global torch RNG, unless given), so successive
-        epochs see different window boundaries.  The rows are shuffled with
-        ``torch.randperm``; every window appears exactly once, and the last
-        batch may be smaller than ``batch_size``.
+        The windows start at a random ``offset`` in ``[0, T)`` (drawn from ``generator``, or the global torch
+        RNG, unless given), so successive epochs see different window boundaries.  The rows are shuffled with
+        ``torch.randperm``; every window appears exactly once, and the last batch may be smaller than
+        ``batch_size``.
 
-        Random numbers are drawn on the generator's device.  If that differs from
-        the stream's device (a CPU generator with CUDA data, the common case for
-        reproducibility), the permutation is drawn on the CPU and moved once per
-        epoch: one small copy per epoch, not per batch.
+        Random numbers are drawn on the generator's device.  If that differs from the stream's device (a CPU
+        generator with CUDA data, the common case for reproducibility), the permutation is drawn on the CPU and
+        moved once per epoch: one small copy per epoch, not per batch.
         """
         T, B = block_size, batch_size
         if T < 1 or B < 1:
             raise ValueError("block_size and batch_size must be positive.")
         n = self.num_train_windows(T)
-        if n < 1:
-            raise ValueError(f"Stream of {len(self)} tokens is too short for block_size={T}.")
         rng_device = generator.device if generator is not None else self.device
         if offset is None:
             offset = int(torch.randint(T, (1,), generator=generator, device=rng_device).item())
         elif not 0 <= offset < T:
             raise ValueError(f"offset must be in [0, {T}), got {offset}.")
-        x = self.ids[offset : offset + n * T].view(n, T)
-        y = self.ids[offset + 1 : offset + n * T + 1].view(n, T)
+        x, y = self._windows(offset, n, T)
         perm = torch.randperm(n, generator=generator, device=rng_device).to(self.device)
         for start in range(0, n, B):
             rows = perm[start : start + B]

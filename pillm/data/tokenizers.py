@@ -12,7 +12,6 @@ import torch
 from .corpora import END_OF_TEXT
 
 
-
 def _as_id_list(ids) -> list[int]:
     return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
 
@@ -75,22 +74,19 @@ class WordTokenizer:
         return torch.tensor([get(w, unk) for w in self._tokens(lines)], dtype=torch.long)
 
     def decode(self, ids) -> str:
-        itos = self.itos
-        return " ".join(itos[i] for i in _as_id_list(ids))
+        return " ".join(self.itos[i] for i in _as_id_list(ids))
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "tokenizer.json", "w", encoding="utf-8") as f:
-            json.dump({"kind": self.kind, "itos": self.itos}, f, ensure_ascii=False)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        obj = {"kind": self.kind, "itos": self.itos}
+        (Path(directory) / "tokenizer.json").write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "WordTokenizer":
-        with open(Path(directory) / "tokenizer.json", encoding="utf-8") as f:
-            obj = json.load(f)
-        if obj.get("kind") != cls.kind:
+        tok = load_tokenizer(directory)
+        if not isinstance(tok, cls):
             raise ValueError(f"{directory}/tokenizer.json is not a word tokenizer.")
-        return cls(obj["itos"])
+        return tok
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
@@ -121,9 +117,7 @@ class BPETokenizer:
         return self.tokenizer.get_vocab_size()
 
     @classmethod
-    def train(
-        cls, texts: Sequence[str], vocab_size: int = 8192, min_frequency: int = 2
-    ) -> "BPETokenizer":
+    def train(cls, texts: Sequence[str], vocab_size: int = 8192, min_frequency: int = 2) -> "BPETokenizer":
         """Train on ``texts`` (one document each).  The result may be smaller than
         ``vocab_size`` when the texts have too few frequent pairs."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -135,13 +129,9 @@ class BPETokenizer:
         # add_prefix_space=False keeps the round trip exact (no invented leading space).
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=[cls.EOS],
-            initial_alphabet=alphabet,  # all 256 bytes, even those unseen in training
-            show_progress=False,
-        )
+        # initial_alphabet: all 256 bytes, even those unseen in training
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[cls.EOS],
+                                      initial_alphabet=alphabet, show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
         return cls(tok)
 
@@ -155,10 +145,8 @@ class BPETokenizer:
         """One int64 stream for many documents, eos after each (batched in Rust)."""
         encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         ids: list[int] = []
-        eos = self.eos_id
         for enc in encode_batch(list(docs)):
-            ids.extend(enc.ids)
-            ids.append(eos)
+            ids += [*enc.ids, self.eos_id]
         return torch.tensor(ids, dtype=torch.long)
 
     def decode(self, ids) -> str:
@@ -166,11 +154,9 @@ class BPETokenizer:
         return self.tokenizer.decode(_as_id_list(ids), skip_special_tokens=False)
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(directory / "tokenizer.json"))
-        with open(directory / "pillm_tokenizer.json", "w", encoding="utf-8") as f:
-            json.dump({"kind": self.kind}, f)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(Path(directory) / "tokenizer.json"))
+        (Path(directory) / "pillm_tokenizer.json").write_text(json.dumps({"kind": self.kind}), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "BPETokenizer":
@@ -188,8 +174,7 @@ def load_tokenizer(directory: str | os.PathLike) -> WordTokenizer | BPETokenizer
     path = directory / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"No tokenizer.json in {directory}.")
-    with open(path, encoding="utf-8") as f:
-        obj = json.load(f)
+    obj = json.loads(path.read_text(encoding="utf-8"))
     if obj.get("kind") == WordTokenizer.kind:
         return WordTokenizer(obj["itos"])
     marker = directory / "pillm_tokenizer.json"

@@ -23,23 +23,18 @@ hash* (notebook source without outputs, its registry parameters, the compute ver
 ``python -m pillm.experiments.rekey`` records the present keys in stored results whose computation
 did not change.
 
-Modules: ``files`` (where results live, atomic writes, hashes) · ``grid`` (run dicts, run keys, reuse,
-parallel execution of a grid) · ``summaries`` (choices on validation, headline summaries, finished runs
-loaded back) · ``notebook`` (display and plotting helpers) · ``registry`` (experiments.yaml, the settings
-of each experiment, staleness, notebooks executed with provenance, the ``pillm experiments`` command) ·
-``rekey`` (stored results declared current). Notebooks use the names below (``ex.run_grid``,
-``ex.experiment_settings``, ``ex.rounded``, ...).
+Modules: ``files`` (paths, atomic writes, hashes) · ``grid`` (run dicts, run keys, reuse, parallel
+execution) · ``summaries`` (choices on validation, headline summaries) · ``notebook`` (display and plots) ·
+``registry`` (experiments.yaml, staleness, notebooks executed with provenance, ``pillm experiments``) ·
+``rekey`` (stored results declared current). Notebooks use the names below (``ex.run_grid``, ...).
 """
 
 from ..run import write_json_atomic
-from .files import (
-    PACKAGE, REGISTRY, REPRODUCIBLE_CPU_ENV, experiment_dir, read_json, rel, root_dir, sha, write_csv_atomic,
-    write_text_atomic,
-)
+from .files import REPRODUCIBLE_CPU_ENV, experiment_dir, root_dir, write_csv_atomic, write_text_atomic
 from .grid import (
     FINISHED_ONLY, MATCH, PARTIAL, RUN_LOGS, expand, expected_cost, finished_only, make_adapt_run,
     make_first_layer_run, make_fixed_attention_run, make_lambda_path_run, make_run, partial_allowed, run_filter,
-    run_grid, run_key, run_spec, summarize, visible_gpus,
+    run_grid, run_key, run_spec, visible_gpus,
 )
 from .notebook import (
     barplot, curves, fit_complexity, heatmap, lambda_search, lineplot, mean_std, plot_curves, rounded, samples,
@@ -47,23 +42,21 @@ from .notebook import (
 )
 from .registry import (
     KERNEL, NOTEBOOK_PARAMETERS, add_arguments, check_kernel, experiment_settings, load_registry, main,
-    notebook_parameters, notebook_source_hash,
-    run_experiments, run_one, run_provenance, staleness_hash,
+    notebook_parameters, run_provenance, staleness_hash,
 )
 from .summaries import (
     LAMBDA_TUNED, choose_lambda, choose_on_validation, confirmation_runs, evaluate_checkpoint, gap_summary,
-    lambda_trials, load_model, load_result, run_dir, teacher_summary,
+    lambda_trials, load_result, run_dir, teacher_summary,
 )
 
 __all__ = [
-    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "NOTEBOOK_PARAMETERS", "PACKAGE", "PARTIAL", "REGISTRY",
-    "REPRODUCIBLE_CPU_ENV", "RUN_LOGS", "add_arguments", "barplot", "check_kernel", "choose_lambda",
-    "choose_on_validation", "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost",
-    "experiment_dir", "experiment_settings", "finished_only", "fit_complexity", "gap_summary", "heatmap",
-    "lambda_search", "lambda_trials", "lineplot", "load_model", "load_registry", "load_result", "main",
-    "make_adapt_run", "make_first_layer_run", "make_fixed_attention_run", "make_lambda_path_run", "make_run",
-    "mean_std", "notebook_parameters", "notebook_source_hash", "partial_allowed", "plot_curves", "read_json", "rel",
-    "root_dir", "rounded", "run_dir", "run_experiments", "run_filter", "run_grid", "run_key", "run_one",
-    "run_provenance", "run_spec", "samples", "setup_notebook", "sha", "solves", "staleness_hash", "summarize",
-    "summary_table", "teacher_summary", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
+    "FINISHED_ONLY", "KERNEL", "LAMBDA_TUNED", "MATCH", "NOTEBOOK_PARAMETERS", "PARTIAL", "REPRODUCIBLE_CPU_ENV",
+    "RUN_LOGS", "add_arguments", "barplot", "check_kernel", "choose_lambda", "choose_on_validation",
+    "confirmation_runs", "curves", "evaluate_checkpoint", "expand", "expected_cost", "experiment_dir",
+    "experiment_settings", "finished_only", "fit_complexity", "gap_summary", "heatmap", "lambda_search",
+    "lambda_trials", "lineplot", "load_registry", "load_result", "main", "make_adapt_run", "make_first_layer_run",
+    "make_fixed_attention_run", "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters",
+    "partial_allowed", "plot_curves", "root_dir", "rounded", "run_dir", "run_filter", "run_grid", "run_key",
+    "run_provenance", "run_spec", "samples", "setup_notebook", "solves", "staleness_hash", "summary_table",
+    "teacher_summary", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
 ]

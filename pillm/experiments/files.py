@@ -11,9 +11,7 @@ import pandas as pd
 
 from ..run import REPO, write_atomic
 
-PACKAGE = Path(__file__).resolve().parents[1]  # pillm/
-
-REGISTRY = PACKAGE / "experiments.yaml"
+REGISTRY = Path(__file__).resolve().parents[1] / "experiments.yaml"
 
 
 def read_json(path: Path):
@@ -56,8 +54,7 @@ def sha(*parts) -> str:
 
 
 #: Environment for executing the committed notebooks' smoke outputs (notebooks/_build.py) and for checking
-#: them (tests/test_notebooks.py): MKL's conditional-numerical-reproducibility branch COMPATIBLE and ATen's and
-#: oneDNN's AVX2 kernels, so that the float results do not depend on which x86 CPU computes them (MKL picks
-#: other code paths on other processors: the same smoke run gave test perplexities 28880.11, 28880.08 and, with
-#: these settings, 28880.05 on two machines). Set before the kernel starts: each library reads it once.
+#: them (tests/test_notebooks.py): MKL's COMPATIBLE reproducibility branch and ATen's and oneDNN's AVX2 kernels,
+#: so that the float results do not depend on which x86 CPU computes them (MKL picks other code paths on other
+#: processors). Set before the kernel starts: each library reads it once.
 REPRODUCIBLE_CPU_ENV = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

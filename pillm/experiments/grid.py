@@ -12,13 +12,14 @@ import os
 import re
 import shutil
 import sys
+import unittest.mock
 import warnings
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import pandas as pd
 
-from ..run import REPO, RunSpec, execute, write_json_atomic
+from ..run import RunSpec, execute, write_json_atomic
 from ..version import COMPUTE_VERSION
 from .files import experiment_dir, read_json, rel, sha, write_csv_atomic
 
@@ -70,10 +71,7 @@ def make_run(base: dict, name: str | None = None, labels: dict | None = None, **
             raise ValueError(f"base key {key!r} is not a RunSpec field (put it in 'model' or 'train')")
     for key, value in vary.items():
         where = _route(key)
-        if where == "spec":
-            run[key] = value
-        else:
-            run[where][key] = value
+        (run if where == "spec" else run[where])[key] = value
     run["vary"] = {**base.get("vary", {}), **(labels or {}), **vary}
     run["name"] = name or ",".join(f"{k}={_fmt(v)}" for k, v in vary.items()) or "run"
     return run
@@ -93,39 +91,27 @@ def _spec_module(kind: str):
 
 
 def run_spec(run: dict):
-    """The spec of a run dict: a :class:`RunSpec`, an ``AdaptSpec`` for ``{"adapt": {...}}``, a
-    ``FirstLayerSpec`` for ``{"first_layer": {...}}``, a ``LambdaPathSpec`` for ``{"lambda_path": {...}}`` or a
-    ``FixedAttentionSpec`` for ``{"fixed_attention": {...}}``."""
+    """The spec of a run dict: a :class:`RunSpec`, or for a study's run (``{"adapt": {...}}``, …) the spec
+    class that :data:`_OTHER_SPECS` names."""
     for kind, (_, cls) in _OTHER_SPECS.items():
         if kind in run:
             return getattr(_spec_module(kind), cls)(**run[kind])
     return RunSpec(**{k: v for k, v in run.items() if k in _SPEC_FIELDS})
 
 
-def _other_run(kind: str, name: str, labels: dict | None, fields: dict) -> dict:
+def _other_run(kind: str, name: str, labels: dict | None = None, **fields) -> dict:
+    """A run dict of a study (``kind`` in :data:`_OTHER_SPECS`): ``fields`` of its spec, ``labels`` as
+    extra summary columns."""
     run = {"name": name, kind: fields, "vary": dict(labels or {})}
     run_spec(run)  # validate now, not in a worker
     return run
 
 
-def make_adapt_run(name: str, labels: dict | None = None, **adapt) -> dict:
-    """A run dict for :func:`pillm.studies.adapt.execute` (``AdaptSpec`` fields in ``adapt``)."""
-    return _other_run("adapt", name, labels, adapt)
-
-
-def make_first_layer_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.studies.firstlayer.execute` (``FirstLayerSpec`` fields)."""
-    return _other_run("first_layer", name, labels, fields)
-
-
-def make_lambda_path_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.studies.lampath.execute` (``LambdaPathSpec`` fields)."""
-    return _other_run("lambda_path", name, labels, fields)
-
-
-def make_fixed_attention_run(name: str, labels: dict | None = None, **fields) -> dict:
-    """A run dict for :func:`pillm.studies.fixedattn.execute` (``FixedAttentionSpec`` fields)."""
-    return _other_run("fixed_attention", name, labels, fields)
+#: ``make_adapt_run(name, labels=None, **AdaptSpec fields)``, and the same for the other studies.
+make_adapt_run = functools.partial(_other_run, "adapt")
+make_first_layer_run = functools.partial(_other_run, "first_layer")
+make_lambda_path_run = functools.partial(_other_run, "lambda_path")
+make_fixed_attention_run = functools.partial(_other_run, "fixed_attention")
 
 
 def _kind_of(spec) -> str:
@@ -195,8 +181,7 @@ def _teacher_identity(checkpoint) -> dict:
     path = Path(checkpoint).resolve()
     if (path / "checkpoint").is_dir():  # given the run directory, as pillm.run.load accepts
         path = path / "checkpoint"
-    meta = read_json(path.parent / "run.json") or {}
-    return {"path": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path), "key": meta.get("key")}
+    return {"path": rel(path), "key": (read_json(path.parent / "run.json") or {}).get("key")}
 
 
 def _finished_runs(profile_dir: Path) -> dict[str, tuple[Path, dict]]:
@@ -290,22 +275,6 @@ def _execute_run(experiment: str, run: dict, rdir: Path, key: str, progress: boo
 RUN_LOGS = "logs"
 
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    """Set environment variables for the block (the runs read them), then restore them: a later grid in the
-    same kernel must not record this one's concurrent runs."""
-    previous = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _execute_logged(experiment: str, run: dict, rdir: Path, key: str, log: Path) -> dict:
     """:func:`_execute_run` in a worker process, its output (progress bars included) written to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -327,14 +296,6 @@ def _worker_init(counter, gpus: list[str]) -> None:
         counter.value += 1
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-
-
-def _parallel_jobs() -> int:
-    """Concurrent runs: ``PILLM_JOBS`` (default 1). Small models leave a GPU mostly idle, so
-    several runs per GPU raise throughput; each run is still timed on its own (shared GPU: the
-    timings of concurrent runs are slower than alone, which ``result.json`` records as
-    ``environment.concurrent_runs``)."""
-    return max(1, int(os.environ.get("PILLM_JOBS", "1")))
 
 
 #: Set to 1 (``pillm experiments --finished-only``) to summarize only the runs that have finished and
@@ -434,9 +395,12 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         keep = _finished_subset(experiment, runs, missing, partial)
         pending = [keep.index(i) for i in pending]
         runs, dirs, keys, specs, results = ([xs[i] for i in keep] for xs in (runs, dirs, keys, specs, results))
-    jobs = min(_parallel_jobs(), len(pending))
+    # Concurrent runs, PILLM_JOBS (default 1): small models leave a GPU mostly idle, so several runs per GPU raise
+    # throughput. Each run is still timed on its own; result.json records environment.concurrent_runs.
+    jobs = min(max(1, int(os.environ.get("PILLM_JOBS", "1"))), len(pending))
     # PILLM_OTHER_RUNS: runs that other processes execute on the same machine at the same time
-    # (tools/device_experiments.sh runs several grids at once); recorded with each run either way.
+    # (tools/device_experiments.sh runs several grids at once); recorded with each run either way, through an
+    # environment set for this grid only (patch.dict restores it: a later grid in the kernel records its own).
     others = int(os.environ.get("PILLM_OTHER_RUNS", "0"))
     if jobs > 1:
         import multiprocessing as mp
@@ -450,7 +414,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         # in a worker's environment from the start; a bar update every few seconds keeps the run logs small.
         worker_env = {"PILLM_CONCURRENT_RUNS": str(jobs + others),
                       "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5")}
-        with _environ(worker_env):
+        with unittest.mock.patch.dict(os.environ, worker_env):
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                      initargs=(counter, visible_gpus(torch.cuda.device_count()))) as pool:
                 # Longest first, so that a time-limited call is not left waiting for one slow run
@@ -467,7 +431,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
     else:
-        with _environ({"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time, beside the other processes' runs
+        with unittest.mock.patch.dict(os.environ, {"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time
             for n, i in enumerate(pending, 1):
                 if progress:
                     print(f"[{experiment}] run {n}/{len(pending)}: {runs[i]['name']}", flush=True)

@@ -24,20 +24,16 @@ def mean_std(df: pd.DataFrame, by, cols) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _records(experiment: str, df: pd.DataFrame, profile: str, results_root, field: str):
+    """``(run columns, record)`` for every record in ``result[field]`` of every run in ``df``."""
+    for rec in df[run_columns(df)].to_dict("records"):
+        for r in load_result(experiment, rec["name"], profile, results_root).get(field, []):
+            yield rec, r
+
+
 def curves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """Validation curves (``result['curve']``) of every run in ``df``, tidy, with ``df``'s columns."""
-    rows = []
-    for rec in df[run_columns(df)].to_dict("records"):
-        for point in load_result(experiment, rec["name"], profile, results_root)["curve"]:
-            rows.append(rec | point)
-    return pd.DataFrame(rows)
-
-
-def _run_solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None):
-    """``(run columns, solve record)`` for every per-layer solve of every run in ``df``."""
-    for rec in df[run_columns(df)].to_dict("records"):
-        for s in load_result(experiment, rec["name"], profile, results_root)["solves"]:
-            yield rec, s
+    return pd.DataFrame([rec | point for rec, point in _records(experiment, df, profile, results_root, "curve")])
 
 
 def solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
@@ -45,14 +41,14 @@ def solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -
     keep = ("phase", "layer", "sweep", "solver", "fallback", "reason", "cond", "r2", "lam", "lam_abs", "lam_at_edge",
             "eta", "eta_at_edge", "tokens", "n_features", "seconds", "seconds_total")
     return pd.DataFrame([rec | {k: s.get(k) for k in keep if k in s}
-                         for rec, s in _run_solves(experiment, df, profile, results_root)])
+                         for rec, s in _records(experiment, df, profile, results_root, "solves")])
 
 
 def lambda_search(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """The λ path of every layer of the λ-path runs in ``df`` (pillm.studies.lampath): for each λ of the grid, the
     lowest validation-search loss over η, and whether the layer kept that λ."""
     rows = []
-    for rec, s in _run_solves(experiment, df, profile, results_root):
+    for rec, s in _records(experiment, df, profile, results_root, "solves"):
         for lam in dict.fromkeys(r["lam"] for r in s.get("search", []) if "lam" in r):
             loss = min(r["valid_loss"] for r in s["search"] if r["lam"] == lam)
             rows.append(rec | {"layer": s["layer"], "lam": lam, "search_loss": loss, "chosen": lam == s["lam"]})
@@ -102,11 +98,8 @@ def fit_complexity(df: pd.DataFrame, n: str = "tokens", d: str = "n_features", s
 
 def samples(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """Generation samples (``RunSpec(samples=…)``) of every run in ``df``, one row per prompt × seed."""
-    rows = []
-    for rec in df[run_columns(df)].to_dict("records"):
-        for s in load_result(experiment, rec["name"], profile, results_root).get("samples", []):
-            rows.append(rec | {"sample_" + k if k in rec else k: v for k, v in s.items()})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([rec | {"sample_" + k if k in rec else k: v for k, v in s.items()}
+                         for rec, s in _records(experiment, df, profile, results_root, "samples")])
 
 
 def setup_notebook(threads: int | None = None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -28,12 +27,9 @@ def load_registry(path=None) -> dict:
     """``{name: {"notebook": Path, "parameters": {profile: dict}, ...}}`` from ``experiments.yaml``."""
     import yaml
 
-    path = Path(path or REGISTRY)
-    doc = yaml.safe_load(path.read_text())
-    exps = doc.get("experiments") or {}
-    for name, entry in exps.items():
-        nb = Path(entry["notebook"])
-        entry["notebook"] = nb if nb.is_absolute() else REPO / nb
+    exps = yaml.safe_load(Path(path or REGISTRY).read_text()).get("experiments") or {}
+    for entry in exps.values():
+        entry["notebook"] = REPO / entry["notebook"]  # an absolute path stays as it is
         entry.setdefault("parameters", {})
     return exps
 
@@ -87,8 +83,7 @@ def _entry(registry: dict, name: str, profile: str) -> tuple[dict, dict]:
     if profile not in entry["parameters"]:
         raise SystemExit(f"experiment {name!r} has no parameters for profile {profile!r} "
                          f"(has: {', '.join(entry['parameters'])})")
-    params = dict(entry["parameters"][profile] or {})
-    return entry, params
+    return entry, dict(entry["parameters"][profile] or {})
 
 
 def run_one(name: str, profile: str, results_root=None, *, force: bool = False, registry=None) -> int:
@@ -103,8 +98,7 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     root = root_dir(results_root)
     entry, params = _entry(load_registry(registry), name, profile)
     notebook = Path(entry["notebook"])
-    declared = notebook_parameters(notebook)
-    missing = sorted(set(NOTEBOOK_PARAMETERS) - set(declared))
+    missing = sorted(set(NOTEBOOK_PARAMETERS) - set(notebook_parameters(notebook)))
     if missing:
         print(f"{name}: {notebook.name}'s parameters cell lacks {missing} (it reads its settings from the "
               f"registry with ex.experiment_settings(EXPERIMENT, profile, registry))", file=sys.stderr)
@@ -153,13 +147,10 @@ def run_one(name: str, profile: str, results_root=None, *, force: bool = False, 
     env = environment()  # runs git twice: once is enough
     partial = next(filter(None, map(read_json, sorted(exp_dir.glob(f"*{PARTIAL}")))), None)
     write_json_atomic(exp_dir / "provenance.json", {
-        "experiment": name, "profile": profile, "hash": digest,
-        "notebook": rel(notebook), "executed_notebook": out_nb.name,
-        "parameters": params, "registry": injected["registry"],
-        "git_commit": env.get("git_commit"), "environment": env,
-        "runs": run_provenance(exp_dir), "wall_s": wall, "started": started, "finished": utc_now(),
-        "partial": partial,
-    })
+        "experiment": name, "profile": profile, "hash": digest, "notebook": rel(notebook),
+        "executed_notebook": out_nb.name, "parameters": params, "registry": injected["registry"],
+        "git_commit": env.get("git_commit"), "environment": env, "runs": run_provenance(exp_dir), "wall_s": wall,
+        "started": started, "finished": utc_now(), "partial": partial})
     if partial:  # a summary of some runs: the experiment still has to run
         print(f"{name}: partial, {partial['finished']} of {partial['runs']} runs summarized", file=sys.stderr)
         return 0
@@ -206,10 +197,8 @@ def _source_cell_index(executed, index: int | None) -> int | None:
 def _export_html(executed) -> None:
     from nbconvert import HTMLExporter
 
-    executed = Path(executed)
-    if executed.exists():
-        body, _ = HTMLExporter().from_filename(str(executed))
-        write_text_atomic(executed.with_suffix(".html"), body)
+    if Path(executed).exists():
+        write_text_atomic(Path(executed).with_suffix(".html"), HTMLExporter().from_filename(str(executed))[0])
 
 
 def run_experiments(profile: str, only=None, force: bool = False, results_root=None, registry=None,
@@ -251,10 +240,8 @@ def run_experiments(profile: str, only=None, force: bool = False, results_root=N
             print(f"[{i}/{len(names)}] {name}: done in {took:.1f} s", flush=True)
             ran.append(name)
         else:
-            info = experiment_dir(name, profile, root) / "failed.json"
-            why = ""
-            if info.exists():
-                e = json.loads(info.read_text())
+            e, why = read_json(experiment_dir(name, profile, root) / "failed.json"), ""
+            if e:
                 cell = "" if e["cell_index"] is None else f"cell {e['cell_index']} raised "
                 why = f": {cell}{e['ename']}: {e['evalue']} (see {e['notebook']})"
             print(f"[{i}/{len(names)}] {name}: FAILED after {took:.1f} s (exit {rc}){why}", flush=True)

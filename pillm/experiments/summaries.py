@@ -168,13 +168,6 @@ def load_result(experiment: str, name: str, profile: str, results_root=None) -> 
     return json.loads((run_dir(experiment, name, profile, results_root) / "result.json").read_text())
 
 
-def load_model(experiment: str, name: str, profile: str, results_root=None, device: str = "auto"):
-    """``(model, tokenizer)`` of a run that kept its checkpoint (``save_checkpoint=True``)."""
-    from ..train import resolve_device
-
-    return load(run_dir(experiment, name, profile, results_root), device=str(resolve_device(device)))
-
-
 def evaluate_checkpoint(experiment: str, name: str, profile: str, results_root=None, *, split: str = "test",
                         stride: int | None = None, max_tokens: int | None = None, batch_size: int = 32,
                         device: str = "auto") -> dict:
@@ -183,9 +176,10 @@ def evaluate_checkpoint(experiment: str, name: str, profile: str, results_root=N
     ``stride = s`` every scored token sees at least ``T − s`` tokens of context."""
     from ..data import load_tokenized
     from ..evaluate import evaluate_stream
+    from ..train import resolve_device
 
     result = load_result(experiment, name, profile, results_root)
-    model, _ = load_model(experiment, name, profile, results_root, device)
+    model, _ = load(run_dir(experiment, name, profile, results_root), device=str(resolve_device(device)))
     corpus = load_tokenized(result["dataset"], result["spec"].get("tokenizer", "auto"))
     ids = getattr(corpus, split).to(next(model.parameters()).device)
     r = evaluate_stream(model, ids, batch_size=batch_size, stride=stride, max_tokens=max_tokens)
