@@ -13,6 +13,7 @@ from typing import Callable
 
 from .. import stats
 from .config import BENCH, BEST_HYBRID, BEST_PURE, ReportError
+from .numbers import compute_version
 from .results import NotRun, Results, series
 
 
@@ -83,6 +84,17 @@ def _sweeps_exceed_baseline(res):
     r = float(d.get("hybrid_sweeps_over_baseline_train_min", d.get("hybrid_sweeps_over_baseline_train", float(
         h.get("pil_seconds", "nan")) / float(h.get("baseline_train_seconds", "nan")))))
     return r > 1, f"the hybrid's sweeps over the baseline's training: {r:.2f}"
+
+
+def _adamw_as_attn_only(res):
+    """The hybrid's AdamW phase costs within a quarter of attention only's training (median over repeats)."""
+    r = float(res.json(BENCH)["hybrid_adamw_over_attn_only"])
+    return abs(r - 1) < 0.25, f"the hybrid's AdamW phase over attention only's training: {r:.2f}"
+
+
+def _bench_newer(res):
+    bench, runs = compute_version(res, BENCH)[0], compute_version(res, "benchmark/provenance.json")[0]
+    return bench > runs, f"benchmark compute version {bench}, main-table runs {runs}"
 
 
 def _two_gpu_faster(res):
@@ -184,6 +196,9 @@ CLAIMS = (
     Claim("hybrid-slower", "the best hybrid takes longer to train than the baseline on the GPU", _hybrid_slower_on_gpu),
     Claim("sweeps-exceed-baseline", "the best hybrid's closed-form sweeps alone take longer than the baseline's "
           "training", _sweeps_exceed_baseline),
+    Claim("adamw-as-attn-only", "the best hybrid's AdamW phase costs about what attention only's training costs",
+          _adamw_as_attn_only),
+    Claim("bench-newer", "the benchmark ran a newer compute version than the main table's runs", _bench_newer),
     Claim("baseline-ahead", "at every moment of training the baseline has the lowest validation perplexity",
           _baseline_ahead),
     Claim("teacher-width", "with teacher targets, test perplexity falls at every doubling of width",

@@ -25,7 +25,7 @@ METHOD_TEX = {"baseline": "Baseline (MLP FFN)", "attn_only": "Attention only", "
 #: hybrids, and among its pure-PIL variants); the claim ``best-hybrid-selected`` checks them.
 BEST_HYBRID = "attn_then_pil+global+iter4"
 #: The single-GPU benchmark the text quotes (``pillm bench``; medians over repeats where it has several).
-BENCH = "bench/nvidia-h200.json"
+BENCH = "bench/nvidia-h100-80gb-hbm3.json"
 BEST_PURE = "pil_pure+ppmi"
 
 

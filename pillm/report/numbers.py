@@ -159,7 +159,15 @@ def compute(res: Results) -> Numbers:
           "hybrid_sweeps_over_baseline_train: the hybrid's closed-form sweeps over the baseline's training")
     n.add("GPUPILPhaseOverBaseline", bench("pil_phase_over_baseline_train"), "x",
           "pil_phase_over_baseline_train: one closed-form sweep over the baseline's training")
+    n.add("GPUAttnOnlyOverBaseline", bench("attn_only_over_baseline_train"), "x",
+          "attn_only_over_baseline_train: attention only's training over the baseline's")
+    for end in ("Min", "Max"):
+        n.add(f"GPUHybridOverBaseline{end}", bench(f"hybrid_over_baseline_train_{end.lower()}"), "x",
+              f"hybrid_over_baseline_train_{end.lower()}: over the repeats")
+    n.add("BenchRepeats", lambda: (len(res.json(BENCH)["repeats"]), BENCH), "int", "repeats in the benchmark")
     n.add("ComputeVersionBench", lambda: compute_version(res, BENCH), "int", "compute_version recorded in the file")
+    n.add("ComputeVersionResults", lambda: compute_version(res, "benchmark/provenance.json"), "int",
+          "compute_version of the main table's runs")
     n.add("TwoGPUSpeedup", n.json("bench/nvidia-h200-2gpu.json", "pil_phase_speedup_2gpu"), "x",
           "closed-form phase, 1 GPU seconds over 2 GPU seconds")
     n.add("ComplexityRsq", n.csv("complexity/fit.csv", "r2"), "x",
