@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from .. import stats
 from .config import BENCH, BEST_HYBRID
-from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
+from .results import FIT_RUNS, SERIES, NotRun, Results, bench_ratio, layer_r2, mean, series
+
+NOT_RUN = r"\textit{not run}"
 
 
 @dataclass
@@ -21,25 +23,19 @@ class Number:
     value: float | None = None
 
 
+_FORMATS = {"ppl": lambda x: f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}", "x": lambda x: f"{x:.2f}",
+            "pct": lambda x: f"{x:.0f}", "acc": lambda x: f"{100 * x:.2f}", "int": lambda x: f"{int(round(x)):,}"}
+
+
 def fmt(x: float, kind: str) -> str:
     """TeX for a number: ``ppl`` (one decimal; thousands grouped, no decimal), ``x`` (two decimals),
     ``pct`` (whole percent), ``int`` (grouped), ``acc`` (percent, two decimals)."""
-    if kind == "ppl":
-        s = f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}"
-    elif kind == "x":
-        s = f"{x:.2f}"
-    elif kind == "pct":
-        s = f"{x:.0f}"
-    elif kind == "acc":
-        s = f"{100 * x:.2f}"
-    elif kind == "int":
-        s = f"{int(round(x)):,}"
-    elif kind == "sci":
+    if kind == "sci":
         m, e = f"{x:.0e}".split("e")
         return rf"$10^{{{int(e)}}}$" if m == "1" else rf"${m}\times10^{{{int(e)}}}$"
-    else:
+    if kind not in _FORMATS:
         raise ValueError(f"kind={kind!r}: use ppl, x, pct, acc, int or sci")
-    s = s.replace(",", r"\,")
+    s = _FORMATS[kind](x).replace(",", r"\,")
     return f"${s}$" if s.startswith("-") else s
 
 
@@ -62,15 +58,14 @@ class Numbers:
         try:
             value, source = get()
         except NotRun as e:
-            self.defs[name] = Number(name, r"\textit{not run}", str(e), note)
+            self.defs[name] = Number(name, NOT_RUN, str(e), note)
             return
         text = value if isinstance(value, str) else fmt(value, kind)
         self.defs[name] = Number(name, text, source, note, value if not isinstance(value, str) else None)
 
     # getters -----------------------------------------------------------------------------------------
     def mean(self, name: str):
-        rel, metric, where = SERIES[name]
-        return lambda: (statistics.fmean(series(self.res, name).values()), rel)
+        return lambda: (mean(self.res, name), SERIES[name][0])
 
     def diff(self, a: str, b: str):
         """The paired difference ``a − b`` with its interval, as text."""
@@ -79,7 +74,7 @@ class Numbers:
 
     def share(self, name: str):
         def get():
-            m = {k: statistics.fmean(series(self.res, k).values()) for k in ("attn_only", "baseline", name)}
+            m = {k: mean(self.res, k) for k in ("attn_only", "baseline", name)}
             return stats.log_gap_share(m["attn_only"], m["baseline"], m[name]), SERIES[name][0]
         return get
 
@@ -116,16 +111,15 @@ def compute(res: Results) -> Numbers:
                        ("teacher_8", "teacher_4", "DiffTeacherEightFour"),
                        ("teacher_16", "teacher_8", "DiffTeacherSixteenEight"),
                        ("teacher_16", "rf_adamw", "DiffTeacherRF"), ("teacher_8", "hybrid", "DiffTeacherHybrid"),
-                       ("linear_16", "linear_4", "DiffLinear"), ("teacher_16", "teacher_4", "DiffTeacherWide"), ("hybrid_global", "attn_then_pil", "DiffGlobalLocal"),
+                       ("linear_16", "linear_4", "DiffLinear"), ("teacher_16", "teacher_4", "DiffTeacherWide"),
+                       ("hybrid_global", "attn_then_pil", "DiffGlobalLocal"),
                        ("hybrid", "hybrid_global", "DiffSweeps"), ("bipil", "single_wide", "DiffBiPIL"),
                        ("lam_high", "lam_low", "DiffLam"), ("exp_8", "exp_1", "DiffExp"),
                        ("medium_hybrid", "medium_attn_only", "DiffMedium"),
                        ("large_hybrid", "large_attn_only", "DiffLarge")):
         n.add(name, n.diff(a, b), note=f"paired difference {a} - {b} by seed, mean [95% paired-t interval]")
 
-    def ratio():
-        r, lo, hi = stats.ratio_ci(series(res, "hybrid"), series(res, "baseline"))
-        return r, SERIES["hybrid"][0]
+    ratio = lambda: (stats.ratio_ci(series(res, "hybrid"), series(res, "baseline"))[0], SERIES["hybrid"][0])
     n.add("HybridRatio", ratio, "x", "geometric mean over seeds of test_ppl(hybrid)/test_ppl(baseline)")
     n.add("HybridShare", n.share("hybrid"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
     n.add("RFShare", n.share("rf_adamw"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
@@ -142,20 +136,14 @@ def compute(res: Results) -> Numbers:
     n.add("LambadaMaxAcc", n.csv("lambada/summary.csv", "lambada_acc", agg=max), "acc",
           "largest LAMBADA accuracy of any run, percent")
 
-    def bench(key: str, fallback=None):
-        """A headline ratio of the benchmark (the median where it holds several repeats)."""
-        def get():
-            d = res.json(BENCH)
-            return (float(d[key]) if key in d else fallback(d)), BENCH
-        return get
+    def bench(key: str):
+        return lambda: (bench_ratio(res, key), BENCH)
 
     n.add("GPUHybridOverBaseline", bench("hybrid_over_baseline_train"), "x",
           f"hybrid_over_baseline_train: GPU training time of {BEST_HYBRID} over the baseline's (median of repeats)")
-    n.add("GPUAdamWOverBaseline", bench("hybrid_adamw_over_baseline_train", lambda d: float(
-        d["hybrid"]["adamw_seconds"]) / float(d["hybrid"]["baseline_train_seconds"])), "x",
+    n.add("GPUAdamWOverBaseline", bench("hybrid_adamw_over_baseline_train"), "x",
           "hybrid_adamw_over_baseline_train: the hybrid's AdamW phase alone over the baseline's training")
-    n.add("GPUSweepsOverBaseline", bench("hybrid_sweeps_over_baseline_train", lambda d: float(
-        d["hybrid"]["pil_seconds"]) / float(d["hybrid"]["baseline_train_seconds"])), "x",
+    n.add("GPUSweepsOverBaseline", bench("hybrid_sweeps_over_baseline_train"), "x",
           "hybrid_sweeps_over_baseline_train: the hybrid's closed-form sweeps over the baseline's training")
     n.add("GPUPILPhaseOverBaseline", bench("pil_phase_over_baseline_train"), "x",
           "pil_phase_over_baseline_train: one closed-form sweep over the baseline's training")
@@ -173,7 +161,6 @@ def compute(res: Results) -> Numbers:
         n.add(name, get, "x", f"mean over layers and seeds of the last solve's r2 in result.json solves ({key})")
     n.add("Seeds", lambda: (len(series(res, "baseline")), SERIES["baseline"][0]), "int", "seeds per configuration")
     return n
-
 
 
 def compute_version(res: Results, rel: str) -> tuple[int, str]:
