@@ -113,7 +113,8 @@ def tex_available() -> bool:
 def _require_tex() -> None:
     if not tex_available():
         raise ReportError("latexmk/pdflatex not found. Install TeX with `make tex` (Debian: apt-get install "
-                          "--no-install-recommends texlive-latex-extra texlive-fonts-recommended texlive-science latexmk)")
+                          "--no-install-recommends texlive-latex-extra texlive-fonts-recommended texlive-science "
+                          "latexmk)")
 
 
 def stage(dirs: Dirs) -> Path:
@@ -213,21 +214,16 @@ def _used_inputs(dirs: Dirs) -> list[Path]:
     fls = dirs.build / "main.fls"
     if not fls.exists():
         raise ReportError(f"{fls} not found: build the paper first (pillm paper)")
-    src, used, pwd = dirs.src.resolve(), set(), dirs.src.resolve()
+    src, build, used = dirs.src.resolve(), dirs.build.resolve(), set()
+    pwd = src
     for line in fls.read_text(errors="replace").splitlines():
         if line.startswith("PWD "):
             pwd = Path(line[4:].strip())
         elif line.startswith("INPUT "):
-            p = Path(line[6:].strip())
-            p = (pwd / p if not p.is_absolute() else p).resolve()
-            for base in (src, dirs.build.resolve()):
-                try:
-                    r = p.relative_to(base)
-                except ValueError:
-                    continue
-                if (src / r).is_file() and r.suffix in (".tex", ".pdf", ".png", ".jpg"):
-                    used.add(r)
-                    break
+            p = (pwd / line[6:].strip()).resolve()  # an absolute path stays itself
+            r = next((p.relative_to(base) for base in (src, build) if p.is_relative_to(base)), None)
+            if r is not None and r.suffix in (".tex", ".pdf", ".png", ".jpg") and (src / r).is_file():
+                used.add(r)
     return sorted(used)
 
 

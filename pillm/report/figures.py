@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BEST_HYBRID, METHOD_TEX
+from .config import METHOD_TEX
 from .files import write_if_changed
 from .results import SERIES, NotRun, Results, mean, series
 from .tables import interval
@@ -42,23 +42,15 @@ def _save(fig) -> bytes:
 
 def capacity(res: Results):
     fig, ax = _axes((4.2, 2.8))
-    feats = lambda rel, **w: float(res.rows(rel, **w)["n_features"].iloc[0])
-    for keys, rel, col, label, style in (
-            (("teacher_4", "teacher_8", "teacher_16"), "teacher/summary.csv", "variant", "teacher targets", "o-"),
-            (("linear_4", "linear_16"), "first_layer/summary.csv", None, "linearised (local) targets", "s--")):
-        xs, ys, es = [], [], []
-        for k in keys:
-            m, h = interval(series(res, k).values())
-            xs.append(feats(SERIES[k][0], **SERIES[k][2]))
-            ys.append(m)
-            es.append(h)
-        ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=2, label=label)
+    features = lambda k: float(res.rows(SERIES[k][0], **SERIES[k][2])["n_features"].iloc[0])
+    for keys, label, style in ((("teacher_4", "teacher_8", "teacher_16"), "teacher targets", "o-"),
+                               (("linear_4", "linear_16"), "linearised (local) targets", "s--")):
+        ys, es = zip(*(interval(series(res, k).values()) for k in keys))
+        ax.errorbar([features(k) for k in keys], list(ys), yerr=list(es), fmt=style, capsize=2, label=label)
     m, h = interval(series(res, "hybrid").values())
-    ax.errorbar([float(res.rows("gap/summary.csv", variant=BEST_HYBRID)["n_features"].iloc[0])],
-                [m], yerr=[h], fmt="D", color="C3", capsize=2, label="global targets, 4 sweeps")
+    ax.errorbar([features("hybrid")], [m], yerr=[h], fmt="D", color="C3", capsize=2, label="global targets, 4 sweeps")
     for key, ls, color in (("attn_only", ":", "0.5"), ("rf_adamw", "-.", "C2"), ("baseline", "-", "k")):
-        ax.axhline(mean(res, key), ls=ls, color=color, lw=1,
-                   label=METHOD_TEX[key].replace(" (MLP FFN)", ""))
+        ax.axhline(mean(res, key), ls=ls, color=color, lw=1, label=METHOD_TEX[key].replace(" (MLP FFN)", ""))
     ax.set_xscale("log", base=2)
     ticks = [1024, 2048, 4096, 8192]
     ax.set_xticks(ticks, [f"{t:,}" for t in ticks])

@@ -78,45 +78,38 @@ class Numbers:
             return stats.log_gap_share(m["attn_only"], m["baseline"], m[name]), SERIES[name][0]
         return get
 
-    def json(self, rel: str, *keys, scale: float = 1.0):
-        def get():
-            d = self.res.json(rel)
-            for k in keys:
-                d = d[k]
-            return float(d) * scale, rel
-        return get
-
     def csv(self, rel: str, metric: str, agg=statistics.fmean, **where):
         return lambda: (agg(self.res.rows(rel, **where)[metric].astype(float).tolist()), rel)
 
 
+#: The macros of a series' mean over seeds: (series, macro).
+MEANS = (("baseline", "BaselinePPL"), ("attn_only", "AttnOnlyPPL"), ("lora", "LoraPPL"), ("rf_adamw", "RFAdamWPPL"),
+         ("pil_pure", "PurePILPPL"), ("pil_then_attn", "PilThenAttnPPL"), ("attn_then_pil", "AttnThenPilPPL"),
+         ("alternating", "AlternatingPPL"), ("hybrid", "HybridPPL"), ("hybrid_global", "GlobalPPL"),
+         ("pure_best", "PureBestPPL"), ("teacher", "TeacherPPL"), ("teacher_4", "TeacherFourPPL"),
+         ("teacher_8", "TeacherEightPPL"), ("teacher_16", "TeacherSixteenPPL"), ("linear_4", "LinearFourPPL"),
+         ("linear_16", "LinearSixteenPPL"), ("bipil", "BiPILPPL"), ("single_same", "SingleSamePPL"),
+         ("single_wide", "SingleWidePPL"), ("lam_low", "LamLowPPL"), ("lam_high", "LamHighPPL"), ("exp_1", "ExpOnePPL"),
+         ("exp_8", "ExpEightPPL"), ("medium_attn_only", "MediumAttnOnlyPPL"), ("medium_hybrid", "MediumHybridPPL"),
+         ("large_attn_only", "LargeAttnOnlyPPL"), ("large_hybrid", "LargeHybridPPL"))
+#: The macros of a paired difference by seed: (a, b, macro) for a − b.
+DIFFS = (("hybrid", "baseline", "DiffHybridBaseline"), ("hybrid", "attn_only", "DiffHybridAttnOnly"),
+         ("attn_then_pil", "attn_only", "DiffDefaultAttnOnly"), ("rf_adamw", "hybrid", "DiffRFHybrid"),
+         ("lora", "hybrid", "DiffLoraHybrid"), ("teacher_8", "teacher_4", "DiffTeacherEightFour"),
+         ("teacher_16", "teacher_8", "DiffTeacherSixteenEight"), ("teacher_16", "rf_adamw", "DiffTeacherRF"),
+         ("teacher_8", "hybrid", "DiffTeacherHybrid"), ("linear_16", "linear_4", "DiffLinear"),
+         ("teacher_16", "teacher_4", "DiffTeacherWide"), ("hybrid_global", "attn_then_pil", "DiffGlobalLocal"),
+         ("hybrid", "hybrid_global", "DiffSweeps"), ("bipil", "single_wide", "DiffBiPIL"),
+         ("lam_high", "lam_low", "DiffLam"), ("exp_8", "exp_1", "DiffExp"),
+         ("medium_hybrid", "medium_attn_only", "DiffMedium"), ("large_hybrid", "large_attn_only", "DiffLarge"))
+
+
 def compute(res: Results) -> Numbers:
     n = Numbers(res)
-    for key, name in (("baseline", "BaselinePPL"), ("attn_only", "AttnOnlyPPL"), ("lora", "LoraPPL"),
-                      ("rf_adamw", "RFAdamWPPL"), ("pil_pure", "PurePILPPL"), ("pil_then_attn", "PilThenAttnPPL"),
-                      ("attn_then_pil", "AttnThenPilPPL"), ("alternating", "AlternatingPPL"),
-                      ("hybrid", "HybridPPL"), ("hybrid_global", "GlobalPPL"), ("pure_best", "PureBestPPL"),
-                      ("teacher", "TeacherPPL"), ("teacher_4", "TeacherFourPPL"), ("teacher_8", "TeacherEightPPL"),
-                      ("teacher_16", "TeacherSixteenPPL"), ("linear_4", "LinearFourPPL"),
-                      ("linear_16", "LinearSixteenPPL"), ("bipil", "BiPILPPL"), ("single_same", "SingleSamePPL"),
-                      ("single_wide", "SingleWidePPL"), ("lam_low", "LamLowPPL"), ("lam_high", "LamHighPPL"),
-                      ("exp_1", "ExpOnePPL"), ("exp_8", "ExpEightPPL"),
-                      ("medium_attn_only", "MediumAttnOnlyPPL"), ("medium_hybrid", "MediumHybridPPL"),
-                      ("large_attn_only", "LargeAttnOnlyPPL"), ("large_hybrid", "LargeHybridPPL")):
+    for key, name in MEANS:
         where = ", ".join(f"{k}={v}" for k, v in SERIES[key][2].items()) or "all rows"
         n.add(name, n.mean(key), note=f"mean test_ppl over seeds, rows {where}")
-    for a, b, name in (("hybrid", "baseline", "DiffHybridBaseline"), ("hybrid", "attn_only", "DiffHybridAttnOnly"),
-                       ("attn_then_pil", "attn_only", "DiffDefaultAttnOnly"),
-                       ("rf_adamw", "hybrid", "DiffRFHybrid"), ("lora", "hybrid", "DiffLoraHybrid"),
-                       ("teacher_8", "teacher_4", "DiffTeacherEightFour"),
-                       ("teacher_16", "teacher_8", "DiffTeacherSixteenEight"),
-                       ("teacher_16", "rf_adamw", "DiffTeacherRF"), ("teacher_8", "hybrid", "DiffTeacherHybrid"),
-                       ("linear_16", "linear_4", "DiffLinear"), ("teacher_16", "teacher_4", "DiffTeacherWide"),
-                       ("hybrid_global", "attn_then_pil", "DiffGlobalLocal"),
-                       ("hybrid", "hybrid_global", "DiffSweeps"), ("bipil", "single_wide", "DiffBiPIL"),
-                       ("lam_high", "lam_low", "DiffLam"), ("exp_8", "exp_1", "DiffExp"),
-                       ("medium_hybrid", "medium_attn_only", "DiffMedium"),
-                       ("large_hybrid", "large_attn_only", "DiffLarge")):
+    for a, b, name in DIFFS:
         n.add(name, n.diff(a, b), note=f"paired difference {a} - {b} by seed, mean [95% paired-t interval]")
 
     ratio = lambda: (stats.ratio_ci(series(res, "hybrid"), series(res, "baseline"))[0], SERIES["hybrid"][0])
@@ -148,11 +141,12 @@ def compute(res: Results) -> Numbers:
     n.add("GPUPILPhaseOverBaseline", bench("pil_phase_over_baseline_train"), "x",
           "pil_phase_over_baseline_train: one closed-form sweep over the baseline's training")
     n.add("ComputeVersionBench", lambda: compute_version(res, BENCH), "int", "compute_version recorded in the file")
-    n.add("TwoGPUSpeedup", n.json("bench/nvidia-h200-2gpu.json", "pil_phase_speedup_2gpu"), "x",
+    two = "bench/nvidia-h200-2gpu.json"
+    n.add("TwoGPUSpeedup", lambda: (float(res.json(two)["pil_phase_speedup_2gpu"]), two), "x",
           "closed-form phase, 1 GPU seconds over 2 GPU seconds")
     n.add("ComplexityRsq", n.csv("complexity/fit.csv", "r2"), "x",
           "R^2 of the fitted cost model over the measured solves")
-    n.add("ComputeVersionTwoGPU", lambda: compute_version(res, "bench/nvidia-h200-2gpu.json"), "int",
+    n.add("ComputeVersionTwoGPU", lambda: compute_version(res, two), "int",
           "compute_version recorded in the file (1 where absent: recorded before the field existed)")
     for key, name in (("hybrid", "HybridRsq"), ("teacher_4", "TeacherFourRsq"), ("teacher_16", "TeacherSixteenRsq")):
         def get(key=key):
