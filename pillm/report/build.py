@@ -127,10 +127,7 @@ def stage(dirs: Dirs) -> Path:
         shutil.copy2(PAPER / f, src / f)
     shutil.copytree(PAPER / "sections", src / "sections")
     for sub, d in (("tables", dirs.tables), ("figures", dirs.figures)):
-        (src / sub).mkdir()
-        for p in sorted(d.glob("*")):
-            if p.suffix in (".tex", ".pdf") and p.is_file():
-                shutil.copy2(p, src / sub / p.name)
+        shutil.copytree(d, src / sub, ignore=lambda _, names: [n for n in names if not n.endswith((".tex", ".pdf"))])
     return src
 
 

@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import METHOD_TEX
+from .config import BENCH_2GPU, METHOD_TEX
 from .files import write_if_changed
 from .results import SERIES, NotRun, Results, mean, series
 from .tables import interval
@@ -84,7 +84,7 @@ def complexity(res: Results):
 
 
 def two_gpu(res: Results):
-    d = res.json("bench/nvidia-h200-2gpu.json")
+    d = res.json(BENCH_2GPU)
     fig, ax = _axes((2.8, 2.2))
     ax.bar(["1 GPU", "2 GPUs"], [d["pil_phase_seconds_1"], d["pil_phase_seconds_2"]], color=["C0", "C1"])
     ax.set_ylabel("closed-form phase (s)")
@@ -104,7 +104,7 @@ FIGURES = (
             "fitted cost model $e + c\\,n + a\\,n D^2 + s + b\\,D^3$ ($n$ tokens, $D$ features).",
             "complexity/solves.csv", r"0.5\linewidth"), complexity),
     (Figure("twogpu", "Two GPUs", "The closed-form phase of the best hybrid on one and on two H200 GPUs "
-            "(\\texttt{pillm bench}, compute version \\ComputeVersionTwoGPU{}).", "bench/nvidia-h200-2gpu.json",
+            "(\\texttt{pillm bench}, compute version \\ComputeVersionTwoGPU{}).", BENCH_2GPU,
             r"0.4\linewidth"), two_gpu),
 )
 

@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass
 
 from .. import stats
-from .config import BENCH, BEST_HYBRID
+from .config import BENCH, BENCH_2GPU, BEST_HYBRID
 from .results import FIT_RUNS, SERIES, NotRun, Results, bench_ratio, layer_r2, mean, series
 
 NOT_RUN = r"\textit{not run}"
@@ -39,10 +39,9 @@ def fmt(x: float, kind: str) -> str:
     return f"${s}$" if s.startswith("-") else s
 
 
-def fmt_paired(p: stats.Paired, kind: str = "ppl") -> str:
+def fmt_paired(p: stats.Paired) -> str:
     """``−13.4 [−15.0, −11.8]``: the mean paired difference and its 95 % interval."""
-    f = (lambda v: f"{v:+.1f}") if kind == "ppl" else (lambda v: f"{v:+.2f}")
-    return f"${f(p.mean)}$ [${f(p.lo)}$, ${f(p.hi)}$]".replace("+", "{+}").replace("-", "{-}")
+    return f"${p.mean:+.1f}$ [${p.lo:+.1f}$, ${p.hi:+.1f}$]".replace("+", "{+}").replace("-", "{-}")
 
 
 class Numbers:
@@ -141,12 +140,11 @@ def compute(res: Results) -> Numbers:
     n.add("GPUPILPhaseOverBaseline", bench("pil_phase_over_baseline_train"), "x",
           "pil_phase_over_baseline_train: one closed-form sweep over the baseline's training")
     n.add("ComputeVersionBench", lambda: compute_version(res, BENCH), "int", "compute_version recorded in the file")
-    two = "bench/nvidia-h200-2gpu.json"
-    n.add("TwoGPUSpeedup", lambda: (float(res.json(two)["pil_phase_speedup_2gpu"]), two), "x",
+    n.add("TwoGPUSpeedup", lambda: (float(res.json(BENCH_2GPU)["pil_phase_speedup_2gpu"]), BENCH_2GPU), "x",
           "closed-form phase, 1 GPU seconds over 2 GPU seconds")
     n.add("ComplexityRsq", n.csv("complexity/fit.csv", "r2"), "x",
           "R^2 of the fitted cost model over the measured solves")
-    n.add("ComputeVersionTwoGPU", lambda: compute_version(res, two), "int",
+    n.add("ComputeVersionTwoGPU", lambda: compute_version(res, BENCH_2GPU), "int",
           "compute_version recorded in the file (1 where absent: recorded before the field existed)")
     for key, name in (("hybrid", "HybridRsq"), ("teacher_4", "TeacherFourRsq"), ("teacher_16", "TeacherSixteenRsq")):
         def get(key=key):

@@ -67,10 +67,8 @@ class Results:
         return json.loads(p.read_text())
 
     def provenance(self, experiment: str) -> dict:
-        try:
-            return self.json(f"{experiment}/provenance.json")
-        except NotRun:
-            return {}
+        rel = f"{experiment}/provenance.json"
+        return self.json(rel) if self.path(rel).is_file() else {}
 
     def run_files(self, experiment: str, pattern: str = "*") -> list[Path]:
         files = sorted((self.root / self.profile / experiment / "runs").glob(f"{pattern}/result.json"))

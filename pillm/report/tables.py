@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import stats
-from .config import BENCH, BEST_HYBRID, METHOD_ORDER, METHOD_TEX
+from .config import BENCH, BENCH_2GPU, BEST_HYBRID, METHOD_ORDER, METHOD_TEX
 from .files import sha256_short
 from .numbers import fmt, fmt_paired
 from .results import FIT_RUNS, NotRun, Results, layer_r2, mean, series
@@ -41,9 +41,10 @@ def interval(values) -> tuple[float, float]:
 
 def ci(values, digits: int | None = None) -> str:
     """``mean ± half-width`` of the 95 % t interval of the mean (the mean alone for one value)."""
-    (m, h), n = interval(values), len(list(values))
+    v = list(values)
+    m, h = interval(v)
     digits = digits if digits is not None else 0 if abs(m) >= 1000 else 1
-    return f"{_num(m, digits)} $\\pm$ {_num(h, digits)}" if n > 1 else f"{m:.{digits}f}"
+    return f"{_num(m, digits)} $\\pm$ {_num(h, digits)}" if len(v) > 1 else f"{m:.{digits}f}"
 
 
 def _num(x: float, digits: int) -> str:
@@ -62,17 +63,16 @@ def main_table(res: Results) -> Table:
               "interval. Gap closed: share of the log-perplexity gap between attention only and the baseline.",
               "benchmark/summary.csv", ["Model", "FFN learned by", "Test PPL", r"$\Delta$ vs.\ attention only",
                                         r"Gap closed (\%)"])
-    how = {"baseline": "AdamW", "attn_only": "(no FFN)", "lora": "AdamW (rank 8)", "rf_adamw": "AdamW readout",
-           "pil_pure": "closed form", "pil_then_attn": "closed form", "attn_then_pil": "closed form",
-           "alternating": "closed form", "hybrid": "closed form"}
+    how = {"baseline": "AdamW", "attn_only": "(no FFN)", "lora": "AdamW (rank 8)", "rf_adamw": "AdamW readout"}
     ref = series(res, "attn_only")
     means = {k: mean(res, k) for k in ("attn_only", "baseline")}
     for key in METHOD_ORDER + ("hybrid",):
         s = series(res, key)
         name = METHOD_TEX[key] if key != "hybrid" else r"attention$\rightarrow$PIL, global, 4 sweeps"
         delta = "---" if key in ("attn_only", "pil_pure") else fmt_paired(stats.paired(s, ref))
-        share = stats.log_gap_share(means["attn_only"], means["baseline"], statistics.fmean(s.values()))
-        t.rows.append([name, how[key], ci(s.values()), delta, _num(share, 0) if share > -1000 else "---"])
+        share = stats.log_gap_share(means["attn_only"], means["baseline"], mean(res, key))
+        t.rows.append([name, how.get(key, "closed form"), ci(s.values()), delta,
+                       _num(share, 0) if share > -1000 else "---"])
     return t
 
 
@@ -144,12 +144,11 @@ GROUPED = [
      "other first-layer projections (local targets).", "first_layer/summary.csv", ["projection", "n_features"],
      {"test_ppl": "Test PPL"}, None),
     ("lambada", "LAMBADA", "LAMBADA last-word accuracy (\\%) and word perplexity.", "lambada/summary.csv",
-     ["method"], {"lambada_acc": "Accuracy", "lambada_word_ppl": "Word PPL"}, list(METHOD_ORDER)),
-    ("tinystories", "TinyStories", "TinyStories test perplexity.", "tinystories/summary.csv", ["method"],
-     _PPL, list(METHOD_ORDER)),
+     ["method"], {"lambada_acc": "Accuracy", "lambada_word_ppl": "Word PPL"}, METHOD_ORDER),
+    ("tinystories", "TinyStories", "TinyStories test perplexity.", "tinystories/summary.csv", ["method"], _PPL,
+     METHOD_ORDER),
     ("tuning", "Tuned learning rate and dropout", "Each method at its own learning rate and dropout (and "
-     "$\\lambda$), chosen on validation.", "tuning/tuned.csv", ["method", "lr", "dropout", "lam"], _PPL,
-     list(METHOD_ORDER)),
+     "$\\lambda$), chosen on validation.", "tuning/tuned.csv", ["method", "lr", "dropout", "lam"], _PPL, METHOD_ORDER),
     ("adaptation", "Adaptation to a new domain", "Adapting attention$\\rightarrow$PIL to a new corpus: test "
      "perplexity there and on WikiText-2 afterwards.", "adaptation/summary.csv", ["how", "domain"],
      {"test_ppl": "New-domain PPL", "wiki_test_ppl": "WikiText-2 PPL", "adapt_s": "Seconds"}, None),
@@ -158,7 +157,7 @@ GROUPED = [
     ("lambda_path", "Ridge per layer", "Ridge $\\lambda$ chosen per layer on validation, against the "
      "checkpoints' own $\\lambda$ (control).", "lambda_path/summary.csv", ["variant"], _PPL, None),
     ("protocol", "Sliding-window evaluation", "Test perplexity with sliding windows (stride in tokens).",
-     "protocol/protocol.csv", ["method", "stride"], {"ppl": "Test PPL"}, list(METHOD_ORDER)),
+     "protocol/protocol.csv", ["method", "stride"], {"ppl": "Test PPL"}, METHOD_ORDER),
     ("ngram", "Kneser--Ney baselines", "Interpolated Kneser--Ney $n$-gram models, with KenLM's perplexity.",
      "ngram/summary.csv", ["order"], {"test_ppl": "Test PPL", "kenlm_test_ppl": "KenLM"}, None),
 ]
@@ -208,7 +207,7 @@ def provenance_table(res: Results, experiments) -> Table:
               "hex digits of its sha256), the commit it ran at and its compute version.", "provenance.json",
               ["Experiment", "Results file", "sha256", "Commit", "Version"], align="llllr")
     files = [(e, f"{e}/summary.csv", res.provenance(e)) for e in experiments]
-    files += [(Path(b).stem, b, res.json(b)) for b in (BENCH, "bench/nvidia-h200-2gpu.json") if res.path(b).is_file()]
+    files += [(Path(b).stem, b, res.json(b)) for b in (BENCH, BENCH_2GPU) if res.path(b).is_file()]
     for name, rel, p in files:
         f = res.path(rel)
         commit = p.get("git_commit") or (p.get("environment") or {}).get("git_commit") or "---"
