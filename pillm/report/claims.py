@@ -51,8 +51,7 @@ def within_noise(a: str, b: str):
 def within_pct(a: str, b: str, pct: float):
     """The means of ``a`` and ``b`` differ by less than ``pct`` percent."""
     def check(res):
-        ma, mb = mean(res, a), mean(res, b)
-        rel = 100 * abs(ma / mb - 1)
+        rel = 100 * abs(mean(res, a) / mean(res, b) - 1)
         return rel < pct, f"|{a}/{b} - 1| = {rel:.2f} % (limit {pct} %)"
     return check
 
@@ -67,8 +66,8 @@ def all_of(*checks):
 def _gap_selection(res):
     """The gap experiment's own selection (lowest mean validation perplexity) picks the variants the text names."""
     d = res.json("gap/summary.json")
-    return (d.get("best_hybrid_name"), d.get("pure_pil_name")) == (BEST_HYBRID, BEST_PURE), \
-        f"gap/summary.json selects {d.get('best_hybrid_name')} and {d.get('pure_pil_name')}"
+    chosen = (d.get("best_hybrid_name"), d.get("pure_pil_name"))
+    return chosen == (BEST_HYBRID, BEST_PURE), "gap/summary.json selects {} and {}".format(*chosen)
 
 
 def _pure_above_unigram(res):

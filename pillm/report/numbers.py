@@ -3,7 +3,6 @@ comment in ``tables/numbers.tex`` names. A number whose results are missing rend
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -63,14 +62,6 @@ class Numbers:
         self.defs[name] = Number(name, text, source, note, value if not isinstance(value, str) else None)
 
     # getters -----------------------------------------------------------------------------------------
-    def mean(self, name: str):
-        return lambda: (mean(self.res, name), SERIES[name][0])
-
-    def diff(self, a: str, b: str):
-        """The paired difference ``a − b`` with its interval, as text."""
-        files = dict.fromkeys((SERIES[a][0], SERIES[b][0]))
-        return lambda: (fmt_paired(stats.paired(series(self.res, a), series(self.res, b))), " and ".join(files))
-
     def share(self, name: str):
         def get():
             m = {k: mean(self.res, k) for k in ("attn_only", "baseline", name)}
@@ -107,9 +98,11 @@ def compute(res: Results) -> Numbers:
     n = Numbers(res)
     for key, name in MEANS:
         where = ", ".join(f"{k}={v}" for k, v in SERIES[key][2].items()) or "all rows"
-        n.add(name, n.mean(key), note=f"mean test_ppl over seeds, rows {where}")
-    for a, b, name in DIFFS:
-        n.add(name, n.diff(a, b), note=f"paired difference {a} - {b} by seed, mean [95% paired-t interval]")
+        n.add(name, lambda key=key: (mean(res, key), SERIES[key][0]), note=f"mean test_ppl over seeds, rows {where}")
+    for a, b, name in DIFFS:  # the difference as text, with its interval
+        files = " and ".join(dict.fromkeys((SERIES[a][0], SERIES[b][0])))
+        get = lambda a=a, b=b, files=files: (fmt_paired(stats.paired(series(res, a), series(res, b))), files)
+        n.add(name, get, note=f"paired difference {a} - {b} by seed, mean [95% paired-t interval]")
 
     ratio = lambda: (stats.ratio_ci(series(res, "hybrid"), series(res, "baseline"))[0], SERIES["hybrid"][0])
     n.add("HybridRatio", ratio, "x", "geometric mean over seeds of test_ppl(hybrid)/test_ppl(baseline)")

@@ -116,11 +116,10 @@ def grouped(res: Results, name: str, title: str, caption: str, rel: str, by: lis
     heads = {"n_features": "Features", "lr": "Learning rate", "lam": r"$\lambda$", "how": "Adapted by"}
     t = Table(name, title, caption, rel, [heads.get(b, _tex(b).replace("\\_", " ").capitalize()) for b in by]
               + list(metrics.values()))
-    keys = list(dict.fromkeys(tuple(r) for r in df[by].itertuples(index=False)))
+    groups = list(df.groupby(by, sort=False))  # in order of first appearance, then by ``order``'s first column
     if order:
-        keys.sort(key=lambda k: order.index(k[0]) if k[0] in order else len(order))
-    for k in keys:
-        sub = df[(df[by] == list(k)).all(axis=1)]
+        groups.sort(key=lambda g: order.index(g[0][0]) if g[0][0] in order else len(order))
+    for k, sub in groups:
         cells = [METHOD_TEX.get(x, _tex(x)) if b == "method" else _tex(x) for b, x in zip(by, k)]
         for m in metrics:
             vals = sub[m].dropna().astype(float).tolist()
@@ -223,10 +222,8 @@ def setup_table(res: Results) -> Table:
               ["Size", "Layers", "Heads", "Width", "Context", "Vocabulary", "Parameters", "Epochs", "Batch",
                "Learning rate", "Dropout"])
     runs = [json.loads(p.read_text()) for p in res.run_files("benchmark", "method=baseline,*")]
-    for size in ("small", "medium", "large"):
-        r = next((r for r in reversed(runs) if r.get("size") == size), None)
-        if r is None:
-            continue
+    by_size = {r.get("size"): r for r in runs}  # the last run of each size
+    for size, r in ((s, by_size[s]) for s in ("small", "medium", "large") if s in by_size):
         m, c = r["model_config"], r["train_config"]
         t.rows.append([size, m["n_layer"], m["n_head"], m["n_embd"], m["block_size"], fmt(m["vocab_size"], "int"),
                        fmt(r["params"]["total"], "int"), c["epochs"], c["batch_size"], c["lr"], m["dropout"]])
