@@ -108,14 +108,11 @@ def compute(res: Results) -> Numbers:
     n.add("HybridRatio", ratio, "x", "geometric mean over seeds of test_ppl(hybrid)/test_ppl(baseline)")
     n.add("HybridShare", n.share("hybrid"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
     n.add("RFShare", n.share("rf_adamw"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
-    n.add("HybridFeatures", n.csv("gap/summary.csv", "n_features", variant=BEST_HYBRID), "int",
-          "random features per layer of the best hybrid")
-    n.add("TeacherFourFeatures", n.csv("teacher/summary.csv", "n_features", variant="RF 4x"), "int",
-          "random features per layer, RF 4x")
-    n.add("TeacherSixteenFeatures", n.csv("teacher/summary.csv", "n_features", variant="RF 16x"), "int",
-          "random features per layer, RF 16x")
-    n.add("LinearSixteenFeatures", n.csv("first_layer/summary.csv", "n_features", projection="random",
-                                         expansion=16.0), "int", "features per layer, random x16 re-solve")
+    for key, name, note in (("hybrid", "HybridFeatures", "random features per layer of the best hybrid"),
+                            ("teacher_4", "TeacherFourFeatures", "random features per layer, RF 4x"),
+                            ("teacher_16", "TeacherSixteenFeatures", "random features per layer, RF 16x"),
+                            ("linear_16", "LinearSixteenFeatures", "features per layer, random x16 re-solve")):
+        n.add(name, n.csv(SERIES[key][0], "n_features", **SERIES[key][2]), "int", note)
     n.add("KNFivePPL", n.csv("ngram/summary.csv", "test_ppl", method="kn5"), note="Kneser-Ney 5-gram test_ppl")
     n.add("KNOnePPL", n.csv("ngram/summary.csv", "test_ppl", method="kn1"), note="Kneser-Ney unigram test_ppl")
     n.add("LambadaMaxAcc", n.csv("lambada/summary.csv", "lambada_acc", agg=max), "acc",
