@@ -6,12 +6,9 @@
 
 The text is written by hand in ``paper/sections``; the report supplies only what the results decide:
 
-``results``  reading summary tables, values by seed, JSON files; :data:`~results.SERIES` names the
-             per-seed series that numbers, claims, tables and figures share
-``numbers``  one TeX macro per number the text uses (``tables/numbers.tex``), each with a comment naming
-             the results file that holds its value
-``claims``   the qualitative statements of the text (``\\claim{name}{...}``), evaluated from the results;
-             the build fails naming any claim the results contradict
+``results``  reading results; :data:`~results.SERIES` names the per-seed series the other modules share
+``numbers``  one TeX macro per number the text uses (``tables/numbers.tex``), naming its results file
+``claims``   the text's ``\\claim{name}{...}`` statements, checked: a contradicted claim fails the build
 ``tables``   the tables (booktabs; mean and 95 % interval over seeds)
 ``figures``  the figures (matplotlib)
 ``build``    rendering, staging, latexmk, the checks on the PDF, the arXiv bundle and the CLI

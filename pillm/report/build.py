@@ -3,6 +3,7 @@ the arXiv bundle and the ``pillm paper`` / ``pillm arxiv`` commands."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -12,16 +13,16 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .claims import check as check_claims
 from .figures import render as render_figures
-from .numbers import compute as compute_numbers
-from .tables import Table, ablation_table, appendix_tables, main_table, provenance_table
+from .numbers import NOT_RUN, compute as compute_numbers
+from .tables import all_tables
 from .config import PAPER, PAPER_EXPERIMENTS, REPO, TEMPLATES, ReportError
 from .files import rel, sha256_short, write_if_changed
-from .results import NotRun, Results
+from .results import Results
 
 #: The main body ends before this page: the References must start on it or earlier.
 MAX_REFERENCES_PAGE = 11
@@ -47,10 +48,6 @@ def default_dirs(profile: str, out: Path | None = None) -> Dirs:
     return Dirs(base / "tables", base / "figures", base)
 
 
-def default_results_root(root: Path | str | None = None) -> Path:
-    return Path(root or os.environ.get("PILLM_RESULTS_DIR") or REPO / "results")
-
-
 def jinja_env():
     import jinja2
 
@@ -61,63 +58,46 @@ def jinja_env():
         undefined=jinja2.StrictUndefined, autoescape=False)
 
 
-def _notebook(res: Results, experiment: str) -> str:
+def _notebook(res: Results, data: str) -> str:
+    """The notebook of the experiment whose results file ``data`` is."""
+    experiment = data.split("/")[0]
     return res.provenance(experiment).get("notebook") or f"notebooks/{experiment}.ipynb"
 
 
-def _data_path(res: Results, data: str) -> str:
-    return f"results/{data}" if data.startswith("bench/") else f"results/{res.profile}/{data}"
-
-
-def render(profile: str, results_root: Path, dirs: Dirs, with_figures: bool = True) -> dict:
-    """Check the claims, then write numbers.tex, the tables and the figures. Returns what was written."""
+def render(profile: str, results_root: Path, dirs: Dirs) -> dict:
+    """Check the claims, then write numbers.tex, the tables and the figures. Returns the claims' outcomes and
+    the numbers."""
     res = Results(results_root, profile)
     outcomes = check_claims(res)
     env = jinja_env()
-    written: list[Path] = []
-
-    def write(path: Path, text: str | bytes) -> None:
-        write_if_changed(path, text)
-        written.append(path)
-
     n = compute_numbers(res)
-    nums = [{"name": x.name, "text": x.text, "note": x.note,
-             "source": ("; ".join(_data_path(res, s) for s in x.source.split(" and ")) if x.value is not None
-                        or x.text != r"\textit{not run}" else f"not run: {x.source}"),
-             "sha": ",".join(sha256_short(res.path(s)) for s in x.source.split(" and ") if res.path(s).is_file())
-             or "of each file"}
-            for x in n.defs.values()]
-    write(dirs.tables / "numbers.tex", env.get_template("numbers.tex.j2").render(numbers=nums, profile=profile))
+    nums = []
+    for x in n.defs.values():
+        files = [res.path(f) for f in x.source.split(" and ")]
+        source = "; ".join(map(res.shown, x.source.split(" and "))) if x.text != NOT_RUN else f"not run: {x.source}"
+        sha = ",".join(sha256_short(f) for f in files if f.is_file()) or "of each file"
+        nums.append({**vars(x), "source": source, "sha": sha})
+    tex = env.get_template("numbers.tex.j2").render(numbers=nums, profile=profile)
+    write_if_changed(dirs.tables / "numbers.tex", tex)
 
-    all_tables = []
-    for make, name in ((main_table, "main"), (ablation_table, "ablations")):
-        try:
-            all_tables.append(make(res))
-        except NotRun as e:
-            all_tables.append(Table(name, name, f"Not run in this results tree ({e}).".replace("_", r"\_"),
-                                           "benchmark/summary.csv", ["Result"], [["not run"]]))
-    all_tables += appendix_tables(res)
-    all_tables.append(provenance_table(res, PAPER_EXPERIMENTS, sha256_short, 1))
     tpl = env.get_template("table.tex.j2")
-    for t in all_tables:
-        t.notebook = t.notebook or _notebook(res, t.data.split("/")[0])
-        t.data = _data_path(res, t.data)
-        t.also = [(_notebook(res, d.split("/")[0]), _data_path(res, d)) for d in t.also]
-        write(dirs.tables / f"{t.name}.tex", tpl.render(t=t))
+    for t in all_tables(res, PAPER_EXPERIMENTS):
+        t.notebook = t.notebook or _notebook(res, t.data)
+        t.also = [(_notebook(res, d), res.shown(d)) for d in t.also]
+        t.data = res.shown(t.data)
+        write_if_changed(dirs.tables / f"{t.name}.tex", tpl.render(t=t))
 
     tpl = env.get_template("figure.tex.j2")
-    nbs = {e: _notebook(res, e) for e in PAPER_EXPERIMENTS}
-    figs = render_figures(res, dirs.figures, nbs) if with_figures else {}
-    for name, f in figs.items():
-        if isinstance(f, str):
+    for name, f in render_figures(res, dirs.figures).items():
+        if isinstance(f, str):  # not run: a caption that says why
             why = f.replace("_", r"\_")
-            write(dirs.figures / f"{name}.tex", f"% Generated by pillm.report; do not edit.\n\\begin{{figure}}[tbp]"
-                                                f"\\centering\\caption{{Figure {name}: {why}.}}\\label{{fig:{name}}}"
-                                                f"\\end{{figure}}\n")
+            tex = (f"% Generated by pillm.report; do not edit.\n\\begin{{figure}}[tbp]\\centering\\caption{{Figure "
+                   f"{name}: {why}.}}\\label{{fig:{name}}}\\end{{figure}}\n")
         else:
-            f.data = _data_path(res, f.data)
-            write(dirs.figures / f"{name}.tex", tpl.render(f=f))
-    return {"outcomes": outcomes, "numbers": n, "files": written}
+            notebook = _notebook(res, f.data) if f.data.split("/")[0] in PAPER_EXPERIMENTS else "pillm/bench.py"
+            tex = tpl.render(f=replace(f, data=res.shown(f.data), notebook=notebook))
+        write_if_changed(dirs.figures / f"{name}.tex", tex)
+    return {"outcomes": outcomes, "numbers": n}
 
 
 # --- LaTeX ---------------------------------------------------------------------------------------------
@@ -129,23 +109,20 @@ def tex_available() -> bool:
 def _require_tex() -> None:
     if not tex_available():
         raise ReportError("latexmk/pdflatex not found. Install TeX with `make tex` (Debian: apt-get install "
-                          "--no-install-recommends texlive-latex-extra texlive-fonts-recommended texlive-science latexmk)")
+                          "--no-install-recommends texlive-latex-extra texlive-fonts-recommended texlive-science "
+                          "latexmk)")
 
 
 def stage(dirs: Dirs) -> Path:
     """Copy the paper sources, tables and figures into ``<build>/src`` (a fresh tree)."""
     src = dirs.src
-    if src.exists():
-        shutil.rmtree(src)
+    shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
     for f in ("main.tex", "references.bib"):
         shutil.copy2(PAPER / f, src / f)
     shutil.copytree(PAPER / "sections", src / "sections")
     for sub, d in (("tables", dirs.tables), ("figures", dirs.figures)):
-        (src / sub).mkdir()
-        for p in sorted(d.glob("*")):
-            if p.suffix in (".tex", ".pdf") and p.is_file():
-                shutil.copy2(p, src / sub / p.name)
+        shutil.copytree(d, src / sub, ignore=lambda _, names: [n for n in names if not n.endswith((".tex", ".pdf"))])
     return src
 
 
@@ -191,7 +168,7 @@ def build_paper(profile: str = "paper", results_root: Path | None = None, out: P
                 compile: bool = True, strict: bool = False, log=print) -> dict:
     """Render, check the claims, compile and check the PDF; returns a summary dict."""
     t0 = time.perf_counter()
-    results_root = default_results_root(results_root)
+    results_root = Path(results_root or os.environ.get("PILLM_RESULTS_DIR") or REPO / "results")
     dirs = default_dirs(profile, out)
     r = render(profile, results_root, dirs)
     not_run = [o.claim.name for o in r["outcomes"] if o.status == "not run"]
@@ -229,21 +206,16 @@ def _used_inputs(dirs: Dirs) -> list[Path]:
     fls = dirs.build / "main.fls"
     if not fls.exists():
         raise ReportError(f"{fls} not found: build the paper first (pillm paper)")
-    src, used, pwd = dirs.src.resolve(), set(), dirs.src.resolve()
+    src, build, used = dirs.src.resolve(), dirs.build.resolve(), set()
+    pwd = src
     for line in fls.read_text(errors="replace").splitlines():
         if line.startswith("PWD "):
             pwd = Path(line[4:].strip())
         elif line.startswith("INPUT "):
-            p = Path(line[6:].strip())
-            p = (pwd / p if not p.is_absolute() else p).resolve()
-            for base in (src, dirs.build.resolve()):
-                try:
-                    r = p.relative_to(base)
-                except ValueError:
-                    continue
-                if (src / r).is_file() and r.suffix in (".tex", ".pdf", ".png", ".jpg"):
-                    used.add(r)
-                    break
+            p = (pwd / line[6:].strip()).resolve()  # an absolute path stays itself
+            r = next((p.relative_to(base) for base in (src, build) if p.is_relative_to(base)), None)
+            if r is not None and r.suffix in (".tex", ".pdf", ".png", ".jpg") and (src / r).is_file():
+                used.add(r)
     return sorted(used)
 
 
@@ -279,37 +251,31 @@ def build_arxiv(profile: str = "paper", out: Path | None = None, log=print, resu
 
 # --- command line (registered by pillm.cli) -----------------------------------------------------------
 
-def _cmd_paper(args) -> int:
+def _cmd_paper(args, arxiv: bool = False) -> int:
     try:
+        if arxiv:
+            build_arxiv(args.profile, out=args.out, results_root=args.results)
+            return 0
         s = build_paper(args.profile, results_root=args.results, out=args.out, compile=not args.no_compile,
                         strict=args.strict)
     except ReportError as e:
-        print(f"pillm paper: error: {e}", file=sys.stderr)
+        print(f"pillm {'arxiv' if arxiv else 'paper'}: error: {e}", file=sys.stderr)
         return 1
     return 0 if not (args.strict and s["problems"]) else 1
 
 
-def _cmd_arxiv(args) -> int:
-    try:
-        build_arxiv(args.profile, out=args.out, results_root=args.results)
-    except ReportError as e:
-        print(f"pillm arxiv: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def add_subcommands(sub) -> None:
     """Add ``paper`` and ``arxiv`` to the ``pillm`` argument parser (``handler`` = the function)."""
-    p = sub.add_parser("paper", help="render numbers/tables/figures from results, check the claims, build the PDF")
-    p.add_argument("--profile", default="paper", help="results profile (paper → committed tables/, figures/)")
-    p.add_argument("--results", type=Path, help="results root (default: $PILLM_RESULTS_DIR or results/)")
-    p.add_argument("--out", type=Path, help="output directory (default: repository for paper, "
-                                            "paper/build/<profile> otherwise)")
-    p.add_argument("--no-compile", action="store_true", help="render and check the claims only; no LaTeX")
-    p.add_argument("--strict", action="store_true", help="fail on undefined references, page or abstract limits")
-    p.set_defaults(handler=_cmd_paper)
-    a = sub.add_parser("arxiv", help="bundle the built paper for arXiv and prove the bundle compiles")
-    a.add_argument("--profile", default="paper")
-    a.add_argument("--results", type=Path, help="results root (default: $PILLM_RESULTS_DIR or results/)")
-    a.add_argument("--out", type=Path, help="build directory used by `pillm paper --out`")
-    a.set_defaults(handler=_cmd_arxiv)
+    for name, about, out in (
+            ("paper", "render numbers/tables/figures from results, check the claims, build the PDF",
+             "output directory (default: repository for paper, paper/build/<profile> otherwise)"),
+            ("arxiv", "bundle the built paper for arXiv and prove the bundle compiles",
+             "build directory used by `pillm paper --out`")):
+        p = sub.add_parser(name, help=about)
+        p.add_argument("--profile", default="paper", help="results profile (paper → committed tables/, figures/)")
+        p.add_argument("--results", type=Path, help="results root (default: $PILLM_RESULTS_DIR or results/)")
+        p.add_argument("--out", type=Path, help=out)
+        p.set_defaults(handler=functools.partial(_cmd_paper, arxiv=name == "arxiv"))
+    paper = sub.choices["paper"]
+    paper.add_argument("--no-compile", action="store_true", help="render and check the claims only; no LaTeX")
+    paper.add_argument("--strict", action="store_true", help="fail on undefined references, page or abstract limits")

@@ -24,9 +24,10 @@ METHOD_TEX = {"baseline": "Baseline (MLP FFN)", "attn_only": "Attention only", "
 #: The variants of the gap experiment the text names as best (lowest mean validation perplexity among its
 #: hybrids, and among its pure-PIL variants); the claim ``best-hybrid-selected`` checks them.
 BEST_HYBRID = "attn_then_pil+global+iter4"
-#: The single-GPU benchmark the text quotes (``pillm bench``; medians over repeats where it has several).
-BENCH = "bench/nvidia-h100-80gb-hbm3.json"
 BEST_PURE = "pil_pure+ppmi"
+#: The benchmarks the text quotes (``pillm bench``; medians over repeats where a file has several).
+BENCH = "bench/nvidia-h100-80gb-hbm3.json"
+BENCH_2GPU = "bench/nvidia-h200-2gpu.json"
 
 
 class ReportError(RuntimeError):

@@ -26,7 +26,4 @@ def sha256_short(path: Path, n: int = 8) -> str:
 def rel(path: Path) -> str:
     """A path relative to the repository when inside it (stable across machines)."""
     path = Path(path).resolve()
-    try:
-        return str(path.relative_to(REPO))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)

@@ -3,13 +3,14 @@ comment in ``tables/numbers.tex`` names. A number whose results are missing rend
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
 from .. import stats
-from .config import BENCH, BEST_HYBRID
-from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
+from .config import BENCH, BENCH_2GPU, BEST_HYBRID
+from .results import FIT_RUNS, SERIES, NotRun, Results, bench_ratio, compute_version, layer_r2, mean, series
+
+NOT_RUN = r"\textit{not run}"
 
 
 @dataclass
@@ -21,32 +22,25 @@ class Number:
     value: float | None = None
 
 
+_FORMATS = {"ppl": lambda x: f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}", "x": lambda x: f"{x:.2f}",
+            "pct": lambda x: f"{x:.0f}", "acc": lambda x: f"{100 * x:.2f}", "int": lambda x: f"{int(round(x)):,}"}
+
+
 def fmt(x: float, kind: str) -> str:
     """TeX for a number: ``ppl`` (one decimal; thousands grouped, no decimal), ``x`` (two decimals),
     ``pct`` (whole percent), ``int`` (grouped), ``acc`` (percent, two decimals)."""
-    if kind == "ppl":
-        s = f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}"
-    elif kind == "x":
-        s = f"{x:.2f}"
-    elif kind == "pct":
-        s = f"{x:.0f}"
-    elif kind == "acc":
-        s = f"{100 * x:.2f}"
-    elif kind == "int":
-        s = f"{int(round(x)):,}"
-    elif kind == "sci":
+    if kind == "sci":
         m, e = f"{x:.0e}".split("e")
         return rf"$10^{{{int(e)}}}$" if m == "1" else rf"${m}\times10^{{{int(e)}}}$"
-    else:
+    if kind not in _FORMATS:
         raise ValueError(f"kind={kind!r}: use ppl, x, pct, acc, int or sci")
-    s = s.replace(",", r"\,")
+    s = _FORMATS[kind](x).replace(",", r"\,")
     return f"${s}$" if s.startswith("-") else s
 
 
-def fmt_paired(p: stats.Paired, kind: str = "ppl") -> str:
+def fmt_paired(p: stats.Paired) -> str:
     """``−13.4 [−15.0, −11.8]``: the mean paired difference and its 95 % interval."""
-    f = (lambda v: f"{v:+.1f}") if kind == "ppl" else (lambda v: f"{v:+.2f}")
-    return f"${f(p.mean)}$ [${f(p.lo)}$, ${f(p.hi)}$]".replace("+", "{+}").replace("-", "{-}")
+    return f"${p.mean:+.1f}$ [${p.lo:+.1f}$, ${p.hi:+.1f}$]".replace("+", "{+}").replace("-", "{-}")
 
 
 class Numbers:
@@ -62,100 +56,76 @@ class Numbers:
         try:
             value, source = get()
         except NotRun as e:
-            self.defs[name] = Number(name, r"\textit{not run}", str(e), note)
+            self.defs[name] = Number(name, NOT_RUN, str(e), note)
             return
         text = value if isinstance(value, str) else fmt(value, kind)
         self.defs[name] = Number(name, text, source, note, value if not isinstance(value, str) else None)
 
     # getters -----------------------------------------------------------------------------------------
-    def mean(self, name: str):
-        rel, metric, where = SERIES[name]
-        return lambda: (statistics.fmean(series(self.res, name).values()), rel)
-
-    def diff(self, a: str, b: str):
-        """The paired difference ``a − b`` with its interval, as text."""
-        files = dict.fromkeys((SERIES[a][0], SERIES[b][0]))
-        return lambda: (fmt_paired(stats.paired(series(self.res, a), series(self.res, b))), " and ".join(files))
-
     def share(self, name: str):
         def get():
-            m = {k: statistics.fmean(series(self.res, k).values()) for k in ("attn_only", "baseline", name)}
+            m = {k: mean(self.res, k) for k in ("attn_only", "baseline", name)}
             return stats.log_gap_share(m["attn_only"], m["baseline"], m[name]), SERIES[name][0]
-        return get
-
-    def json(self, rel: str, *keys, scale: float = 1.0):
-        def get():
-            d = self.res.json(rel)
-            for k in keys:
-                d = d[k]
-            return float(d) * scale, rel
         return get
 
     def csv(self, rel: str, metric: str, agg=statistics.fmean, **where):
         return lambda: (agg(self.res.rows(rel, **where)[metric].astype(float).tolist()), rel)
 
 
+#: The macros of a series' mean over seeds: (series, macro).
+MEANS = (("baseline", "BaselinePPL"), ("attn_only", "AttnOnlyPPL"), ("lora", "LoraPPL"), ("rf_adamw", "RFAdamWPPL"),
+         ("pil_pure", "PurePILPPL"), ("pil_then_attn", "PilThenAttnPPL"), ("attn_then_pil", "AttnThenPilPPL"),
+         ("alternating", "AlternatingPPL"), ("hybrid", "HybridPPL"), ("hybrid_global", "GlobalPPL"),
+         ("pure_best", "PureBestPPL"), ("teacher", "TeacherPPL"), ("teacher_4", "TeacherFourPPL"),
+         ("teacher_8", "TeacherEightPPL"), ("teacher_16", "TeacherSixteenPPL"), ("linear_4", "LinearFourPPL"),
+         ("linear_16", "LinearSixteenPPL"), ("bipil", "BiPILPPL"), ("single_same", "SingleSamePPL"),
+         ("single_wide", "SingleWidePPL"), ("lam_low", "LamLowPPL"), ("lam_high", "LamHighPPL"), ("exp_1", "ExpOnePPL"),
+         ("exp_8", "ExpEightPPL"), ("medium_attn_only", "MediumAttnOnlyPPL"), ("medium_hybrid", "MediumHybridPPL"),
+         ("large_attn_only", "LargeAttnOnlyPPL"), ("large_hybrid", "LargeHybridPPL"))
+#: The macros of a paired difference by seed: (a, b, macro) for a − b.
+DIFFS = (("hybrid", "baseline", "DiffHybridBaseline"), ("hybrid", "attn_only", "DiffHybridAttnOnly"),
+         ("attn_then_pil", "attn_only", "DiffDefaultAttnOnly"), ("rf_adamw", "hybrid", "DiffRFHybrid"),
+         ("lora", "hybrid", "DiffLoraHybrid"), ("teacher_8", "teacher_4", "DiffTeacherEightFour"),
+         ("teacher_16", "teacher_8", "DiffTeacherSixteenEight"), ("teacher_16", "rf_adamw", "DiffTeacherRF"),
+         ("teacher_8", "hybrid", "DiffTeacherHybrid"), ("linear_16", "linear_4", "DiffLinear"),
+         ("teacher_16", "teacher_4", "DiffTeacherWide"), ("hybrid_global", "attn_then_pil", "DiffGlobalLocal"),
+         ("hybrid", "hybrid_global", "DiffSweeps"), ("bipil", "single_wide", "DiffBiPIL"),
+         ("lam_high", "lam_low", "DiffLam"), ("exp_8", "exp_1", "DiffExp"),
+         ("medium_hybrid", "medium_attn_only", "DiffMedium"), ("large_hybrid", "large_attn_only", "DiffLarge"))
+
+
 def compute(res: Results) -> Numbers:
     n = Numbers(res)
-    for key, name in (("baseline", "BaselinePPL"), ("attn_only", "AttnOnlyPPL"), ("lora", "LoraPPL"),
-                      ("rf_adamw", "RFAdamWPPL"), ("pil_pure", "PurePILPPL"), ("pil_then_attn", "PilThenAttnPPL"),
-                      ("attn_then_pil", "AttnThenPilPPL"), ("alternating", "AlternatingPPL"),
-                      ("hybrid", "HybridPPL"), ("hybrid_global", "GlobalPPL"), ("pure_best", "PureBestPPL"),
-                      ("teacher", "TeacherPPL"), ("teacher_4", "TeacherFourPPL"), ("teacher_8", "TeacherEightPPL"),
-                      ("teacher_16", "TeacherSixteenPPL"), ("linear_4", "LinearFourPPL"),
-                      ("linear_16", "LinearSixteenPPL"), ("bipil", "BiPILPPL"), ("single_same", "SingleSamePPL"),
-                      ("single_wide", "SingleWidePPL"), ("lam_low", "LamLowPPL"), ("lam_high", "LamHighPPL"),
-                      ("exp_1", "ExpOnePPL"), ("exp_8", "ExpEightPPL"),
-                      ("medium_attn_only", "MediumAttnOnlyPPL"), ("medium_hybrid", "MediumHybridPPL"),
-                      ("large_attn_only", "LargeAttnOnlyPPL"), ("large_hybrid", "LargeHybridPPL")):
+    for key, name in MEANS:
         where = ", ".join(f"{k}={v}" for k, v in SERIES[key][2].items()) or "all rows"
-        n.add(name, n.mean(key), note=f"mean test_ppl over seeds, rows {where}")
-    for a, b, name in (("hybrid", "baseline", "DiffHybridBaseline"), ("hybrid", "attn_only", "DiffHybridAttnOnly"),
-                       ("attn_then_pil", "attn_only", "DiffDefaultAttnOnly"),
-                       ("rf_adamw", "hybrid", "DiffRFHybrid"), ("lora", "hybrid", "DiffLoraHybrid"),
-                       ("teacher_8", "teacher_4", "DiffTeacherEightFour"),
-                       ("teacher_16", "teacher_8", "DiffTeacherSixteenEight"),
-                       ("teacher_16", "rf_adamw", "DiffTeacherRF"), ("teacher_8", "hybrid", "DiffTeacherHybrid"),
-                       ("linear_16", "linear_4", "DiffLinear"), ("teacher_16", "teacher_4", "DiffTeacherWide"), ("hybrid_global", "attn_then_pil", "DiffGlobalLocal"),
-                       ("hybrid", "hybrid_global", "DiffSweeps"), ("bipil", "single_wide", "DiffBiPIL"),
-                       ("lam_high", "lam_low", "DiffLam"), ("exp_8", "exp_1", "DiffExp"),
-                       ("medium_hybrid", "medium_attn_only", "DiffMedium"),
-                       ("large_hybrid", "large_attn_only", "DiffLarge")):
-        n.add(name, n.diff(a, b), note=f"paired difference {a} - {b} by seed, mean [95% paired-t interval]")
+        n.add(name, lambda key=key: (mean(res, key), SERIES[key][0]), note=f"mean test_ppl over seeds, rows {where}")
+    for a, b, name in DIFFS:  # the difference as text, with its interval
+        files = " and ".join(dict.fromkeys((SERIES[a][0], SERIES[b][0])))
+        get = lambda a=a, b=b, files=files: (fmt_paired(stats.paired(series(res, a), series(res, b))), files)
+        n.add(name, get, note=f"paired difference {a} - {b} by seed, mean [95% paired-t interval]")
 
-    def ratio():
-        r, lo, hi = stats.ratio_ci(series(res, "hybrid"), series(res, "baseline"))
-        return r, SERIES["hybrid"][0]
+    ratio = lambda: (stats.ratio_ci(series(res, "hybrid"), series(res, "baseline"))[0], SERIES["hybrid"][0])
     n.add("HybridRatio", ratio, "x", "geometric mean over seeds of test_ppl(hybrid)/test_ppl(baseline)")
     n.add("HybridShare", n.share("hybrid"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
     n.add("RFShare", n.share("rf_adamw"), "pct", "share of the attention-only-to-baseline log-ppl gap closed")
-    n.add("HybridFeatures", n.csv("gap/summary.csv", "n_features", variant=BEST_HYBRID), "int",
-          "random features per layer of the best hybrid")
-    n.add("TeacherFourFeatures", n.csv("teacher/summary.csv", "n_features", variant="RF 4x"), "int",
-          "random features per layer, RF 4x")
-    n.add("TeacherSixteenFeatures", n.csv("teacher/summary.csv", "n_features", variant="RF 16x"), "int",
-          "random features per layer, RF 16x")
-    n.add("LinearSixteenFeatures", n.csv("first_layer/summary.csv", "n_features", projection="random",
-                                         expansion=16.0), "int", "features per layer, random x16 re-solve")
+    for key, name, note in (("hybrid", "HybridFeatures", "random features per layer of the best hybrid"),
+                            ("teacher_4", "TeacherFourFeatures", "random features per layer, RF 4x"),
+                            ("teacher_16", "TeacherSixteenFeatures", "random features per layer, RF 16x"),
+                            ("linear_16", "LinearSixteenFeatures", "features per layer, random x16 re-solve")):
+        n.add(name, n.csv(SERIES[key][0], "n_features", **SERIES[key][2]), "int", note)
     n.add("KNFivePPL", n.csv("ngram/summary.csv", "test_ppl", method="kn5"), note="Kneser-Ney 5-gram test_ppl")
     n.add("KNOnePPL", n.csv("ngram/summary.csv", "test_ppl", method="kn1"), note="Kneser-Ney unigram test_ppl")
     n.add("LambadaMaxAcc", n.csv("lambada/summary.csv", "lambada_acc", agg=max), "acc",
           "largest LAMBADA accuracy of any run, percent")
 
-    def bench(key: str, fallback=None):
-        """A headline ratio of the benchmark (the median where it holds several repeats)."""
-        def get():
-            d = res.json(BENCH)
-            return (float(d[key]) if key in d else fallback(d)), BENCH
-        return get
+    def bench(key: str):
+        return lambda: (bench_ratio(res, key), BENCH)
 
     n.add("GPUHybridOverBaseline", bench("hybrid_over_baseline_train"), "x",
           f"hybrid_over_baseline_train: GPU training time of {BEST_HYBRID} over the baseline's (median of repeats)")
-    n.add("GPUAdamWOverBaseline", bench("hybrid_adamw_over_baseline_train", lambda d: float(
-        d["hybrid"]["adamw_seconds"]) / float(d["hybrid"]["baseline_train_seconds"])), "x",
+    n.add("GPUAdamWOverBaseline", bench("hybrid_adamw_over_baseline_train"), "x",
           "hybrid_adamw_over_baseline_train: the hybrid's AdamW phase alone over the baseline's training")
-    n.add("GPUSweepsOverBaseline", bench("hybrid_sweeps_over_baseline_train", lambda d: float(
-        d["hybrid"]["pil_seconds"]) / float(d["hybrid"]["baseline_train_seconds"])), "x",
+    n.add("GPUSweepsOverBaseline", bench("hybrid_sweeps_over_baseline_train"), "x",
           "hybrid_sweeps_over_baseline_train: the hybrid's closed-form sweeps over the baseline's training")
     n.add("GPUPILPhaseOverBaseline", bench("pil_phase_over_baseline_train"), "x",
           "pil_phase_over_baseline_train: one closed-form sweep over the baseline's training")
@@ -168,11 +138,11 @@ def compute(res: Results) -> Numbers:
     n.add("ComputeVersionBench", lambda: compute_version(res, BENCH), "int", "compute_version recorded in the file")
     n.add("ComputeVersionResults", lambda: compute_version(res, "benchmark/provenance.json"), "int",
           "compute_version of the main table's runs")
-    n.add("TwoGPUSpeedup", n.json("bench/nvidia-h200-2gpu.json", "pil_phase_speedup_2gpu"), "x",
+    n.add("TwoGPUSpeedup", lambda: (float(res.json(BENCH_2GPU)["pil_phase_speedup_2gpu"]), BENCH_2GPU), "x",
           "closed-form phase, 1 GPU seconds over 2 GPU seconds")
     n.add("ComplexityRsq", n.csv("complexity/fit.csv", "r2"), "x",
           "R^2 of the fitted cost model over the measured solves")
-    n.add("ComputeVersionTwoGPU", lambda: compute_version(res, "bench/nvidia-h200-2gpu.json"), "int",
+    n.add("ComputeVersionTwoGPU", lambda: compute_version(res, BENCH_2GPU), "int",
           "compute_version recorded in the file (1 where absent: recorded before the field existed)")
     for key, name in (("hybrid", "HybridRsq"), ("teacher_4", "TeacherFourRsq"), ("teacher_16", "TeacherSixteenRsq")):
         def get(key=key):
@@ -181,10 +151,3 @@ def compute(res: Results) -> Numbers:
         n.add(name, get, "x", f"mean over layers and seeds of the last solve's r2 in result.json solves ({key})")
     n.add("Seeds", lambda: (len(series(res, "baseline")), SERIES["baseline"][0]), "int", "seeds per configuration")
     return n
-
-
-
-def compute_version(res: Results, rel: str) -> tuple[int, str]:
-    """The compute version a results file records; files written before the field existed are version 1."""
-    d = res.json(rel)
-    return int(d.get("compute_version", (d.get("environment") or {}).get("compute_version", 1))), rel

@@ -9,7 +9,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .config import BEST_HYBRID, BEST_PURE
+from .config import BENCH, BEST_HYBRID, BEST_PURE, METHOD_ORDER
 
 
 class NotRun(LookupError):
@@ -26,6 +26,10 @@ class Results:
     def path(self, rel: str) -> Path:
         """``<experiment>/<file>`` under the profile, or ``bench/<file>`` under the root."""
         return self.root / rel if rel.startswith("bench/") else self.root / self.profile / rel
+
+    def shown(self, rel: str) -> str:
+        """``rel`` as the paper shows it, relative to the repository."""
+        return f"results/{rel}" if rel.startswith("bench/") else f"results/{self.profile}/{rel}"
 
     def frame(self, rel: str):
         """The CSV ``rel`` (e.g. ``"gap/summary.csv"``) as a pandas DataFrame."""
@@ -56,9 +60,6 @@ class Results:
             raise ValueError(f"{rel} {where}: several rows per seed; add the column that tells them apart to where=")
         return {int(s): float(v) for s, v in zip(df["seed"], df[metric])}
 
-    def mean(self, rel: str, metric: str = "test_ppl", **where) -> float:
-        return statistics.fmean(self.seeds(rel, metric, **where).values())
-
     def json(self, rel: str):
         p = self.path(rel)
         if not p.is_file():
@@ -66,29 +67,19 @@ class Results:
         return json.loads(p.read_text())
 
     def provenance(self, experiment: str) -> dict:
-        try:
-            return self.json(f"{experiment}/provenance.json")
-        except NotRun:
-            return {}
+        rel = f"{experiment}/provenance.json"
+        return self.json(rel) if self.path(rel).is_file() else {}
 
     def run_files(self, experiment: str, pattern: str = "*") -> list[Path]:
-        return sorted((self.root / self.profile / experiment / "runs").glob(f"{pattern}/result.json"))
+        files = sorted((self.root / self.profile / experiment / "runs").glob(f"{pattern}/result.json"))
+        if not files:
+            raise NotRun(f"{experiment}/runs/{pattern}/result.json")
+        return files
 
-    def missing(self, experiments) -> list[str]:
-        return [e for e in experiments if not (self.root / self.profile / e).is_dir()]
 
-
-_SMALL = dict(size="small", epochs=10)
 #: Named series of per-seed values the numbers, claims, tables and figures share: (file, metric, where).
 SERIES = {
-    "baseline": ("benchmark/summary.csv", "test_ppl", dict(method="baseline", **_SMALL)),
-    "attn_only": ("benchmark/summary.csv", "test_ppl", dict(method="attn_only", **_SMALL)),
-    "lora": ("benchmark/summary.csv", "test_ppl", dict(method="lora", **_SMALL)),
-    "rf_adamw": ("benchmark/summary.csv", "test_ppl", dict(method="rf_adamw", **_SMALL)),
-    "pil_pure": ("benchmark/summary.csv", "test_ppl", dict(method="pil_pure", **_SMALL)),
-    "pil_then_attn": ("benchmark/summary.csv", "test_ppl", dict(method="pil_then_attn", **_SMALL)),
-    "attn_then_pil": ("benchmark/summary.csv", "test_ppl", dict(method="attn_then_pil", **_SMALL)),
-    "alternating": ("benchmark/summary.csv", "test_ppl", dict(method="alternating", **_SMALL)),
+    **{m: ("benchmark/summary.csv", "test_ppl", dict(method=m, size="small", epochs=10)) for m in METHOD_ORDER},
     "hybrid": ("gap/summary.csv", "test_ppl", dict(variant=BEST_HYBRID)),
     "hybrid_global": ("gap/summary.csv", "test_ppl", dict(variant="attn_then_pil+global")),  # one sweep
     "pure_best": ("gap/summary.csv", "test_ppl", dict(variant=BEST_PURE)),
@@ -102,7 +93,6 @@ SERIES = {
     "single_same": ("ablation_bipil/summary.csv", "test_ppl", dict(variant="PIL, same expansion")),
     "single_wide": ("ablation_bipil/summary.csv", "test_ppl", dict(variant="PIL, 2x expansion")),
     "lam_low": ("ablation_lambda/summary.csv", "test_ppl", dict(lam=1e-9)),
-    "lam_mid": ("ablation_lambda/summary.csv", "test_ppl", dict(lam=1e-3)),
     "lam_high": ("ablation_lambda/summary.csv", "test_ppl", dict(lam=0.1)),
     "exp_1": ("ablation_expansion/summary.csv", "test_ppl", dict(expansion=1)),
     "exp_8": ("ablation_expansion/summary.csv", "test_ppl", dict(expansion=8)),
@@ -118,12 +108,14 @@ def series(res: Results, name: str) -> dict[int, float]:
     return res.seeds(rel, metric, **where)
 
 
+def mean(res: Results, name: str) -> float:
+    return statistics.fmean(series(res, name).values())
+
+
 #: Runs whose per-layer fits the paper reports: (experiment, run-folder pattern).
 FIT_RUNS = {
-    "pil_pure": ("benchmark", "method=pil_pure,epochs=10,seed=*"),
-    "pil_then_attn": ("benchmark", "method=pil_then_attn,epochs=10,seed=*"),
-    "attn_then_pil": ("benchmark", "method=attn_then_pil,epochs=10,seed=*"),
-    "alternating": ("benchmark", "method=alternating,epochs=10,seed=*"),
+    **{m: ("benchmark", f"method={m},epochs=10,seed=*") for m in ("pil_pure", "pil_then_attn", "attn_then_pil",
+                                                                   "alternating")},
     "hybrid": ("gap", f"{BEST_HYBRID},seed=*"),
     "teacher_4": ("teacher", "rf4x,seed=*"),
     "teacher_16": ("teacher", "rf16x,seed=*"),
@@ -132,8 +124,6 @@ FIT_RUNS = {
 
 def layer_r2(res: Results, name: str) -> dict[int, list[float]]:
     """``{layer: [R² of its last solve, one per run]}`` from the runs' ``result.json`` (``solves``)."""
-    import json
-
     experiment, pattern = FIT_RUNS[name]
     out: dict[int, list[float]] = {}
     for p in res.run_files(experiment, pattern):
@@ -146,3 +136,15 @@ def layer_r2(res: Results, name: str) -> dict[int, list[float]]:
     if not out:
         raise NotRun(f"{experiment}/runs/{pattern}/result.json")
     return out
+
+
+def bench_ratio(res: Results, key: str, smallest: bool = False) -> float:
+    """A headline ratio of the single-GPU benchmark: the median over its repeats, or with ``smallest`` the
+    smallest repeat (``pillm bench --combine`` writes both)."""
+    return float(res.json(BENCH)[f"{key}_min" if smallest else key])
+
+
+def compute_version(res: Results, rel: str) -> tuple[int, str]:
+    """The compute version a results file records; files written before the field existed are version 1."""
+    d = res.json(rel)
+    return int(d.get("compute_version", (d.get("environment") or {}).get("compute_version", 1))), rel

@@ -3,15 +3,17 @@ reference. Each table names the notebook and results file that made it."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import stats
-from .config import BENCH, BEST_HYBRID, METHOD_ORDER, METHOD_TEX
+from .config import BENCH, BENCH_2GPU, BEST_HYBRID, METHOD_ORDER, METHOD_TEX
+from .files import sha256_short
 from .numbers import fmt, fmt_paired
-from .results import FIT_RUNS, SERIES, NotRun, Results, layer_r2, series
+from .results import FIT_RUNS, NotRun, Results, layer_r2, mean, series
 
 
 @dataclass
@@ -30,15 +32,19 @@ class Table:
         self.align = self.align or "l" + "r" * (len(self.header) - 1)
 
 
+def interval(values) -> tuple[float, float]:
+    """The mean and the half-width of its 95 % t interval (0 for one value)."""
+    v = [float(x) for x in values]
+    h = stats.t_quantile(len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+    return statistics.fmean(v), h
+
+
 def ci(values, digits: int | None = None) -> str:
     """``mean ± half-width`` of the 95 % t interval of the mean (the mean alone for one value)."""
-    v = [float(x) for x in values]
-    m = statistics.fmean(v)
+    v = list(values)
+    m, h = interval(v)
     digits = digits if digits is not None else 0 if abs(m) >= 1000 else 1
-    if len(v) < 2:
-        return f"{m:.{digits}f}"
-    h = stats.t_quantile(len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
-    return f"{_num(m, digits)} $\\pm$ {_num(h, digits)}"
+    return f"{_num(m, digits)} $\\pm$ {_num(h, digits)}" if len(v) > 1 else f"{m:.{digits}f}"
 
 
 def _num(x: float, digits: int) -> str:
@@ -47,7 +53,7 @@ def _num(x: float, digits: int) -> str:
 
 
 def _tex(s) -> str:
-    s = str(s).replace("\\", " ").replace("{", "").replace("}", "").replace("$", "").replace("#", "").replace("~", " ").replace("^", " ")
+    s = str(s).translate(str.maketrans({"\\": " ", "~": " ", "^": " ", "{": None, "}": None, "$": None, "#": None}))
     return s.replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("->", r"$\rightarrow$")
 
 
@@ -57,21 +63,20 @@ def main_table(res: Results) -> Table:
               "interval. Gap closed: share of the log-perplexity gap between attention only and the baseline.",
               "benchmark/summary.csv", ["Model", "FFN learned by", "Test PPL", r"$\Delta$ vs.\ attention only",
                                         r"Gap closed (\%)"])
-    how = {"baseline": "AdamW", "attn_only": "(no FFN)", "lora": "AdamW (rank 8)", "rf_adamw": "AdamW readout",
-           "pil_pure": "closed form", "pil_then_attn": "closed form", "attn_then_pil": "closed form",
-           "alternating": "closed form", "hybrid": "closed form"}
+    how = {"baseline": "AdamW", "attn_only": "(no FFN)", "lora": "AdamW (rank 8)", "rf_adamw": "AdamW readout"}
     ref = series(res, "attn_only")
-    means = {k: statistics.fmean(series(res, k).values()) for k in ("attn_only", "baseline")}
+    means = {k: mean(res, k) for k in ("attn_only", "baseline")}
     for key in METHOD_ORDER + ("hybrid",):
         s = series(res, key)
         name = METHOD_TEX[key] if key != "hybrid" else r"attention$\rightarrow$PIL, global, 4 sweeps"
         delta = "---" if key in ("attn_only", "pil_pure") else fmt_paired(stats.paired(s, ref))
-        share = stats.log_gap_share(means["attn_only"], means["baseline"], statistics.fmean(s.values()))
-        t.rows.append([name, how[key], ci(s.values()), delta, _num(share, 0) if share > -1000 else "---"])
+        share = stats.log_gap_share(means["attn_only"], means["baseline"], mean(res, key))
+        t.rows.append([name, how.get(key, "closed form"), ci(s.values()), delta,
+                       _num(share, 0) if share > -1000 else "---"])
     return t
 
 
-def ablation_table(res: Results) -> Table:
+def ablations_table(res: Results) -> Table:
     t = Table("ablations", "Ablations", "Ablations of the closed-form FFN (test perplexity, mean $\\pm$ 95\\,\\% "
               "interval; $\\Delta$: paired difference from the block's first row). Bi-PIL, $\\lambda$ and width: "
               r"PIL$\rightarrow$attention; targets: both orders.", "ablation_bipil/summary.csv",
@@ -104,20 +109,18 @@ def ablation_table(res: Results) -> Table:
     return t
 
 
-def grouped(res: Results, name: str, title: str, caption: str, rel: str, by: list, metrics: dict,
-            order=None, label=None, where=None) -> Table:
+def grouped(res: Results, name: str, title: str, caption: str, rel: str, by: list, metrics: dict, order) -> Table:
     """One row per combination of ``by`` (mean ± interval of each metric over seeds)."""
-    df = res.rows(rel, **(where or {})).copy()
+    df = res.rows(rel).copy()
     df[by] = df[by].astype(object).where(df[by].notna(), "---").astype(str)
     heads = {"n_features": "Features", "lr": "Learning rate", "lam": r"$\lambda$", "how": "Adapted by"}
     t = Table(name, title, caption, rel, [heads.get(b, _tex(b).replace("\\_", " ").capitalize()) for b in by]
               + list(metrics.values()))
-    keys = list(dict.fromkeys(tuple(r) for r in df[by].itertuples(index=False)))
+    groups = list(df.groupby(by, sort=False))  # in order of first appearance, then by ``order``'s first column
     if order:
-        keys.sort(key=lambda k: order.index(k[0]) if k[0] in order else len(order))
-    for k in keys:
-        sub = df[(df[by] == list(k)).all(axis=1)]
-        cells = [METHOD_TEX.get(x, _tex(x)) if b == "method" else (label or _tex)(x) for b, x in zip(by, k)]
+        groups.sort(key=lambda g: order.index(g[0][0]) if g[0][0] in order else len(order))
+    for k, sub in groups:
+        cells = [METHOD_TEX.get(x, _tex(x)) if b == "method" else _tex(x) for b, x in zip(by, k)]
         for m in metrics:
             vals = sub[m].dropna().astype(float).tolist()
             pct = m.endswith("_acc")  # accuracies in percent, two decimals
@@ -126,53 +129,53 @@ def grouped(res: Results, name: str, title: str, caption: str, rel: str, by: lis
     return t
 
 
-def appendix_tables(res: Results) -> list[Table]:
-    ppl = {"valid_ppl": "Valid PPL", "test_ppl": "Test PPL"}
-    specs = [
-        ("gap", "Every variant of the gap experiment", "Every variant of the gap experiment, mean $\\pm$ 95\\,\\% "
-         f"interval; the best hybrid on validation is \\texttt{{{_tex(BEST_HYBRID)}}}.", "gap/summary.csv",
-         ["variant"], ppl, None),
-        ("sizes", "Model sizes and budgets", "Test perplexity by model size and number of epochs.",
-         "benchmark/summary.csv", ["size", "epochs", "method"], {"test_ppl": "Test PPL"}, ["small", "medium", "large"]),
-        ("teacher", "Teacher targets", "Trained baselines' FFNs refitted by random features in closed form "
-         "(teacher targets).", "teacher/summary.csv", ["variant", "n_features"], {"test_ppl": "Test PPL"}, None),
-        ("first_layer", "Data-dependent first layers", "attention$\\rightarrow$PIL re-solved in closed form with "
-         "other first-layer projections (local targets).", "first_layer/summary.csv", ["projection", "n_features"],
-         {"test_ppl": "Test PPL"}, None),
-        ("lambada", "LAMBADA", "LAMBADA last-word accuracy (\\%) and word perplexity.", "lambada/summary.csv",
-         ["method"], {"lambada_acc": "Accuracy", "lambada_word_ppl": "Word PPL"}, list(METHOD_ORDER)),
-        ("tinystories", "TinyStories", "TinyStories test perplexity.", "tinystories/summary.csv", ["method"],
-         ppl, list(METHOD_ORDER)),
-        ("tuning", "Tuned learning rate and dropout", "Each method at its own learning rate and dropout (and "
-         "$\\lambda$), chosen on validation.", "tuning/tuned.csv", ["method", "lr", "dropout", "lam"], ppl,
-         list(METHOD_ORDER)),
-        ("adaptation", "Adaptation to a new domain", "Adapting attention$\\rightarrow$PIL to a new corpus: test "
-         "perplexity there and on WikiText-2 afterwards.", "adaptation/summary.csv", ["how", "domain"],
-         {"test_ppl": "New-domain PPL", "wiki_test_ppl": "WikiText-2 PPL", "adapt_s": "Seconds"}, None),
-        ("pure_attention", "Fixed attention for pure PIL", "Pure PIL with fixed attention patterns.",
-         "pure_attention/summary.csv", ["heads"], ppl, None),
-        ("lambda_path", "Ridge per layer", "Ridge $\\lambda$ chosen per layer on validation, against the "
-         "checkpoints' own $\\lambda$ (control).", "lambda_path/summary.csv", ["variant"], ppl, None),
-        ("protocol", "Sliding-window evaluation", "Test perplexity with sliding windows (stride in tokens).",
-         "protocol/protocol.csv", ["method", "stride"], {"ppl": "Test PPL"}, list(METHOD_ORDER)),
-        ("ngram", "Kneser--Ney baselines", "Interpolated Kneser--Ney $n$-gram models, with KenLM's perplexity.",
-         "ngram/summary.csv", ["order"], {"test_ppl": "Test PPL", "kenlm_test_ppl": "KenLM"}, None),
-    ]
-    out = []
-    for name, title, cap, rel, by, metrics, order in specs:
-        try:
-            t = grouped(res, name, title, cap, rel, by, metrics, order)
-            out.append(t)
-        except NotRun as e:
-            out.append(Table(name, title, f"{cap} Not run in this results tree ({_tex(e)}).", rel, ["Result"],
-                             [["not run"]]))
-    for extra in (fit_table, setup_table, samples_table):
-        try:
-            out.append(extra(res))
-        except NotRun as e:
-            out.append(Table(extra.__name__[:-6], "not run", f"Not run in this results tree ({_tex(e)}).",
-                             "benchmark/summary.csv", ["Result"], [["not run"]]))
-    return out
+_PPL = {"valid_ppl": "Valid PPL", "test_ppl": "Test PPL"}
+#: The appendix's tables of means by group: (name, title, caption, results file, group by, metrics, row order).
+GROUPED = [
+    ("gap", "Every variant of the gap experiment", "Every variant of the gap experiment, mean $\\pm$ 95\\,\\% "
+     f"interval; the best hybrid on validation is \\texttt{{{_tex(BEST_HYBRID)}}}.", "gap/summary.csv",
+     ["variant"], _PPL, None),
+    ("sizes", "Model sizes and budgets", "Test perplexity by model size and number of epochs.",
+     "benchmark/summary.csv", ["size", "epochs", "method"], {"test_ppl": "Test PPL"}, ["small", "medium", "large"]),
+    ("teacher", "Teacher targets", "Trained baselines' FFNs refitted by random features in closed form "
+     "(teacher targets).", "teacher/summary.csv", ["variant", "n_features"], {"test_ppl": "Test PPL"}, None),
+    ("first_layer", "Data-dependent first layers", "attention$\\rightarrow$PIL re-solved in closed form with "
+     "other first-layer projections (local targets).", "first_layer/summary.csv", ["projection", "n_features"],
+     {"test_ppl": "Test PPL"}, None),
+    ("lambada", "LAMBADA", "LAMBADA last-word accuracy (\\%) and word perplexity.", "lambada/summary.csv",
+     ["method"], {"lambada_acc": "Accuracy", "lambada_word_ppl": "Word PPL"}, METHOD_ORDER),
+    ("tinystories", "TinyStories", "TinyStories test perplexity.", "tinystories/summary.csv", ["method"], _PPL,
+     METHOD_ORDER),
+    ("tuning", "Tuned learning rate and dropout", "Each method at its own learning rate and dropout (and "
+     "$\\lambda$), chosen on validation.", "tuning/tuned.csv", ["method", "lr", "dropout", "lam"], _PPL, METHOD_ORDER),
+    ("adaptation", "Adaptation to a new domain", "Adapting attention$\\rightarrow$PIL to a new corpus: test "
+     "perplexity there and on WikiText-2 afterwards.", "adaptation/summary.csv", ["how", "domain"],
+     {"test_ppl": "New-domain PPL", "wiki_test_ppl": "WikiText-2 PPL", "adapt_s": "Seconds"}, None),
+    ("pure_attention", "Fixed attention for pure PIL", "Pure PIL with fixed attention patterns.",
+     "pure_attention/summary.csv", ["heads"], _PPL, None),
+    ("lambda_path", "Ridge per layer", "Ridge $\\lambda$ chosen per layer on validation, against the "
+     "checkpoints' own $\\lambda$ (control).", "lambda_path/summary.csv", ["variant"], _PPL, None),
+    ("protocol", "Sliding-window evaluation", "Test perplexity with sliding windows (stride in tokens).",
+     "protocol/protocol.csv", ["method", "stride"], {"ppl": "Test PPL"}, METHOD_ORDER),
+    ("ngram", "Kneser--Ney baselines", "Interpolated Kneser--Ney $n$-gram models, with KenLM's perplexity.",
+     "ngram/summary.csv", ["order"], {"test_ppl": "Test PPL", "kenlm_test_ppl": "KenLM"}, None),
+]
+
+
+def _or_not_run(make, name: str, title: str = "", caption: str = "", rel: str = "benchmark/summary.csv") -> Table:
+    """``make()``, or a table that names the results it is missing."""
+    try:
+        return make()
+    except NotRun as e:
+        return Table(name, title or name, f"{caption} Not run in this results tree ({_tex(e)}).".lstrip(), rel,
+                     ["Result"], [["not run"]])
+
+
+def all_tables(res: Results, experiments) -> list[Table]:
+    out = [_or_not_run(lambda: make(res), make.__name__.removesuffix("_table"))
+           for make in (main_table, ablations_table, fit_table, setup_table, samples_table)]
+    out += [_or_not_run(lambda: grouped(res, *spec), *spec[:4]) for spec in GROUPED]
+    return out + [provenance_table(res, experiments)]
 
 
 def fit_table(res: Results) -> Table:
@@ -196,40 +199,31 @@ def fit_table(res: Results) -> Table:
     return t
 
 
-def provenance_table(res: Results, experiments, sha, version) -> Table:
+def provenance_table(res: Results, experiments) -> Table:
+    """Each experiment's summary and each benchmark file: sha256, commit and compute version (1 where the file
+    predates the field)."""
     t = Table("provenance", "Provenance", "Where each result comes from: the notebook, the results file (first 8 "
               "hex digits of its sha256), the commit it ran at and its compute version.", "provenance.json",
               ["Experiment", "Results file", "sha256", "Commit", "Version"], align="llllr")
-    for e in experiments:
-        p = res.provenance(e)
-        f = res.path(f"{e}/summary.csv")
-        t.rows.append([_tex(e), _tex(f"results/{res.profile}/{e}/summary.csv"), sha(f) if f.is_file() else "not run",
-                       str(p.get("git_commit") or "---")[:8], str(p.get("compute_version", version))])
-    for rel_ in (BENCH, "bench/nvidia-h200-2gpu.json"):
-        b = Path(rel_).stem
-        f = res.path(rel_)
-        if f.is_file():
-            d = res.json(rel_)
-            t.rows.append([_tex(b), _tex(f"results/bench/{b}.json"), sha(f),
-                           str((d.get("environment") or {}).get("git_commit") or "---")[:8],
-                           str(d.get("compute_version", version))])
+    files = [(e, f"{e}/summary.csv", res.provenance(e)) for e in experiments]
+    files += [(Path(b).stem, b, res.json(b)) for b in (BENCH, BENCH_2GPU) if res.path(b).is_file()]
+    for name, rel, p in files:
+        f = res.path(rel)
+        commit = p.get("git_commit") or (p.get("environment") or {}).get("git_commit") or "---"
+        t.rows.append([_tex(name), _tex(res.shown(rel)), sha256_short(f) if f.is_file() else "not run",
+                       str(commit)[:8], str(p.get("compute_version", 1))])
     return t
 
 
 def setup_table(res: Results) -> Table:
     """Model and training settings by size, read from the benchmark's baseline runs."""
-    import json
-
     t = Table("setup", "Models and training", "Model sizes and training settings of the benchmark (baseline runs; "
               "the other methods differ only in the FFN).", "benchmark/runs",
               ["Size", "Layers", "Heads", "Width", "Context", "Vocabulary", "Parameters", "Epochs", "Batch",
                "Learning rate", "Dropout"])
-    for size in ("small", "medium", "large"):
-        runs = [p for p in res.run_files("benchmark", "method=baseline,*")
-                if json.loads(p.read_text()).get("size") == size]
-        if not runs:
-            continue
-        r = json.loads(runs[-1].read_text())
+    runs = [json.loads(p.read_text()) for p in res.run_files("benchmark", "method=baseline,*")]
+    by_size = {r.get("size"): r for r in runs}  # the last run of each size
+    for size, r in ((s, by_size[s]) for s in ("small", "medium", "large") if s in by_size):
         m, c = r["model_config"], r["train_config"]
         t.rows.append([size, m["n_layer"], m["n_head"], m["n_embd"], m["block_size"], fmt(m["vocab_size"], "int"),
                        fmt(r["params"]["total"], "int"), c["epochs"], c["batch_size"], c["lr"], m["dropout"]])
@@ -250,7 +244,8 @@ def samples_table(res: Results) -> Table:
             continue
         seen.add(s["method"])
         words = " ".join(str(s["text"]).split()[:60])
-        t.rows.append([METHOD_TEX.get(s["method"], _tex(s["method"])), f"\\emph{{{_tex(s['prompt'])}}} {_tex(words)} \\dots"])
+        prompt = f"\\emph{{{_tex(s['prompt'])}}}"
+        t.rows.append([METHOD_TEX.get(s["method"], _tex(s["method"])), f"{prompt} {_tex(words)} \\dots"])
     if not t.rows:
         raise NotRun("tinystories/samples.json")
     return t
