@@ -21,6 +21,7 @@ a CPU) on random normal inputs. ``docs/PERF_NOTES.md`` gives each FLOP model and
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import math
@@ -33,9 +34,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from .atomic import write_atomic, write_json_atomic
+from .data import TokenStream, load_tokenized
+from .model import PILLM, config_for
+from .run import environment, utc_now
 from .solver import RidgeAccumulator, no_tf32, sync_device as sync
+from .train import AdamWRunner, RunLog, TrainConfig, pil_phase, resolve_device, run_procedure, search_windows
 from .version import COMPUTE_VERSION
 
 FULL_SIZES = (1024, 2048, 4096, 8192)
@@ -272,8 +278,6 @@ def load_streams(s: dict, device: torch.device):
     ``synthetic`` (the ``--quick`` default): uniform random tokens of a small vocabulary, so that CPU runs are
     not dominated by WikiText-2's 33k-word output head (the timings do not depend on what the tokens say).
     """
-    from .data import TokenStream, load_tokenized
-
     name = s["dataset"]
     if name == "synthetic":
         vocab = SYNTHETIC_VOCAB
@@ -287,22 +291,16 @@ def load_streams(s: dict, device: torch.device):
 
 def model_config(s: dict, vocab: int, ffn: str):
     """The benchmark's model: ``bipil`` (concat fusion) for the PIL phase, ``mlp`` for the baseline."""
-    from .model import config_for
-
     return config_for(s["size"], vocab_size=vocab, ffn=ffn, expansion=s["expansion"])
 
 
 def _fresh(mcfg, seed: int, device: torch.device):
     """A new model on the device, initialised from ``seed`` (every timed model of a kind starts the same)."""
-    from .model import PILLM
-
     torch.manual_seed(seed)
     return PILLM(mcfg).to(device)
 
 
 def _warm_slice(stream, windows: int, block: int):
-    from .data import TokenStream
-
     return TokenStream(stream.ids[: windows * block + block + 1], stream.device)
 
 
@@ -346,10 +344,6 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
 
     Under an initialised process group every rank streams its shard, and the wall clock runs between barriers.
     """
-    import torch.distributed as dist
-
-    from .train import RunLog, TrainConfig, pil_phase, search_windows as _search_windows
-
     grouped = dist.is_available() and dist.is_initialized()
     mcfg = model_config(s, vocab, "bipil")
     tcfg = TrainConfig(method="pil_pure", target="local", lam=s["lam"], search_tokens=s["search_tokens"],
@@ -366,8 +360,8 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
     run(_warm_slice(train, 2 * (dist.get_world_size() if grouped else 1) * tcfg.solve_batch_size, block))
     model, log, wall = run(train)
     n_tokens = train.windows(block)[0].shape[0] * block  # solve_layer streams every whole window
-    search_windows = _search_windows(valid, tcfg, block)[0].shape[0]  # the windows the η search scores
-    flops = pil_phase_flops(mcfg, n_tokens, search_windows * block, len(tcfg.eta_grid))
+    n_search = search_windows(valid, tcfg, block)[0].shape[0]  # the windows the η search scores
+    flops = pil_phase_flops(mcfg, n_tokens, n_search * block, len(tcfg.eta_grid))
     seconds = log.seconds("pil")
     rec = {
         "seconds": seconds, "wall_seconds": wall, "tokens": n_tokens, "tokens_per_s": n_tokens / seconds,
@@ -384,8 +378,6 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
 
 def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compile_: bool) -> dict:
     """``baseline_epochs`` AdamW epochs of the ``mlp`` model via :class:`AdamWRunner` (after a short warm-up)."""
-    from .train import AdamWRunner, RunLog, TrainConfig
-
     mcfg = model_config(s, vocab, "mlp")
     epochs = s["baseline_epochs"]
     tcfg = TrainConfig(method="baseline", epochs=epochs, device=str(device), compile=compile_, seed=s["seed"],
@@ -459,7 +451,6 @@ def time_variant(s: dict, device: torch.device, train, valid, vocab: int, option
     No warm-up of its own: it runs after part 3, which warmed the AdamW and closed-form kernels.
     """
     from .experiments.grid import make_run, run_spec
-    from .train import run_procedure
 
     train_cfg = {**(params.get("train") or {}), "device": str(device), "eval_every_epoch": False,
                  "max_train_tokens": None, "max_eval_tokens": None}
@@ -572,8 +563,6 @@ def plot(result: dict, path: Path) -> None:
 
 # Single-device run and repeats
 def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
-    from .run import environment, utc_now
-
     return {
         "benchmark": "pillm bench", "format": 1, "quick": s["quick"], "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -676,8 +665,6 @@ def ffn_weights(model) -> list[torch.Tensor]:
 
 def allreduce_rate(d: int, k: int, device: torch.device, s: dict) -> dict:
     """All-reduce of one layer's statistics (G [D, D] and C [D, K] fp32); bus bandwidth as NCCL reports it."""
-    import torch.distributed as dist
-
     world = dist.get_world_size()
     g = torch.randn(d, d, device=device)
     c = torch.randn(d, k, device=device)
@@ -699,10 +686,6 @@ def run_distributed(args: argparse.Namespace) -> dict | None:
     Must run under ``torchrun``; the group is NCCL on GPUs (one per rank) and gloo on CPU.
     Returns the result on rank 0 (None elsewhere).
     """
-    import datetime
-
-    import torch.distributed as dist
-
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world < 2:
         raise ValueError("--distributed needs several processes: torchrun --nproc_per_node=2 -m pillm bench "
@@ -798,8 +781,6 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             unit = "gpu" if result["backend"] == "nccl" else "proc"
             stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
         else:
-            from .train import resolve_device
-
             device = resolve_device(args.device or "auto")
             stem = device_slug(device, bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
             result = run_single(args, device, stem)
