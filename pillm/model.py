@@ -1,7 +1,5 @@
 """PIL-LM: a decoder-only pre-LN Transformer whose feed-forward layers can be solved in closed form.
 
-    pillm train --method pil_then_attn --size small --dataset wikitext2 --out runs/pil_small
-
 Every block is ``x ← x + Attn(LN₁ x);  x ← x + FFN(LN₂ x)``. The FFN kind is a config field:
 
 =========  ===================================================================================
@@ -94,10 +92,8 @@ class ModelConfig(DictConfig):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                "choose n_head among the divisors of n_embd"
-            )
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             "choose n_head among the divisors of n_embd")
         if self.expansion < 1:
             raise ValueError(f"expansion must be >= 1 (hidden width = expansion * n_embd), got {self.expansion}")
         if not 0.0 <= self.dropout < 1.0:
@@ -116,12 +112,7 @@ def config_for(size: str, **overrides) -> ModelConfig:
     return ModelConfig(**{**PRESETS[size], **overrides})
 
 
-# --------------------------------------------------------------------------------------------
-# Feed-forward variants. Each takes u = LN₂(x) [B, T, C] and returns [B, T, C].
-# ROLES maps each parameter/buffer name to its kind for parameter counting.
-# --------------------------------------------------------------------------------------------
-
-
+# Feed-forward variants: u = LN₂(x) [B, T, C] -> [B, T, C]; ROLES gives each tensor's kind for counting.
 def _randn(shape, std: float, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator) * std
 
@@ -295,11 +286,7 @@ def make_ffn(cfg: ModelConfig, generator: torch.Generator) -> nn.Module | None:
         return SolvedFFN(cfg, generator)  # pil, bipil, rf_adamw
 
 
-# --------------------------------------------------------------------------------------------
 # Transformer
-# --------------------------------------------------------------------------------------------
-
-
 def mixture_log_probs(logits, mix, log_unigram):
     """``log((1 − α)·softmax(logits) + α·unigram)`` (α = 0: the log-softmax; α = 1: the unigram).
 
@@ -428,26 +415,22 @@ class PILLM(nn.Module):
         """
         counts = dict.fromkeys(("embedding", "attention", "norm", "ffn_trainable", "ffn_solved",
                                 "ffn_frozen_random", "head_solved"), 0)
-        counted: set[str] = set()
-        for i, block in enumerate(self.blocks):
-            if block.ffn is None:
-                continue
-            tensors = dict(block.ffn.named_parameters()) | dict(block.ffn.named_buffers())
-            for name, tensor in tensors.items():
-                counts[block.ffn.ROLES[name]] += tensor.numel()
-                counted.add(f"blocks.{i}.ffn.{name}")
         for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
-            if name in counted or name in ("head_temperature", "head_mix"):
+            if name in ("head_temperature", "head_mix"):
                 continue
-            if name.startswith(("tok_emb", "pos_emb")):
-                counts["embedding"] += tensor.numel()
+            if ".ffn." in name:  # blocks.<i>.ffn.<name within the FFN>
+                prefix, local = name.split(".ffn.", 1)
+                role = self.blocks[int(prefix.split(".")[1])].ffn.ROLES[local]
+            elif name.startswith(("tok_emb", "pos_emb")):
+                role = "embedding"
             elif ".attn." in name:
-                counts["attention"] += tensor.numel()
+                role = "attention"
             elif name.startswith("head_"):
-                counts["head_solved"] += tensor.numel()
+                role = "head_solved"
             elif "ln" in name:
-                counts["norm"] += tensor.numel()
+                role = "norm"
             else:  # pragma: no cover - a new module must be given a role
                 raise RuntimeError(f"parameter {name} has no counting role")
+            counts[role] += tensor.numel()
         counts["total"] = sum(counts.values())
         return counts

@@ -103,12 +103,10 @@ class TrainConfig(DictConfig):
         check_target(self.final_target)
         if self.lam < 0:
             raise ValueError(f"lam must be >= 0 (ridge λ relative to mean diag(HᵀH)), got {self.lam}")
-        for name in ("epochs", "iterations"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "solve_batch_size", "search_tokens", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, low in (("epochs", 0), ("iterations", 0), ("batch_size", 1), ("solve_batch_size", 1),
+                          ("search_tokens", 1), ("log_every", 1), ("ppmi_window", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.method == "alternating" and self.epochs < 1:
@@ -117,8 +115,6 @@ class TrainConfig(DictConfig):
             raise ValueError("solve_head is only used by method='pil_pure'")
         if self.embed_init not in EMBED_INITS:
             raise ValueError(f"embed_init={self.embed_init!r} is not valid; allowed values: {', '.join(EMBED_INITS)}")
-        if self.ppmi_window < 1:
-            raise ValueError(f"ppmi_window must be >= 1, got {self.ppmi_window}")
         self.eta_grid = tuple(float(e) for e in self.eta_grid)
         if self.eta_max is not None and not any(e <= self.eta_max for e in self.eta_grid):
             raise ValueError(f"eta_max={self.eta_max} is below every point of eta_grid (smallest "
@@ -175,9 +171,11 @@ class RunLog:
         return sum(p["seconds"] for p in self.phases if p["phase"] == kind)
 
 
-# --------------------------------------------------------------------------------------------
 # Closed-form phase
-# --------------------------------------------------------------------------------------------
+def _batches(x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, desc: str, progress: bool):
+    """``(x, y)`` batches of whole windows in order, under a progress bar."""
+    for i in tqdm(range(0, x_all.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+        yield x_all[i:i + batch_size], y_all[i:i + batch_size]
 
 
 def search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
@@ -196,10 +194,10 @@ def _search_cache(model: PILLM, layer: int, search: tuple, batch_size: int, w_ba
     """
     block = model.blocks[layer]
     cache = []
-    for i in range(0, search[0].shape[0], batch_size):
-        x_mid = block.attend(model.residual_before(search[0][i:i + batch_size], layer))
+    for x, y in _batches(*search, batch_size, "", False):
+        x_mid = block.attend(model.residual_before(x, layer))
         h = block.ffn.features(block.ln2(x_mid))
-        cache.append((x_mid, h @ w_base + b_base, h @ w_step + b_step, search[1][i:i + batch_size]))
+        cache.append((x_mid, h @ w_base + b_base, h @ w_step + b_step, y))
     return cache
 
 
@@ -228,10 +226,8 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     acc = RidgeAccumulator(ffn.n_features, 2 * c, fit_bias=True, device=device)
     cross = torch.zeros(c, dtype=torch.float64, device=device)  # Σ Y₀·Δ per column, for R²(η)
     t0 = time.perf_counter()
-    for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve layer {layer}",
-                  disable=not progress or rank != 0, leave=False):
-        d = layer_data(model, layer, x_all[i:i + cfg.solve_batch_size], y_all[i:i + cfg.solve_batch_size],
-                       target, teacher)
+    for x, y in _batches(x_all, y_all, cfg.solve_batch_size, f"solve layer {layer}", progress and rank == 0):
+        d = layer_data(model, layer, x, y, target, teacher)
         acc.update(d.features, torch.cat([d.base, d.step], dim=1), d.mask)
         # torch.where, not boolean indexing: no host sync per batch
         cross += torch.where(d.mask.unsqueeze(1), d.base.double() * d.step.double(), 0.0).sum(0)
@@ -324,13 +320,12 @@ def landmark_inputs(model: PILLM, layer: int, train: TokenStream, cfg: TrainConf
 
 
 @torch.no_grad()
-def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 2, *,
-                    alpha: float = 0.75) -> torch.Tensor:
+def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 2) -> torch.Tensor:
     """Closed-form word vectors ``[V, dim]``: truncated SVD of the positive PMI matrix.
 
     Co-occurrences are counted within ``window`` words either side of each token of the stream
     ``ids`` (a sparse ``V × V`` matrix, never dense); context counts are smoothed with exponent
-    ``alpha`` (Levy et al., 2015). The vectors are ``U·√S`` of a randomised truncated SVD,
+    0.75 (Levy et al., 2015). The vectors are ``U·√S`` of a randomised truncated SVD,
     scaled to unit RMS per coordinate. Words that never occur get zero vectors, and so do the
     coordinates beyond the matrix's rank when ``dim`` exceeds the vocabulary.
     """
@@ -341,7 +336,7 @@ def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 
     counts = torch.sparse_coo_tensor(pairs, ones, (vocab_size, vocab_size), check_invariants=False).coalesce()
     (w, c), n_wc = counts.indices(), counts.values()
     n_w = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, w, n_wc)
-    p_c = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, c, n_wc) ** alpha
+    p_c = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, c, n_wc) ** 0.75
     p_c = p_c / p_c.sum()
     pmi = torch.log(n_wc / n_w[w] / p_c[c])  # log P(w,c) / (P(w) P_α(c))
     keep = pmi > 0
@@ -401,10 +396,8 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     acc = RidgeAccumulator(d, v, fit_bias=True, dtype=torch.float64, device=device)
     x_all, y_all = train.windows(block)
     with torch.no_grad():
-        for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve {name}", disable=not progress,
-                      leave=False):
-            x = model.residual_before(x_all[i:i + cfg.solve_batch_size], model.config.n_layer)
-            y = y_all[i:i + cfg.solve_batch_size]
+        for x, y in _batches(x_all, y_all, cfg.solve_batch_size, f"solve {name}", progress):
+            x = model.residual_before(x, model.config.n_layer)
             acc.update_labels(model.ln_f(x), y.clamp_min(0), y != IGNORE_INDEX)
     w, b, info = acc.solve(cfg.lam)
     counts, n = acc.sum_y, acc.sum_y.sum()
@@ -434,11 +427,9 @@ def _head_calibration(model: PILLM, search: tuple, batch_size: int, temperatures
     log_keep, log_mix = torch.log1p(-mix), torch.log(mix)
     nll = torch.zeros(len(temperatures), len(mixes), dtype=torch.float64, device=mix.device)
     count = 0
-    x_all, y_all = search
-    for i in tqdm(range(0, x_all.shape[0], batch_size), desc="calibrate head", disable=not progress, leave=False):
-        x = model.residual_before(x_all[i:i + batch_size], model.config.n_layer)
+    for x, y in _batches(*search, batch_size, "calibrate head", progress):
+        x = model.residual_before(x, model.config.n_layer)
         scores = (model.ln_f(x) @ model.head_weight + model.head_bias).float()  # [B, T, V]
-        y = y_all[i:i + batch_size]
         valid = (y != IGNORE_INDEX).unsqueeze(-1)
         target = y.clamp_min(0).unsqueeze(-1)
         log_unigram = model.head_log_unigram[target]  # [B, T, 1]
@@ -452,11 +443,7 @@ def _head_calibration(model: PILLM, search: tuple, batch_size: int, temperatures
             for k, t in enumerate(temperatures) for j, m in enumerate(mixes)]
 
 
-# --------------------------------------------------------------------------------------------
 # Gradient phase
-# --------------------------------------------------------------------------------------------
-
-
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up then cosine decay to ``lr·min_lr_ratio`` over the whole run."""
     warmup = max(1, int(cfg.warmup_frac * total))
@@ -554,11 +541,7 @@ class AdamWRunner:
         return value
 
 
-# --------------------------------------------------------------------------------------------
 # Procedures
-# --------------------------------------------------------------------------------------------
-
-
 def _record_valid(model: PILLM, valid: TokenStream, cfg: TrainConfig, log: RunLog, epoch: float, phase: str) -> None:
     if not cfg.eval_every_epoch:
         return
