@@ -112,15 +112,12 @@ def config_for(size: str, **overrides) -> ModelConfig:
     return ModelConfig(**{**PRESETS[size], **overrides})
 
 
-# Feed-forward variants: u = LN₂(x) [B, T, C] -> [B, T, C]; ROLES gives each tensor's kind for counting.
+# Feed-forward variants: u = LN₂(x) [B, T, C] -> [B, T, C]
 def _randn(shape, std: float, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator) * std
 
 
 class MLP(nn.Module):
-    ROLES = {"fc.weight": "ffn_trainable", "fc.bias": "ffn_trainable",
-             "proj.weight": "ffn_trainable", "proj.bias": "ffn_trainable"}
-
     def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, cfg.hidden)
@@ -212,9 +209,6 @@ class SolvedFFN(nn.Module):
         self.is_zero = not trainable  # a trained readout gets gradients through the features
         self.out_weight = nn.Parameter(torch.zeros(m, cfg.n_embd), requires_grad=trainable)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_embd), requires_grad=trainable)
-        role = "ffn_trainable" if trainable else "ffn_solved"
-        self.ROLES = {"features.proj_fwd": "ffn_frozen_random", "features.proj_bwd": "ffn_frozen_random",
-                      "out_weight": role, "out_bias": role}
 
     @property
     def n_features(self) -> int:
@@ -246,10 +240,6 @@ class SolvedFFN(nn.Module):
 
 class LoRAFFN(nn.Module):
     """Frozen random ``W₁, W₂`` with trainable low-rank adapters: ``(W₂+A₂B₂)·GELU((W₁+A₁B₁)·u)``."""
-
-    ROLES = {"w1": "ffn_frozen_random", "w2": "ffn_frozen_random",
-             "a1": "ffn_trainable", "b1": "ffn_trainable", "a2": "ffn_trainable", "b2": "ffn_trainable",
-             "bias1": "ffn_trainable", "bias2": "ffn_trainable"}
 
     def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
@@ -408,6 +398,7 @@ class PILLM(nn.Module):
     # -- bookkeeping ---------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
         """Counts by kind. Solved weights and random buffers are counted: they are the model too.
+        An FFN's buffers are its frozen random weights; its parameters are trainable or solved by ``requires_grad``.
 
         Keys: ``embedding`` (token + position; the tied head adds nothing), ``attention``,
         ``norm``, ``ffn_trainable``, ``ffn_solved``, ``ffn_frozen_random``, ``head_solved`` and
@@ -418,9 +409,10 @@ class PILLM(nn.Module):
         for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
             if name in ("head_temperature", "head_mix"):
                 continue
-            if ".ffn." in name:  # blocks.<i>.ffn.<name within the FFN>
-                prefix, local = name.split(".ffn.", 1)
-                role = self.blocks[int(prefix.split(".")[1])].ffn.ROLES[local]
+            if ".ffn." in name and not isinstance(tensor, nn.Parameter):
+                role = "ffn_frozen_random"  # an FFN's fixed random weights are its buffers
+            elif ".ffn." in name:
+                role = "ffn_trainable" if tensor.requires_grad else "ffn_solved"
             elif name.startswith(("tok_emb", "pos_emb")):
                 role = "embedding"
             elif ".attn." in name:
