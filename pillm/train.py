@@ -27,6 +27,7 @@ picks the step size η of the target by validation loss (forward passes only). U
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import time
 import warnings
@@ -185,27 +186,27 @@ def search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
 
 
 @torch.no_grad()
-def _search_cache(model: PILLM, layer: int, search: tuple, batch_size: int, w_base, b_base, w_step, b_step) -> list:
-    """What the step-size search needs from the layer and below, computed once for every η.
+def _search_losses(model: PILLM, layer: int, search: tuple, batch_size: int, parts: tuple, etas: tuple,
+                   progress: bool) -> list[float]:
+    """Validation loss with the layer's FFN output at each step size η of ``etas``.
 
-    Per batch of the search windows: the stream after the layer's attention ``x_mid``, the two
-    components of the solved FFN's output, ``H·W₀ + b₀`` and ``H·W_Δ + b_Δ``, and the labels.
-    The FFN's output at η is ``base − η·step``; only the blocks above run per grid point.
+    What the layer and below give is computed once per batch of the search windows: the stream
+    after the layer's attention ``x_mid`` and the two components of the solved FFN's output,
+    ``H·W₀ + b₀`` and ``H·W_Δ + b_Δ`` (``parts``). The output at η is ``base − η·step``; only
+    the blocks above run per grid point.
     """
     block = model.blocks[layer]
+    w_base, b_base, w_step, b_step = parts
     cache = []
     for x, y in _batches(*search, batch_size, "", False):
         x_mid = block.attend(model.residual_before(x, layer))
         h = block.ffn.features(block.ln2(x_mid))
         cache.append((x_mid, h @ w_base + b_base, h @ w_step + b_step, y))
-    return cache
-
-
-@torch.no_grad()
-def _search_loss(model: PILLM, layer: int, cache: list, eta: float) -> float:
-    """Validation loss with the layer's FFN output at step size ``eta`` (from :func:`_search_cache`)."""
-    batches = ((model.forward_from(x_mid + base - eta * step, layer + 1), y) for x_mid, base, step, y in cache)
-    return score(batches, accuracy=False)["loss"]
+    losses = []
+    for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or len(etas) == 1, leave=False):
+        batches = ((model.forward_from(x_mid + base - eta * step, layer + 1), y) for x_mid, base, step, y in cache)
+        losses.append(score(batches, accuracy=False)["loss"])
+    return losses
 
 
 def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
@@ -244,12 +245,9 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
         parts = solutions[lam] = (weight[:, :c], bias[:c], weight[:, c:], bias[c:], rec)  # W₀, b₀, W_Δ, b_Δ
         if target not in SEARCHED and lams is None:
             continue
-        cache = _search_cache(model, layer, search, cfg.solve_batch_size, *parts[:4])
-        for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or rank != 0 or len(etas) == 1,
-                        leave=False):
-            row = {"eta": eta, "valid_loss": _search_loss(model, layer, cache, eta)}
-            search_log.append(row if lams is None else {"lam": lam} | row)
-        del cache
+        losses = _search_losses(model, layer, search, cfg.solve_batch_size, parts[:4], etas, progress and rank == 0)
+        search_log += [({} if lams is None else {"lam": lam}) | {"eta": eta, "valid_loss": loss}
+                       for eta, loss in zip(etas, losses)]
     best = min(search_log, key=lambda r: r["valid_loss"]) if search_log else {"eta": 0.0}
     lam, eta = best.get("lam", lam_grid[0]), best["eta"]
     eta_at_edge = len(etas) > 1 and eta in (min(etas), max(etas))
@@ -571,13 +569,14 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
         sync_device(train.ids.device)
         log.phases.append({"phase": "pil", "name": "embed", "seconds": time.perf_counter() - t0})
     _record_valid(model, valid, cfg, log, 0, "init")
+    solve = functools.partial(pil_phase, model, train, valid, cfg, log, teacher=teacher, progress=progress)
 
     def adamw_epochs(name: str, resolve_between: bool = False) -> None:  # one optimizer, one LR schedule
         runner = AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress)
         for _ in range(cfg.epochs):
             runner.run_epoch(name)
             if resolve_between:
-                pil_phase(model, train, valid, cfg, log, name=f"resolve{runner.epoch}", teacher=teacher, progress=progress)
+                solve(name=f"resolve{runner.epoch}")
             _record_valid(model, valid, cfg, log, runner.epoch, name)
 
     if m in FIXED_FFN:
@@ -585,27 +584,26 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
     elif m == "pil_pure":
         if cfg.solve_head:  # a head first, so that the FFNs' local targets have a gradient to follow
             solve_output_head(model, train, valid, cfg, log, name="head0", progress=progress)
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         if cfg.solve_head:
             solve_output_head(model, train, valid, cfg, log, progress=progress)
         _record_valid(model, valid, cfg, log, 0, "pil")
     elif m == "pil_then_attn":
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         _record_valid(model, valid, cfg, log, 0, "pil")
         adamw_epochs("attn")
     elif m == "attn_then_pil":
         adamw_epochs("attn")
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         _record_valid(model, valid, cfg, log, cfg.epochs, "pil")
     elif m == "alternating":
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         adamw_epochs("attn", resolve_between=True)
 
     if cfg.final_resolve:
         if model.config.ffn not in ("pil", "bipil"):
             raise ValueError(f"final_resolve needs closed-form FFNs; method {m!r} has {model.config.ffn!r}")
-        pil_phase(model, train, valid, cfg, log, target=cfg.final_target, name="final_resolve",
-                  teacher=teacher, progress=progress)
+        solve(target=cfg.final_target, name="final_resolve")
         _record_valid(model, valid, cfg, log, cfg.epochs, "final_resolve")
     model.eval()
     return log
