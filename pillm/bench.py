@@ -51,9 +51,6 @@ PARTS = DEFAULT_PARTS + ("hybrid",)  # hybrid: a whole training run (minutes on 
 #: Top-level keys of the headline ratios: printed, and summarised over repeats by ``--combine``.
 HEADLINE_PREFIXES = ("gram_rate", "pil_phase", "baseline_", "hybrid_", "attn_only_")
 SYNTHETIC_VOCAB = 512
-#: Timed beside the hybrid: the same Transformer with no FFN, trained by AdamW alone. An attention-first
-#: hybrid's AdamW phase trains exactly this model (its unsolved FFNs are skipped), so the two should cost the same.
-ATTN_ONLY = {"method": "attn_only"}
 # NVLink multicast can take a shared host's GPUs out of service: keep it off in every process.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -64,10 +61,8 @@ def _log(msg: str) -> None:
 
 
 def settings(args: argparse.Namespace, device: torch.device) -> dict:
-    """Sizes for this run: full (GPU) or ``--quick`` (CPU-friendly, seconds).
-
-    The ceiling measurements shrink on a CPU (an 8192³ fp32 product takes minutes there).
-    """
+    """Sizes for this run: full (GPU) or ``--quick`` (CPU-friendly, seconds). The ceiling measurements
+    shrink on a CPU (an 8192³ fp32 product takes minutes there)."""
     quick = bool(args.quick)
     small_ceiling = quick or device.type != "cuda"
     sizes = list(QUICK_SIZES if quick else FULL_SIZES)
@@ -98,23 +93,20 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
     )
 
 
-def device_slug(device: torch.device | str, quick: bool = False) -> str:
-    """``NVIDIA H200`` → ``nvidia-h200``; ``cpu``; ``-quick`` appended for ``--quick`` runs. A string is the
-    device's name as a result records it (``--combine`` names the file on a machine without that GPU)."""
-    if isinstance(device, str):
-        name = device
-    else:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def device_slug(name: str, quick: bool = False) -> str:
+    """``NVIDIA H200`` → ``nvidia-h200``; ``cpu``; ``-quick`` appended for ``--quick`` runs."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
     return f"{slug}-quick" if quick else slug
 
 
 # Timing and ceilings
 def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls.
-
-    CUDA events around each call on a GPU (no host sync between calls), ``perf_counter`` on CPU.
-    """
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls: CUDA events around each
+    call on a GPU (no host sync between calls), ``perf_counter`` on CPU."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -179,10 +171,8 @@ def gram_bytes(n: int, d: int, k: int) -> float:
 
 
 def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple[dict, RidgeAccumulator]:
-    """Time ``RidgeAccumulator.update`` (with and without mask), bare ``addmm_`` pair and dense mm at one D.
-
-    Returns the per-D record and the accumulator (its statistics feed :func:`bench_solve`).
-    """
+    """Time ``RidgeAccumulator.update`` (with and without mask), a bare ``addmm_`` pair and a dense mm at one D;
+    (record, the accumulator, whose statistics feed :func:`bench_solve`)."""
     n, k = s["rows"], s["outputs"]
     kw = dict(warmup=s["warmup"], repeats=s["repeats"])
     g = torch.Generator(device=device).manual_seed(s["seed"] + d)
@@ -225,13 +215,11 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
 def _timed(fn: Callable[[], Any], device: torch.device, barrier: Callable[[], Any] = lambda: None
            ) -> tuple[Any, float, dict]:
     """Run ``fn`` once between device syncs and ``barrier`` calls: (result, seconds, peak memory record).
-
-    ``barrier``: ``torch.distributed.barrier`` when every rank runs ``fn``, so that the time is the slowest rank's.
-    """
+    ``barrier``: ``torch.distributed.barrier`` when every rank runs ``fn``, so that the time is the slowest rank's."""
     mem: dict[str, Any] = {"peak_bytes": None, "peak_extra_bytes": None}
     barrier()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
@@ -247,9 +235,7 @@ def _timed(fn: Callable[[], Any], device: torch.device, barrier: Callable[[], An
 
 def bench_solve(acc: RidgeAccumulator, s: dict, device: torch.device, *, warm: bool = False) -> dict:
     """Time ``acc.solve`` on the Cholesky path (with its κ check) and the forced eigh path, plus the kernels.
-
-    ``warm``: run both paths once untimed first (solver handles, kernel loading); do it at the smallest D.
-    """
+    ``warm``: run both paths once untimed first (solver handles, kernel loading); do it at the smallest D."""
     d, k = acc.n_features, acc.n_outputs
     chol, eigvalsh = d**3 / 3 + 2.0 * d * d * k, 4.0 / 3.0 * d**3  # approximate float64 flops (PERF_NOTES.md)
     flops = {"cholesky": chol, "eigvalsh": eigvalsh, "auto": chol + eigvalsh, "eigh": 9.0 * d**3 + 4.0 * d * d * k}
@@ -442,13 +428,10 @@ def gap_variant(name: str) -> tuple[dict, dict]:
 
 
 def time_variant(s: dict, device: torch.device, train, valid, vocab: int, options: dict, params: dict) -> dict:
-    """The whole training of one run of the ``gap`` experiment's paper profile with ``options``, alone, by
-    :func:`run_procedure`.
-
-    The run is built by the experiment's own ``make_run`` from the profile's model and train settings, so it
-    is the procedure the paper reports; only what a timing must not include changes: no evaluation per epoch
-    (the baseline's timing has none), the device, and for ``--quick`` the bench's small search and batch sizes.
-    No warm-up of its own: it runs after part 3, which warmed the AdamW and closed-form kernels.
+    """The whole training (:func:`run_procedure`) of one run of the ``gap`` experiment's paper profile with
+    ``options``, alone, built by the experiment's own ``make_run``: the procedure the paper reports. Only what a
+    timing must not include changes: no evaluation per epoch (the baseline's timing has none), the device, and for
+    ``--quick`` the bench's small search and batch sizes. No warm-up: part 3 warmed the AdamW and solver kernels.
     """
     from .experiments.grid import make_run, run_spec
 
@@ -478,7 +461,8 @@ def bench_hybrid(s: dict, device: torch.device, streams: tuple, variant: str, ba
                          f"{baseline['train_epochs']} (TrainConfig.epochs): compare equal budgets")
     _log(f"hybrid {variant}: {rec['seconds']:.2f} s (AdamW {rec['adamw_seconds']:.2f} s); "
          f"baseline's run {baseline['train_seconds']:.2f} s; attention only next")
-    attn = time_variant(s, device, train, valid, vocab, ATTN_ONLY, params)
+    # An attention-first hybrid's AdamW phase trains exactly this model (its unsolved FFNs are skipped)
+    attn = time_variant(s, device, train, valid, vocab, {"method": "attn_only"}, params)
     _log(f"attention only: {attn['seconds']:.2f} s")
     base_s = baseline["train_seconds"]
     return rec | {"baseline_train_seconds": base_s, "baseline_train_projected": baseline["train_projected"],
@@ -565,7 +549,7 @@ def plot(result: dict, path: Path) -> None:
 def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
     return {
         "benchmark": "pillm bench", "format": 1, "quick": s["quick"], "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_name(device),
         "environment": environment(), "settings": s, "args": {k: v for k, v in vars(args).items() if k != "func"},
         "date": utc_now(), "compute_version": COMPUTE_VERSION,
         "timing": "median of repeats after warm-up; CUDA events on GPU, perf_counter on CPU",
@@ -654,6 +638,7 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
     out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}}
                       for p, r in zip(paths, records)]
     out["timing"] = f"median over {len(records)} repeats of the whole benchmark, each alone on the device"
+    # named from the recorded device: repeats combine on a machine without that GPU
     stem = device_slug(str(records[0]["device_name"]), bool(records[0]["quick"]))
     return write_outputs(out, out_dir, stem, figure=False)
 
@@ -779,10 +764,10 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             if result is None:
                 return 0
             unit = "gpu" if result["backend"] == "nccl" else "proc"
-            stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
+            stem = f"{device_slug(result['device_name'], result['quick'])}-{result['world_size']}{unit}"
         else:
             device = resolve_device(args.device or "auto")
-            stem = device_slug(device, bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
+            stem = device_slug(device_name(device), bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
             result = run_single(args, device, stem)
         path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
     keys = [k for k in result if k.startswith(HEADLINE_PREFIXES + ("max_", "compile"))]

@@ -101,8 +101,9 @@ def test_flop_models():
 
 
 def test_slug():
-    assert bench.device_slug(torch.device("cpu")) == "cpu"
-    assert bench.device_slug(torch.device("cpu"), quick=True) == "cpu-quick"
+    assert bench.device_slug(bench.device_name(torch.device("cpu"))) == "cpu"
+    assert bench.device_slug("cpu", quick=True) == "cpu-quick"
+    assert bench.device_slug("NVIDIA H200") == "nvidia-h200"
 
 
 def test_distributed_mode_needs_torchrun(monkeypatch, capsys):
