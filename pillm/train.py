@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 import time
 import warnings
@@ -452,10 +453,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: PILLM, cfg: TrainConfig, device: torch.device) -> tuple[torch.optim.Optimizer, int]:
-    """AdamW over every parameter with ``requires_grad`` (solved weights and buffers never are).
-
-    Weight decay on matrices only (not on biases, norms or embeddings).
-    """
+    """AdamW over every parameter with ``requires_grad`` (solved weights and buffers never are); weight decay
+    on matrices only (not on biases, norms or embeddings)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and "emb" not in n]
     ids = {id(p) for p in decay}
@@ -496,14 +495,11 @@ class AdamWRunner:
         sync_device(device)
         t0 = time.perf_counter()
         batches = self.train.train_batches(model.config.block_size, cfg.batch_size, generator=self.generator)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{name} epoch {self.epoch + 1}",
+        bar = tqdm(itertools.islice(batches, self.rank, self.steps_per_epoch * self.world, self.world),
+                   total=self.steps_per_epoch, desc=f"{name} epoch {self.epoch + 1}",
                    disable=not self.progress or self.rank != 0, leave=False)
         seen = 0
-        for i, (x, y) in enumerate(batches):
-            if i >= self.steps_per_epoch * self.world:
-                break
-            if i % self.world != self.rank:
-                continue
+        for x, y in bar:  # this rank's share of the batches
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(self.step, self.total_steps, cfg)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
@@ -520,8 +516,6 @@ class AdamWRunner:
             if seen % cfg.log_every == 0:
                 self._check(running / seen)  # one host sync every log_every steps
                 bar.set_postfix(loss=f"{float(running) / seen:.3f}")
-            bar.update(1)
-        bar.close()
         mean_loss = self._check(running / max(seen, 1))
         sync_device(device)
         self.log.phases.append({"phase": "adamw", "name": name, "seconds": time.perf_counter() - t0,
