@@ -160,14 +160,10 @@ def measure_ceilings(s: dict, device: torch.device) -> dict:
 
 
 # 1. Gram accumulation, 2. solve
-def gram_flops(n: int, d: int, k: int) -> float:
-    """Flops of one update: ``G += HᵀH`` (2·N·D²) and ``C += HᵀY`` (2·N·D·K)."""
-    return 2.0 * n * d * d + 2.0 * n * d * k
-
-
-def gram_bytes(n: int, d: int, k: int) -> float:
-    """Minimal fp32 traffic of one update: read H, Y once; read and write G, C."""
-    return 4.0 * (n * d + n * k + 2 * (d * d + d * k))
+def gram_cost(n: int, d: int, k: int) -> tuple[float, float]:
+    """Flops of one update, ``G += HᵀH`` (2·N·D²) and ``C += HᵀY`` (2·N·D·K), and its minimal fp32 traffic
+    in bytes (read H, Y once; read and write G, C)."""
+    return 2.0 * n * d * d + 2.0 * n * d * k, 4.0 * (n * d + n * k + 2 * (d * d + d * k))
 
 
 def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple[dict, RidgeAccumulator]:
@@ -189,7 +185,7 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
         g_bare.addmm_(ht, h)
         c_bare.addmm_(ht, y)
 
-    flops, nbytes = gram_flops(n, d, k), gram_bytes(n, d, k)
+    flops, nbytes = gram_cost(n, d, k)
     dense_flops, dense_bytes = 2.0 * n * d * d, 4.0 * (n * d + d * d)
     rec: dict[str, Any] = {"D": d, "N": n, "K": k, "flops_update": flops, "bytes_update": nbytes,
                            "intensity_flop_per_byte": flops / nbytes, "flops_dense": dense_flops,
@@ -403,9 +399,8 @@ def bench_training(s: dict, device: torch.device, streams: tuple, compile_: bool
     base = time_baseline(s, device, train, valid, vocab, compile_)
     # MFU against the dense rate of the dtype the baseline computes in (bf16 autocast on CUDA).
     ref = "bf16_dense" if base["amp_bf16"] else "fp32_dense"
-    base["mfu_reference"] = ref
-    base["mfu_reference_tflops"] = ceilings[ref]["tflops"]
-    base["mfu"] = base["achieved_tflops"] / ceilings[ref]["tflops"]
+    base |= {"mfu_reference": ref, "mfu_reference_tflops": ceilings[ref]["tflops"],
+             "mfu": base["achieved_tflops"] / ceilings[ref]["tflops"]}
     return {
         "dataset": name, "train_tokens": len(train), "vocab_size": vocab, "pil": pil, "baseline": base,
         "pil_phase_over_baseline_epoch": pil["seconds"] / base["epoch_seconds_steady"],
@@ -618,12 +613,10 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
     """Summarise complete repeats of one benchmark into ``<device>.json``: the first repeat's record, with each
     headline ratio replaced by its median over the repeats (``<key>_min``/``<key>_max`` beside it) and every
     repeat's values under ``repeats``."""
-    records = []
-    for path in paths:
-        rec = json.loads(path.read_text())
+    records = [json.loads(path.read_text()) for path in paths]
+    for path, rec in zip(paths, records):
         if not rec.get("complete"):
             raise ValueError(f"{path} is not a complete benchmark: rerun it before combining")
-        records.append(rec)
     for what in ("device_name", "quick", "compute_version"):
         seen = {str(r.get(what)) for r in records}
         if len(seen) > 1:

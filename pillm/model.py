@@ -14,9 +14,8 @@ Every block is ``x ← x + Attn(LN₁ x);  x ← x + FFN(LN₂ x)``. The FFN kin
 =========  ===================================================================================
 
 Random projections are scaled so that pre-activations of a LayerNorm-ed input have variance
-``proj_scale²`` (1 by default): GELU then works in its curved regime. (A ``1/m`` scale, as in an
-earlier public implementation, puts pre-activations at ~0.01 where GELU(z) ≈ z/2 is linear and
-the "random features" collapse to a linear map.)
+``proj_scale²`` (1 by default): GELU then works in its curved regime. (A ``1/m`` scale would put
+pre-activations at ~0.01, where GELU(z) ≈ z/2 is linear and the features collapse to a linear map.)
 
 Solved weights are ``nn.Parameter(requires_grad=False)`` so that they are saved, moved and counted
 like every other weight; random projections are persistent buffers and counted as frozen.

@@ -396,8 +396,8 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     x_all, y_all = train.windows(block)
     with torch.no_grad():
         for x, y in _batches(x_all, y_all, cfg.solve_batch_size, f"solve {name}", progress):
-            x = model.residual_before(x, model.config.n_layer)
-            acc.update_labels(model.ln_f(x), y.clamp_min(0), y != IGNORE_INDEX)
+            u = model.ln_f(model.residual_before(x, model.config.n_layer))
+            acc.update_labels(u, y.clamp_min(0), y != IGNORE_INDEX)
     w, b, info = acc.solve(cfg.lam)
     counts, n = acc.sum_y, acc.sum_y.sum()
     model.head_weight.copy_(w.float())
