@@ -131,11 +131,9 @@ def _timing(seconds: list[float], flops: float | None = None, nbytes: float | No
     med = statistics.median(seconds)
     d = {"seconds_median": med, "seconds_min": min(seconds), "seconds_max": max(seconds), "repeats": len(seconds)}
     if flops is not None:
-        d["flops"] = flops
-        d["tflops"] = flops / med / 1e12
+        d |= {"flops": flops, "tflops": flops / med / 1e12}
     if nbytes is not None:
-        d["bytes"] = nbytes
-        d["gbytes_per_s"] = nbytes / med / 1e9
+        d |= {"bytes": nbytes, "gbytes_per_s": nbytes / med / 1e9}
     return d
 
 
@@ -369,7 +367,6 @@ def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compi
                 RunLog(), 1, progress=False).run_epoch("warmup")
     model, log = _fresh(mcfg, s["seed"], device), RunLog()
     runner = AdamWRunner(model, train, valid, tcfg, log, epochs, progress=False)
-    compiled = runner.forward is not model and not isinstance(runner.forward, torch.nn.parallel.DistributedDataParallel)
     losses = [runner.run_epoch("baseline") for _ in range(epochs)]
     epoch_s = [p["seconds"] for p in log.phases if p["phase"] == "adamw"]
     steady = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
@@ -385,7 +382,7 @@ def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compi
         "steps_per_epoch": runner.steps_per_epoch, "train_loss": losses,
         "flops_per_token": fpt, "flops_per_epoch": fpt["total"] * tokens,
         "achieved_tflops": fpt["total"] * tokens / steady / 1e12,
-        "compile_requested": compile_, "compile_used": bool(compiled),
+        "compile_requested": compile_, "compile_used": runner.forward is not model,  # one device: only compile wraps it
         "amp_bf16": bool(tcfg.amp and device.type == "cuda"), "fused_adamw": device.type == "cuda",
         "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "params": model.parameter_counts(),
     }

@@ -201,17 +201,11 @@ class SolvedFFN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
-        self.kind = cfg.ffn
         self.features = RandomFeatures(cfg, bidirectional=cfg.ffn == "bipil", generator=generator)
-        m = self.features.n_features
         trainable = cfg.ffn == "rf_adamw"
         self.is_zero = not trainable  # a trained readout gets gradients through the features
-        self.out_weight = nn.Parameter(torch.zeros(m, cfg.n_embd), requires_grad=trainable)
+        self.out_weight = nn.Parameter(torch.zeros(self.features.n_features, cfg.n_embd), requires_grad=trainable)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_embd), requires_grad=trainable)
-
-    @property
-    def n_features(self) -> int:
-        return self.features.n_features
 
     def forward(self, u):
         return self.features(u) @ self.out_weight + self.out_bias

@@ -218,14 +218,11 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     statistics are left intact by a solve) and the (λ, η) pair with the lowest search loss is kept;
     the record then also has ``lam_at_edge`` and ``accumulate_s``, and its search rows a ``lam``.
     """
-    block = model.config.block_size
-    ffn = model.blocks[layer].ffn
+    ffn, c = model.blocks[layer].ffn, model.config.n_embd
     device = ffn.out_weight.device
-    c = model.config.n_embd
-    x_all, y_all = train.windows(block)
     rank, world = rank_world()
-    x_all, y_all = x_all[rank::world], y_all[rank::world]  # each rank streams its own shard
-    acc = RidgeAccumulator(ffn.n_features, 2 * c, fit_bias=True, device=device)
+    x_all, y_all = (t[rank::world] for t in train.windows(model.config.block_size))  # each rank streams its shard
+    acc = RidgeAccumulator(ffn.features.n_features, 2 * c, fit_bias=True, device=device)
     cross = torch.zeros(c, dtype=torch.float64, device=device)  # Σ Y₀·Δ per column, for R²(η)
     t0 = time.perf_counter()
     for x, y in _batches(x_all, y_all, cfg.solve_batch_size, f"solve layer {layer}", progress and rank == 0):
@@ -264,12 +261,9 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     w, b = w_base - eta * w_step, b_base - eta * b_step
     ffn.set_solution(w, b)
     sync_device(device)
-    record = rec.to_dict() | {
-        "layer": layer, "target": target, "eta": eta, "search": search_log,
-        "eta_at_edge": eta_at_edge, "n_features": ffn.n_features,
-        "r2": _fit_r2(acc, w, b, eta, cross, c),
-        "seconds_total": time.perf_counter() - t0,
-    }
+    record = rec.to_dict() | {"layer": layer, "target": target, "eta": eta, "search": search_log,
+                              "eta_at_edge": eta_at_edge, "n_features": ffn.features.n_features,
+                              "r2": _fit_r2(acc, w, b, eta, cross, c), "seconds_total": time.perf_counter() - t0}
     if lams is not None:
         record |= {"lam_at_edge": lam_at_edge, "accumulate_s": accumulate_s}
     return record
