@@ -41,7 +41,8 @@ from .data import TokenStream, load_tokenized
 from .model import PILLM, config_for
 from .run import environment, utc_now
 from .solver import RidgeAccumulator, no_tf32, sync_device as sync
-from .train import AdamWRunner, RunLog, TrainConfig, pil_phase, resolve_device, run_procedure, search_windows
+from .train import (AdamWRunner, RunLog, TrainConfig, pil_phase, rank_world, resolve_device, run_procedure,
+                    search_windows)
 from .version import COMPUTE_VERSION
 
 FULL_SIZES = (1024, 2048, 4096, 8192)
@@ -320,16 +321,14 @@ def pil_phase_flops(mcfg, n_tokens: int, search_tokens: int, n_eta: int) -> dict
 
 
 def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> tuple[dict, Any]:
-    """One :func:`pil_phase` on a fresh Bi-PIL model, after a warm-up on a small slice; (record, model).
-
-    Under an initialised process group every rank streams its shard, and the wall clock runs between barriers.
-    """
-    grouped = dist.is_available() and dist.is_initialized()
+    """One :func:`pil_phase` on a fresh Bi-PIL model, after a warm-up on a small slice; (record, model). Under a
+    process group every rank streams its shard, and the wall clock runs between barriers."""
+    world = rank_world()[1]
     mcfg = model_config(s, vocab, "bipil")
     tcfg = TrainConfig(method="pil_pure", target="local", lam=s["lam"], search_tokens=s["search_tokens"],
                        solve_batch_size=s["solve_batch_size"], device=str(device), seed=s["seed"],
                        eval_every_epoch=False)
-    barrier = dist.barrier if grouped else lambda: None
+    barrier = dist.barrier if world > 1 else lambda: None
 
     def run(stream) -> tuple[Any, RunLog, float]:
         model, log = _fresh(mcfg, s["seed"], device), RunLog()
@@ -337,7 +336,7 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
         return model, log, wall
 
     block = mcfg.block_size
-    run(_warm_slice(train, 2 * (dist.get_world_size() if grouped else 1) * tcfg.solve_batch_size, block))
+    run(_warm_slice(train, 2 * world * tcfg.solve_batch_size, block))
     model, log, wall = run(train)
     n_tokens = train.windows(block)[0].shape[0] * block  # solve_layer streams every whole window
     n_search = search_windows(valid, tcfg, block)[0].shape[0]  # the windows the η search scores
@@ -656,11 +655,8 @@ def allreduce_rate(d: int, k: int, device: torch.device, s: dict) -> dict:
 
 
 def run_distributed(args: argparse.Namespace) -> dict | None:
-    """Time the PIL phase on 1 device (rank 0 alone) and on all ranks; compare the solutions.
-
-    Must run under ``torchrun``; the group is NCCL on GPUs (one per rank) and gloo on CPU.
-    Returns the result on rank 0 (None elsewhere).
-    """
+    """Time the PIL phase on 1 device (rank 0 alone) and on all ranks; compare the solutions. Must run under
+    ``torchrun``; the group is NCCL on GPUs (one per rank) and gloo on CPU. The result on rank 0, None elsewhere."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world < 2:
         raise ValueError("--distributed needs several processes: torchrun --nproc_per_node=2 -m pillm bench "

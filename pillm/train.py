@@ -387,9 +387,8 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     t0 = time.perf_counter()
     # float64 statistics: the Gram matrix of LN_f outputs is small (d × d), C is d × V
     acc = RidgeAccumulator(d, v, fit_bias=True, dtype=torch.float64, device=device)
-    x_all, y_all = train.windows(block)
     with torch.no_grad():
-        for x, y in _batches(x_all, y_all, cfg.solve_batch_size, f"solve {name}", progress):
+        for x, y in _batches(*train.windows(block), cfg.solve_batch_size, f"solve {name}", progress):
             u = model.ln_f(model.residual_before(x, model.config.n_layer))
             acc.update_labels(u, y.clamp_min(0), y != IGNORE_INDEX)
     w, b, info = acc.solve(cfg.lam)
