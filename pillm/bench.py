@@ -254,11 +254,9 @@ def bench_solve(acc: RidgeAccumulator, s: dict, device: torch.device, *, warm: b
 
 # 3. PIL phase vs baseline training
 def load_streams(s: dict, device: torch.device):
-    """Train / valid :class:`TokenStream` on the device: ``s["dataset"]`` (a corpus name or ``synthetic``).
-
-    ``synthetic`` (the ``--quick`` default): uniform random tokens of a small vocabulary, so that CPU runs are
-    not dominated by WikiText-2's 33k-word output head (the timings do not depend on what the tokens say).
-    """
+    """Train / valid :class:`TokenStream` on the device: ``s["dataset"]``, a corpus or ``synthetic`` (the ``--quick``
+    default): uniform random tokens of a small vocabulary, so that CPU runs are not dominated by WikiText-2's
+    33k-word output head (the timings do not depend on what the tokens say)."""
     name = s["dataset"]
     if name == "synthetic":
         vocab = SYNTHETIC_VOCAB
@@ -286,11 +284,9 @@ def _warm_slice(stream, windows: int, block: int):
 
 
 def baseline_flops_per_token(model) -> dict:
-    """Training flops per token: ``6·P + 12·L·C·T`` (PaLM; attention not discounted for causality).
-
-    P: the weights used in matmuls, every 2-D parameter but the position embedding (a lookup); the token
-    embedding counts once, as the tied output head.
-    """
+    """Training flops per token: ``6·P + 12·L·C·T`` (PaLM; attention not discounted for causality). P: the
+    weights used in matmuls, every 2-D parameter but the position embedding (a lookup); the token embedding
+    counts once, as the tied output head."""
     c = model.config
     p = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("pos_emb"))
     attn = 12.0 * c.n_layer * c.n_embd * c.block_size
@@ -730,9 +726,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-figure", action="store_true", help="skip the PDF figure")
     p.add_argument("--tag", help="suffix of the output's name (<device>-<tag>.json), e.g. r1, r2, r3 for the repeats "
                                  "that --combine then summarises")
-    p.add_argument("--combine", nargs="+", metavar="JSON",
-                   help="no measurement: summarise complete repeats (the same device and parts) into <device>.json "
-                        "with each headline ratio's median, minimum and maximum")
+    p.add_argument("--combine", nargs="+", metavar="JSON", help="no measurement: summarise complete repeats (the "
+                   "same device and parts) into <device>.json with each headline ratio's median, minimum and maximum")
     return p
 
 
