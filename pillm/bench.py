@@ -21,6 +21,7 @@ a CPU) on random normal inputs. ``docs/PERF_NOTES.md`` gives each FLOP model and
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import math
@@ -33,9 +34,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from .atomic import write_atomic, write_json_atomic
+from .data import TokenStream, load_tokenized
+from .model import PILLM, config_for
+from .run import environment, utc_now
 from .solver import RidgeAccumulator, no_tf32, sync_device as sync
+from .train import (AdamWRunner, RunLog, TrainConfig, pil_phase, rank_world, resolve_device, run_procedure,
+                    search_windows)
 from .version import COMPUTE_VERSION
 
 FULL_SIZES = (1024, 2048, 4096, 8192)
@@ -45,9 +52,6 @@ PARTS = DEFAULT_PARTS + ("hybrid",)  # hybrid: a whole training run (minutes on 
 #: Top-level keys of the headline ratios: printed, and summarised over repeats by ``--combine``.
 HEADLINE_PREFIXES = ("gram_rate", "pil_phase", "baseline_", "hybrid_", "attn_only_")
 SYNTHETIC_VOCAB = 512
-#: Timed beside the hybrid: the same Transformer with no FFN, trained by AdamW alone. An attention-first
-#: hybrid's AdamW phase trains exactly this model (its unsolved FFNs are skipped), so the two should cost the same.
-ATTN_ONLY = {"method": "attn_only"}
 # NVLink multicast can take a shared host's GPUs out of service: keep it off in every process.
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -58,10 +62,8 @@ def _log(msg: str) -> None:
 
 
 def settings(args: argparse.Namespace, device: torch.device) -> dict:
-    """Sizes for this run: full (GPU) or ``--quick`` (CPU-friendly, seconds).
-
-    The ceiling measurements shrink on a CPU (an 8192³ fp32 product takes minutes there).
-    """
+    """Sizes for this run: full (GPU) or ``--quick`` (CPU-friendly, seconds). The ceiling measurements
+    shrink on a CPU (an 8192³ fp32 product takes minutes there)."""
     quick = bool(args.quick)
     small_ceiling = quick or device.type != "cuda"
     sizes = list(QUICK_SIZES if quick else FULL_SIZES)
@@ -92,23 +94,20 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
     )
 
 
-def device_slug(device: torch.device | str, quick: bool = False) -> str:
-    """``NVIDIA H200`` → ``nvidia-h200``; ``cpu``; ``-quick`` appended for ``--quick`` runs. A string is the
-    device's name as a result records it (``--combine`` names the file on a machine without that GPU)."""
-    if isinstance(device, str):
-        name = device
-    else:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def device_slug(name: str, quick: bool = False) -> str:
+    """``NVIDIA H200`` → ``nvidia-h200``; ``cpu``; ``-quick`` appended for ``--quick`` runs."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
     return f"{slug}-quick" if quick else slug
 
 
 # Timing and ceilings
 def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls.
-
-    CUDA events around each call on a GPU (no host sync between calls), ``perf_counter`` on CPU.
-    """
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls: CUDA events around each
+    call on a GPU (no host sync between calls), ``perf_counter`` on CPU."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -133,11 +132,9 @@ def _timing(seconds: list[float], flops: float | None = None, nbytes: float | No
     med = statistics.median(seconds)
     d = {"seconds_median": med, "seconds_min": min(seconds), "seconds_max": max(seconds), "repeats": len(seconds)}
     if flops is not None:
-        d["flops"] = flops
-        d["tflops"] = flops / med / 1e12
+        d |= {"flops": flops, "tflops": flops / med / 1e12}
     if nbytes is not None:
-        d["bytes"] = nbytes
-        d["gbytes_per_s"] = nbytes / med / 1e9
+        d |= {"bytes": nbytes, "gbytes_per_s": nbytes / med / 1e9}
     return d
 
 
@@ -162,21 +159,15 @@ def measure_ceilings(s: dict, device: torch.device) -> dict:
 
 
 # 1. Gram accumulation, 2. solve
-def gram_flops(n: int, d: int, k: int) -> float:
-    """Flops of one update: ``G += HᵀH`` (2·N·D²) and ``C += HᵀY`` (2·N·D·K)."""
-    return 2.0 * n * d * d + 2.0 * n * d * k
-
-
-def gram_bytes(n: int, d: int, k: int) -> float:
-    """Minimal fp32 traffic of one update: read H, Y once; read and write G, C."""
-    return 4.0 * (n * d + n * k + 2 * (d * d + d * k))
+def gram_cost(n: int, d: int, k: int) -> tuple[float, float]:
+    """Flops of one update, ``G += HᵀH`` (2·N·D²) and ``C += HᵀY`` (2·N·D·K), and its minimal fp32 traffic
+    in bytes (read H, Y once; read and write G, C)."""
+    return 2.0 * n * d * d + 2.0 * n * d * k, 4.0 * (n * d + n * k + 2 * (d * d + d * k))
 
 
 def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple[dict, RidgeAccumulator]:
-    """Time ``RidgeAccumulator.update`` (with and without mask), bare ``addmm_`` pair and dense mm at one D.
-
-    Returns the per-D record and the accumulator (its statistics feed :func:`bench_solve`).
-    """
+    """Time ``RidgeAccumulator.update`` (with and without mask), a bare ``addmm_`` pair and a dense mm at one D;
+    (record, the accumulator, whose statistics feed :func:`bench_solve`)."""
     n, k = s["rows"], s["outputs"]
     kw = dict(warmup=s["warmup"], repeats=s["repeats"])
     g = torch.Generator(device=device).manual_seed(s["seed"] + d)
@@ -193,7 +184,7 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
         g_bare.addmm_(ht, h)
         c_bare.addmm_(ht, y)
 
-    flops, nbytes = gram_flops(n, d, k), gram_bytes(n, d, k)
+    flops, nbytes = gram_cost(n, d, k)
     dense_flops, dense_bytes = 2.0 * n * d * d, 4.0 * (n * d + d * d)
     rec: dict[str, Any] = {"D": d, "N": n, "K": k, "flops_update": flops, "bytes_update": nbytes,
                            "intensity_flop_per_byte": flops / nbytes, "flops_dense": dense_flops,
@@ -219,13 +210,11 @@ def bench_gram(d: int, s: dict, device: torch.device, bandwidth: float) -> tuple
 def _timed(fn: Callable[[], Any], device: torch.device, barrier: Callable[[], Any] = lambda: None
            ) -> tuple[Any, float, dict]:
     """Run ``fn`` once between device syncs and ``barrier`` calls: (result, seconds, peak memory record).
-
-    ``barrier``: ``torch.distributed.barrier`` when every rank runs ``fn``, so that the time is the slowest rank's.
-    """
+    ``barrier``: ``torch.distributed.barrier`` when every rank runs ``fn``, so that the time is the slowest rank's."""
     mem: dict[str, Any] = {"peak_bytes": None, "peak_extra_bytes": None}
     barrier()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
@@ -241,9 +230,7 @@ def _timed(fn: Callable[[], Any], device: torch.device, barrier: Callable[[], An
 
 def bench_solve(acc: RidgeAccumulator, s: dict, device: torch.device, *, warm: bool = False) -> dict:
     """Time ``acc.solve`` on the Cholesky path (with its κ check) and the forced eigh path, plus the kernels.
-
-    ``warm``: run both paths once untimed first (solver handles, kernel loading); do it at the smallest D.
-    """
+    ``warm``: run both paths once untimed first (solver handles, kernel loading); do it at the smallest D."""
     d, k = acc.n_features, acc.n_outputs
     chol, eigvalsh = d**3 / 3 + 2.0 * d * d * k, 4.0 / 3.0 * d**3  # approximate float64 flops (PERF_NOTES.md)
     flops = {"cholesky": chol, "eigvalsh": eigvalsh, "auto": chol + eigvalsh, "eigh": 9.0 * d**3 + 4.0 * d * d * k}
@@ -267,13 +254,9 @@ def bench_solve(acc: RidgeAccumulator, s: dict, device: torch.device, *, warm: b
 
 # 3. PIL phase vs baseline training
 def load_streams(s: dict, device: torch.device):
-    """Train / valid :class:`TokenStream` on the device: ``s["dataset"]`` (a corpus name or ``synthetic``).
-
-    ``synthetic`` (the ``--quick`` default): uniform random tokens of a small vocabulary, so that CPU runs are
-    not dominated by WikiText-2's 33k-word output head (the timings do not depend on what the tokens say).
-    """
-    from .data import TokenStream, load_tokenized
-
+    """Train / valid :class:`TokenStream` on the device: ``s["dataset"]``, a corpus or ``synthetic`` (the ``--quick``
+    default): uniform random tokens of a small vocabulary, so that CPU runs are not dominated by WikiText-2's
+    33k-word output head (the timings do not depend on what the tokens say)."""
     name = s["dataset"]
     if name == "synthetic":
         vocab = SYNTHETIC_VOCAB
@@ -287,31 +270,23 @@ def load_streams(s: dict, device: torch.device):
 
 def model_config(s: dict, vocab: int, ffn: str):
     """The benchmark's model: ``bipil`` (concat fusion) for the PIL phase, ``mlp`` for the baseline."""
-    from .model import config_for
-
     return config_for(s["size"], vocab_size=vocab, ffn=ffn, expansion=s["expansion"])
 
 
 def _fresh(mcfg, seed: int, device: torch.device):
     """A new model on the device, initialised from ``seed`` (every timed model of a kind starts the same)."""
-    from .model import PILLM
-
     torch.manual_seed(seed)
     return PILLM(mcfg).to(device)
 
 
 def _warm_slice(stream, windows: int, block: int):
-    from .data import TokenStream
-
     return TokenStream(stream.ids[: windows * block + block + 1], stream.device)
 
 
 def baseline_flops_per_token(model) -> dict:
-    """Training flops per token: ``6·P + 12·L·C·T`` (PaLM; attention not discounted for causality).
-
-    P: the weights used in matmuls, every 2-D parameter but the position embedding (a lookup); the token
-    embedding counts once, as the tied output head.
-    """
+    """Training flops per token: ``6·P + 12·L·C·T`` (PaLM; attention not discounted for causality). P: the
+    weights used in matmuls, every 2-D parameter but the position embedding (a lookup); the token embedding
+    counts once, as the tied output head."""
     c = model.config
     p = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("pos_emb"))
     attn = 12.0 * c.n_layer * c.n_embd * c.block_size
@@ -342,20 +317,14 @@ def pil_phase_flops(mcfg, n_tokens: int, search_tokens: int, n_eta: int) -> dict
 
 
 def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> tuple[dict, Any]:
-    """One :func:`pil_phase` on a fresh Bi-PIL model, after a warm-up on a small slice; (record, model).
-
-    Under an initialised process group every rank streams its shard, and the wall clock runs between barriers.
-    """
-    import torch.distributed as dist
-
-    from .train import RunLog, TrainConfig, pil_phase, search_windows as _search_windows
-
-    grouped = dist.is_available() and dist.is_initialized()
+    """One :func:`pil_phase` on a fresh Bi-PIL model, after a warm-up on a small slice; (record, model). Under a
+    process group every rank streams its shard, and the wall clock runs between barriers."""
+    world = rank_world()[1]
     mcfg = model_config(s, vocab, "bipil")
     tcfg = TrainConfig(method="pil_pure", target="local", lam=s["lam"], search_tokens=s["search_tokens"],
                        solve_batch_size=s["solve_batch_size"], device=str(device), seed=s["seed"],
                        eval_every_epoch=False)
-    barrier = dist.barrier if grouped else lambda: None
+    barrier = dist.barrier if world > 1 else lambda: None
 
     def run(stream) -> tuple[Any, RunLog, float]:
         model, log = _fresh(mcfg, s["seed"], device), RunLog()
@@ -363,11 +332,11 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
         return model, log, wall
 
     block = mcfg.block_size
-    run(_warm_slice(train, 2 * (dist.get_world_size() if grouped else 1) * tcfg.solve_batch_size, block))
+    run(_warm_slice(train, 2 * world * tcfg.solve_batch_size, block))
     model, log, wall = run(train)
     n_tokens = train.windows(block)[0].shape[0] * block  # solve_layer streams every whole window
-    search_windows = _search_windows(valid, tcfg, block)[0].shape[0]  # the windows the η search scores
-    flops = pil_phase_flops(mcfg, n_tokens, search_windows * block, len(tcfg.eta_grid))
+    n_search = search_windows(valid, tcfg, block)[0].shape[0]  # the windows the η search scores
+    flops = pil_phase_flops(mcfg, n_tokens, n_search * block, len(tcfg.eta_grid))
     seconds = log.seconds("pil")
     rec = {
         "seconds": seconds, "wall_seconds": wall, "tokens": n_tokens, "tokens_per_s": n_tokens / seconds,
@@ -384,8 +353,6 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
 
 def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compile_: bool) -> dict:
     """``baseline_epochs`` AdamW epochs of the ``mlp`` model via :class:`AdamWRunner` (after a short warm-up)."""
-    from .train import AdamWRunner, RunLog, TrainConfig
-
     mcfg = model_config(s, vocab, "mlp")
     epochs = s["baseline_epochs"]
     tcfg = TrainConfig(method="baseline", epochs=epochs, device=str(device), compile=compile_, seed=s["seed"],
@@ -395,7 +362,6 @@ def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compi
                 RunLog(), 1, progress=False).run_epoch("warmup")
     model, log = _fresh(mcfg, s["seed"], device), RunLog()
     runner = AdamWRunner(model, train, valid, tcfg, log, epochs, progress=False)
-    compiled = runner.forward is not model and not isinstance(runner.forward, torch.nn.parallel.DistributedDataParallel)
     losses = [runner.run_epoch("baseline") for _ in range(epochs)]
     epoch_s = [p["seconds"] for p in log.phases if p["phase"] == "adamw"]
     steady = statistics.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
@@ -411,7 +377,7 @@ def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compi
         "steps_per_epoch": runner.steps_per_epoch, "train_loss": losses,
         "flops_per_token": fpt, "flops_per_epoch": fpt["total"] * tokens,
         "achieved_tflops": fpt["total"] * tokens / steady / 1e12,
-        "compile_requested": compile_, "compile_used": bool(compiled),
+        "compile_requested": compile_, "compile_used": runner.forward is not model,  # one device: only compile wraps it
         "amp_bf16": bool(tcfg.amp and device.type == "cuda"), "fused_adamw": device.type == "cuda",
         "model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "params": model.parameter_counts(),
     }
@@ -425,9 +391,8 @@ def bench_training(s: dict, device: torch.device, streams: tuple, compile_: bool
     base = time_baseline(s, device, train, valid, vocab, compile_)
     # MFU against the dense rate of the dtype the baseline computes in (bf16 autocast on CUDA).
     ref = "bf16_dense" if base["amp_bf16"] else "fp32_dense"
-    base["mfu_reference"] = ref
-    base["mfu_reference_tflops"] = ceilings[ref]["tflops"]
-    base["mfu"] = base["achieved_tflops"] / ceilings[ref]["tflops"]
+    base |= {"mfu_reference": ref, "mfu_reference_tflops": ceilings[ref]["tflops"],
+             "mfu": base["achieved_tflops"] / ceilings[ref]["tflops"]}
     return {
         "dataset": name, "train_tokens": len(train), "vocab_size": vocab, "pil": pil, "baseline": base,
         "pil_phase_over_baseline_epoch": pil["seconds"] / base["epoch_seconds_steady"],
@@ -450,16 +415,12 @@ def gap_variant(name: str) -> tuple[dict, dict]:
 
 
 def time_variant(s: dict, device: torch.device, train, valid, vocab: int, options: dict, params: dict) -> dict:
-    """The whole training of one run of the ``gap`` experiment's paper profile with ``options``, alone, by
-    :func:`run_procedure`.
-
-    The run is built by the experiment's own ``make_run`` from the profile's model and train settings, so it
-    is the procedure the paper reports; only what a timing must not include changes: no evaluation per epoch
-    (the baseline's timing has none), the device, and for ``--quick`` the bench's small search and batch sizes.
-    No warm-up of its own: it runs after part 3, which warmed the AdamW and closed-form kernels.
+    """The whole training (:func:`run_procedure`) of one run of the ``gap`` experiment's paper profile with
+    ``options``, alone, built by the experiment's own ``make_run``: the procedure the paper reports. Only what a
+    timing must not include changes: no evaluation per epoch (the baseline's timing has none), the device, and for
+    ``--quick`` the bench's small search and batch sizes. No warm-up: part 3 warmed the AdamW and solver kernels.
     """
     from .experiments.grid import make_run, run_spec
-    from .train import run_procedure
 
     train_cfg = {**(params.get("train") or {}), "device": str(device), "eval_every_epoch": False,
                  "max_train_tokens": None, "max_eval_tokens": None}
@@ -487,7 +448,8 @@ def bench_hybrid(s: dict, device: torch.device, streams: tuple, variant: str, ba
                          f"{baseline['train_epochs']} (TrainConfig.epochs): compare equal budgets")
     _log(f"hybrid {variant}: {rec['seconds']:.2f} s (AdamW {rec['adamw_seconds']:.2f} s); "
          f"baseline's run {baseline['train_seconds']:.2f} s; attention only next")
-    attn = time_variant(s, device, train, valid, vocab, ATTN_ONLY, params)
+    # An attention-first hybrid's AdamW phase trains exactly this model (its unsolved FFNs are skipped)
+    attn = time_variant(s, device, train, valid, vocab, {"method": "attn_only"}, params)
     _log(f"attention only: {attn['seconds']:.2f} s")
     base_s = baseline["train_seconds"]
     return rec | {"baseline_train_seconds": base_s, "baseline_train_projected": baseline["train_projected"],
@@ -572,11 +534,9 @@ def plot(result: dict, path: Path) -> None:
 
 # Single-device run and repeats
 def _header(s: dict, args: argparse.Namespace, device: torch.device) -> dict:
-    from .run import environment, utc_now
-
     return {
         "benchmark": "pillm bench", "format": 1, "quick": s["quick"], "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_name(device),
         "environment": environment(), "settings": s, "args": {k: v for k, v in vars(args).items() if k != "func"},
         "date": utc_now(), "compute_version": COMPUTE_VERSION,
         "timing": "median of repeats after warm-up; CUDA events on GPU, perf_counter on CPU",
@@ -645,12 +605,10 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
     """Summarise complete repeats of one benchmark into ``<device>.json``: the first repeat's record, with each
     headline ratio replaced by its median over the repeats (``<key>_min``/``<key>_max`` beside it) and every
     repeat's values under ``repeats``."""
-    records = []
-    for path in paths:
-        rec = json.loads(path.read_text())
+    records = [json.loads(path.read_text()) for path in paths]
+    for path, rec in zip(paths, records):
         if not rec.get("complete"):
             raise ValueError(f"{path} is not a complete benchmark: rerun it before combining")
-        records.append(rec)
     for what in ("device_name", "quick", "compute_version"):
         seen = {str(r.get(what)) for r in records}
         if len(seen) > 1:
@@ -665,6 +623,7 @@ def combine(paths: list[Path], out_dir: Path) -> Path:
     out["repeats"] = [{"file": p.name, "date": r.get("date"), **{k: r[k] for k in keys}}
                       for p, r in zip(paths, records)]
     out["timing"] = f"median over {len(records)} repeats of the whole benchmark, each alone on the device"
+    # named from the recorded device: repeats combine on a machine without that GPU
     stem = device_slug(str(records[0]["device_name"]), bool(records[0]["quick"]))
     return write_outputs(out, out_dir, stem, figure=False)
 
@@ -676,8 +635,6 @@ def ffn_weights(model) -> list[torch.Tensor]:
 
 def allreduce_rate(d: int, k: int, device: torch.device, s: dict) -> dict:
     """All-reduce of one layer's statistics (G [D, D] and C [D, K] fp32); bus bandwidth as NCCL reports it."""
-    import torch.distributed as dist
-
     world = dist.get_world_size()
     g = torch.randn(d, d, device=device)
     c = torch.randn(d, k, device=device)
@@ -694,15 +651,8 @@ def allreduce_rate(d: int, k: int, device: torch.device, s: dict) -> dict:
 
 
 def run_distributed(args: argparse.Namespace) -> dict | None:
-    """Time the PIL phase on 1 device (rank 0 alone) and on all ranks; compare the solutions.
-
-    Must run under ``torchrun``; the group is NCCL on GPUs (one per rank) and gloo on CPU.
-    Returns the result on rank 0 (None elsewhere).
-    """
-    import datetime
-
-    import torch.distributed as dist
-
+    """Time the PIL phase on 1 device (rank 0 alone) and on all ranks; compare the solutions. Must run under
+    ``torchrun``; the group is NCCL on GPUs (one per rank) and gloo on CPU. The result on rank 0, None elsewhere."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world < 2:
         raise ValueError("--distributed needs several processes: torchrun --nproc_per_node=2 -m pillm bench "
@@ -776,9 +726,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-figure", action="store_true", help="skip the PDF figure")
     p.add_argument("--tag", help="suffix of the output's name (<device>-<tag>.json), e.g. r1, r2, r3 for the repeats "
                                  "that --combine then summarises")
-    p.add_argument("--combine", nargs="+", metavar="JSON",
-                   help="no measurement: summarise complete repeats (the same device and parts) into <device>.json "
-                        "with each headline ratio's median, minimum and maximum")
+    p.add_argument("--combine", nargs="+", metavar="JSON", help="no measurement: summarise complete repeats (the "
+                   "same device and parts) into <device>.json with each headline ratio's median, minimum and maximum")
     return p
 
 
@@ -796,12 +745,10 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             if result is None:
                 return 0
             unit = "gpu" if result["backend"] == "nccl" else "proc"
-            stem = f"{device_slug(torch.device(result['device']), result['quick'])}-{result['world_size']}{unit}"
+            stem = f"{device_slug(result['device_name'], result['quick'])}-{result['world_size']}{unit}"
         else:
-            from .train import resolve_device
-
             device = resolve_device(args.device or "auto")
-            stem = device_slug(device, bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
+            stem = device_slug(device_name(device), bool(args.quick)) + (f"-{args.tag}" if args.tag else "")
             result = run_single(args, device, stem)
         path = write_outputs(result, Path(args.out), stem, figure=not args.no_figure)
     keys = [k for k in result if k.startswith(HEADLINE_PREFIXES + ("max_", "compile"))]

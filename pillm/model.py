@@ -1,7 +1,5 @@
 """PIL-LM: a decoder-only pre-LN Transformer whose feed-forward layers can be solved in closed form.
 
-    pillm train --method pil_then_attn --size small --dataset wikitext2 --out runs/pil_small
-
 Every block is ``x ← x + Attn(LN₁ x);  x ← x + FFN(LN₂ x)``. The FFN kind is a config field:
 
 =========  ===================================================================================
@@ -16,9 +14,8 @@ Every block is ``x ← x + Attn(LN₁ x);  x ← x + FFN(LN₂ x)``. The FFN kin
 =========  ===================================================================================
 
 Random projections are scaled so that pre-activations of a LayerNorm-ed input have variance
-``proj_scale²`` (1 by default): GELU then works in its curved regime. (A ``1/m`` scale, as in an
-earlier public implementation, puts pre-activations at ~0.01 where GELU(z) ≈ z/2 is linear and
-the "random features" collapse to a linear map.)
+``proj_scale²`` (1 by default): GELU then works in its curved regime. (A ``1/m`` scale would put
+pre-activations at ~0.01, where GELU(z) ≈ z/2 is linear and the features collapse to a linear map.)
 
 Solved weights are ``nn.Parameter(requires_grad=False)`` so that they are saved, moved and counted
 like every other weight; random projections are persistent buffers and counted as frozen.
@@ -94,10 +91,8 @@ class ModelConfig(DictConfig):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(
-                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                "choose n_head among the divisors of n_embd"
-            )
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             "choose n_head among the divisors of n_embd")
         if self.expansion < 1:
             raise ValueError(f"expansion must be >= 1 (hidden width = expansion * n_embd), got {self.expansion}")
         if not 0.0 <= self.dropout < 1.0:
@@ -116,20 +111,12 @@ def config_for(size: str, **overrides) -> ModelConfig:
     return ModelConfig(**{**PRESETS[size], **overrides})
 
 
-# --------------------------------------------------------------------------------------------
-# Feed-forward variants. Each takes u = LN₂(x) [B, T, C] and returns [B, T, C].
-# ROLES maps each parameter/buffer name to its kind for parameter counting.
-# --------------------------------------------------------------------------------------------
-
-
+# Feed-forward variants: u = LN₂(x) [B, T, C] -> [B, T, C]
 def _randn(shape, std: float, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator) * std
 
 
 class MLP(nn.Module):
-    ROLES = {"fc.weight": "ffn_trainable", "fc.bias": "ffn_trainable",
-             "proj.weight": "ffn_trainable", "proj.bias": "ffn_trainable"}
-
     def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, cfg.hidden)
@@ -214,20 +201,11 @@ class SolvedFFN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
-        self.kind = cfg.ffn
         self.features = RandomFeatures(cfg, bidirectional=cfg.ffn == "bipil", generator=generator)
-        m = self.features.n_features
         trainable = cfg.ffn == "rf_adamw"
         self.is_zero = not trainable  # a trained readout gets gradients through the features
-        self.out_weight = nn.Parameter(torch.zeros(m, cfg.n_embd), requires_grad=trainable)
+        self.out_weight = nn.Parameter(torch.zeros(self.features.n_features, cfg.n_embd), requires_grad=trainable)
         self.out_bias = nn.Parameter(torch.zeros(cfg.n_embd), requires_grad=trainable)
-        role = "ffn_trainable" if trainable else "ffn_solved"
-        self.ROLES = {"features.proj_fwd": "ffn_frozen_random", "features.proj_bwd": "ffn_frozen_random",
-                      "out_weight": role, "out_bias": role}
-
-    @property
-    def n_features(self) -> int:
-        return self.features.n_features
 
     def forward(self, u):
         return self.features(u) @ self.out_weight + self.out_bias
@@ -255,10 +233,6 @@ class SolvedFFN(nn.Module):
 
 class LoRAFFN(nn.Module):
     """Frozen random ``W₁, W₂`` with trainable low-rank adapters: ``(W₂+A₂B₂)·GELU((W₁+A₁B₁)·u)``."""
-
-    ROLES = {"w1": "ffn_frozen_random", "w2": "ffn_frozen_random",
-             "a1": "ffn_trainable", "b1": "ffn_trainable", "a2": "ffn_trainable", "b2": "ffn_trainable",
-             "bias1": "ffn_trainable", "bias2": "ffn_trainable"}
 
     def __init__(self, cfg: ModelConfig, generator: torch.Generator):
         super().__init__()
@@ -295,11 +269,7 @@ def make_ffn(cfg: ModelConfig, generator: torch.Generator) -> nn.Module | None:
         return SolvedFFN(cfg, generator)  # pil, bipil, rf_adamw
 
 
-# --------------------------------------------------------------------------------------------
 # Transformer
-# --------------------------------------------------------------------------------------------
-
-
 def mixture_log_probs(logits, mix, log_unigram):
     """``log((1 − α)·softmax(logits) + α·unigram)`` (α = 0: the log-softmax; α = 1: the unigram).
 
@@ -421,6 +391,7 @@ class PILLM(nn.Module):
     # -- bookkeeping ---------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
         """Counts by kind. Solved weights and random buffers are counted: they are the model too.
+        An FFN's buffers are its frozen random weights; its parameters are trainable or solved by ``requires_grad``.
 
         Keys: ``embedding`` (token + position; the tied head adds nothing), ``attention``,
         ``norm``, ``ffn_trainable``, ``ffn_solved``, ``ffn_frozen_random``, ``head_solved`` and
@@ -428,26 +399,23 @@ class PILLM(nn.Module):
         """
         counts = dict.fromkeys(("embedding", "attention", "norm", "ffn_trainable", "ffn_solved",
                                 "ffn_frozen_random", "head_solved"), 0)
-        counted: set[str] = set()
-        for i, block in enumerate(self.blocks):
-            if block.ffn is None:
-                continue
-            tensors = dict(block.ffn.named_parameters()) | dict(block.ffn.named_buffers())
-            for name, tensor in tensors.items():
-                counts[block.ffn.ROLES[name]] += tensor.numel()
-                counted.add(f"blocks.{i}.ffn.{name}")
         for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
-            if name in counted or name in ("head_temperature", "head_mix"):
+            if name in ("head_temperature", "head_mix"):
                 continue
-            if name.startswith(("tok_emb", "pos_emb")):
-                counts["embedding"] += tensor.numel()
+            if ".ffn." in name and not isinstance(tensor, nn.Parameter):
+                role = "ffn_frozen_random"  # an FFN's fixed random weights are its buffers
+            elif ".ffn." in name:
+                role = "ffn_trainable" if tensor.requires_grad else "ffn_solved"
+            elif name.startswith(("tok_emb", "pos_emb")):
+                role = "embedding"
             elif ".attn." in name:
-                counts["attention"] += tensor.numel()
+                role = "attention"
             elif name.startswith("head_"):
-                counts["head_solved"] += tensor.numel()
+                role = "head_solved"
             elif "ln" in name:
-                counts["norm"] += tensor.numel()
+                role = "norm"
             else:  # pragma: no cover - a new module must be given a role
                 raise RuntimeError(f"parameter {name} has no counting role")
+            counts[role] += tensor.numel()
         counts["total"] = sum(counts.values())
         return counts

@@ -27,6 +27,8 @@ picks the step size η of the target by validation loss (forward passes only). U
 from __future__ import annotations
 
 import ctypes
+import functools
+import itertools
 import math
 import time
 import warnings
@@ -103,12 +105,10 @@ class TrainConfig(DictConfig):
         check_target(self.final_target)
         if self.lam < 0:
             raise ValueError(f"lam must be >= 0 (ridge λ relative to mean diag(HᵀH)), got {self.lam}")
-        for name in ("epochs", "iterations"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "solve_batch_size", "search_tokens", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, low in (("epochs", 0), ("iterations", 0), ("batch_size", 1), ("solve_batch_size", 1),
+                          ("search_tokens", 1), ("log_every", 1), ("ppmi_window", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.method == "alternating" and self.epochs < 1:
@@ -117,8 +117,6 @@ class TrainConfig(DictConfig):
             raise ValueError("solve_head is only used by method='pil_pure'")
         if self.embed_init not in EMBED_INITS:
             raise ValueError(f"embed_init={self.embed_init!r} is not valid; allowed values: {', '.join(EMBED_INITS)}")
-        if self.ppmi_window < 1:
-            raise ValueError(f"ppmi_window must be >= 1, got {self.ppmi_window}")
         self.eta_grid = tuple(float(e) for e in self.eta_grid)
         if self.eta_max is not None and not any(e <= self.eta_max for e in self.eta_grid):
             raise ValueError(f"eta_max={self.eta_max} is below every point of eta_grid (smallest "
@@ -175,9 +173,11 @@ class RunLog:
         return sum(p["seconds"] for p in self.phases if p["phase"] == kind)
 
 
-# --------------------------------------------------------------------------------------------
 # Closed-form phase
-# --------------------------------------------------------------------------------------------
+def _batches(x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, desc: str, progress: bool):
+    """``(x, y)`` batches of whole windows in order, under a progress bar."""
+    for i in tqdm(range(0, x_all.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+        yield x_all[i:i + batch_size], y_all[i:i + batch_size]
 
 
 def search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
@@ -187,27 +187,27 @@ def search_windows(valid: TokenStream, cfg: TrainConfig, block: int):
 
 
 @torch.no_grad()
-def _search_cache(model: PILLM, layer: int, search: tuple, batch_size: int, w_base, b_base, w_step, b_step) -> list:
-    """What the step-size search needs from the layer and below, computed once for every η.
+def _search_losses(model: PILLM, layer: int, search: tuple, batch_size: int, parts: tuple, etas: tuple,
+                   progress: bool) -> list[float]:
+    """Validation loss with the layer's FFN output at each step size η of ``etas``.
 
-    Per batch of the search windows: the stream after the layer's attention ``x_mid``, the two
-    components of the solved FFN's output, ``H·W₀ + b₀`` and ``H·W_Δ + b_Δ``, and the labels.
-    The FFN's output at η is ``base − η·step``; only the blocks above run per grid point.
+    What the layer and below give is computed once per batch of the search windows: the stream
+    after the layer's attention ``x_mid`` and the two components of the solved FFN's output,
+    ``H·W₀ + b₀`` and ``H·W_Δ + b_Δ`` (``parts``). The output at η is ``base − η·step``; only
+    the blocks above run per grid point.
     """
     block = model.blocks[layer]
+    w_base, b_base, w_step, b_step = parts
     cache = []
-    for i in range(0, search[0].shape[0], batch_size):
-        x_mid = block.attend(model.residual_before(search[0][i:i + batch_size], layer))
+    for x, y in _batches(*search, batch_size, "", False):
+        x_mid = block.attend(model.residual_before(x, layer))
         h = block.ffn.features(block.ln2(x_mid))
-        cache.append((x_mid, h @ w_base + b_base, h @ w_step + b_step, search[1][i:i + batch_size]))
-    return cache
-
-
-@torch.no_grad()
-def _search_loss(model: PILLM, layer: int, cache: list, eta: float) -> float:
-    """Validation loss with the layer's FFN output at step size ``eta`` (from :func:`_search_cache`)."""
-    batches = ((model.forward_from(x_mid + base - eta * step, layer + 1), y) for x_mid, base, step, y in cache)
-    return score(batches, accuracy=False)["loss"]
+        cache.append((x_mid, h @ w_base + b_base, h @ w_step + b_step, y))
+    losses = []
+    for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or len(etas) == 1, leave=False):
+        batches = ((model.forward_from(x_mid + base - eta * step, layer + 1), y) for x_mid, base, step, y in cache)
+        losses.append(score(batches, accuracy=False)["loss"])
+    return losses
 
 
 def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
@@ -218,20 +218,15 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     statistics are left intact by a solve) and the (λ, η) pair with the lowest search loss is kept;
     the record then also has ``lam_at_edge`` and ``accumulate_s``, and its search rows a ``lam``.
     """
-    block = model.config.block_size
-    ffn = model.blocks[layer].ffn
+    ffn, c = model.blocks[layer].ffn, model.config.n_embd
     device = ffn.out_weight.device
-    c = model.config.n_embd
-    x_all, y_all = train.windows(block)
     rank, world = rank_world()
-    x_all, y_all = x_all[rank::world], y_all[rank::world]  # each rank streams its own shard
-    acc = RidgeAccumulator(ffn.n_features, 2 * c, fit_bias=True, device=device)
+    x_all, y_all = (t[rank::world] for t in train.windows(model.config.block_size))  # each rank streams its shard
+    acc = RidgeAccumulator(ffn.features.n_features, 2 * c, fit_bias=True, device=device)
     cross = torch.zeros(c, dtype=torch.float64, device=device)  # Σ Y₀·Δ per column, for R²(η)
     t0 = time.perf_counter()
-    for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve layer {layer}",
-                  disable=not progress or rank != 0, leave=False):
-        d = layer_data(model, layer, x_all[i:i + cfg.solve_batch_size], y_all[i:i + cfg.solve_batch_size],
-                       target, teacher)
+    for x, y in _batches(x_all, y_all, cfg.solve_batch_size, f"solve layer {layer}", progress and rank == 0):
+        d = layer_data(model, layer, x, y, target, teacher)
         acc.update(d.features, torch.cat([d.base, d.step], dim=1), d.mask)
         # torch.where, not boolean indexing: no host sync per batch
         cross += torch.where(d.mask.unsqueeze(1), d.base.double() * d.step.double(), 0.0).sum(0)
@@ -248,12 +243,9 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
         parts = solutions[lam] = (weight[:, :c], bias[:c], weight[:, c:], bias[c:], rec)  # W₀, b₀, W_Δ, b_Δ
         if target not in SEARCHED and lams is None:
             continue
-        cache = _search_cache(model, layer, search, cfg.solve_batch_size, *parts[:4])
-        for eta in tqdm(etas, desc=f"step size layer {layer}", disable=not progress or rank != 0 or len(etas) == 1,
-                        leave=False):
-            row = {"eta": eta, "valid_loss": _search_loss(model, layer, cache, eta)}
-            search_log.append(row if lams is None else {"lam": lam} | row)
-        del cache
+        losses = _search_losses(model, layer, search, cfg.solve_batch_size, parts[:4], etas, progress and rank == 0)
+        search_log += [({} if lams is None else {"lam": lam}) | {"eta": eta, "valid_loss": loss}
+                       for eta, loss in zip(etas, losses)]
     best = min(search_log, key=lambda r: r["valid_loss"]) if search_log else {"eta": 0.0}
     lam, eta = best.get("lam", lam_grid[0]), best["eta"]
     eta_at_edge = len(etas) > 1 and eta in (min(etas), max(etas))
@@ -269,12 +261,9 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     w, b = w_base - eta * w_step, b_base - eta * b_step
     ffn.set_solution(w, b)
     sync_device(device)
-    record = rec.to_dict() | {
-        "layer": layer, "target": target, "eta": eta, "search": search_log,
-        "eta_at_edge": eta_at_edge, "n_features": ffn.n_features,
-        "r2": _fit_r2(acc, w, b, eta, cross, c),
-        "seconds_total": time.perf_counter() - t0,
-    }
+    record = rec.to_dict() | {"layer": layer, "target": target, "eta": eta, "search": search_log,
+                              "eta_at_edge": eta_at_edge, "n_features": ffn.features.n_features,
+                              "r2": _fit_r2(acc, w, b, eta, cross, c), "seconds_total": time.perf_counter() - t0}
     if lams is not None:
         record |= {"lam_at_edge": lam_at_edge, "accumulate_s": accumulate_s}
     return record
@@ -324,13 +313,12 @@ def landmark_inputs(model: PILLM, layer: int, train: TokenStream, cfg: TrainConf
 
 
 @torch.no_grad()
-def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 2, *,
-                    alpha: float = 0.75) -> torch.Tensor:
+def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 2) -> torch.Tensor:
     """Closed-form word vectors ``[V, dim]``: truncated SVD of the positive PMI matrix.
 
     Co-occurrences are counted within ``window`` words either side of each token of the stream
     ``ids`` (a sparse ``V × V`` matrix, never dense); context counts are smoothed with exponent
-    ``alpha`` (Levy et al., 2015). The vectors are ``U·√S`` of a randomised truncated SVD,
+    0.75 (Levy et al., 2015). The vectors are ``U·√S`` of a randomised truncated SVD,
     scaled to unit RMS per coordinate. Words that never occur get zero vectors, and so do the
     coordinates beyond the matrix's rank when ``dim`` exceeds the vocabulary.
     """
@@ -341,7 +329,7 @@ def ppmi_embeddings(ids: torch.Tensor, vocab_size: int, dim: int, window: int = 
     counts = torch.sparse_coo_tensor(pairs, ones, (vocab_size, vocab_size), check_invariants=False).coalesce()
     (w, c), n_wc = counts.indices(), counts.values()
     n_w = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, w, n_wc)
-    p_c = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, c, n_wc) ** alpha
+    p_c = torch.zeros(vocab_size, dtype=torch.float64, device=ids.device).index_add_(0, c, n_wc) ** 0.75
     p_c = p_c / p_c.sum()
     pmi = torch.log(n_wc / n_w[w] / p_c[c])  # log P(w,c) / (P(w) P_α(c))
     keep = pmi > 0
@@ -399,13 +387,10 @@ def solve_output_head(model: PILLM, train: TokenStream, valid: TokenStream, cfg:
     t0 = time.perf_counter()
     # float64 statistics: the Gram matrix of LN_f outputs is small (d × d), C is d × V
     acc = RidgeAccumulator(d, v, fit_bias=True, dtype=torch.float64, device=device)
-    x_all, y_all = train.windows(block)
     with torch.no_grad():
-        for i in tqdm(range(0, x_all.shape[0], cfg.solve_batch_size), desc=f"solve {name}", disable=not progress,
-                      leave=False):
-            x = model.residual_before(x_all[i:i + cfg.solve_batch_size], model.config.n_layer)
-            y = y_all[i:i + cfg.solve_batch_size]
-            acc.update_labels(model.ln_f(x), y.clamp_min(0), y != IGNORE_INDEX)
+        for x, y in _batches(*train.windows(block), cfg.solve_batch_size, f"solve {name}", progress):
+            u = model.ln_f(model.residual_before(x, model.config.n_layer))
+            acc.update_labels(u, y.clamp_min(0), y != IGNORE_INDEX)
     w, b, info = acc.solve(cfg.lam)
     counts, n = acc.sum_y, acc.sum_y.sum()
     model.head_weight.copy_(w.float())
@@ -434,11 +419,9 @@ def _head_calibration(model: PILLM, search: tuple, batch_size: int, temperatures
     log_keep, log_mix = torch.log1p(-mix), torch.log(mix)
     nll = torch.zeros(len(temperatures), len(mixes), dtype=torch.float64, device=mix.device)
     count = 0
-    x_all, y_all = search
-    for i in tqdm(range(0, x_all.shape[0], batch_size), desc="calibrate head", disable=not progress, leave=False):
-        x = model.residual_before(x_all[i:i + batch_size], model.config.n_layer)
+    for x, y in _batches(*search, batch_size, "calibrate head", progress):
+        x = model.residual_before(x, model.config.n_layer)
         scores = (model.ln_f(x) @ model.head_weight + model.head_bias).float()  # [B, T, V]
-        y = y_all[i:i + batch_size]
         valid = (y != IGNORE_INDEX).unsqueeze(-1)
         target = y.clamp_min(0).unsqueeze(-1)
         log_unigram = model.head_log_unigram[target]  # [B, T, 1]
@@ -452,11 +435,7 @@ def _head_calibration(model: PILLM, search: tuple, batch_size: int, temperatures
             for k, t in enumerate(temperatures) for j, m in enumerate(mixes)]
 
 
-# --------------------------------------------------------------------------------------------
 # Gradient phase
-# --------------------------------------------------------------------------------------------
-
-
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up then cosine decay to ``lr·min_lr_ratio`` over the whole run."""
     warmup = max(1, int(cfg.warmup_frac * total))
@@ -467,10 +446,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: PILLM, cfg: TrainConfig, device: torch.device) -> tuple[torch.optim.Optimizer, int]:
-    """AdamW over every parameter with ``requires_grad`` (solved weights and buffers never are).
-
-    Weight decay on matrices only (not on biases, norms or embeddings).
-    """
+    """AdamW over every parameter with ``requires_grad`` (solved weights and buffers never are); weight decay
+    on matrices only (not on biases, norms or embeddings)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2 and "emb" not in n]
     ids = {id(p) for p in decay}
@@ -511,14 +488,11 @@ class AdamWRunner:
         sync_device(device)
         t0 = time.perf_counter()
         batches = self.train.train_batches(model.config.block_size, cfg.batch_size, generator=self.generator)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{name} epoch {self.epoch + 1}",
+        bar = tqdm(itertools.islice(batches, self.rank, self.steps_per_epoch * self.world, self.world),
+                   total=self.steps_per_epoch, desc=f"{name} epoch {self.epoch + 1}",
                    disable=not self.progress or self.rank != 0, leave=False)
         seen = 0
-        for i, (x, y) in enumerate(batches):
-            if i >= self.steps_per_epoch * self.world:
-                break
-            if i % self.world != self.rank:
-                continue
+        for x, y in bar:  # this rank's share of the batches
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(self.step, self.total_steps, cfg)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
@@ -535,8 +509,6 @@ class AdamWRunner:
             if seen % cfg.log_every == 0:
                 self._check(running / seen)  # one host sync every log_every steps
                 bar.set_postfix(loss=f"{float(running) / seen:.3f}")
-            bar.update(1)
-        bar.close()
         mean_loss = self._check(running / max(seen, 1))
         sync_device(device)
         self.log.phases.append({"phase": "adamw", "name": name, "seconds": time.perf_counter() - t0,
@@ -554,11 +526,7 @@ class AdamWRunner:
         return value
 
 
-# --------------------------------------------------------------------------------------------
 # Procedures
-# --------------------------------------------------------------------------------------------
-
-
 def _record_valid(model: PILLM, valid: TokenStream, cfg: TrainConfig, log: RunLog, epoch: float, phase: str) -> None:
     if not cfg.eval_every_epoch:
         return
@@ -588,13 +556,14 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
         sync_device(train.ids.device)
         log.phases.append({"phase": "pil", "name": "embed", "seconds": time.perf_counter() - t0})
     _record_valid(model, valid, cfg, log, 0, "init")
+    solve = functools.partial(pil_phase, model, train, valid, cfg, log, teacher=teacher, progress=progress)
 
     def adamw_epochs(name: str, resolve_between: bool = False) -> None:  # one optimizer, one LR schedule
         runner = AdamWRunner(model, train, valid, cfg, log, cfg.epochs, progress)
         for _ in range(cfg.epochs):
             runner.run_epoch(name)
             if resolve_between:
-                pil_phase(model, train, valid, cfg, log, name=f"resolve{runner.epoch}", teacher=teacher, progress=progress)
+                solve(name=f"resolve{runner.epoch}")
             _record_valid(model, valid, cfg, log, runner.epoch, name)
 
     if m in FIXED_FFN:
@@ -602,27 +571,26 @@ def run_procedure(model: PILLM, train: TokenStream, valid: TokenStream, cfg: Tra
     elif m == "pil_pure":
         if cfg.solve_head:  # a head first, so that the FFNs' local targets have a gradient to follow
             solve_output_head(model, train, valid, cfg, log, name="head0", progress=progress)
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         if cfg.solve_head:
             solve_output_head(model, train, valid, cfg, log, progress=progress)
         _record_valid(model, valid, cfg, log, 0, "pil")
     elif m == "pil_then_attn":
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         _record_valid(model, valid, cfg, log, 0, "pil")
         adamw_epochs("attn")
     elif m == "attn_then_pil":
         adamw_epochs("attn")
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         _record_valid(model, valid, cfg, log, cfg.epochs, "pil")
     elif m == "alternating":
-        pil_phase(model, train, valid, cfg, log, name="pil", teacher=teacher, progress=progress)
+        solve(name="pil")
         adamw_epochs("attn", resolve_between=True)
 
     if cfg.final_resolve:
         if model.config.ffn not in ("pil", "bipil"):
             raise ValueError(f"final_resolve needs closed-form FFNs; method {m!r} has {model.config.ffn!r}")
-        pil_phase(model, train, valid, cfg, log, target=cfg.final_target, name="final_resolve",
-                  teacher=teacher, progress=progress)
+        solve(target=cfg.final_target, name="final_resolve")
         _record_valid(model, valid, cfg, log, cfg.epochs, "final_resolve")
     model.eval()
     return log

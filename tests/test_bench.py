@@ -86,9 +86,9 @@ def test_quick_bench_writes_complete_json(quick_run):
 
 
 def test_flop_models():
-    assert bench.gram_flops(16384, 4096, 256) == 2 * 16384 * 4096**2 + 2 * 16384 * 4096 * 256
+    assert bench.gram_cost(16384, 4096, 256)[0] == 2 * 16384 * 4096**2 + 2 * 16384 * 4096 * 256
     # read H, Y once; read + write G, C
-    assert bench.gram_bytes(10, 4, 2) == 4 * (10 * 4 + 10 * 2 + 2 * (16 + 8))
+    assert bench.gram_cost(10, 4, 2)[1] == 4 * (10 * 4 + 10 * 2 + 2 * (16 + 8))
     model = PILLM(config_for("tiny", vocab_size=100, ffn="mlp"))
     f = bench.baseline_flops_per_token(model)
     c = model.config
@@ -101,8 +101,9 @@ def test_flop_models():
 
 
 def test_slug():
-    assert bench.device_slug(torch.device("cpu")) == "cpu"
-    assert bench.device_slug(torch.device("cpu"), quick=True) == "cpu-quick"
+    assert bench.device_slug(bench.device_name(torch.device("cpu"))) == "cpu"
+    assert bench.device_slug("cpu", quick=True) == "cpu-quick"
+    assert bench.device_slug("NVIDIA H200") == "nvidia-h200"
 
 
 def test_distributed_mode_needs_torchrun(monkeypatch, capsys):

@@ -132,6 +132,8 @@ def test_parameter_counts_cover_every_tensor(kind):
         assert counts["ffn_trainable"] == L * (m * c + c) and counts["ffn_solved"] == 0
     if kind == "mlp":
         assert counts["ffn_trainable"] == L * (2 * m * c + m + c)
+    if kind == "lora":
+        assert counts["ffn_frozen_random"] == L * 2 * c * m and counts["ffn_solved"] == 0
     if kind == "none":
         assert counts["ffn_trainable"] == counts["ffn_solved"] == counts["ffn_frozen_random"] == 0
 

@@ -61,7 +61,7 @@ def test_targets_are_not_identically_zero(streams, target):
     x, y = streams[0].windows(32)
     d = layer_data(model, 0, x[:4], y[:4], target)
     assert d.step.abs().sum() > 0
-    assert d.features.shape == (4 * 32, model.blocks[0].ffn.n_features)
+    assert d.features.shape == (4 * 32, model.blocks[0].ffn.features.n_features)
     log = RunLog()
     pil_phase(model, *streams, cfg(target=target), log, progress=False)
     for rec in log.solves:
@@ -79,7 +79,7 @@ def test_padding_contributes_nothing_to_the_solve(streams):
     d = layer_data(model, 0, x, y, "local")
     assert d.mask.sum() == 8 * 20
     assert d.step[~d.mask].abs().sum() == 0  # the loss sends no gradient from padded positions
-    n_feat = model.blocks[0].ffn.n_features
+    n_feat = model.blocks[0].ffn.features.n_features
     acc_pad = RidgeAccumulator(n_feat, 2 * 64, dtype=torch.float64, device="cpu")
     acc_pad.update(d.features, torch.cat([d.base, d.step], 1), d.mask)
     acc_cut = RidgeAccumulator(n_feat, 2 * 64, dtype=torch.float64, device="cpu")
@@ -117,7 +117,7 @@ def test_layers_are_solved_on_fresh_activations(streams):
     top = model.config.n_layer - 1
 
     def solve_top(m):
-        acc = RidgeAccumulator(m.blocks[top].ffn.n_features, 2 * 64, device="cpu")
+        acc = RidgeAccumulator(m.blocks[top].ffn.features.n_features, 2 * 64, device="cpu")
         x, y = streams[0].windows(32)
         for i in range(0, x.shape[0], 16):
             # the top layer's own FFN state must match what the phase saw: zero before its solve
