@@ -14,7 +14,7 @@ from typing import Callable
 
 from .. import stats
 from .config import BENCH, BENCH_2GPU, BEST_HYBRID, BEST_PURE, ReportError
-from .results import NotRun, Results, bench_ratio, compute_version, layer_r2, mean, series
+from .results import NotRun, Results, bench_ratio, compute_version, ffn_learned, layer_r2, mean, series
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,14 @@ def _gpu_slower(key: str):
     def check(res):
         r = bench_ratio(res, key, smallest=True)
         return r > 1, f"{key}, smallest over the repeats: {r:.2f}"
+    return check
+
+
+def _weights_ratio(key: str, low: float, high: float):
+    """The FFN weights that ``key`` learns, over the best hybrid's, lie in [low, high]."""
+    def check(res):
+        r = ffn_learned(res, key) / ffn_learned(res, "hybrid")
+        return low <= r <= high, f"FFN weights learned, {key} over the best hybrid: {r:.3f}"
     return check
 
 
@@ -188,6 +196,10 @@ CLAIMS = (
           _gpu_slower("hybrid_over_baseline_train")),
     Claim("sweeps-exceed-baseline", "the best hybrid's closed-form sweeps alone take longer than the baseline's "
           "training", _gpu_slower("hybrid_sweeps_over_baseline_train")),
+    Claim("baseline-param-matched", "the baseline learns as many FFN weights as the best hybrid (within 1 %)",
+          _weights_ratio("baseline", 0.99, 1.01)),
+    Claim("rf-half-weights", "RF + AdamW learns about half the best hybrid's FFN weights",
+          _weights_ratio("rf_adamw", 0.45, 0.55)),
     Claim("adamw-as-attn-only", "the best hybrid's AdamW phase costs about what attention only's training costs",
           _adamw_as_attn_only),
     Claim("bench-newer", "the benchmark ran a newer compute version than the main table's runs", _bench_newer),

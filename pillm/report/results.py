@@ -9,7 +9,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .config import BENCH, BEST_HYBRID, BEST_PURE, METHOD_ORDER
+from .config import BENCH, BEST_HYBRID, BEST_PURE, METHOD_ORDER, ReportError
 
 
 class NotRun(LookupError):
@@ -106,6 +106,16 @@ SERIES = {
 def series(res: Results, name: str) -> dict[int, float]:
     rel, metric, where = SERIES[name]
     return res.seeds(rel, metric, **where)
+
+
+def ffn_learned(res: Results, name: str) -> int:
+    """FFN weights a series' runs learn (by AdamW or in closed form); every seed must agree."""
+    rel, _, where = SERIES[name]
+    counts = {a + b for a, b in zip(res.seeds(rel, "params_ffn_trainable", **where).values(),
+                                    res.seeds(rel, "params_ffn_solved", **where).values())}
+    if len(counts) != 1:
+        raise ReportError(f"{rel}: the seeds of {name} learn different numbers of FFN weights ({sorted(counts)})")
+    return int(counts.pop())
 
 
 def mean(res: Results, name: str) -> float:

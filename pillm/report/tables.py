@@ -13,7 +13,7 @@ from .. import stats
 from .config import BENCH, BENCH_2GPU, BEST_HYBRID, METHOD_ORDER, METHOD_TEX
 from .files import sha256_short
 from .numbers import fmt, fmt_paired
-from .results import FIT_RUNS, NotRun, Results, layer_r2, mean, series
+from .results import FIT_RUNS, NotRun, Results, ffn_learned, layer_r2, mean, series
 
 
 @dataclass
@@ -60,9 +60,10 @@ def _tex(s) -> str:
 def main_table(res: Results) -> Table:
     t = Table("main", "Main results", "Test perplexity on WikiText-2 (small model, 10 epochs; mean $\\pm$ 95\\,\\% "
               "interval over seeds). $\\Delta$: paired difference from attention only, by seed, with its 95\\,\\% "
-              "interval. Gap closed: share of the log-perplexity gap between attention only and the baseline.",
-              "benchmark/summary.csv", ["Model", "FFN learned by", "Test PPL", r"$\Delta$ vs.\ attention only",
-                                        r"Gap closed (\%)"])
+              "interval. FFN weights: learned by AdamW or solved in closed form, in millions. Gap closed: share of "
+              "the log-perplexity gap between attention only and the baseline.",
+              "benchmark/summary.csv", ["Model", "FFN learned by", "FFN weights", "Test PPL",
+                                        r"$\Delta$ vs.\ attention only", r"Gap closed (\%)"])
     how = {"baseline": "AdamW", "attn_only": "(no FFN)", "lora": "AdamW (rank 8)", "rf_adamw": "AdamW readout"}
     ref = series(res, "attn_only")
     means = {k: mean(res, k) for k in ("attn_only", "baseline")}
@@ -71,7 +72,7 @@ def main_table(res: Results) -> Table:
         name = METHOD_TEX[key] if key != "hybrid" else r"attention$\rightarrow$PIL, global, 4 sweeps"
         delta = "---" if key in ("attn_only", "pil_pure") else fmt_paired(stats.paired(s, ref))
         share = stats.log_gap_share(means["attn_only"], means["baseline"], mean(res, key))
-        t.rows.append([name, how.get(key, "closed form"), ci(s.values()), delta,
+        t.rows.append([name, how.get(key, "closed form"), _num(ffn_learned(res, key) / 1e6, 2), ci(s.values()), delta,
                        _num(share, 0) if share > -1000 else "---"])
     return t
 
