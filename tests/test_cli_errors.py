@@ -125,7 +125,7 @@ def _in_process(row: Row, tmp: Path, monkeypatch, capsys) -> tuple[int, str]:
         monkeypatch.setattr(pillm.data.corpora, "data_dir_candidates", lambda: [Path(row.env["PILLM_DATA_DIR"])])
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     capsys.readouterr()
-    with torch.random.fork_rng(), warnings.catch_warnings(record=True) as caught:
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         try:
             status = main(row.argv)
@@ -204,17 +204,19 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
         main(["evaluate", "--checkpoint", str(missing), "--debug"])
 
 
-def _sigint_as_usual() -> None:
-    """A child started where SIGINT is ignored (a job in the background) would ignore it too."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_writes_nothing(tmp_path):
     out = tmp_path / "run"
     argv = ["train", *TINY, "--max-train-tokens", "200000", "--out", str(out)]
     argv.remove("--quiet")
-    p = subprocess.Popen(_pillm(*argv), env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         preexec_fn=_sigint_as_usual)
+    # Where SIGINT is ignored (a job in the background), a child would ignore it too and train to the end.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        p = subprocess.Popen(_pillm(*argv), env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     seen = ""
     while "adamw" not in seen:  # training has started
         seen += p.stderr.read(64)
