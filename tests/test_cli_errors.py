@@ -1,16 +1,20 @@
-"""A user's mistakes through the real CLI (subprocesses): each is exit status 1 or 2 and one line on stderr
-that names the flag or the file, no traceback, and no finished run altered. Interrupts and kills leave
-the run directory whole or absent, and written files follow the user's umask."""
+"""A user's mistakes through the CLI: each is exit status 1 or 2 and one line on stderr that names the flag
+or the file, no traceback, and no finished run altered. The table runs through ``pillm.cli.main`` in this
+process; two of its rows and the debug traceback also run through the real entry point, ``python -m pillm``.
+Interrupts and kills leave the run directory whole or absent, and written files follow the user's umask."""
 
 from __future__ import annotations
 
 import os
-import resource
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -27,20 +31,19 @@ def _pillm(*args: str) -> list[str]:
     return [sys.executable, "-m", "pillm", *args]
 
 
-def _without_data(*args: str) -> list[str]:
-    """`pillm ARGS` with every dataset folder hidden: the data folders searched are only ``$PILLM_DATA_DIR``."""
-    code = ("import os, sys, pathlib, pillm.data.corpora as d; "
-            "d.data_dir_candidates = lambda: [pathlib.Path(os.environ['PILLM_DATA_DIR'])]; "
-            "from pillm.cli import main; sys.exit(main(sys.argv[1:]))")
-    return [sys.executable, "-c", code, *args]
-
-
 def _snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def _rows(run: Path, tmp: Path) -> dict[str, tuple[list[str], dict, int, list[str]]]:
-    """name → (command, extra environment, exit status, words the one-line message must contain)."""
+class Row(NamedTuple):
+    argv: list[str]  # the arguments of `pillm`
+    env: dict  # extra environment
+    status: int  # the exit status
+    words: list[str]  # words the one-line message must contain
+    only_data_dir: bool = False  # hide every dataset folder but $PILLM_DATA_DIR
+
+
+def _rows(run: Path, tmp: Path) -> dict[str, Row]:
     damaged = {}
     for name, damage in (("truncated", lambda c: (c / "model.safetensors").write_bytes(
             (c / "model.safetensors").read_bytes()[:100])),
@@ -59,50 +62,35 @@ def _rows(run: Path, tmp: Path) -> dict[str, tuple[list[str], dict, int, list[st
         (tmp / "readonly").chmod(0o555)
     train = ["train", *TINY]
     return {
-        "out is a finished run": (_pillm(*train, "--out", str(run)), {}, 2, [str(run), "--overwrite"]),
-        "out is a file": (_pillm(*train, "--out", str(tmp / "afile")), {}, 2, ["afile"]),
-        "out is read-only": (_pillm(*train, "--out", str(readonly)), {}, 2, [str(readonly), "not writable"]),
-        "max-train-tokens negative": (_pillm(*train, "--max-train-tokens", "-5", "--out", str(run)), {}, 2,
-                                      ["--max-train-tokens", "-5", "65"]),
-        "max-train-tokens zero": (_pillm(*train, "--max-train-tokens", "0", "--out", str(run)), {}, 2,
-                                  ["--max-train-tokens", "0", "65"]),
-        "max-eval-tokens negative": (_pillm(*train, "--max-eval-tokens", "-1", "--out", str(run)), {}, 2,
-                                     ["--max-eval-tokens", "-1"]),
-        "epochs 0 with an optimizer": (_pillm(*train, "--epochs", "0", "--out", str(run)), {}, 2,
-                                       ["--epochs", "0", "pil_pure"]),
-        "device tpu": (_pillm(*train, "--device", "tpu", "--out", str(run)), {}, 2,
-                       ["--device", "tpu", "auto", "cpu", "cuda:N"]),
-        "evaluate stride 0": (_pillm("evaluate", "--checkpoint", str(run), "--stride", "0"), {}, 2, ["--stride", "0"]),
-        "evaluate max-tokens negative": (_pillm("evaluate", "--checkpoint", str(run), "--max-tokens", "-50"), {}, 2,
-                                         ["--max-tokens", "-50"]),
-        "missing data": (_without_data(*train, "--out", str(tmp / "r1")),
-                         {"PILLM_DATA_DIR": str(tmp / "nodata")}, 1, ["wikitext-2/train.txt", "PILLM_DATA_DIR", "data/"]),
-        "corrupt data": (_pillm(*train, "--out", str(tmp / "r2")), {"PILLM_DATA_DIR": str(tmp / "corrupt")}, 1,
-                         ["wikitext-2/train.txt", "corrupt"]),
-        "missing teacher": (_pillm(*train, "--target", "teacher", "--teacher", str(tmp / "noteacher"),
-                                   "--out", str(tmp / "r3")), {}, 1, [str(tmp / "noteacher")]),
-        "missing checkpoint": (_pillm("evaluate", "--checkpoint", str(tmp / "nothing")), {}, 1, [str(tmp / "nothing")]),
-        "not a checkpoint": (_pillm("evaluate", "--checkpoint", str(tmp / "nodata")), {}, 1, ["nodata", "config.json"]),
-        "truncated weights": (_pillm("evaluate", "--checkpoint", str(damaged["truncated"])), {}, 1,
-                              [str(damaged["truncated"] / "model.safetensors"), "damaged"]),
-        "broken config.json": (_pillm("generate", "--checkpoint", str(damaged["badconfig"]), "--prompt", "the"), {}, 1,
-                               [str(damaged["badconfig"] / "config.json"), "damaged"]),
+        "out is a finished run": Row([*train, "--out", str(run)], {}, 2, [str(run), "--overwrite"]),
+        "out is a file": Row([*train, "--out", str(tmp / "afile")], {}, 2, ["afile"]),
+        "out is read-only": Row([*train, "--out", str(readonly)], {}, 2, [str(readonly), "not writable"]),
+        "max-train-tokens negative": Row([*train, "--max-train-tokens", "-5", "--out", str(run)], {}, 2,
+                                         ["--max-train-tokens", "-5", "65"]),
+        "max-train-tokens zero": Row([*train, "--max-train-tokens", "0", "--out", str(run)], {}, 2,
+                                     ["--max-train-tokens", "0", "65"]),
+        "max-eval-tokens negative": Row([*train, "--max-eval-tokens", "-1", "--out", str(run)], {}, 2,
+                                        ["--max-eval-tokens", "-1"]),
+        "epochs 0 with an optimizer": Row([*train, "--epochs", "0", "--out", str(run)], {}, 2,
+                                          ["--epochs", "0", "pil_pure"]),
+        "device tpu": Row([*train, "--device", "tpu", "--out", str(run)], {}, 2,
+                          ["--device", "tpu", "auto", "cpu", "cuda:N"]),
+        "evaluate stride 0": Row(["evaluate", "--checkpoint", str(run), "--stride", "0"], {}, 2, ["--stride", "0"]),
+        "evaluate max-tokens negative": Row(["evaluate", "--checkpoint", str(run), "--max-tokens", "-50"], {}, 2,
+                                            ["--max-tokens", "-50"]),
+        "missing data": Row([*train, "--out", str(tmp / "r1")], {"PILLM_DATA_DIR": str(tmp / "nodata")}, 1,
+                            ["wikitext-2/train.txt", "PILLM_DATA_DIR", "data/"], only_data_dir=True),
+        "corrupt data": Row([*train, "--out", str(tmp / "r2")], {"PILLM_DATA_DIR": str(tmp / "corrupt")}, 1,
+                            ["wikitext-2/train.txt", "corrupt"]),
+        "missing teacher": Row([*train, "--target", "teacher", "--teacher", str(tmp / "noteacher"),
+                                "--out", str(tmp / "r3")], {}, 1, [str(tmp / "noteacher")]),
+        "missing checkpoint": Row(["evaluate", "--checkpoint", str(tmp / "nothing")], {}, 1, [str(tmp / "nothing")]),
+        "not a checkpoint": Row(["evaluate", "--checkpoint", str(tmp / "nodata")], {}, 1, ["nodata", "config.json"]),
+        "truncated weights": Row(["evaluate", "--checkpoint", str(damaged["truncated"])], {}, 1,
+                                 [str(damaged["truncated"] / "model.safetensors"), "damaged"]),
+        "broken config.json": Row(["generate", "--checkpoint", str(damaged["badconfig"]), "--prompt", "the"], {}, 1,
+                                  [str(damaged["badconfig"] / "config.json"), "damaged"]),
     }
-
-
-@pytest.fixture(scope="module")
-def table(tiny_checkpoint, tmp_path_factory):
-    """Every row started at once (they spend their time importing), then collected: name → (row, result)."""
-    tmp = tmp_path_factory.mktemp("errors")
-    before = _snapshot(tiny_checkpoint.dir)
-    rows = _rows(tiny_checkpoint.dir, tmp)
-    cache = tmp_path_factory.mktemp("cache")  # corrupt files must not meet a tokenized cache of good ones
-    procs = {name: subprocess.Popen(cmd, env=_env(PILLM_CACHE_DIR=str(cache), **env), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, cwd=tmp)
-             for name, (cmd, env, _, _) in rows.items()}
-    results = {name: (rows[name], p.communicate(timeout=300), p.returncode) for name, p in procs.items()}
-    assert _snapshot(tiny_checkpoint.dir) == before, "a finished run was altered"
-    return tmp, results
 
 
 ROWS = ["out is a finished run", "out is a file", "out is read-only", "max-train-tokens negative",
@@ -111,51 +99,130 @@ ROWS = ["out is a finished run", "out is a file", "out is read-only", "max-train
         "missing checkpoint", "not a checkpoint", "truncated weights", "broken config.json"]
 
 
-@pytest.mark.parametrize("name", ROWS)
-def test_a_mistake_is_one_line(table, name):
-    tmp, results = table
-    (_, _, status, words), (stdout, stderr), returncode = results[name]
-    assert returncode == status, stderr
+@pytest.fixture(scope="module")
+def table(tiny_checkpoint, tmp_path_factory) -> tuple[Path, dict[str, Row]]:
+    """The rows' folder (also their working directory) and the rows."""
+    tmp = tmp_path_factory.mktemp("errors")
+    return tmp, _rows(tiny_checkpoint.dir, tmp)
+
+
+# The notebook pool's threads (conftest.notebook_pool) run beside the tests: their warnings are not the row's.
+_NOTEBOOK_POOL = re.compile(r"[/\\](jupyter_client|jupyter_core|nbclient|nbformat|zmq|tornado|traitlets)[/\\]")
+
+
+def _in_process(row: Row, tmp: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """``pillm ARGV`` through ``pillm.cli.main`` in this process: (exit status, stderr). A warning counts as a
+    line of stderr, as it would be one in a process of its own; the global state of torch is restored."""
+    import torch
+
+    import pillm.data.corpora
+    from pillm.cli import main
+
+    monkeypatch.chdir(tmp)
+    monkeypatch.setenv("PILLM_DEBUG", "")
+    for name, value in row.env.items():
+        monkeypatch.setenv(name, value)
+    if "PILLM_DATA_DIR" in row.env:  # corrupt files must not meet a tokenized cache of good ones
+        monkeypatch.setenv("PILLM_CACHE_DIR", tempfile.mkdtemp(prefix="cache", dir=tmp))
+    if row.only_data_dir:
+        monkeypatch.setattr(pillm.data.corpora, "data_dir_candidates", lambda: [Path(row.env["PILLM_DATA_DIR"])])
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    capsys.readouterr()
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            status = main(row.argv)
+        except SystemExit as err:  # argparse's errors
+            status = err.code
+        finally:
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # Python's default
+    shown = [f"{w.category.__name__}: {w.message}\n" for w in caught
+             if not issubclass(w.category, hidden) and not _NOTEBOOK_POOL.search(w.filename)]
+    return status, capsys.readouterr().err + "".join(shown)
+
+
+def _assert_one_line(row: Row, status: int, stderr: str, tmp: Path) -> None:
+    assert status == row.status, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    for word in words:
+    for word in row.words:
         assert word in lines[0], (word, lines[0])
     assert not any(p.name.startswith(("r1", "r2", "r3")) for p in tmp.iterdir())  # nothing written
 
 
-def test_the_table_covers_every_row(tiny_checkpoint, tmp_path):
-    assert set(_rows(tiny_checkpoint.dir, tmp_path)) == set(ROWS)
+@pytest.mark.parametrize("name", ROWS)
+def test_a_mistake_is_one_line(tiny_checkpoint, table, name, monkeypatch, capsys):
+    tmp, rows = table
+    before = _snapshot(tiny_checkpoint.dir)
+    _assert_one_line(rows[name], *_in_process(rows[name], tmp, monkeypatch, capsys), tmp)
+    assert _snapshot(tiny_checkpoint.dir) == before, "a finished run was altered"
 
 
-def test_missing_data_points_inside_the_repository(table):
-    _, results = table
-    message = results["missing data"][1][1]
+def test_the_table_covers_every_row(table):
+    assert set(table[1]) == set(ROWS)
+
+
+def test_missing_data_points_inside_the_repository(table, monkeypatch, capsys):
+    tmp, rows = table
+    _, message = _in_process(rows["missing data"], tmp, monkeypatch, capsys)
+    assert "wikitext-2/train.txt" in message  # the row's message, not another failure's
     assert "shared/" not in message and str(REPO.parent) not in message.replace(str(REPO), "")
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    r = subprocess.run(_pillm("--debug", "evaluate", "--checkpoint", str(tmp_path / "none")), env=_env(),
+def _run_timed(cmd: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``cmd``: its CompletedProcess and the CPU seconds of that process alone (``os.wait4``), which
+    neither other jobs on the machine nor the session's other children (the notebook kernels) inflate."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read()), usage.ru_utime + usage.ru_stime
+
+
+@pytest.mark.parametrize("name", ["max-train-tokens zero", "truncated weights"])
+def test_the_entry_point_reports_a_mistake_in_one_line(tiny_checkpoint, table, tmp_path, name):
+    """Two rows, an argument error and a damaged checkpoint, through `python -m pillm` in a process of its
+    own. Each fails in the time it takes to import pillm: no data is read, nothing is trained."""
+    tmp, rows = table
+    before = _snapshot(tiny_checkpoint.dir)
+    row = rows[name]
+    env = _env(PILLM_DATA_DIR=str(tmp_path / "nowhere"), PILLM_CACHE_DIR=str(tmp_path / "cache"), **row.env)
+    r, cpu = _run_timed(_pillm(*row.argv), env=env, cwd=tmp)
+    _assert_one_line(row, r.returncode, r.stderr, tmp)
+    assert _snapshot(tiny_checkpoint.dir) == before, "a finished run was altered"
+    assert cpu < 5, f"{cpu:.1f} s of CPU before the error"
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    missing = tmp_path / "none"
+    r = subprocess.run(_pillm("evaluate", "--checkpoint", str(missing)), env=_env(PILLM_DEBUG="1"),
                        capture_output=True, text=True)
     assert r.returncode != 0 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr
+    from pillm.cli import main
 
-
-def test_argument_errors_come_before_any_work(tmp_path):
-    """A bad flag fails in the time it takes to import pillm: no data is read, nothing is trained.
-    Measured as the child's CPU time, which other jobs sharing the machine do not inflate."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run(_pillm("train", *TINY, "--max-train-tokens", "0", "--out", str(tmp_path / "r")),
-                       env=_env(PILLM_DATA_DIR=str(tmp_path / "nowhere")), capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    assert r.returncode == 2 and "--max-train-tokens" in r.stderr
-    assert cpu < 5, f"{cpu:.1f} s of CPU before the argument error"
+    monkeypatch.setenv("PILLM_DEBUG", "")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):  # the exception itself, not one line
+        main(["--debug", "evaluate", "--checkpoint", str(missing)])
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        main(["evaluate", "--checkpoint", str(missing), "--debug"])
 
 
 def test_ctrl_c_writes_nothing(tmp_path):
     out = tmp_path / "run"
     argv = ["train", *TINY, "--max-train-tokens", "200000", "--out", str(out)]
     argv.remove("--quiet")
-    p = subprocess.Popen(_pillm(*argv), env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # Where SIGINT is ignored (a job in the background), a child would ignore it too and train to the end.
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        p = subprocess.Popen(_pillm(*argv), env=_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     seen = ""
     while "adamw" not in seen:  # training has started
         seen += p.stderr.read(64)

@@ -347,15 +347,33 @@ def test_registry_parameters_match_notebook(name):
 # --------------------------------------------------------------------------------------------
 
 
-def _cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pillm", "experiments", *args], cwd=REPO, capture_output=True,
-                          text=True, env=env or os.environ.copy(), timeout=timeout)
+@pytest.fixture
+def cli(monkeypatch, capfd):
+    """``pillm experiments ARGS`` through ``pillm.cli.main`` in this process, as a CompletedProcess: each
+    notebook still executes in a process of its own (``python -m pillm experiments --one``) and its kernel."""
+    from pillm.cli import main
+
+    monkeypatch.chdir(REPO)
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        try:
+            code = main(["experiments", *args])
+        except SystemExit as err:  # as the interpreter ends: a status, or a message on stderr and status 1
+            code = err.code
+            if not isinstance(code, int | None):
+                print(code, file=sys.stderr)
+                code = 1
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["pillm", "experiments", *args], code or 0, out, err)
+
+    return run
 
 
-def test_cli_rejects_unknown_experiment_and_profile(tmp_path):
-    r = _cli("--only", "nope", "--results-dir", str(tmp_path))
+def test_cli_rejects_unknown_experiment_and_profile(tmp_path, cli):
+    r = cli("--only", "nope", "--results-dir", str(tmp_path))
     assert r.returncode != 0 and "unknown experiment 'nope'" in r.stderr
-    r = _cli("--profile", "huge", "--only", "quickstart", "--results-dir", str(tmp_path))
+    r = cli("--profile", "huge", "--only", "quickstart", "--results-dir", str(tmp_path))
     assert r.returncode != 0 and "no parameters for profile 'huge'" in r.stderr
     assert not any(tmp_path.iterdir())
 
@@ -373,11 +391,11 @@ def _notebook(path: Path, *cells: str) -> Path:
 
 
 @pytest.mark.slow
-def test_experiments_end_to_end(tmp_path):
+def test_experiments_end_to_end(tmp_path, cli):
     ex.check_kernel()
     root = tmp_path / "results"
     t0 = time.perf_counter()
-    r = _cli("--profile", "smoke", "--only", "ngram", "--results-dir", str(root))
+    r = cli("--profile", "smoke", "--only", "ngram", "--results-dir", str(root))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     first = time.perf_counter() - t0
     smoke = root / "smoke"
@@ -395,7 +413,7 @@ def test_experiments_end_to_end(tmp_path):
     # Up to date: skipped, fast, nothing rewritten.
     mtime = (exp / ".complete").stat().st_mtime_ns
     t0 = time.perf_counter()
-    r = _cli("--profile", "smoke", "--only", "ngram", "--results-dir", str(root))
+    r = cli("--profile", "smoke", "--only", "ngram", "--results-dir", str(root))
     again = time.perf_counter() - t0
     assert r.returncode == 0 and "ngram: up to date, skipped" in r.stdout and "0 ran, 1 skipped" in r.stdout
     assert again < min(first, 30) and (exp / ".complete").stat().st_mtime_ns == mtime
@@ -413,7 +431,7 @@ def test_experiments_end_to_end(tmp_path):
     registry.write_text(json.dumps({"experiments": {
         "broken": {"notebook": str(broken), "parameters": {"smoke": {"value": 2}}},
         "fine": {"notebook": str(fine), "parameters": {"smoke": {"value": 3}}}}}))
-    r = _cli("--registry", str(registry), "--results-dir", str(root))
+    r = cli("--registry", str(registry), "--results-dir", str(root))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "broken: FAILED" in r.stdout and "cell 3 raised RuntimeError: injected failure" in r.stdout
     assert "1 ran, 0 skipped, 1 failed (broken)" in r.stdout
@@ -426,14 +444,14 @@ def test_experiments_end_to_end(tmp_path):
     assert (smoke / "fine" / ".complete").exists() and (smoke / "fine" / "summary.csv").read_text() == "value\n3\n"
 
     _notebook(broken, "from pillm import experiments as ex\nx = value + 1", "print('fixed')")
-    r = _cli("--registry", str(registry), "--results-dir", str(root))
+    r = cli("--registry", str(registry), "--results-dir", str(root))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fine: up to date, skipped" in r.stdout and "1 ran, 1 skipped, 0 failed" in r.stdout
     assert (smoke / "broken" / ".complete").exists() and not (smoke / "broken" / "failed.json").exists()
 
 
 @pytest.mark.slow
-def test_finished_only_leaves_the_experiment_incomplete(tmp_path):
+def test_finished_only_leaves_the_experiment_incomplete(tmp_path, cli):
     """``--finished-only`` executes the notebook with PILLM_FINISHED_ONLY=1; when it records a partial
     summary the experiment is not marked complete, so the next full run executes it again."""
     ex.check_kernel()
@@ -449,19 +467,19 @@ def test_finished_only_leaves_the_experiment_incomplete(tmp_path):
     registry = tmp_path / "registry.yaml"
     registry.write_text(json.dumps({"experiments": {"part": {"notebook": str(nb), "parameters": {"smoke": {"value": 1}}}}}))
     exp = root / "smoke" / "part"
-    r = _cli("--registry", str(registry), "--results-dir", str(root), "--finished-only")
+    r = cli("--registry", str(registry), "--results-dir", str(root), "--finished-only")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not (exp / ".complete").exists() and (exp / "partial.json").exists()
     assert json.loads((exp / "provenance.json").read_text())["partial"]["missing"] == ["b"]
     (exp / "old.partial.json").write_text("{}")  # a grid this notebook no longer leaves partial
     os.utime(exp / "old.partial.json", (time.time() - 60, time.time() - 60))
-    r = _cli("--registry", str(registry), "--results-dir", str(root))
+    r = cli("--registry", str(registry), "--results-dir", str(root))
     assert r.returncode == 0 and "1 ran, 0 skipped" in r.stdout, r.stdout + r.stderr
     assert (exp / ".complete").exists() and not (exp / "partial.json").exists()
     assert not (exp / "old.partial.json").exists()  # older than this execution: a leftover, removed
     assert (exp / "match.txt").read_text() == ""
     # --match reaches the notebook's kernel the same way (its environment)
-    r = _cli("--registry", str(registry), "--results-dir", str(root), "--force", "--match", "seed=1$")
+    r = cli("--registry", str(registry), "--results-dir", str(root), "--force", "--match", "seed=1$")
     assert r.returncode == 0, r.stdout + r.stderr
     assert (exp / "match.txt").read_text() == "seed=1$"
 
@@ -619,8 +637,8 @@ def test_match_runs_only_the_selected_runs_and_leaves_the_grid_incomplete(tmp_pa
     assert fake_execute == [0, 2, 1, 1] and list(df["seed"]) == [0, 1, 2] and not partial.exists()
 
 
-def test_cli_match_that_is_not_a_regex_says_so(tmp_path):
-    r = _cli("--results-dir", str(tmp_path), "--match", "seed=(")
+def test_cli_match_that_is_not_a_regex_says_so(tmp_path, cli):
+    r = cli("--results-dir", str(tmp_path), "--match", "seed=(")
     assert r.returncode == 2 and "is not a regular expression" in r.stderr and "epochs=5" in r.stderr
 
 
