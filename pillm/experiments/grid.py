@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import sys
-import unittest.mock
 import warnings
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
@@ -354,6 +353,21 @@ def _finished_subset(experiment: str, runs: list[dict], missing: list[int], part
     return sorted(set(range(len(runs))) - set(missing))
 
 
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """``os.environ`` updated with ``values`` inside the block (inherited by the workers it starts), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=None, progress: bool = True,
              summary: str = "summary.csv") -> pd.DataFrame:
     """Execute ``runs`` (skipping finished ones), write ``summary.csv`` atomically and return it.
@@ -414,7 +428,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
         # in a worker's environment from the start; a bar update every few seconds keeps the run logs small.
         worker_env = {"PILLM_CONCURRENT_RUNS": str(jobs + others),
                       "TQDM_MININTERVAL": os.environ.get("TQDM_MININTERVAL", "5")}
-        with unittest.mock.patch.dict(os.environ, worker_env):
+        with _environ(worker_env):
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
                                      initargs=(counter, visible_gpus(torch.cuda.device_count()))) as pool:
                 # Longest first, so that a time-limited call is not left waiting for one slow run
@@ -431,7 +445,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
     else:
-        with unittest.mock.patch.dict(os.environ, {"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time
+        with _environ({"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time
             for n, i in enumerate(pending, 1):
                 if progress:
                     print(f"[{experiment}] run {n}/{len(pending)}: {runs[i]['name']}", flush=True)
