@@ -494,12 +494,16 @@ def test_gap_summary_chooses_the_hybrid_on_validation_only():
         {"variant": "h1", "seed": 0, "valid_ppl": 130.0, "test_ppl": 140.0, "total_s": 70.0},
         {"variant": "h1", "seed": 1, "valid_ppl": 132.0, "test_ppl": 142.0, "total_s": 70.0},
         {"variant": "h2", "seed": 0, "valid_ppl": 135.0, "test_ppl": 125.0, "total_s": 70.0},
+        # a fair baseline, best on validation: a control, never a hybrid candidate
+        {"variant": "baseline+time", "seed": 0, "valid_ppl": 110.0, "test_ppl": 105.0, "total_s": 150.0},
     ])
     ngram = pd.DataFrame({"order": [1, 5], "test_ppl": [911.7, 220.1]})
-    roles = {"baseline": "baseline", "attn_only": "attn_only", "pure": ["pil_pure", "pil_pure+head"]}
+    roles = {"baseline": "baseline", "attn_only": "attn_only", "pure": ["pil_pure", "pil_pure+head"],
+             "controls": "baseline+time"}
     s = ex.gap_summary(df, roles, ngram)
     assert s["best_hybrid_name"] == "h1" and s["best_hybrid_test_ppl"] == pytest.approx(141.0)
     assert s["hybrids"] == ["h1", "h2"]  # every variant without a role
+    assert s["controls"] == {"baseline+time": 105.0}
     assert s["baseline_test_ppl"] == 115.0 and s["kn5_test_ppl"] == 220.1
     assert s["pure_pil_name"] == "pil_pure+head" and s["pure_pil_test_ppl"] == 580.0
     assert ex.gap_summary(df, roles | {"pure": "pil_pure"})["pure_pil_test_ppl"] == 8800.0

@@ -40,17 +40,16 @@ def teacher_summary(teachers: pd.DataFrame, students: pd.DataFrame) -> dict:
 def gap_summary(df: pd.DataFrame, roles: dict, ngram: pd.DataFrame | None = None) -> dict:
     """Headline numbers from a run grid labelled by ``variant`` (means over seeds).
 
-    ``roles`` names the ``baseline`` and ``attn_only`` variants and the ``pure`` PIL candidates
-    (one label or a list); every other variant is a hybrid candidate. The best hybrid and the best
-    pure variant are chosen on **validation** perplexity only; their test perplexities are then
-    reported. ``ngram`` is the ``ngram`` experiment's summary (``kn5_test_ppl`` is its order-5 row;
-    None when it was not run).
+    ``roles`` names the ``baseline`` and ``attn_only`` variants, the ``pure`` PIL candidates and the
+    ``controls`` (fair baselines; one label or a list each); every other variant is a hybrid candidate.
+    The best hybrid and the best pure variant are chosen on **validation** perplexity only; their test
+    perplexities are then reported. ``ngram`` is the ``ngram`` experiment's summary (``kn5_test_ppl`` is
+    its order-5 row; None when it was not run).
     """
     means = df.groupby("variant")[["valid_ppl", "test_ppl", "total_s"]].mean()
     seeds = df.groupby("variant")["seed"].nunique()
-    pure = roles.get("pure") or []
-    pure = [pure] if isinstance(pure, str) else list(pure)
-    fixed = {roles.get("baseline"), roles.get("attn_only"), *pure}
+    pure, controls = ([v] if isinstance(v, str) else list(v or []) for v in (roles.get("pure"), roles.get("controls")))
+    fixed = {roles.get("baseline"), roles.get("attn_only"), *pure, *controls}
 
     def get(label, col: str):
         return float(means.loc[label, col]) if label in means.index else None
@@ -72,6 +71,8 @@ def gap_summary(df: pd.DataFrame, roles: dict, ngram: pd.DataFrame | None = None
            "baseline_total_s": get(roles.get("baseline"), "total_s"), "best_hybrid_total_s": get(best, "total_s"),
            "selection": "lowest mean valid_ppl among hybrids (and among pure variants)", "hybrids": hybrids,
            "pure_candidates": [v for v in pure if v in means.index], "seeds": {k: int(v) for k, v in seeds.items()}}
+    if controls:
+        out["controls"] = {v: get(v, "test_ppl") for v in controls if v in means.index}
     if out["baseline_test_ppl"] and out["best_hybrid_test_ppl"]:
         out["hybrid_over_baseline"] = out["best_hybrid_test_ppl"] / out["baseline_test_ppl"]
     return out
