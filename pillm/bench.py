@@ -74,23 +74,14 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
     if args.baseline_epochs is not None and args.baseline_epochs < 1:
         raise ValueError(f"--baseline-epochs must be >= 1, got {args.baseline_epochs}")
     return dict(
-        quick=quick,
-        sizes=sizes,
-        rows=1024 if quick else 16384,  # N rows per update
-        outputs=32 if quick else 256,  # K
-        warmup=1 if quick else 3,
-        repeats=3 if quick else 10,
+        quick=quick, sizes=sizes, size="tiny" if quick else "small", expansion=4.0, lam=1e-4, seed=0,
+        rows=1024 if quick else 16384, outputs=32 if quick else 256,  # N rows per update, K outputs
+        warmup=1 if quick else 3, repeats=3 if quick else 10,
         ceiling_n=(256 if quick else 1024) if small_ceiling else 8192,  # square matmul: fp32 / bf16 ceilings
         copy_bytes=(16 if quick else 256 if small_ceiling else 2048) * 2**20,
-        size="tiny" if quick else "small",
-        expansion=4.0,
-        max_train_tokens=8192 if quick else None,
-        search_tokens=512 if quick else 16384,
-        solve_batch_size=16 if quick else 64,
-        baseline_epochs=args.baseline_epochs or 1,
+        max_train_tokens=8192 if quick else None, search_tokens=512 if quick else 16384,
+        solve_batch_size=16 if quick else 64, baseline_epochs=args.baseline_epochs or 1,
         dataset="synthetic" if quick else "wikitext2",
-        lam=1e-4,
-        seed=0,
     )
 
 

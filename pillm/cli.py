@@ -71,6 +71,7 @@ _FIELD_HELP = {
     "embed_init": "ppmi: token embeddings from an SVD of the PPMI matrix (closed form)",
     "ppmi_window": "co-occurrence window for --embed-init ppmi",
     "solve_batch_size": "sequences per batch when accumulating HᵀH",
+    "solve_tokens": "training tokens each feed-forward solve accumulates over, in evenly spaced windows",
     "max_train_tokens": "train on the first N tokens only",
     "max_eval_tokens": "score the first N tokens of valid and test only",
     "eval_every_epoch": "record validation perplexity after every epoch",
@@ -149,7 +150,7 @@ def _default(f) -> str:
     """A config field's default as its flag's help shows it."""
     if f.name in _PRESET_FIELDS:
         return "set by --size"
-    if f.name.startswith("max_") and f.default is None:
+    if (f.name.startswith("max_") or f.name == "solve_tokens") and f.default is None:
         return "whole split"
     return str(f.default if f.default is not MISSING else f.default_factory())
 

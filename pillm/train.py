@@ -89,6 +89,9 @@ class TrainConfig(DictConfig):
     embed_init: str = "random"  # "ppmi": token embeddings from a truncated SVD of the PPMI matrix (closed form)
     ppmi_window: int = 2  # co-occurrence window (words either side) for embed_init="ppmi"
     solve_batch_size: int = 64
+    # training tokens each FFN solve accumulates over (None: all): evenly spaced windows across the stream,
+    # so that a sweep costs a fraction of a pass while the statistics still cover the whole corpus
+    solve_tokens: int | None = None
     # data / evaluation
     max_train_tokens: int | None = None
     max_eval_tokens: int | None = None
@@ -109,6 +112,8 @@ class TrainConfig(DictConfig):
                           ("search_tokens", 1), ("log_every", 1), ("ppmi_window", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.solve_tokens is not None and self.solve_tokens < 1:
+            raise ValueError(f"solve_tokens must be >= 1 (or None for the whole stream), got {self.solve_tokens}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.method == "alternating" and self.epochs < 1:
@@ -210,6 +215,15 @@ def _search_losses(model: PILLM, layer: int, search: tuple, batch_size: int, par
     return losses
 
 
+def solve_windows(train: TokenStream, block: int, tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) windows an FFN solve streams: all of them, or ``ceil(tokens / block)`` evenly spaced ones."""
+    x_all, y_all = train.windows(block)
+    if tokens is None or tokens >= x_all.numel():
+        return x_all, y_all
+    keep = torch.linspace(0, len(x_all) - 1, -(-tokens // block)).round().long().unique()
+    return x_all[keep], y_all[keep]
+
+
 def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg: TrainConfig, target: str,
                 teacher: PILLM | None = None, progress: bool = True, lams: tuple | None = None) -> dict:
     """Solve block ``layer``'s FFN readout in closed form; returns its record.
@@ -221,7 +235,8 @@ def solve_layer(model: PILLM, layer: int, train: TokenStream, search: tuple, cfg
     ffn, c = model.blocks[layer].ffn, model.config.n_embd
     device = ffn.out_weight.device
     rank, world = rank_world()
-    x_all, y_all = (t[rank::world] for t in train.windows(model.config.block_size))  # each rank streams its shard
+    x_all, y_all = solve_windows(train, model.config.block_size, cfg.solve_tokens)
+    x_all, y_all = x_all[rank::world], y_all[rank::world]  # each rank streams its shard
     acc = RidgeAccumulator(ffn.features.n_features, 2 * c, fit_bias=True, device=device)
     cross = torch.zeros(c, dtype=torch.float64, device=device)  # Σ Y₀·Δ per column, for R²(η)
     t0 = time.perf_counter()

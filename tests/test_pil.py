@@ -13,7 +13,8 @@ from pillm.data import TokenStream
 from pillm.model import IGNORE_INDEX, PILLM, config_for
 from pillm.solver import RidgeAccumulator
 from pillm.targets import TARGETS, layer_data
-from pillm.train import METHODS, TrainConfig, TrainingDiverged, ffn_kind_for, pil_phase, run_procedure, RunLog
+from pillm.train import (METHODS, TrainConfig, TrainingDiverged, ffn_kind_for, pil_phase, run_procedure, RunLog,
+                         solve_windows)
 
 V = 40
 
@@ -346,6 +347,26 @@ def test_eta_max_caps_the_search(streams):
     assert all(r["eta"] <= 1.0 and max(s["eta"] for s in r["search"]) <= 1.0 for r in log.solves)
     with pytest.raises(ValueError, match="eta_max"):
         cfg(eta_max=1e-9)
+
+
+def test_solve_tokens_subsample_evenly_spaced_windows(streams):
+    train, valid = streams
+    x_all, _ = train.windows(32)  # 187 windows
+    x, y = solve_windows(train, 32, 100)
+    assert len(x) == 4 and len(y) == 4  # ceil(100 / 32)
+    assert torch.equal(x[0], x_all[0]) and torch.equal(x[-1], x_all[-1])  # spread over the whole stream
+    assert torch.equal(solve_windows(train, 32, 10**9)[0], x_all)
+    assert torch.equal(solve_windows(train, 32, None)[0], x_all)
+    logs = []
+    for tokens in (None, 10**9, 640):
+        log = RunLog()
+        pil_phase(make().eval(), train, valid, cfg(solve_tokens=tokens), log, progress=False)
+        logs.append(log.solves)
+    assert [r["tokens"] for r in logs[2]] == [20 * 32] * len(logs[2])  # padding-free toy stream: every token counts
+    assert [r["eta"] for r in logs[0]] == [r["eta"] for r in logs[1]]
+    assert [r["r2"] for r in logs[0]] == [r["r2"] for r in logs[1]]  # the whole stream: the same solves
+    with pytest.raises(ValueError, match="solve_tokens must be >= 1"):
+        cfg(solve_tokens=0)
 
 
 def test_attention_then_pil_trains_attention_exactly_as_attention_only(streams):

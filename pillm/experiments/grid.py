@@ -355,17 +355,14 @@ def _finished_subset(experiment: str, runs: list[dict], missing: list[int], part
 
 @contextlib.contextmanager
 def _environ(values: dict[str, str]):
-    """``os.environ`` updated with ``values`` inside the block (inherited by the workers it starts), then restored."""
-    saved = {k: os.environ.get(k) for k in values}
+    """``os.environ`` updated with ``values`` inside the block (workers started there inherit it), then restored."""
+    saved = dict(os.environ)
     os.environ.update(values)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=None, progress: bool = True,
@@ -414,7 +411,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
     jobs = min(max(1, int(os.environ.get("PILLM_JOBS", "1"))), len(pending))
     # PILLM_OTHER_RUNS: runs that other processes execute on the same machine at the same time
     # (tools/device_experiments.sh runs several grids at once); recorded with each run either way, through an
-    # environment set for this grid only (patch.dict restores it: a later grid in the kernel records its own).
+    # environment set for this grid only (restored afterwards: a later grid in the kernel records its own).
     others = int(os.environ.get("PILLM_OTHER_RUNS", "0"))
     if jobs > 1:
         import multiprocessing as mp
