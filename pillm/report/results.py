@@ -111,8 +111,8 @@ def series(res: Results, name: str) -> dict[int, float]:
 def ffn_learned(res: Results, name: str) -> int:
     """FFN weights a series' runs learn (by AdamW or in closed form); every seed must agree."""
     rel, _, where = SERIES[name]
-    counts = {a + b for a, b in zip(res.seeds(rel, "params_ffn_trainable", **where).values(),
-                                    res.seeds(rel, "params_ffn_solved", **where).values())}
+    rows = res.rows(rel, **where)
+    counts = set(rows["params_ffn_trainable"] + rows["params_ffn_solved"])
     if len(counts) != 1:
         raise ReportError(f"{rel}: the seeds of {name} learn different numbers of FFN weights ({sorted(counts)})")
     return int(counts.pop())
