@@ -24,10 +24,12 @@ def mean_std(df: pd.DataFrame, by, cols) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _records(experiment: str, df: pd.DataFrame, profile: str, results_root, field: str):
-    """``(run columns, record)`` for every record in ``result[field]`` of every run in ``df``."""
+def _records(experiment: str, df: pd.DataFrame, profile: str, results_root, field: str, required: bool = True):
+    """``(run columns, record)`` for every record in ``result[field]`` of every run in ``df``; a run without
+    the field is an error unless it is not ``required``."""
     for rec in df[run_columns(df)].to_dict("records"):
-        for r in load_result(experiment, rec["name"], profile, results_root).get(field, []):
+        result = load_result(experiment, rec["name"], profile, results_root)
+        for r in result[field] if required else result.get(field, []):
             yield rec, r
 
 
@@ -99,7 +101,7 @@ def fit_complexity(df: pd.DataFrame, n: str = "tokens", d: str = "n_features", s
 def samples(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """Generation samples (``RunSpec(samples=…)``) of every run in ``df``, one row per prompt × seed."""
     return pd.DataFrame([rec | {"sample_" + k if k in rec else k: v for k, v in s.items()}
-                         for rec, s in _records(experiment, df, profile, results_root, "samples")])
+                         for rec, s in _records(experiment, df, profile, results_root, "samples", required=False)])
 
 
 def setup_notebook(threads: int | None = None) -> None:
