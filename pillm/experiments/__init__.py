@@ -38,7 +38,7 @@ from .grid import (
 )
 from .notebook import (
     barplot, curves, fit_complexity, heatmap, lambda_search, lineplot, mean_std, plot_curves, rounded, samples,
-    setup_notebook, solves, summary_table,
+    setup_notebook, solves, summary_table, time_to_quality,
 )
 from .registry import (
     KERNEL, NOTEBOOK_PARAMETERS, add_arguments, check_kernel, experiment_settings, load_registry, main,
@@ -58,5 +58,5 @@ __all__ = [
     "make_fixed_attention_run", "make_lambda_path_run", "make_run", "mean_std", "notebook_parameters",
     "partial_allowed", "plot_curves", "root_dir", "rounded", "run_dir", "run_filter", "run_grid", "run_key",
     "run_provenance", "run_spec", "samples", "setup_notebook", "solves", "staleness_hash", "summary_table",
-    "teacher_summary", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
+    "teacher_summary", "time_to_quality", "visible_gpus", "write_csv_atomic", "write_json_atomic", "write_text_atomic",
 ]

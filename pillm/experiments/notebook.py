@@ -34,8 +34,25 @@ def _records(experiment: str, df: pd.DataFrame, profile: str, results_root, fiel
 
 
 def curves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
-    """Validation curves (``result['curve']``) of every run in ``df``, tidy, with ``df``'s columns."""
-    return pd.DataFrame([rec | point for rec, point in _records(experiment, df, profile, results_root, "curve")])
+    """Validation curves (``result['curve']``) of every run in ``df``, tidy, with ``df``'s columns and
+    ``concurrent_runs``, the other runs that shared the machine (wall-clock compares only where it is 0)."""
+    rows = []
+    for rec in df[run_columns(df)].to_dict("records"):
+        result = load_result(experiment, rec["name"], profile, results_root)
+        shared = {"concurrent_runs": result.get("environment", {}).get("concurrent_runs", 0)}
+        rows += [rec | shared | point for point in result["curve"]]
+    return pd.DataFrame(rows)
+
+
+def time_to_quality(curve: pd.DataFrame, levels, by=("variant", "seed")) -> pd.DataFrame:
+    """Wall-clock seconds until each run's validation perplexity first reaches each of ``levels`` (NaN where
+    it never does): one row per run and level."""
+    rows = []
+    for key, g in curve.sort_values("wall_s").groupby(list(by), sort=False):
+        for level in levels:
+            hit = g.loc[g["valid_ppl"] <= level, "wall_s"]
+            rows.append(dict(zip(by, key)) | {"level": level, "seconds": hit.iloc[0] if len(hit) else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def solves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
