@@ -25,6 +25,8 @@ METHOD_TEX = {"baseline": "Baseline (MLP FFN)", "attn_only": "Attention only", "
 #: hybrids, and among its pure-PIL variants); the claim ``best-hybrid-selected`` checks them.
 BEST_HYBRID = "attn_then_pil+global+iter4"
 BEST_PURE = "pil_pure+ppmi"
+#: Display names of the training curves' variants: methods, and the best hybrid with and without a subsampled Gram.
+VARIANT_TEX = METHOD_TEX | {BEST_HYBRID: "best hybrid", f"{BEST_HYBRID}+sub200k": "best hybrid, Gram on 204,800 tokens"}
 #: The benchmarks the text quotes (``pillm bench``; medians over repeats where a file has several).
 BENCH = "bench/nvidia-h100-80gb-hbm3.json"
 BENCH_2GPU = "bench/nvidia-h200-2gpu.json"

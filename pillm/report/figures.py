@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BENCH_2GPU, BEST_HYBRID, METHOD_TEX
+from .config import BENCH_2GPU, METHOD_TEX, VARIANT_TEX
 from .files import write_if_changed
 from .results import SERIES, NotRun, Results, mean, series
 from .tables import interval
@@ -62,12 +62,11 @@ def capacity(res: Results):
 def time_to_quality(res: Results):
     df = res.frame("training_curves/curves.csv")
     key = "variant" if "variant" in df else "method"
-    names = METHOD_TEX | {BEST_HYBRID: "best hybrid", f"{BEST_HYBRID}+sub200k": "best hybrid, Gram on 204,800 tokens"}
     fig, ax = _axes((4.2, 2.6))
     for i, (name, g) in enumerate(df[df["valid_ppl"] < 1000].groupby(key, sort=False)):
         for j, (_, run) in enumerate(g.groupby("seed")):
             ax.plot(run["wall_s"], run["valid_ppl"], "o-", ms=2, lw=0.8, color=f"C{i}",
-                    label=None if j else names.get(name, name))
+                    label=None if j else VARIANT_TEX.get(name, name))
     ax.set_yscale("log")
     ax.set_yticks([120, 150, 200, 300], ["120", "150", "200", "300"])
     ax.minorticks_off()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import stats
-from .config import BENCH, BENCH_2GPU, BEST_HYBRID, METHOD_ORDER, METHOD_TEX
+from .config import BENCH, BENCH_2GPU, BEST_HYBRID, METHOD_ORDER, METHOD_TEX, VARIANT_TEX
 from .files import sha256_short
 from .numbers import fmt, fmt_paired
 from .results import FIT_RUNS, NotRun, Results, ffn_learned, layer_r2, mean, series
@@ -174,7 +174,7 @@ def _or_not_run(make, name: str, title: str = "", caption: str = "", rel: str = 
 
 def all_tables(res: Results, experiments) -> list[Table]:
     out = [_or_not_run(lambda: make(res), make.__name__.removesuffix("_table"))
-           for make in (main_table, ablations_table, fit_table, setup_table, samples_table)]
+           for make in (main_table, ablations_table, fit_table, setup_table, samples_table, time_to_quality_table)]
     out += [_or_not_run(lambda: grouped(res, *spec), *spec[:4]) for spec in GROUPED]
     return out + [provenance_table(res, experiments)]
 
@@ -197,6 +197,21 @@ def fit_table(res: Results) -> Table:
         t.rows.append([label, target] + [ci(r2[i], 3) if i in r2 else "---" for i in range(max(r2) + 1)])
     if not t.rows:
         raise NotRun("solves in result.json")
+    return t
+
+
+def time_to_quality_table(res: Results) -> Table:
+    """Seconds each training-curve variant takes to reach each validation perplexity: median over repeats with
+    their range; --- where a repeat never reaches it."""
+    df = res.frame("training_curves/time_to_quality.csv")
+    levels = sorted(df["level"].unique(), reverse=True)
+    t = Table("time_to_quality", "Time to quality", "Wall-clock seconds of training until validation perplexity "
+              "first reaches each level: median over repeats (range), each run alone on one GPU; --- where a repeat "
+              "never reaches it.", "training_curves/time_to_quality.csv", ["Model"] + [f"{x:g}" for x in levels])
+    for variant, g in df.groupby("variant", sort=False):
+        s = [g.loc[g["level"] == x, "seconds"] for x in levels]
+        t.rows.append([VARIANT_TEX.get(variant, _tex(variant))] + ["---" if v.isna().any() else
+                      f"{v.median():.0f} ({v.min():.0f}--{v.max():.0f})" for v in s])
     return t
 
 
