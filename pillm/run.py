@@ -75,6 +75,10 @@ def environment() -> dict:
         env["device_name"] = torch.cuda.get_device_name(0)
         env["gpu_count"] = torch.cuda.device_count()
     env["concurrent_runs"] = int(os.environ.get("PILLM_CONCURRENT_RUNS", "1"))  # runs sharing the machine
+    # A copied tree (a lent GPU machine) may carry a stale .git: the commit it was sent at takes precedence.
+    if os.environ.get("PILLM_GIT_COMMIT"):
+        env["git_commit"] = os.environ["PILLM_GIT_COMMIT"]
+        return env
     try:
         env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                            text=True, check=True).stdout.strip()
@@ -82,7 +86,7 @@ def environment() -> dict:
                                text=True).stdout.strip()
         env["git_dirty"] = bool(dirty)
     except (OSError, subprocess.CalledProcessError):
-        env["git_commit"] = os.environ.get("PILLM_GIT_COMMIT", "unknown")
+        env["git_commit"] = "unknown"
     return env
 
 

@@ -35,11 +35,11 @@ def _records(experiment: str, df: pd.DataFrame, profile: str, results_root, fiel
 
 def curves(experiment: str, df: pd.DataFrame, profile: str, results_root=None) -> pd.DataFrame:
     """Validation curves (``result['curve']``) of every run in ``df``, tidy, with ``df``'s columns and
-    ``concurrent_runs``, the other runs that shared the machine (wall-clock compares only where it is 0)."""
+    ``concurrent_runs``, the runs that shared the machine (wall-clock compares only where it is 1: alone)."""
     rows = []
     for rec in df[run_columns(df)].to_dict("records"):
         result = load_result(experiment, rec["name"], profile, results_root)
-        shared = {"concurrent_runs": result.get("environment", {}).get("concurrent_runs", 0)}
+        shared = {"concurrent_runs": result.get("environment", {}).get("concurrent_runs", 1)}
         rows += [rec | shared | point for point in result["curve"]]
     return pd.DataFrame(rows)
 
