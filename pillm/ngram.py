@@ -64,8 +64,7 @@ __all__ = ["BOS", "EOS", "UNK", "KENLM_REFERENCE", "FALLBACK_DISCOUNTS", "NGramC
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
-#: Test (and one valid) perplexities of KenLM ``lmplz`` modified Kneser-Ney
-#: models on WikiText-2 word tokens, order -> perplexity.
+#: Test (and one valid) perplexities of KenLM ``lmplz`` modified Kneser-Ney models on WikiText-2 word tokens.
 KENLM_REFERENCE = {"test": {1: 914.4, 2: 264.0, 3: 226.1, 4: 221.3, 5: 220.1}, "valid": {5: 234.9}}
 
 
@@ -136,9 +135,7 @@ class NGramCounts:
             ids.append(eos)
             self.sentences += 1
             self.tokens += len(ids) - 1
-            for n in range(1, max_order + 1):
-                if len(ids) < n:
-                    break
+            for n in range(1, min(max_order, len(ids)) + 1):
                 # all windows of length n; each starts with <s> at most once
                 raw[n].update(zip(*(ids[j:] for j in range(n))))
         raw[1].pop((bos,), None)  # <s> is never predicted
@@ -182,11 +179,8 @@ class _OrderTable:
 
 
 class KneserNey:
-    """Interpolated modified Kneser-Ney language model of a fixed order.
-
-    Build with :meth:`fit` (or :meth:`from_counts` to share one counting pass between several orders); query
-    with :meth:`logprob` (natural log) and :meth:`perplexity`.
-    """
+    """Interpolated modified Kneser-Ney language model of a fixed order (:meth:`from_counts` builds several orders
+    from one counting pass)."""
 
     def __init__(self, order: int):
         if order < 1:
@@ -278,8 +272,7 @@ class KneserNey:
         keep = self.order - 1
         prob = self._prob_ids
         log = math.log
-        total = 0.0
-        tokens = oov = 0
+        total, tokens, oov = 0.0, 0, 0
         for sent in sentences:
             ids = []
             for w in sent:
