@@ -24,7 +24,6 @@ import argparse
 import datetime
 import io
 import json
-import math
 import os
 import re
 import statistics
@@ -448,14 +447,8 @@ def bench_hybrid(s: dict, device: torch.device, streams: tuple, variant: str, ba
 
 # Output
 def _finite(obj):
-    """JSON-safe copy: non-finite floats become strings ("inf", "nan")."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    """JSON-safe copy: non-finite floats become strings ("inf", "nan", "-inf")."""
+    return json.loads(json.dumps(obj, default=str), parse_constant=lambda token: str(float(token)))
 
 
 def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool) -> Path:

@@ -100,16 +100,14 @@ def _write_cache(entry: Path, tok, tensors: dict[str, torch.Tensor], meta: dict)
         torch.save(tensors, tmp / "tokens.pt")
         tok.save(tmp / "tokenizer")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if entry.exists():  # a stale or corrupt entry that we just rebuilt
-            shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(entry, ignore_errors=True)  # a stale or corrupt entry that we just rebuilt
         try:
             os.replace(tmp, entry)
         except OSError:
             if not entry.exists():  # a concurrent writer winning the race is fine
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left once renamed
 
 
 def load_tokenized(name: str, tokenizer: str = "auto", *, bpe_vocab_size: int = 8192,

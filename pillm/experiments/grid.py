@@ -78,11 +78,10 @@ def make_run(base: dict, name: str | None = None, labels: dict | None = None, **
 
 def expand(base: dict, **grid) -> list[dict]:
     """Cartesian product of ``grid`` (each value a list) over ``base``; seeds are just ``seed=[…]``."""
-    keys = list(grid)
-    for k in keys:
-        if not isinstance(grid[k], (list, tuple)):
-            raise TypeError(f"grid values must be lists, got {k}={grid[k]!r}")
-    return [make_run(base, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
+    for k, values in grid.items():
+        if not isinstance(values, (list, tuple)):
+            raise TypeError(f"grid values must be lists, got {k}={values!r}")
+    return [make_run(base, **dict(zip(grid, values))) for values in itertools.product(*grid.values())]
 
 
 def _spec_module(kind: str):
