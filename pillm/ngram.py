@@ -152,10 +152,6 @@ class NGramCounts:
             for g, c in self.raw[n].items():
                 if g[0] == bos:
                     adj[g] = c  # cannot be extended to the left: raw count
-            if n == 1:
-                # every seen word has a left neighbour, so all are present;
-                # keep <unk> even if it was never seen (count 0, as KenLM)
-                adj.pop((bos,), None)
             self._adjusted[n] = adj
         return self._adjusted[n]
 
