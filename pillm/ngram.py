@@ -54,6 +54,7 @@ test: 241,211 words + 4,358 ``</s>`` = 245,569 predicted tokens, no OOV.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections import Counter, defaultdict
@@ -200,10 +201,8 @@ class KneserNey:
     def from_counts(cls, counts: NGramCounts, order: int | None = None,
                     discount_fallback: Sequence[float] | None = FALLBACK_DISCOUNTS,
                     _shared: dict | None = None) -> "KneserNey":
-        """Model of ``order`` (default ``counts.max_order``) from precounted n-grams.
-
-        ``_shared`` (a dict) caches the adjusted-count tables between models built from the same counts.
-        """
+        """Model of ``order`` (default ``counts.max_order``) from precounted n-grams; ``_shared`` (a dict) caches
+        the adjusted-count tables between models built from the same counts."""
         order = counts.max_order if order is None else order
         if not 1 <= order <= counts.max_order:
             raise ValueError(f"order {order} not in 1..{counts.max_order}")
@@ -347,8 +346,6 @@ def summary(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wikitext2")
 
 
 if __name__ == "__main__":  # python -m pillm.ngram
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--dataset", default="wikitext2")
