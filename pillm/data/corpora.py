@@ -320,12 +320,8 @@ _WT_RULES = [  # WikiText's (Moses-style) tokenization, approximated with regula
 
 
 def wikitext_tokenize(text: str) -> str:
-    """Raw text tokenized (approximately) the way WikiText was, words separated by spaces.
-
-    Used to score LAMBADA's cased OpenAI passages with word-level models trained on WikiText:
-    punctuation is split off, ``n't``/``'s`` clitics are separated and in-word hyphens and
-    digit separators become ``@-@``, ``@,@``, ``@.@`` as in WikiText.
-    """
+    """Raw text tokenized (approximately) the way WikiText was, words separated by spaces: for scoring LAMBADA's
+    cased OpenAI passages with word-level models trained on WikiText."""
     for pattern, repl in _WT_RULES:
         text = pattern.sub(repl, text)
     return " ".join(text.split())
