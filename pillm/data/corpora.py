@@ -43,11 +43,8 @@ SHA256: dict[str, str] = {
 def data_dir_candidates() -> list[Path]:
     """Directories searched for dataset files, in order of preference: ``$PILLM_DATA_DIR`` (if set),
     ``<repo>/data`` (git-ignored; put or symlink files here), the project's shared copy ``<repo>/../shared/data``."""
-    dirs = []
     env = os.environ.get("PILLM_DATA_DIR", "").strip()
-    if env:
-        dirs.append(Path(env).expanduser())
-    dirs.append(REPO_ROOT / "data")
+    dirs = ([Path(env).expanduser()] if env else []) + [REPO_ROOT / "data"]
     shared = REPO_ROOT.parent / "shared" / "data"
     if shared.is_dir():
         dirs.append(shared)
