@@ -123,8 +123,7 @@ class NGramCounts:
         vocab, words = self.vocab, self.words
         bos, eos = vocab[BOS], vocab[EOS]
         raw = [Counter() for _ in range(max_order + 1)]  # raw[0] unused
-        self.sentences = 0
-        self.tokens = 0  # predicted tokens, </s> included
+        self.sentences, self.tokens = 0, 0  # tokens: the predicted ones, </s> included
         for sent in sentences:
             ids = [bos]
             for w in sent:
@@ -265,8 +264,7 @@ class KneserNey:
         vocab = self.counts.vocab
         bos, eos = vocab[BOS], vocab[EOS]
         keep = self.order - 1
-        prob = self._prob_ids
-        log = math.log
+        prob, log = self._prob_ids, math.log  # looked up once: the loop below runs per token
         total, tokens, oov = 0.0, 0, 0
         for sent in sentences:
             ids = []
@@ -316,8 +314,7 @@ def evaluate_orders(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wik
     for order in orders:
         t0 = time.perf_counter()
         lm = KneserNey.from_counts(counts, order, _shared=shared)
-        valid = lm.perplexity(split["valid"])
-        test = lm.perplexity(split["test"])
+        valid, test = (lm.perplexity(split[s]) for s in ("valid", "test"))
         row = {"order": order, "valid_ppl": valid["ppl"], "test_ppl": test["ppl"],
                "tokens": test["tokens"], "valid_tokens": valid["tokens"], "oov": test["oov"],
                "seconds": time.perf_counter() - t0, "count_seconds": count_seconds}
