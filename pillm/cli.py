@@ -243,8 +243,7 @@ def _check_train_args(parser, args) -> None:
 
         if not torch.cuda.is_available():
             parser.error(f"argument --device: {device} requested but CUDA is not available here; use cpu or auto")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
+        if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
             parser.error(f"argument --device: {device} does not exist; this machine has "
                          f"{torch.cuda.device_count()} CUDA device(s)")
 
