@@ -107,7 +107,7 @@ def _write_cache(entry: Path, tok, tensors: dict[str, torch.Tensor], meta: dict)
             if not entry.exists():  # a concurrent writer winning the race is fine
                 raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing left once renamed
+        shutil.rmtree(tmp, ignore_errors=True)  # a no-op after the rename
 
 
 def load_tokenized(name: str, tokenizer: str = "auto", *, bpe_vocab_size: int = 8192,
