@@ -24,7 +24,6 @@ import argparse
 import datetime
 import io
 import json
-import math
 import os
 import re
 import statistics
@@ -259,11 +258,6 @@ def load_streams(s: dict, device: torch.device):
     return TokenStream(train, device), TokenStream(valid, device), vocab, name
 
 
-def model_config(s: dict, vocab: int, ffn: str):
-    """The benchmark's model: ``bipil`` (concat fusion) for the PIL phase, ``mlp`` for the baseline."""
-    return config_for(s["size"], vocab_size=vocab, ffn=ffn, expansion=s["expansion"])
-
-
 def _fresh(mcfg, seed: int, device: torch.device):
     """A new model on the device, initialised from ``seed`` (every timed model of a kind starts the same)."""
     torch.manual_seed(seed)
@@ -311,7 +305,7 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
     """One :func:`pil_phase` on a fresh Bi-PIL model, after a warm-up on a small slice; (record, model). Under a
     process group every rank streams its shard, and the wall clock runs between barriers."""
     world = rank_world()[1]
-    mcfg = model_config(s, vocab, "bipil")
+    mcfg = config_for(s["size"], vocab_size=vocab, ffn="bipil", expansion=s["expansion"])  # concat fusion
     tcfg = TrainConfig(method="pil_pure", target="local", lam=s["lam"], search_tokens=s["search_tokens"],
                        solve_batch_size=s["solve_batch_size"], device=str(device), seed=s["seed"],
                        eval_every_epoch=False)
@@ -344,7 +338,7 @@ def time_pil_phase(s: dict, device: torch.device, train, valid, vocab: int) -> t
 
 def time_baseline(s: dict, device: torch.device, train, valid, vocab: int, compile_: bool) -> dict:
     """``baseline_epochs`` AdamW epochs of the ``mlp`` model via :class:`AdamWRunner` (after a short warm-up)."""
-    mcfg = model_config(s, vocab, "mlp")
+    mcfg = config_for(s["size"], vocab_size=vocab, ffn="mlp", expansion=s["expansion"])
     epochs = s["baseline_epochs"]
     tcfg = TrainConfig(method="baseline", epochs=epochs, device=str(device), compile=compile_, seed=s["seed"],
                        eval_every_epoch=False)
@@ -453,14 +447,8 @@ def bench_hybrid(s: dict, device: torch.device, streams: tuple, variant: str, ba
 
 # Output
 def _finite(obj):
-    """JSON-safe copy: non-finite floats become strings ("inf", "nan")."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    """JSON-safe copy: non-finite floats become strings ("inf", "nan", "-inf")."""
+    return json.loads(json.dumps(obj, default=str), parse_constant=lambda token: str(float(token)))
 
 
 def write_outputs(result: dict, out_dir: Path, stem: str, figure: bool) -> Path:

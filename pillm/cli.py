@@ -129,9 +129,7 @@ def _add_config_flags(group, cls) -> None:
         if f.name in _NOT_FLAGS:
             continue
         typ = _field_type(f)
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f"{_FIELD_HELP.get(f.name, f.name.replace('_', ' '))} (default: {_default(f)})"
-        kw = dict(default=None, help=help_)
+        kw = dict(default=None, help=f"{_FIELD_HELP.get(f.name, f.name.replace('_', ' '))} (default: {_default(f)})")
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif f.name == "device":
@@ -143,7 +141,7 @@ def _add_config_flags(group, cls) -> None:
             kw.update(type=int if low is None else _int_at_least(low), metavar="N")
         else:
             kw.update(type=typ, metavar="X")
-        group.add_argument(flag, **kw)
+        group.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
 def _default(f) -> str:
@@ -245,8 +243,7 @@ def _check_train_args(parser, args) -> None:
 
         if not torch.cuda.is_available():
             parser.error(f"argument --device: {device} requested but CUDA is not available here; use cpu or auto")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
+        if int(device.partition(":")[2] or 0) >= torch.cuda.device_count():
             parser.error(f"argument --device: {device} does not exist; this machine has "
                          f"{torch.cuda.device_count()} CUDA device(s)")
 

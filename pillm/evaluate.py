@@ -1,17 +1,16 @@
 """Evaluation: perplexity and accuracy over a whole split, LAMBADA, and sampling.
 
-Perplexity protocol. A split is one token stream (documents joined with ``<eos>``). By default it
-is cut into non-overlapping windows of the model's context ``T``; every token but the first is
-predicted exactly once, with between 0 and ``T − 1`` tokens of context (the standard protocol of
-pytorch/examples and most small-LM papers). With ``stride=s < T`` the windows slide by ``s`` and
-only the last ``s`` targets of each window are scored (the first window scores all), so every
-token except the first ``T − s`` ones gets at least ``T − s`` tokens of context. Both protocols
-score each target exactly once; they differ only in context length.
+Perplexity protocol. A split is one token stream (documents joined with ``<eos>``). By default it is cut into
+non-overlapping windows of the model's context ``T``; every token but the first is predicted exactly once, with
+between 0 and ``T − 1`` tokens of context (the standard protocol of pytorch/examples and most small-LM papers). With
+``stride=s < T`` the windows slide by ``s`` and only the last ``s`` targets of each window are scored (the first
+window scores all), so every token except the first ``T − s`` ones gets at least ``T − s`` tokens of context. Both
+protocols score each target exactly once; they differ only in context length.
 
-LAMBADA is scored on the whole target word: the word is tokenized (possibly several sub-tokens)
-and counts as correct only if greedy decoding reproduces every one of its tokens given the
-passage (teacher-forced greedy, as in GPT-2's evaluation). Targets the tokenizer cannot represent
-(``<unk>`` with a word-level vocabulary) count as wrong, and their rate is reported.
+LAMBADA is scored on the whole target word: the word is tokenized (possibly several sub-tokens) and counts as
+correct only if greedy decoding reproduces every one of its tokens given the passage (teacher-forced greedy, as in
+GPT-2's evaluation). Targets the tokenizer cannot represent (``<unk>`` with a word-level vocabulary) count as wrong,
+and their rate is reported.
 """
 
 from __future__ import annotations
@@ -47,11 +46,8 @@ def _windows(ids: torch.Tensor, block: int, stride: int) -> tuple[torch.Tensor, 
 @torch.no_grad()
 def evaluate_stream(model: PILLM, ids: torch.Tensor, *, batch_size: int = 32, stride: int | None = None,
                     max_tokens: int | None = None, progress: bool = False) -> dict:
-    """Mean cross-entropy, perplexity and top-1 accuracy of next-token prediction over ``ids``.
-
-    ``ids`` is a 1-D token stream (on the model's device ideally); ``stride=None`` means
-    non-overlapping windows (stride = context length).
-    """
+    """Mean cross-entropy, perplexity and top-1 accuracy of next-token prediction over the 1-D token stream
+    ``ids``; ``stride=None`` means non-overlapping windows (stride = context length)."""
     block = model.config.block_size
     stride = stride or block
     if not 1 <= stride <= block:
@@ -77,10 +73,9 @@ def evaluate_stream(model: PILLM, ids: torch.Tensor, *, batch_size: int = 32, st
 def score(batches, accuracy: bool = True) -> dict:
     """Mean cross-entropy, perplexity and top-1 accuracy over ``(logits [.., V], targets [..])`` pairs.
 
-    Sums stay on the device (float64 for the loss) until the end: one host sync per call.
-    Targets equal to ``IGNORE_INDEX`` are not scored. ``accuracy=False`` skips the arg-max over
-    the vocabulary (``acc`` is then None) and computes the loss as ``logsumexp − target logit``:
-    searches need only the loss.
+    Sums stay on the device (float64 for the loss) until the end: one host sync per call. Targets equal to
+    ``IGNORE_INDEX`` are not scored. ``accuracy=False`` skips the arg-max over the vocabulary (``acc`` is then None)
+    and computes the loss as ``logsumexp − target logit``: searches need only the loss.
     """
     nll = correct = count = 0
     for logits, y in batches:
@@ -108,11 +103,8 @@ def _autocast(device: torch.device):
 @torch.no_grad()
 def lambada(model: PILLM, tokenizer, examples: list[tuple[str, str]], *, batch_size: int = 64,
             progress: bool = False) -> dict:
-    """Whole-word LAMBADA accuracy, target-word perplexity and OOV rate.
-
-    ``examples`` are ``(context, target_word)`` pairs. The target word is scored over all of its
-    tokens. Passages longer than the context keep their last ``block_size`` tokens.
-    """
+    """Whole-word LAMBADA accuracy, target-word perplexity and OOV rate over ``(context, target_word)`` pairs;
+    passages longer than the context keep their last ``block_size`` tokens."""
     device = next(model.parameters()).device
     block = model.config.block_size
     unk = getattr(tokenizer, "unk_id", None)

@@ -54,6 +54,7 @@ test: 241,211 words + 4,358 ``</s>`` = 245,569 predicted tokens, no OOV.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections import Counter, defaultdict
@@ -64,8 +65,7 @@ __all__ = ["BOS", "EOS", "UNK", "KENLM_REFERENCE", "FALLBACK_DISCOUNTS", "NGramC
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
-#: Test (and one valid) perplexities of KenLM ``lmplz`` modified Kneser-Ney
-#: models on WikiText-2 word tokens, order -> perplexity.
+#: Test (and one valid) perplexities of KenLM ``lmplz`` modified Kneser-Ney models on WikiText-2 word tokens.
 KENLM_REFERENCE = {"test": {1: 914.4, 2: 264.0, 3: 226.1, 4: 221.3, 5: 220.1}, "valid": {5: 234.9}}
 
 
@@ -123,8 +123,7 @@ class NGramCounts:
         vocab, words = self.vocab, self.words
         bos, eos = vocab[BOS], vocab[EOS]
         raw = [Counter() for _ in range(max_order + 1)]  # raw[0] unused
-        self.sentences = 0
-        self.tokens = 0  # predicted tokens, </s> included
+        self.sentences, self.tokens = 0, 0  # tokens: the predicted ones, </s> included
         for sent in sentences:
             ids = [bos]
             for w in sent:
@@ -136,9 +135,7 @@ class NGramCounts:
             ids.append(eos)
             self.sentences += 1
             self.tokens += len(ids) - 1
-            for n in range(1, max_order + 1):
-                if len(ids) < n:
-                    break
+            for n in range(1, min(max_order, len(ids)) + 1):
                 # all windows of length n; each starts with <s> at most once
                 raw[n].update(zip(*(ids[j:] for j in range(n))))
         raw[1].pop((bos,), None)  # <s> is never predicted
@@ -155,10 +152,6 @@ class NGramCounts:
             for g, c in self.raw[n].items():
                 if g[0] == bos:
                     adj[g] = c  # cannot be extended to the left: raw count
-            if n == 1:
-                # every seen word has a left neighbour, so all are present;
-                # keep <unk> even if it was never seen (count 0, as KenLM)
-                adj.pop((bos,), None)
             self._adjusted[n] = adj
         return self._adjusted[n]
 
@@ -182,11 +175,8 @@ class _OrderTable:
 
 
 class KneserNey:
-    """Interpolated modified Kneser-Ney language model of a fixed order.
-
-    Build with :meth:`fit` (or :meth:`from_counts` to share one counting pass between several orders); query
-    with :meth:`logprob` (natural log) and :meth:`perplexity`.
-    """
+    """Interpolated modified Kneser-Ney language model of a fixed order (:meth:`from_counts` builds several orders
+    from one counting pass)."""
 
     def __init__(self, order: int):
         if order < 1:
@@ -210,10 +200,8 @@ class KneserNey:
     def from_counts(cls, counts: NGramCounts, order: int | None = None,
                     discount_fallback: Sequence[float] | None = FALLBACK_DISCOUNTS,
                     _shared: dict | None = None) -> "KneserNey":
-        """Model of ``order`` (default ``counts.max_order``) from precounted n-grams.
-
-        ``_shared`` (a dict) caches the adjusted-count tables between models built from the same counts.
-        """
+        """Model of ``order`` (default ``counts.max_order``) from precounted n-grams; ``_shared`` (a dict) caches
+        the adjusted-count tables between models built from the same counts."""
         order = counts.max_order if order is None else order
         if not 1 <= order <= counts.max_order:
             raise ValueError(f"order {order} not in 1..{counts.max_order}")
@@ -276,10 +264,8 @@ class KneserNey:
         vocab = self.counts.vocab
         bos, eos = vocab[BOS], vocab[EOS]
         keep = self.order - 1
-        prob = self._prob_ids
-        log = math.log
-        total = 0.0
-        tokens = oov = 0
+        prob, log = self._prob_ids, math.log  # looked up once: the loop below runs per token
+        total, tokens, oov = 0.0, 0, 0
         for sent in sentences:
             ids = []
             for w in sent:
@@ -328,8 +314,7 @@ def evaluate_orders(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wik
     for order in orders:
         t0 = time.perf_counter()
         lm = KneserNey.from_counts(counts, order, _shared=shared)
-        valid = lm.perplexity(split["valid"])
-        test = lm.perplexity(split["test"])
+        valid, test = (lm.perplexity(split[s]) for s in ("valid", "test"))
         row = {"order": order, "valid_ppl": valid["ppl"], "test_ppl": test["ppl"],
                "tokens": test["tokens"], "valid_tokens": valid["tokens"], "oov": test["oov"],
                "seconds": time.perf_counter() - t0, "count_seconds": count_seconds}
@@ -358,8 +343,6 @@ def summary(orders: Sequence[int] = (1, 2, 3, 4, 5), dataset: str = "wikitext2")
 
 
 if __name__ == "__main__":  # python -m pillm.ngram
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--dataset", default="wikitext2")

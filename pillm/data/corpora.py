@@ -41,17 +41,10 @@ SHA256: dict[str, str] = {
 
 
 def data_dir_candidates() -> list[Path]:
-    """Directories searched for dataset files, in order of preference.
-
-    1. ``$PILLM_DATA_DIR`` (if set and non-empty),
-    2. ``<repo>/data`` (git-ignored; put or symlink files here),
-    3. ``<repo>/../shared/data`` (if it exists; the project's shared copy).
-    """
-    dirs = []
+    """Directories searched for dataset files, in order of preference: ``$PILLM_DATA_DIR`` (if set),
+    ``<repo>/data`` (git-ignored; put or symlink files here), the project's shared copy ``<repo>/../shared/data``."""
     env = os.environ.get("PILLM_DATA_DIR", "").strip()
-    if env:
-        dirs.append(Path(env).expanduser())
-    dirs.append(REPO_ROOT / "data")
+    dirs = ([Path(env).expanduser()] if env else []) + [REPO_ROOT / "data"]
     shared = REPO_ROOT.parent / "shared" / "data"
     if shared.is_dir():
         dirs.append(shared)
@@ -108,17 +101,16 @@ def resolve_file(relpath: str, *, verify: bool = True) -> Path:
 
 CORPORA = ("wikitext2", "ptb", "tinystories", "lambada")
 
-_TINYSTORIES_FILE = "tinystories/TinyStories-train.first2MiB.txt"
 END_OF_TEXT = "<|endoftext|>"
-# Stories in the 2 MiB slice; the hub fallback takes the same number from the
-# start of the train split so that both sources give corpora of the same size.
+# Stories in the 2 MiB slice; the hub fallback takes the same number from the start of the train split
+# so that both sources give corpora of the same size.
 _TINYSTORIES_N_STORIES = 2316
 
 # split -> file, for the corpora whose splits are separate files.
 _SPLIT_FILES = {
     "wikitext2": {s: f"wikitext-2/{s}.txt" for s in ("train", "valid", "test")},
     "ptb": {s: f"ptb/ptb.{s}.txt" for s in ("train", "valid", "test")},
-    "tinystories": {s: _TINYSTORIES_FILE for s in ("train", "valid", "test")},
+    "tinystories": dict.fromkeys(("train", "valid", "test"), "tinystories/TinyStories-train.first2MiB.txt"),
     "lambada": {"test": "lambada/lambada_test.jsonl", "test_plain": "lambada/lambada_test_plain_text.txt",
                 "dev_plain": "lambada/lambada_development_plain_text.txt"},
 }
@@ -257,11 +249,7 @@ def load_corpus(name: str) -> Corpus:
 
     If a file is missing from every candidate directory, the Hugging Face hub is tried (unless
     ``PILLM_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set); hub data is not checksummed and its ``files`` entries
-    read ``"hub:<id>"``.  A corrupt local file is always an error.
-
-    wikitext2, ptb: word level, the lines of the split files.  tinystories: text level, the complete stories
-    of the 2 MiB slice, 90% train, the held-out 10% halved into valid | test (see ``note``).  lambada: text
-    level, "test" (OpenAI jsonl texts), "test_plain" and "dev_plain" (original tokenized passages); no train.
+    read ``"hub:<id>"``.  A corrupt local file is always an error.  How the splits were made: ``Corpus.note``.
     """
     check_corpus_name(name)
     level = "word" if name in ("wikitext2", "ptb") else "text"
@@ -329,12 +317,8 @@ _WT_RULES = [  # WikiText's (Moses-style) tokenization, approximated with regula
 
 
 def wikitext_tokenize(text: str) -> str:
-    """Raw text tokenized (approximately) the way WikiText was, words separated by spaces.
-
-    Used to score LAMBADA's cased OpenAI passages with word-level models trained on WikiText:
-    punctuation is split off, ``n't``/``'s`` clitics are separated and in-word hyphens and
-    digit separators become ``@-@``, ``@,@``, ``@.@`` as in WikiText.
-    """
+    """Raw text tokenized (approximately) the way WikiText was, words separated by spaces: for scoring LAMBADA's
+    cased OpenAI passages with word-level models trained on WikiText."""
     for pattern, repl in _WT_RULES:
         text = pattern.sub(repl, text)
     return " ".join(text.split())

@@ -100,16 +100,14 @@ def _write_cache(entry: Path, tok, tensors: dict[str, torch.Tensor], meta: dict)
         torch.save(tensors, tmp / "tokens.pt")
         tok.save(tmp / "tokenizer")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if entry.exists():  # a stale or corrupt entry that we just rebuilt
-            shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(entry, ignore_errors=True)  # a stale or corrupt entry that we just rebuilt
         try:
             os.replace(tmp, entry)
         except OSError:
             if not entry.exists():  # a concurrent writer winning the race is fine
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a no-op after the rename
 
 
 def load_tokenized(name: str, tokenizer: str = "auto", *, bpe_vocab_size: int = 8192,
@@ -208,16 +206,13 @@ class TokenStream:
 
     def train_batches(self, block_size: int, batch_size: int, *, generator: torch.Generator | None = None,
                       offset: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled, non-overlapping ``[B, T]`` (x, y) batches.
+        """One epoch of shuffled, non-overlapping ``[B, T]`` (x, y) batches: every window exactly once, the last
+        batch possibly smaller than ``batch_size``.
 
         The windows start at a random ``offset`` in ``[0, T)`` (drawn from ``generator``, or the global torch
-        RNG, unless given), so successive epochs see different window boundaries.  The rows are shuffled with
-        ``torch.randperm``; every window appears exactly once, and the last batch may be smaller than
-        ``batch_size``.
-
-        Random numbers are drawn on the generator's device.  If that differs from the stream's device (a CPU
-        generator with CUDA data, the common case for reproducibility), the permutation is drawn on the CPU and
-        moved once per epoch: one small copy per epoch, not per batch.
+        RNG, unless given), so successive epochs see different window boundaries.  Random numbers are drawn on
+        the generator's device: with a CPU generator and CUDA data (the common case for reproducibility) the
+        permutation is drawn on the CPU and moved to the stream's device once per epoch, not per batch.
         """
         T, B = block_size, batch_size
         if T < 1 or B < 1:

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data import SHA256
+from ..model import ModelConfig
 from ..run import RunSpec, execute, write_json_atomic
+from ..train import TrainConfig
 from ..version import COMPUTE_VERSION
 from .files import experiment_dir, read_json, rel, sha, write_csv_atomic
 
@@ -39,9 +42,6 @@ _SPEC_FIELDS = _field_names(RunSpec)
 
 def _route(key: str) -> str:
     """Where a flat parameter goes: a RunSpec field, ``model`` (ModelConfig) or ``train`` (TrainConfig)."""
-    from ..model import ModelConfig
-    from ..train import TrainConfig
-
     if key in _SPEC_FIELDS:
         return "spec"
     if key in _field_names(ModelConfig):
@@ -78,11 +78,10 @@ def make_run(base: dict, name: str | None = None, labels: dict | None = None, **
 
 def expand(base: dict, **grid) -> list[dict]:
     """Cartesian product of ``grid`` (each value a list) over ``base``; seeds are just ``seed=[…]``."""
-    keys = list(grid)
-    for k in keys:
-        if not isinstance(grid[k], (list, tuple)):
-            raise TypeError(f"grid values must be lists, got {k}={grid[k]!r}")
-    return [make_run(base, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
+    for k, values in grid.items():
+        if not isinstance(values, (list, tuple)):
+            raise TypeError(f"grid values must be lists, got {k}={values!r}")
+    return [make_run(base, **dict(zip(grid, values))) for values in itertools.product(*grid.values())]
 
 
 def _spec_module(kind: str):
@@ -153,10 +152,6 @@ def run_key(spec, *, version: int | None = None) -> str:
     differently, e.g. with or without an explicit default, share one key), the data checksums and the
     compute version (:mod:`pillm.version`). The source text is not part of it: refactoring leaves stored
     runs current, and a change that moves numbers bumps ``COMPUTE_VERSION``."""
-    from ..data import SHA256
-    from ..model import ModelConfig
-    from ..train import TrainConfig
-
     if not isinstance(spec, RunSpec):  # adaptation, first-layer, λ-path, fixed-attention run
         canonical = {"kind": _kind_of(spec)} | _non_default(asdict(spec), type(spec))
         canonical["train"] = _non_default(spec.config().to_dict(), TrainConfig)
