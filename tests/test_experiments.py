@@ -843,3 +843,24 @@ def test_each_other_kind_has_its_own_keys(tmp_path, kind):
     assert ex.run_key(specs[kind], version=grid.COMPUTE_VERSION + 1) != keys[kind]
     with pytest.raises(ValueError, match="how must be one of"):
         ex.make_adapt_run("r", checkpoint="x", how="nope")
+
+
+def test_warm_up_trains_each_method_once_briefly_on_a_gpu(monkeypatch):
+    """Timed runs that share a process on a GPU are preceded by one short untimed run per method, so that the
+    first timed run does not also pay the process's CUDA set-up; on a CPU nothing runs."""
+    import torch
+
+    from pillm.experiments import grid
+    from pillm.run import RunSpec
+
+    calls = []
+    monkeypatch.setattr(grid, "execute", lambda spec, **kw: calls.append(spec))
+    specs = [RunSpec(method=m, train={"seed": s, "solve_tokens": 204800}) for m in ("baseline", "attn_then_pil")
+             for s in (0, 1)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid._warm_up(specs)
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    grid._warm_up(specs)
+    assert [c.method for c in calls] == ["baseline", "attn_then_pil"]
+    assert all(c.train["epochs"] == 1 and c.train["solve_tokens"] is None and not c.save_checkpoint for c in calls)

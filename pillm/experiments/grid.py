@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 import warnings
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -276,6 +276,23 @@ def _execute_logged(experiment: str, run: dict, rdir: Path, key: str, log: Path)
         return _execute_run(experiment, run, rdir, key, True)
 
 
+def _warm_up(specs: list) -> None:
+    """On a GPU, train each method of ``specs`` for a few steps, untimed and unrecorded, before timed runs share
+    this process: otherwise the first run alone pays the process's one-time CUDA set-up (kernel loading, library
+    handles, the allocator's first blocks) and times slower than the same run later. Every run reseeds."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    short = {"epochs": 1, "max_train_tokens": 16384, "max_eval_tokens": 4096, "search_tokens": 1024,
+             "solve_tokens": None}
+    for spec in {s.method: s for s in specs if isinstance(s, RunSpec) and s.teacher is None}.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            execute(replace(spec, train={**spec.train, **short}, save_checkpoint=False, lambada=False, samples=None),
+                    progress=False)
+
+
 def visible_gpus(count: int) -> list[str]:
     """The GPUs a grid's workers share: the entries of the caller's ``CUDA_VISIBLE_DEVICES`` when it
     is set (so that one grid can be kept to some GPUs while another uses the rest), else 0…count-1."""
@@ -437,6 +454,7 @@ def run_grid(experiment: str, runs: list[dict], *, profile: str, results_root=No
                     if progress:
                         print(f"[{experiment}] {runs[i]['name']}: test ppl {results[i]['test_ppl']:.2f}", flush=True)
     else:
+        _warm_up([specs[i] for i in pending])
         with _environ({"PILLM_CONCURRENT_RUNS": str(1 + others)}):  # one at a time
             for n, i in enumerate(pending, 1):
                 if progress:

@@ -84,6 +84,24 @@ def _gpu_slower(key: str):
     return check
 
 
+CURVES = "training_curves/summary.csv"
+
+
+def _curves_alone(res):
+    n = res.rows(CURVES)["concurrent_runs"].astype(int)
+    return bool((n == 1).all()), f"runs sharing the machine with each training-curve run: {sorted(set(n))}"
+
+
+def _curves_below(a: str, b: str, metric: str):
+    """Variant ``a``'s ``metric`` is below ``b``'s on every repeat (seed) of the training curves."""
+    def check(res):
+        x, y = res.seeds(CURVES, metric, variant=a), res.seeds(CURVES, metric, variant=b)
+        seeds = sorted(x.keys() & y.keys())
+        return bool(seeds) and all(x[s] < y[s] for s in seeds), f"{metric} of {a} against {b}: " + ", ".join(
+            f"seed {s}: {x[s]:.1f} / {y[s]:.1f}" for s in seeds)
+    return check
+
+
 def _weights_ratio(key: str, low: float, high: float):
     """The FFN weights that ``key`` learns, over the best hybrid's, lie in [low, high]."""
     def check(res):
@@ -124,6 +142,8 @@ def _baseline_ahead(res):
     leads = []
     for _, d in df[df["phase"] != "init"].groupby("seed"):
         base = d[d[key] == "baseline"].sort_values("wall_s")
+        if base.empty:
+            raise NotRun("training_curves/curves.csv has no baseline run")
         others = d[(d[key] != "baseline") & (d["wall_s"] >= base["wall_s"].min())]
         leads += list(others["valid_ppl"].to_numpy() - np.interp(others["wall_s"], base["wall_s"], base["valid_ppl"]))
     worst = float(min(leads)) if leads else float("nan")
@@ -208,6 +228,11 @@ CLAIMS = (
     Claim("bench-newer", "the benchmark ran a newer compute version than the main table's runs", _bench_newer),
     Claim("baseline-ahead", "at every moment of training the baseline has the lowest validation perplexity",
           _baseline_ahead),
+    Claim("curves-alone", "every training-curve run had the GPU to itself", _curves_alone),
+    Claim("subsample-faster", "with the Gram on a subsample, the best hybrid trains faster than the baseline on "
+          "every repeat", _curves_below(f"{BEST_HYBRID}+sub200k", "baseline", "total_s")),
+    Claim("subsample-costs", "the subsampled Gram costs perplexity against the full one on every repeat",
+          _curves_below(BEST_HYBRID, f"{BEST_HYBRID}+sub200k", "test_ppl")),
     Claim("teacher-width", "with teacher targets, test perplexity falls at every doubling of width",
           all_of(_teacher_monotone, lower("teacher_8", "teacher_4"), lower("teacher_16", "teacher_8"))),
     Claim("teacher-matches-rf", "teacher targets at 16x are within noise of RF + AdamW at 4x",

@@ -99,8 +99,8 @@ FIGURES = (
             "attention$\\rightarrow$PIL models; the diamond is the best hybrid. Horizontal lines: RF + AdamW "
             "(random features of the leftmost width, trained jointly with attention), the baseline and attention only. "
             "Bars: 95\\,\\% intervals over seeds.", "teacher/summary.csv"), capacity),
-    (Figure("time", "Time to quality", "Validation perplexity against wall-clock time during training (one "
-            "seed; times measured on a GPU shared with other runs, so they order the methods only roughly).",
+    (Figure("time", "Time to quality", "Validation perplexity against wall-clock time during training, "
+            "each run alone on one GPU; one line per repeat.",
             "training_curves/curves.csv"), time_to_quality),
     (Figure("complexity", "Cost model", "Measured seconds of each layer's closed-form solve against the "
             "fitted cost model $e + c\\,n + a\\,n D^2 + s + b\\,D^3$ ($n$ tokens, $D$ features).",

@@ -149,5 +149,16 @@ def compute(res: Results) -> Numbers:
             r2 = [v for vals in layer_r2(res, key).values() for v in vals]
             return statistics.fmean(r2), "{}/runs/{}/result.json".format(*FIT_RUNS[key])
         n.add(name, get, "x", f"mean over layers and seeds of the last solve's r2 in result.json solves ({key})")
+    curves = "training_curves/summary.csv"
+    for variant, name in (("baseline", "Baseline"), ("attn_only", "AttnOnly"), (BEST_HYBRID, "Hybrid"),
+                          (f"{BEST_HYBRID}+sub200k", "HybridSub")):
+        n.add(f"Curves{name}Seconds", n.csv(curves, "total_s", statistics.median, variant=variant), "int",
+              f"median over repeats of total_s (whole run, alone on the GPU), {variant}")
+        n.add(f"Curves{name}PPL", n.csv(curves, "test_ppl", variant=variant), note=f"mean test_ppl over repeats, {variant}")
+    sub_run = f"training_curves/runs/{BEST_HYBRID}+sub200k,seed=0/result.json"
+    n.add("SubsampleTokens", lambda: (res.json(sub_run)["train_config"]["solve_tokens"], sub_run), "int",
+          "tokens each closed-form solve of the subsampled hybrid accumulates its Gram over")
+    n.add("CurvesRepeats", lambda: (res.rows(curves, variant="baseline")["seed"].nunique(), curves), "int",
+          "repeats (seeds) of the training curves")
     n.add("Seeds", lambda: (len(series(res, "baseline")), SERIES["baseline"][0]), "int", "seeds per configuration")
     return n
