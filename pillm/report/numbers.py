@@ -157,6 +157,9 @@ def compute(res: Results) -> Numbers:
     sub_run = f"training_curves/runs/{BEST_HYBRID}+sub200k,seed=0/result.json"
     n.add("SubsampleTokens", lambda: (res.json(sub_run)["train_config"]["solve_tokens"], sub_run), "int",
           "tokens each closed-form solve of the subsampled hybrid accumulates its Gram over")
+    n.add("SubsampleShare", lambda: (100 * res.json(sub_run)["train_config"]["solve_tokens"]
+                                     / res.json(sub_run)["train_tokens"], sub_run), "pct",
+          "those tokens as a percentage of the training tokens")
     n.add("CurvesRepeats", lambda: (res.rows(curves, variant="baseline")["seed"].nunique(), curves), "int",
           "repeats (seeds) of the training curves")
     n.add("Seeds", lambda: (len(series(res, "baseline")), SERIES["baseline"][0]), "int", "seeds per configuration")
