@@ -131,25 +131,6 @@ def _lambada_low(res):
     return bool((acc < 0.01).all()), f"largest LAMBADA accuracy {acc.max():.4f} (limit 0.01)"
 
 
-def _baseline_ahead(res):
-    """At every evaluation of every other run, the validation perplexity of the baseline run of the same seed,
-    interpolated at the same wall-clock time, is lower (points before the baseline's first evaluation are not
-    compared)."""
-    import numpy as np
-
-    df = res.frame("training_curves/curves.csv")
-    key = "variant" if "variant" in df else "method"
-    leads = []
-    for _, d in df[df["phase"] != "init"].groupby("seed"):
-        base = d[d[key] == "baseline"].sort_values("wall_s")
-        if base.empty:
-            raise NotRun("training_curves/curves.csv has no baseline run")
-        others = d[(d[key] != "baseline") & (d["wall_s"] >= base["wall_s"].min())]
-        leads += list(others["valid_ppl"].to_numpy() - np.interp(others["wall_s"], base["wall_s"], base["valid_ppl"]))
-    worst = float(min(leads)) if leads else float("nan")
-    return worst > 0, f"smallest lead of the baseline {worst:.1f} validation perplexity"
-
-
 def _baseline_setting_tuned(res):
     row = res.rows("tuning/chosen.csv", method="baseline").iloc[0]
     return bool(row["chosen_is_default"]), f"baseline's chosen lr {row['lr']}, dropout {row['dropout']}"
@@ -226,11 +207,7 @@ CLAIMS = (
     Claim("adamw-as-attn-only", "the best hybrid's AdamW phase costs about what attention only's training costs",
           _adamw_as_attn_only),
     Claim("bench-newer", "the benchmark ran a newer compute version than the main table's runs", _bench_newer),
-    Claim("baseline-ahead", "at every moment of training the baseline has the lowest validation perplexity",
-          _baseline_ahead),
     Claim("curves-alone", "every training-curve run had the GPU to itself", _curves_alone),
-    Claim("subsample-faster", "with the Gram on a subsample, the best hybrid trains faster than the baseline on "
-          "every repeat", _curves_below(f"{BEST_HYBRID}+sub200k", "baseline", "total_s")),
     Claim("subsample-costs", "the subsampled Gram costs perplexity against the full one on every repeat",
           _curves_below(BEST_HYBRID, f"{BEST_HYBRID}+sub200k", "test_ppl")),
     Claim("teacher-width", "with teacher targets, test perplexity falls at every doubling of width",

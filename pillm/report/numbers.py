@@ -150,7 +150,7 @@ def compute(res: Results) -> Numbers:
             return statistics.fmean(r2), "{}/runs/{}/result.json".format(*FIT_RUNS[key])
         n.add(name, get, "x", f"mean over layers and seeds of the last solve's r2 in result.json solves ({key})")
     curves = "training_curves/summary.csv"
-    for variant, name in (("baseline", "Baseline"), (BEST_HYBRID, "Hybrid"), (f"{BEST_HYBRID}+sub200k", "HybridSub")):
+    for variant, name in ((BEST_HYBRID, "Hybrid"), (f"{BEST_HYBRID}+sub200k", "HybridSub")):
         n.add(f"Curves{name}Seconds", n.csv(curves, "total_s", statistics.median, variant=variant), "int",
               f"median over repeats of total_s (whole run, alone on the GPU), {variant}")
         n.add(f"Curves{name}PPL", n.csv(curves, "test_ppl", variant=variant), note=f"mean test_ppl over repeats, {variant}")
@@ -160,7 +160,5 @@ def compute(res: Results) -> Numbers:
     n.add("SubsampleShare", lambda: (100 * res.json(sub_run)["train_config"]["solve_tokens"]
                                      / res.json(sub_run)["train_tokens"], sub_run), "pct",
           "those tokens as a percentage of the training tokens")
-    n.add("CurvesRepeats", lambda: (res.rows(curves, variant="baseline")["seed"].nunique(), curves), "int",
-          "repeats (seeds) of the training curves")
     n.add("Seeds", lambda: (len(series(res, "baseline")), SERIES["baseline"][0]), "int", "seeds per configuration")
     return n
