@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import stats
-from .config import BENCH, BENCH_2GPU, BEST_HYBRID, BEST_PURE, ReportError
+from .config import BENCH, BENCH_2GPU, BEST_HYBRID, BEST_PURE, CURVES, ReportError
 from .results import NotRun, Results, bench_ratio, compute_version, ffn_learned, layer_r2, mean, series
 
 
@@ -82,9 +82,6 @@ def _gpu_slower(key: str):
         r = bench_ratio(res, key, smallest=True)
         return r > 1, f"{key}, smallest over the repeats: {r:.2f}"
     return check
-
-
-CURVES = "training_curves/summary.csv"
 
 
 def _curves_alone(res):

@@ -26,7 +26,9 @@ METHOD_TEX = {"baseline": "Baseline (MLP FFN)", "attn_only": "Attention only", "
 BEST_HYBRID = "attn_then_pil+global+iter4"
 BEST_PURE = "pil_pure+ppmi"
 #: Display names of the training curves' variants: methods, and the best hybrid with and without a subsampled Gram.
-VARIANT_TEX = METHOD_TEX | {BEST_HYBRID: "best hybrid", f"{BEST_HYBRID}+sub200k": "best hybrid, Gram on 204,800 tokens"}
+VARIANT_TEX = METHOD_TEX | {BEST_HYBRID: "best hybrid", f"{BEST_HYBRID}+sub200k": "best hybrid, subsampled Gram"}
+#: The training curves' per-run summary (time-to-quality runs, each alone on the GPU).
+CURVES = "training_curves/summary.csv"
 #: The benchmarks the text quotes (``pillm bench``; medians over repeats where a file has several).
 BENCH = "bench/nvidia-h100-80gb-hbm3.json"
 BENCH_2GPU = "bench/nvidia-h200-2gpu.json"

@@ -61,9 +61,8 @@ def capacity(res: Results):
 
 def time_to_quality(res: Results):
     df = res.frame("training_curves/curves.csv")
-    key = "variant" if "variant" in df else "method"
     fig, ax = _axes((4.2, 2.6))
-    for i, (name, g) in enumerate(df[df["valid_ppl"] < 1000].groupby(key, sort=False)):
+    for i, (name, g) in enumerate(df[df["valid_ppl"] < 1000].groupby("variant", sort=False)):
         for j, (_, run) in enumerate(g.groupby("seed")):
             ax.plot(run["wall_s"], run["valid_ppl"], "o-", ms=2, lw=0.8, color=f"C{i}",
                     label=None if j else VARIANT_TEX.get(name, name))

@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from .. import stats
-from .config import BENCH, BENCH_2GPU, BEST_HYBRID
+from .config import BENCH, BENCH_2GPU, BEST_HYBRID, CURVES
 from .results import FIT_RUNS, SERIES, NotRun, Results, bench_ratio, compute_version, layer_r2, mean, series
 
 NOT_RUN = r"\textit{not run}"
@@ -149,11 +149,10 @@ def compute(res: Results) -> Numbers:
             r2 = [v for vals in layer_r2(res, key).values() for v in vals]
             return statistics.fmean(r2), "{}/runs/{}/result.json".format(*FIT_RUNS[key])
         n.add(name, get, "x", f"mean over layers and seeds of the last solve's r2 in result.json solves ({key})")
-    curves = "training_curves/summary.csv"
     for variant, name in ((BEST_HYBRID, "Hybrid"), (f"{BEST_HYBRID}+sub200k", "HybridSub")):
-        n.add(f"Curves{name}Seconds", n.csv(curves, "total_s", statistics.median, variant=variant), "int",
+        n.add(f"Curves{name}Seconds", n.csv(CURVES, "total_s", statistics.median, variant=variant), "int",
               f"median over repeats of total_s (whole run, alone on the GPU), {variant}")
-        n.add(f"Curves{name}PPL", n.csv(curves, "test_ppl", variant=variant), note=f"mean test_ppl over repeats, {variant}")
+        n.add(f"Curves{name}PPL", n.csv(CURVES, "test_ppl", variant=variant), note=f"mean test_ppl over repeats, {variant}")
     sub_run = f"training_curves/runs/{BEST_HYBRID}+sub200k,seed=0/result.json"
     n.add("SubsampleTokens", lambda: (res.json(sub_run)["train_config"]["solve_tokens"], sub_run), "int",
           "tokens each closed-form solve of the subsampled hybrid accumulates its Gram over")
